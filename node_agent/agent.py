@@ -1,0 +1,528 @@
+"""The node agent: sessions of one shard, their RPC surface, heartbeats and lease.
+
+One process per shard of up to ``max_sessions`` sessions. The agent serves the operations
+of :mod:`node_agent.protocol` as a ``nats.micro`` service, publishes heartbeats to
+``zf.nodes.<id>.heartbeat`` and KV ``zf_nodes``, resumes the sessions KV ``zf_sessions``
+assigns to it, and stops all of them by itself when it has been cut off from NATS for
+longer than its lease (so a session is never live on two nodes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+import phonenumbers
+from nats.aio.client import Client as NATS
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+from prometheus_client import Gauge
+
+from node_agent import _system
+from node_agent.engines._base import Engine
+from node_agent.events import EventPublisher
+from node_agent.protocol import (
+    NODES_BUCKET,
+    SERVICE_NAME,
+    SESSIONS_BUCKET,
+    CheckNumbers,
+    ConfigureSession,
+    Empty,
+    ErrorCode,
+    History,
+    HistoryRequest,
+    NodeInfo,
+    NumberStatuses,
+    Op,
+    PairCode,
+    PairCodeRequest,
+    SendAccepted,
+    SendMessage,
+    SessionInfo,
+    SessionList,
+    SessionRecord,
+    SessionRef,
+    SessionState,
+    StartSession,
+    encode,
+    ensure_jetstream,
+    err,
+    heartbeat_subject,
+    ok,
+)
+from node_agent.settings import AgentSettings
+from node_agent.supervisor import LIVE_STATES, AgentError, SessionSupervisor, SupervisorConfig
+from zapfleet import __version__
+from zapfleet._logging import bind
+
+log = logging.getLogger(__name__)
+R = TypeVar("R", bound=msgspec.Struct)
+
+SESSIONS = Gauge("zapfleet_agent_sessions", "Sessions by state", ["state"])
+CAPACITY = Gauge("zapfleet_agent_capacity", "Maximum sessions of this agent")
+LOOP_LAG = Gauge("zapfleet_agent_loop_lag_seconds", "Event-loop lag")
+OPEN_FDS = Gauge("zapfleet_agent_open_fds", "Open file descriptors")
+RSS = Gauge("zapfleet_agent_rss_bytes", "Resident memory")
+
+
+def normalize_number(raw: str) -> str:
+    """E.164 digits without '+', or AgentError(INVALID_NUMBER)."""
+    text = raw.strip()
+    if text.endswith("@s.whatsapp.net"):
+        text = text.split("@", 1)[0]
+    candidate = text if text.startswith("+") else "+" + text
+    try:
+        parsed = phonenumbers.parse(candidate, None)
+    except phonenumbers.NumberParseException:
+        raise AgentError(ErrorCode.INVALID_NUMBER, f"not a phone number: {raw!r}") from None
+    if not phonenumbers.is_possible_number(parsed):
+        raise AgentError(ErrorCode.INVALID_NUMBER, f"not a possible phone number: {raw!r}")
+    return f"{parsed.country_code}{parsed.national_number}"
+
+
+def make_engine(settings: AgentSettings, nc: NATS) -> Engine:
+    if settings.engine == "sim":
+        from node_agent.engines.sim import SimConfig, SimEngine
+
+        return SimEngine(
+            nc,
+            SimConfig(
+                qr_first_s=settings.sim_qr_first_s,
+                qr_next_s=settings.sim_qr_next_s,
+                read_after_s=settings.sim_read_after_s,
+            ),
+        )
+    from node_agent.engines.neonize import NeonizeEngine
+
+    return NeonizeEngine(settings)
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.node_id = settings.node_id
+        self._engine = engine
+        self.sessions: dict[str, SessionSupervisor] = {}
+        self.draining = False
+        self.started_at = time.time()
+        self.lag = _system.LoopLagMonitor()
+        self._nc: NATS | None = None
+        self._events: EventPublisher | None = None
+        self._service: Service | None = None
+        self._nodes_kv: KeyValue | None = None
+        self._sessions_kv: KeyValue | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_lease_renewal = time.monotonic()
+        self._fenced = False
+        self._supervisor_config = SupervisorConfig(
+            backoff_base_s=settings.backoff_base_s,
+            backoff_max_s=settings.backoff_max_s,
+            breaker_threshold=settings.breaker_threshold,
+            breaker_cooldown_s=settings.breaker_cooldown_s,
+            watchdog_interval_s=settings.watchdog_interval_s,
+        )
+        CAPACITY.set(settings.max_sessions)
+
+    # -- wiring ------------------------------------------------------------------------
+
+    @property
+    def nc(self) -> NATS:
+        assert self._nc is not None, "Agent.start() was not awaited"
+        return self._nc
+
+    @property
+    def engine(self) -> Engine:
+        assert self._engine is not None, "Agent.start() was not awaited"
+        return self._engine
+
+    @property
+    def events(self) -> EventPublisher:
+        assert self._events is not None, "Agent.start() was not awaited"
+        return self._events
+
+    async def start(self) -> None:
+        bind(node_id=self.node_id)
+        self._nc = await nats.connect(
+            servers=self.settings.nats_servers,
+            name=f"zapfleet-agent-{self.node_id}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )
+        js = self.nc.jetstream()
+        await ensure_jetstream(
+            js,
+            events_max_age_s=self.settings.events_max_age_s,
+            node_ttl_s=self.settings.lease_ttl_s,
+        )
+        self._nodes_kv = await js.key_value(NODES_BUCKET)
+        self._sessions_kv = await js.key_value(SESSIONS_BUCKET)
+        self._events = EventPublisher(js, self.node_id)
+        self.events.start()
+        if self._engine is None:
+            self._engine = make_engine(self.settings, self.nc)
+        await self.engine.start()
+        self.lag.start()
+        await self._serve()
+        await self._heartbeat_once()
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
+        await self._resume_assigned()
+        log.info("agent ready", extra={"engine": self.engine.name})
+
+    async def _serve(self) -> None:
+        self._service = await add_service(
+            self.nc,
+            name=SERVICE_NAME,
+            version=__version__,
+            description="zapfleet node agent",
+            metadata={"node_id": self.node_id, "engine": self.engine.name},
+        )
+        group = self._service.add_group(name=f"zf.agent.{self.node_id}")
+        routes: dict[Op, tuple[type[Any], Callable[[Any], Awaitable[msgspec.Struct]]]] = {
+            Op.SESSION_START: (StartSession, self.op_start),
+            Op.SESSION_STOP: (SessionRef, self.op_stop),
+            Op.SESSION_LOGOUT: (SessionRef, self.op_logout),
+            Op.SESSION_RESTART: (SessionRef, self.op_restart),
+            Op.SESSION_RECONNECT: (SessionRef, self.op_reconnect),
+            Op.SESSION_RESET_BREAKER: (SessionRef, self.op_reset_breaker),
+            Op.SESSION_STATUS: (SessionRef, self.op_status),
+            Op.SESSION_QR: (SessionRef, self.op_qr),
+            Op.SESSION_PAIR_CODE: (PairCodeRequest, self.op_pair_code),
+            Op.SESSION_CONFIGURE: (ConfigureSession, self.op_configure),
+            Op.SESSIONS_LIST: (Empty, self.op_list),
+            Op.MESSAGE_SEND: (SendMessage, self.op_send),
+            Op.CONTACTS_CHECK: (CheckNumbers, self.op_check),
+            Op.HISTORY_LIST: (HistoryRequest, self.op_history),
+            Op.NODE_INFO: (Empty, self.op_node_info),
+        }
+        for op, (request_type, handler) in routes.items():
+            # queue group per node: several connections of one agent never double-serve
+            await group.add_endpoint(
+                name=op.value,
+                subject=op.value,
+                handler=self._rpc(request_type, handler),
+                queue_group=f"zf-agent-{self.node_id}",
+            )
+
+    def _rpc(
+        self, request_type: type[R], handler: Callable[[R], Awaitable[msgspec.Struct]]
+    ) -> Callable[[Request], Awaitable[None]]:
+        decoder = msgspec.json.Decoder(request_type)
+
+        async def endpoint(request: Request) -> None:
+            try:
+                body = decoder.decode(request.data or b"{}")
+            except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                await request.respond(err(ErrorCode.INVALID_REQUEST, str(exc)))
+                return
+            try:
+                reply = ok(await handler(body))
+            except AgentError as exc:
+                reply = err(exc.code, exc.message, exc.retry_after_s)
+            except Exception as exc:
+                log.exception("rpc handler failed", extra={"op": request.subject})
+                reply = err(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
+            await request.respond(reply)
+
+        return endpoint
+
+    # -- admission and fencing ---------------------------------------------------------
+
+    def _live_count(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.state in LIVE_STATES)
+
+    def _admit(self) -> None:
+        if self.draining:
+            raise AgentError(ErrorCode.DRAINING, f"node {self.node_id} is draining")
+        if self._live_count() >= self.settings.max_sessions:
+            raise AgentError(
+                ErrorCode.CAPACITY_FULL,
+                f"node {self.node_id} runs {self.settings.max_sessions} sessions (its maximum)",
+            )
+        limit = _system.memory_limit_bytes()
+        used = _system.rss_bytes()
+        if used > self.settings.memory_threshold * limit:
+            raise AgentError(
+                ErrorCode.MEMORY_PRESSURE,
+                f"node {self.node_id} uses {used / limit:.0%} of its memory limit "
+                f"(threshold {self.settings.memory_threshold:.0%})",
+            )
+
+    async def _current_assignment(self, session_id: str) -> SessionRecord | None:
+        assert self._sessions_kv is not None
+        try:
+            entry = await self._sessions_kv.get(session_id)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        return msgspec.json.decode(entry.value, type=SessionRecord)
+
+    async def _check_epoch(self, session_id: str, epoch: int) -> None:
+        """Refuse to run a session unless KV assigns it to us at exactly this epoch."""
+        record = await self._current_assignment(session_id)
+        assignment = record.assignment if record else None
+        if assignment is None or assignment.node_id != self.node_id or assignment.epoch != epoch:
+            current = f"{assignment.node_id}@{assignment.epoch}" if assignment else "none"
+            raise AgentError(
+                ErrorCode.STALE_EPOCH,
+                f"epoch {epoch} on {self.node_id} is not the current assignment ({current})",
+            )
+
+    def _get(self, ref: SessionRef) -> SessionSupervisor:
+        supervisor = self.sessions.get(ref.session_id)
+        if supervisor is None:
+            raise AgentError(
+                ErrorCode.SESSION_NOT_FOUND, f"session {ref.session_id} is not on {self.node_id}"
+            )
+        if ref.epoch is not None and ref.epoch != supervisor.epoch:
+            raise AgentError(
+                ErrorCode.STALE_EPOCH,
+                f"epoch {ref.epoch} does not match the running epoch {supervisor.epoch}",
+            )
+        return supervisor
+
+    # -- operations --------------------------------------------------------------------
+
+    async def op_start(self, request: StartSession) -> SessionInfo:
+        spec = request.spec
+        existing = self.sessions.get(spec.session_id)
+        if existing is not None and existing.state in LIVE_STATES:
+            if existing.epoch == request.epoch:
+                return existing.info()
+            raise AgentError(
+                ErrorCode.SESSION_EXISTS,
+                f"session {spec.session_id} already runs here at epoch {existing.epoch}",
+            )
+        await self._check_epoch(spec.session_id, request.epoch)
+        self._admit()
+        if spec.engine != self.engine.name:
+            raise AgentError(
+                ErrorCode.INVALID_REQUEST,
+                f"this node runs the {self.engine.name} engine, not {spec.engine}",
+            )
+        supervisor = SessionSupervisor(
+            spec,
+            request.epoch,
+            self.node_id,
+            self.engine.open_session,
+            self.events,
+            self._supervisor_config,
+        )
+        self.sessions[spec.session_id] = supervisor
+        await supervisor.start()
+        return supervisor.info()
+
+    async def op_stop(self, ref: SessionRef) -> SessionInfo:
+        supervisor = self._get(ref)
+        await supervisor.stop()
+        self.sessions.pop(ref.session_id, None)
+        return supervisor.info()
+
+    async def op_logout(self, ref: SessionRef) -> SessionInfo:
+        supervisor = self._get(ref)
+        await supervisor.logout()
+        self.sessions.pop(ref.session_id, None)
+        return supervisor.info()
+
+    async def op_restart(self, ref: SessionRef) -> SessionInfo:
+        supervisor = self._get(ref)
+        await supervisor.reconnect()
+        return supervisor.info()
+
+    async def op_reconnect(self, ref: SessionRef) -> SessionInfo:
+        return await self.op_restart(ref)
+
+    async def op_reset_breaker(self, ref: SessionRef) -> SessionInfo:
+        supervisor = self._get(ref)
+        await supervisor.reset_breaker()
+        return supervisor.info()
+
+    async def op_status(self, ref: SessionRef) -> SessionInfo:
+        return self._get(ref).info()
+
+    async def op_qr(self, ref: SessionRef) -> Any:
+        supervisor = self._get(ref)
+        if supervisor.state is not SessionState.PAIRING or supervisor.qr is None:
+            raise AgentError(
+                ErrorCode.NOT_PAIRING, f"session is {supervisor.state}, no QR code to show"
+            )
+        return supervisor.qr
+
+    async def op_pair_code(self, request: PairCodeRequest) -> PairCode:
+        supervisor = self._get(SessionRef(session_id=request.session_id))
+        phone = normalize_number(request.phone)
+        if supervisor.state is not SessionState.PAIRING:
+            raise AgentError(ErrorCode.NOT_PAIRING, f"session is {supervisor.state}")
+        try:
+            code = await supervisor.engine.pair_phone(phone)
+        except Exception as exc:
+            raise AgentError(ErrorCode.ENGINE_ERROR, str(exc)) from None
+        return PairCode(code=code)
+
+    async def op_configure(self, request: ConfigureSession) -> SessionInfo:
+        supervisor = self._get(SessionRef(session_id=request.session_id))
+        supervisor.reconfigure(request.pacing)
+        return supervisor.info()
+
+    async def op_list(self, _: Empty) -> SessionList:
+        return SessionList(sessions=[s.info() for s in self.sessions.values()])
+
+    async def op_send(self, request: SendMessage) -> SendAccepted:
+        supervisor = self._get(SessionRef(session_id=request.session_id))
+        request.to = normalize_number(request.to)
+        depth = supervisor.enqueue(request)
+        return SendAccepted(message_id=request.message_id, queue_depth=depth)
+
+    async def op_check(self, request: CheckNumbers) -> NumberStatuses:
+        supervisor = self._get(SessionRef(session_id=request.session_id))
+        if supervisor.state is not SessionState.CONNECTED:
+            raise AgentError(ErrorCode.NOT_CONNECTED, f"session is {supervisor.state}")
+        numbers = [normalize_number(n) for n in request.numbers]
+        try:
+            results = await supervisor.engine.check_numbers(numbers)
+        except Exception as exc:
+            raise AgentError(ErrorCode.ENGINE_ERROR, str(exc)) from None
+        return NumberStatuses(results=results)
+
+    async def op_history(self, request: HistoryRequest) -> History:
+        supervisor = self._get(SessionRef(session_id=request.session_id))
+        limit = max(1, min(request.limit, 1000))
+        return History(messages=list(supervisor.history)[-limit:][::-1])
+
+    async def op_node_info(self, _: Empty) -> NodeInfo:
+        return self.node_info()
+
+    # -- heartbeats and lease ----------------------------------------------------------
+
+    def node_info(self) -> NodeInfo:
+        by_state: dict[str, int] = {}
+        for supervisor in self.sessions.values():
+            by_state[supervisor.state] = by_state.get(supervisor.state, 0) + 1
+        return NodeInfo(
+            node_id=self.node_id,
+            version=__version__,
+            engine=self.engine.name,
+            capacity=self.settings.max_sessions,
+            sessions=self._live_count(),
+            by_state=by_state,
+            rss_bytes=_system.rss_bytes(),
+            memory_limit_bytes=_system.memory_limit_bytes(),
+            open_fds=_system.open_fds(),
+            loop_lag_ms=round(self.lag.last_ms, 2),
+            draining=self.draining,
+            labels=self.settings.labels,
+            started_at=self.started_at,
+            ts=time.time(),
+        )
+
+    def _export_metrics(self, info: NodeInfo) -> None:
+        for state in SessionState:
+            SESSIONS.labels(state.value).set(info.by_state.get(state, 0))
+        LOOP_LAG.set(info.loop_lag_ms / 1000)
+        OPEN_FDS.set(info.open_fds)
+        RSS.set(info.rss_bytes)
+
+    async def _heartbeat_once(self) -> None:
+        assert self._nodes_kv is not None
+        info = self.node_info()
+        self._export_metrics(info)
+        body = encode(info)
+        await self._nodes_kv.put(self.node_id, body)
+        await self.nc.publish(heartbeat_subject(self.node_id), body)
+        self._last_lease_renewal = time.monotonic()
+        self._fenced = False
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            try:
+                await self._heartbeat_once()
+            except Exception as exc:
+                log.warning("heartbeat failed", extra={"error": repr(exc)})
+            await self._enforce_lease()
+
+    async def _enforce_lease(self) -> None:
+        """Cut off past the lease TTL, the control plane may have moved our sessions:
+        stop them all so there are never two live sockets for one account."""
+        silent = time.monotonic() - self._last_lease_renewal
+        if silent <= self.settings.lease_ttl_s or self._fenced:
+            return
+        self._fenced = True
+        log.error("lease lost: stopping every session", extra={"silent_s": round(silent, 1)})
+        for supervisor in list(self.sessions.values()):
+            await supervisor.stop("lease lost: node was cut off from NATS")
+        self.sessions.clear()
+
+    async def _resume_assigned(self) -> None:
+        """Start the sessions KV assigns to this node (after a crash or restart)."""
+        assert self._sessions_kv is not None
+        try:
+            keys = await self._sessions_kv.keys()
+        except Exception:  # nats-py raises NoKeysError on an empty bucket
+            return
+        for key in keys:
+            record = await self._current_assignment(key)
+            if record is None or record.desired != "running" or record.assignment is None:
+                continue
+            if record.assignment.node_id != self.node_id or key in self.sessions:
+                continue
+            try:
+                await self.op_start(StartSession(spec=record.spec, epoch=record.assignment.epoch))
+            except AgentError as exc:
+                log.warning("could not resume session", extra={"session_id": key, "error": exc})
+            await asyncio.sleep(self.settings.start_stagger_s)
+
+    # -- shutdown ----------------------------------------------------------------------
+
+    async def drain_and_stop(self) -> None:
+        """Orderly stop: sessions one by one, flush events, leave NATS."""
+        self.draining = True
+        for task in self._tasks:
+            task.cancel()
+        if self._service is not None:
+            with contextlib.suppress(Exception):
+                await self._service.stop()
+        for supervisor in list(self.sessions.values()):
+            with contextlib.suppress(Exception):
+                await supervisor.stop("agent shutting down")
+        if self._events is not None:
+            await self.events.close()
+        if self._engine is not None:
+            await self.engine.close()
+        self.lag.stop()
+        if self._nodes_kv is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nodes_kv.delete(self.node_id), 2)
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.drain(), 3)
+            if not self.nc.is_closed:
+                await self.nc.close()
+
+
+async def run_agent(settings: AgentSettings) -> None:
+    """Run until SIGTERM/SIGINT, then stop sessions in order."""
+    import signal
+
+    from prometheus_client import start_http_server
+
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    agent = Agent(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await agent.start()
+    await stop.wait()
+    log.info("agent stopping")
+    await agent.drain_and_stop()

@@ -1,0 +1,96 @@
+"""The one narrow interface every WhatsApp engine implements.
+
+An engine opens :class:`EngineSession` objects; a session reports what happens to it
+through the ``emit`` callback it was opened with, as :data:`EngineEvent` values. The
+supervisor owns the state machine and reconnects; engines only report facts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, Protocol
+
+import msgspec
+
+from node_agent.protocol import MessageContent, NumberStatus, SessionSpec
+
+
+class QrShown(msgspec.Struct, frozen=True):
+    code: str
+    expires_at: float
+
+
+class Paired(msgspec.Struct, frozen=True):
+    phone: str
+
+
+class Connected(msgspec.Struct, frozen=True):
+    phone: str | None = None
+
+
+class Disconnected(msgspec.Struct, frozen=True):
+    reason: str
+
+
+class LoggedOut(msgspec.Struct, frozen=True):
+    reason: str
+
+
+class Inbound(msgspec.Struct, frozen=True):
+    message_id: str
+    sender: str
+    type: str
+    timestamp: float
+    text: str | None = None
+    content: dict[str, object] | None = None
+
+
+AckStatus = Literal["server", "delivered", "read", "failed"]
+
+
+class Receipt(msgspec.Struct, frozen=True):
+    message_id: str
+    status: AckStatus
+    peer: str | None = None
+
+
+EngineEvent = QrShown | Paired | Connected | Disconnected | LoggedOut | Inbound | Receipt
+Emit = Callable[[EngineEvent], None]
+
+
+class EngineError(Exception):
+    """An engine operation failed in a way the caller should report, not crash on."""
+
+
+class EngineSession(Protocol):
+    async def connect(self) -> None:
+        """Begin connecting. Returns quickly; the outcome arrives as events
+        (QrShown/Connected on success, Disconnected on failure)."""
+
+    async def disconnect(self) -> None:
+        """Close the socket, keep the pairing."""
+
+    async def logout(self) -> None:
+        """Unlink the device and forget the pairing."""
+
+    async def send(self, to: str, content: MessageContent, message_id: str) -> str:
+        """Send now (pacing happened before). Returns the engine's message id."""
+
+    async def check_numbers(self, numbers: list[str]) -> list[NumberStatus]: ...
+
+    async def pair_phone(self, phone: str) -> str:
+        """Ask for a phone pairing code (the 8 characters the user types on the phone)."""
+
+    async def ping(self) -> bool:
+        """Cheap liveness probe used by the watchdog."""
+
+
+class Engine(Protocol):
+    @property
+    def name(self) -> Literal["neonize", "sim"]: ...
+
+    async def start(self) -> None: ...
+
+    def open_session(self, spec: SessionSpec, emit: Emit) -> EngineSession: ...
+
+    async def close(self) -> None: ...

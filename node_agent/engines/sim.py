@@ -1,0 +1,424 @@
+"""A simulated WhatsApp network over NATS.
+
+WhatsApp's servers are out of reach in tests, demos and load tests, so this engine plays
+both the phone and the server. Accounts live in the KV bucket ``zf_sim`` (so a session is
+portable between agents, like a shared device store), and sessions on different agents
+reach each other through NATS subjects:
+
+- ``zf.sim.link.<session_id>``   a phone scans a QR code or types a pairing code
+- ``zf.sim.inbox.<phone>``       a message for the socket logged in as ``phone``
+- ``zf.sim.receipt.<phone>``     delivery/read receipts for messages ``phone`` sent
+- ``zf.sim.fault.<session_id>``  inject latency, send failures or a disconnect
+
+QR codes rotate like WhatsApp's: the first lives ``qr_first_s`` (60 s), the next ones
+``qr_next_s`` (20 s); after ``qr_max_codes`` the pairing attempt times out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from typing import Any, Literal
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from node_agent.engines._base import (
+    Connected,
+    Disconnected,
+    Emit,
+    EngineError,
+    Inbound,
+    LoggedOut,
+    Paired,
+    QrShown,
+    Receipt,
+)
+from node_agent.protocol import (
+    MessageContent,
+    NumberStatus,
+    SessionSpec,
+    TextContent,
+)
+
+log = logging.getLogger(__name__)
+
+SIM_BUCKET = "zf_sim"
+QR_PREFIX = "SIM1"
+
+
+class SimConfig(msgspec.Struct, kw_only=True):
+    qr_first_s: float = 60.0
+    qr_next_s: float = 20.0
+    qr_max_codes: int = 6
+    connect_latency_s: float = 0.01
+    read_after_s: float | None = 0.5
+
+
+class Faults(msgspec.Struct, kw_only=True):
+    latency_ms: float = 0.0
+    send_failure_rate: float = 0.0
+    disconnect: bool = False
+
+
+class LinkRequest(msgspec.Struct, kw_only=True):
+    code: str
+    phone: str
+
+
+class LinkReply(msgspec.Struct, kw_only=True):
+    ok: bool
+    error: str | None = None
+
+
+class Wire(msgspec.Struct, kw_only=True):
+    """A message on the simulated network."""
+
+    id: str
+    sender: str
+    type: str
+    ts: float
+    text: str | None = None
+    content: dict[str, Any] | None = None
+
+
+class WireReceipt(msgspec.Struct, kw_only=True):
+    id: str
+    status: Literal["delivered", "read"]
+    peer: str
+
+
+class Account(msgspec.Struct, kw_only=True):
+    phone: str
+    paired_at: float
+
+
+_encode = msgspec.json.encode
+
+
+def qr_session_id(code: str) -> str:
+    """The session a sim QR code belongs to (what a phone reads from the picture)."""
+    parts = code.split(",")
+    if len(parts) != 3 or parts[0] != QR_PREFIX:
+        raise ValueError("not a zapfleet sim QR code")
+    return parts[1]
+
+
+async def link(nc: NATS, code: str, phone: str, *, session_id: str | None = None) -> LinkReply:
+    """Act as a phone: scan ``code`` (a QR string or a phone pairing code) as ``phone``."""
+    target = session_id or qr_session_id(code)
+    try:
+        msg = await nc.request(
+            f"zf.sim.link.{target}", _encode(LinkRequest(code=code, phone=phone)), timeout=5
+        )
+    except (NoRespondersError, NatsTimeout):
+        return LinkReply(ok=False, error="session is not waiting for a scan")
+    return msgspec.json.decode(msg.data, type=LinkReply)
+
+
+async def inject_faults(nc: NATS, session_id: str, faults: Faults) -> None:
+    await nc.request(f"zf.sim.fault.{session_id}", _encode(faults), timeout=5)
+
+
+class SimEngine:
+    name: Literal["sim"] = "sim"
+
+    def __init__(self, nc: NATS, config: SimConfig | None = None) -> None:
+        self.nc = nc
+        self.config = config or SimConfig()
+        self._kv: KeyValue | None = None
+
+    @property
+    def kv(self) -> KeyValue:
+        if self._kv is None:
+            raise RuntimeError("SimEngine.start() was not awaited")
+        return self._kv
+
+    async def start(self) -> None:
+        js = self.nc.jetstream()
+        from nats.js.api import KeyValueConfig
+
+        self._kv = await js.create_key_value(KeyValueConfig(bucket=SIM_BUCKET, history=1))
+
+    def open_session(self, spec: SessionSpec, emit: Emit) -> SimSession:
+        return SimSession(self, spec, emit)
+
+    async def close(self) -> None:
+        return None
+
+    async def account(self, session_id: str) -> Account | None:
+        try:
+            entry = await self.kv.get(f"acct.{session_id}")
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        return msgspec.json.decode(entry.value, type=Account)
+
+    async def is_registered(self, phone: str) -> bool:
+        try:
+            entry = await self.kv.get(f"num.{phone}")
+        except KeyNotFoundError:
+            return False
+        return bool(entry.value)
+
+
+class SimSession:
+    def __init__(self, engine: SimEngine, spec: SessionSpec, emit: Emit) -> None:
+        self.engine = engine
+        self.spec = spec
+        self.emit = emit
+        self.phone: str | None = None
+        self.faults = Faults()
+        self._subs: list[Subscription] = []
+        self._link_sub: Subscription | None = None
+        self._fault_sub: Subscription | None = None
+        self._qr_task: asyncio.Task[None] | None = None
+        self._current_codes: set[str] = set()
+        self._pair_phone: str | None = None
+        self._online = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def nc(self) -> NATS:
+        return self.engine.nc
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        await self._ensure_fault_sub()
+        account = await self.engine.account(self.spec.session_id)
+        if account is None:
+            await self._start_pairing()
+            return
+        self._spawn(self._go_online(account.phone))
+
+    async def disconnect(self) -> None:
+        await self._go_offline()
+        if self._fault_sub is not None:
+            await self._fault_sub.unsubscribe()
+            self._fault_sub = None
+
+    async def logout(self) -> None:
+        phone = self.phone
+        await self.disconnect()
+        account = await self.engine.account(self.spec.session_id)
+        if account is not None:
+            await self.engine.kv.delete(f"acct.{self.spec.session_id}")
+            phone = phone or account.phone
+        if phone:
+            await self.engine.kv.delete(f"num.{phone}")
+        self.phone = None
+
+    async def ping(self) -> bool:
+        return self._online and self.nc.is_connected
+
+    # -- pairing -----------------------------------------------------------------------
+
+    async def _start_pairing(self) -> None:
+        self._link_sub = await self.nc.subscribe(
+            f"zf.sim.link.{self.spec.session_id}", cb=self._on_link
+        )
+        self._qr_task = asyncio.create_task(self._rotate_qr())
+
+    async def _rotate_qr(self) -> None:
+        config = self.engine.config
+        for index in range(config.qr_max_codes):
+            lifetime = config.qr_first_s if index == 0 else config.qr_next_s
+            code = f"{QR_PREFIX},{self.spec.session_id},{secrets.token_urlsafe(24)}"
+            self._current_codes = {code} | ({self._pair_code} if self._pair_code else set())
+            self._qr = code
+            self.emit(QrShown(code=code, expires_at=time.time() + lifetime))
+            await asyncio.sleep(lifetime)
+        self._current_codes = set()
+        await self._stop_pairing()
+        self.emit(Disconnected(reason="pairing timed out: no QR code was scanned"))
+
+    _qr: str | None = None
+    _pair_code: str | None = None
+
+    async def pair_phone(self, phone: str) -> str:
+        if self._link_sub is None:
+            raise EngineError("the session is not pairing")
+        alphabet = "ABCDEFGHJKLMNPQRSTVWXYZ23456789"
+        raw = "".join(secrets.choice(alphabet) for _ in range(8))
+        code = f"{raw[:4]}-{raw[4:]}"
+        self._pair_code = code
+        self._pair_phone = phone
+        self._current_codes.add(code)
+        return code
+
+    async def _on_link(self, msg: Msg) -> None:
+        try:
+            request = msgspec.json.decode(msg.data, type=LinkRequest)
+        except msgspec.DecodeError:
+            await msg.respond(_encode(LinkReply(ok=False, error="malformed link request")))
+            return
+        if request.code not in self._current_codes:
+            await msg.respond(_encode(LinkReply(ok=False, error="code expired or unknown")))
+            return
+        if request.code == self._pair_code and request.phone != self._pair_phone:
+            await msg.respond(
+                _encode(LinkReply(ok=False, error="code was issued for another phone"))
+            )
+            return
+        if await self.engine.is_registered(request.phone):
+            owner = await self.engine.kv.get(f"num.{request.phone}")
+            if owner.value and owner.value.decode() != self.spec.session_id:
+                await msg.respond(_encode(LinkReply(ok=False, error="phone already linked")))
+                return
+        account = Account(phone=request.phone, paired_at=time.time())
+        await self.engine.kv.put(f"acct.{self.spec.session_id}", _encode(account))
+        await self.engine.kv.put(f"num.{request.phone}", self.spec.session_id.encode())
+        await msg.respond(_encode(LinkReply(ok=True)))
+        self.emit(Paired(phone=request.phone))
+        # not inline: unsubscribing the link subscription cancels the task of this callback
+        self._spawn(self._finish_link(request.phone))
+
+    async def _finish_link(self, phone: str) -> None:
+        await self._stop_pairing()
+        await self._go_online(phone)
+
+    async def _stop_pairing(self) -> None:
+        task, self._qr_task = self._qr_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        if self._link_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._link_sub.unsubscribe()
+            self._link_sub = None
+        self._current_codes = set()
+        self._pair_code = None
+
+    # -- online ------------------------------------------------------------------------
+
+    async def _go_online(self, phone: str) -> None:
+        await asyncio.sleep(self.engine.config.connect_latency_s + self.faults.latency_ms / 1000)
+        if not self.nc.is_connected:
+            self.emit(Disconnected(reason="network unreachable"))
+            return
+        self.phone = phone
+        self._subs.append(await self.nc.subscribe(f"zf.sim.inbox.{phone}", cb=self._on_inbox))
+        self._subs.append(await self.nc.subscribe(f"zf.sim.receipt.{phone}", cb=self._on_receipt))
+        self._online = True
+        self.emit(Connected(phone=phone))
+
+    async def _go_offline(self) -> None:
+        self._online = False
+        await self._stop_pairing()
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _on_inbox(self, msg: Msg) -> None:
+        try:
+            wire = msgspec.json.decode(msg.data, type=Wire)
+        except msgspec.DecodeError:
+            return
+        await msg.respond(b'{"ok":true}')
+        self.emit(
+            Inbound(
+                message_id=wire.id,
+                sender=wire.sender,
+                type=wire.type,
+                timestamp=wire.ts,
+                text=wire.text,
+                content=wire.content,
+            )
+        )
+        read_after = self.engine.config.read_after_s
+        if read_after is not None and self.phone is not None:
+            self._spawn(self._send_read_receipt(wire, read_after))
+
+    async def _send_read_receipt(self, wire: Wire, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.phone is None:
+            return
+        receipt = WireReceipt(id=wire.id, status="read", peer=self.phone)
+        await self.nc.publish(f"zf.sim.receipt.{wire.sender}", _encode(receipt))
+
+    async def _on_receipt(self, msg: Msg) -> None:
+        try:
+            receipt = msgspec.json.decode(msg.data, type=WireReceipt)
+        except msgspec.DecodeError:
+            return
+        self.emit(Receipt(message_id=receipt.id, status=receipt.status, peer=receipt.peer))
+
+    # -- faults ------------------------------------------------------------------------
+
+    async def _ensure_fault_sub(self) -> None:
+        if self._fault_sub is None:
+            self._fault_sub = await self.nc.subscribe(
+                f"zf.sim.fault.{self.spec.session_id}", cb=self._on_fault
+            )
+
+    async def _on_fault(self, msg: Msg) -> None:
+        try:
+            self.faults = msgspec.json.decode(msg.data, type=Faults)
+        except msgspec.DecodeError:
+            await msg.respond(b'{"ok":false}')
+            return
+        await msg.respond(b'{"ok":true}')
+        if self.faults.disconnect and self._online:
+            self.faults.disconnect = False
+            await self._go_offline()
+            self.emit(Disconnected(reason="connection reset (injected)"))
+
+    # -- messaging ---------------------------------------------------------------------
+
+    async def send(self, to: str, content: MessageContent, message_id: str) -> str:
+        if not self._online or self.phone is None:
+            raise EngineError("not connected")
+        if self.faults.latency_ms:
+            await asyncio.sleep(self.faults.latency_ms / 1000)
+        if self.faults.send_failure_rate and random.random() < self.faults.send_failure_rate:
+            raise EngineError("send failed (injected)")
+        if not await self.engine.is_registered(to):
+            raise EngineError(f"{to} is not on WhatsApp")
+        engine_id = "SIM" + secrets.token_hex(8).upper()
+        wire = Wire(
+            id=engine_id,
+            sender=self.phone,
+            type=type(content).__struct_config__.tag,  # type: ignore[arg-type]
+            ts=time.time(),
+            text=content.text if isinstance(content, TextContent) else None,
+            content=msgspec.to_builtins(content),
+        )
+        self._spawn(self._deliver(to, wire))
+        return engine_id
+
+    async def _deliver(self, to: str, wire: Wire) -> None:
+        """The server side: accept (server ack), then hand to the recipient's socket."""
+        self.emit(Receipt(message_id=wire.id, status="server", peer=to))
+        try:
+            await self.nc.request(f"zf.sim.inbox.{to}", _encode(wire), timeout=5)
+        except (NoRespondersError, NatsTimeout):
+            return  # recipient offline: like WhatsApp, the server keeps it (server ack only)
+        self.emit(Receipt(message_id=wire.id, status="delivered", peer=to))
+
+    async def check_numbers(self, numbers: list[str]) -> list[NumberStatus]:
+        results = []
+        for number in numbers:
+            exists = await self.engine.is_registered(number)
+            jid = f"{number}@s.whatsapp.net" if exists else None
+            results.append(NumberStatus(number=number, on_whatsapp=exists, jid=jid))
+        return results
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+__all__ = ["Faults", "LoggedOut", "SimConfig", "SimEngine", "SimSession", "inject_faults", "link"]

@@ -1,0 +1,432 @@
+"""The wire contract between the control plane and node agents.
+
+Everything that crosses NATS between the two is one of these msgspec Structs, encoded as
+JSON. The agent owns this module; the control plane imports it. Names of subjects, KV
+buckets and streams are part of the public API (DESIGN §2) and live here too.
+
+Every RPC reply is ``Ok[T]`` or ``Err``; they are tagged (``"kind"``) so a client decodes a
+reply with ``msgspec.json.decode(data, type=Ok[T] | Err)`` in one pass.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Generic, Literal, TypeVar
+
+import msgspec
+
+T = TypeVar("T")
+
+# -- names (public API) ------------------------------------------------------------------
+
+SERVICE_NAME = "zapfleet-agent"
+NODES_BUCKET = "zf_nodes"
+SESSIONS_BUCKET = "zf_sessions"
+TENANTS_BUCKET = "zf_tenants"
+EVENTS_STREAM = "ZF_EVENTS"
+EVENTS_SUBJECTS = "zf.events.>"
+DLQ_STREAM = "ZF_DLQ"
+
+
+def agent_subject(node_id: str, op: str) -> str:
+    """Subject of one RPC operation on one node agent: ``zf.agent.<node_id>.<op>``."""
+    return f"zf.agent.{node_id}.{op}"
+
+
+def heartbeat_subject(node_id: str) -> str:
+    return f"zf.nodes.{node_id}.heartbeat"
+
+
+def event_subject(tenant: str, session_id: str, event_type: str) -> str:
+    return f"zf.events.{tenant}.{session_id}.{event_type}"
+
+
+class Op(enum.StrEnum):
+    """RPC operations served by every agent under ``zf.agent.<node_id>.<op>``."""
+
+    SESSION_START = "session_start"
+    SESSION_STOP = "session_stop"
+    SESSION_LOGOUT = "session_logout"
+    SESSION_RESTART = "session_restart"
+    SESSION_RECONNECT = "session_reconnect"
+    SESSION_RESET_BREAKER = "session_reset_breaker"
+    SESSION_STATUS = "session_status"
+    SESSION_QR = "session_qr"
+    SESSION_PAIR_CODE = "session_pair_code"
+    SESSION_CONFIGURE = "session_configure"
+    SESSIONS_LIST = "sessions_list"
+    MESSAGE_SEND = "message_send"
+    CONTACTS_CHECK = "contacts_check"
+    HISTORY_LIST = "history_list"
+    NODE_INFO = "node_info"
+
+
+# -- reply envelope ----------------------------------------------------------------------
+
+
+class ErrorCode(enum.StrEnum):
+    """Stable error codes of agent replies. The control plane maps each to an HTTP status."""
+
+    INVALID_REQUEST = "invalid_request"
+    SESSION_NOT_FOUND = "session_not_found"
+    SESSION_EXISTS = "session_exists"
+    STALE_EPOCH = "stale_epoch"
+    CAPACITY_FULL = "capacity_full"
+    MEMORY_PRESSURE = "memory_pressure"
+    DRAINING = "draining"
+    NOT_CONNECTED = "not_connected"
+    NOT_PAIRING = "not_pairing"
+    INVALID_NUMBER = "invalid_number"
+    UNSUPPORTED_MESSAGE = "unsupported_message"
+    MEDIA_TOO_LARGE = "media_too_large"
+    MEDIA_UNAVAILABLE = "media_unavailable"
+    QUEUE_FULL = "queue_full"
+    DAILY_CAP_REACHED = "daily_cap_reached"
+    ENGINE_ERROR = "engine_error"
+    INTERNAL = "internal"
+
+
+class Ok(msgspec.Struct, Generic[T], tag="ok", tag_field="kind"):
+    value: T
+
+
+class Err(msgspec.Struct, tag="err", tag_field="kind"):
+    code: ErrorCode
+    message: str
+    retry_after_s: float | None = None
+
+
+class Empty(msgspec.Struct):
+    """A reply that carries nothing but success."""
+
+
+# -- sessions ----------------------------------------------------------------------------
+
+
+class SessionState(enum.StrEnum):
+    STARTING = "STARTING"
+    PAIRING = "PAIRING"
+    CONNECTED = "CONNECTED"
+    DISCONNECTED = "DISCONNECTED"
+    RECONNECTING = "RECONNECTING"
+    FAILED = "FAILED"
+    LOGGED_OUT = "LOGGED_OUT"
+    STOPPED = "STOPPED"
+
+
+EngineName = Literal["neonize", "sim"]
+
+
+class PacingSettings(msgspec.Struct, kw_only=True):
+    """Outbound pacing of one session (DESIGN §6). ``enabled=False`` only for benchmarks."""
+
+    enabled: bool = True
+    rate_per_s: float = 1.0
+    burst: int = 5
+    min_gap_per_recipient_s: float = 5.0
+    jitter: float = 0.3
+    daily_cap: int = 1000
+    queue_size: int = 500
+
+
+class SessionSpec(msgspec.Struct, kw_only=True):
+    """What a session should be; stored by the control plane, run by an agent."""
+
+    session_id: str
+    tenant: str
+    engine: EngineName = "neonize"
+    device_name: str = "zapfleet"
+    proxy: str | None = None
+    pacing: PacingSettings = msgspec.field(default_factory=PacingSettings)
+
+
+class StartSession(msgspec.Struct, kw_only=True):
+    spec: SessionSpec
+    epoch: int
+
+
+class SessionRef(msgspec.Struct, kw_only=True):
+    session_id: str
+    epoch: int | None = None
+
+
+class ConfigureSession(msgspec.Struct, kw_only=True):
+    session_id: str
+    pacing: PacingSettings | None = None
+    device_name: str | None = None
+    proxy: str | None = None
+
+
+class PairCodeRequest(msgspec.Struct, kw_only=True):
+    session_id: str
+    phone: str
+
+
+class PairCode(msgspec.Struct, kw_only=True):
+    code: str
+
+
+class QrCode(msgspec.Struct, kw_only=True):
+    code: str
+    expires_at: float
+
+
+class SessionInfo(msgspec.Struct, kw_only=True):
+    session_id: str
+    tenant: str
+    state: SessionState
+    node_id: str
+    epoch: int
+    engine: EngineName
+    phone: str | None = None
+    reason: str | None = None
+    since: float = 0.0
+    reconnect_attempts: int = 0
+    breaker_open_until: float | None = None
+    queue_depth: int = 0
+
+
+class SessionList(msgspec.Struct, kw_only=True):
+    sessions: list[SessionInfo]
+
+
+# -- messages ----------------------------------------------------------------------------
+
+
+class Media(msgspec.Struct, kw_only=True):
+    """Media by URL or inline base64 (exactly one of the two)."""
+
+    url: str | None = None
+    base64: str | None = None
+    mimetype: str | None = None
+    filename: str | None = None
+
+
+class TextContent(msgspec.Struct, tag="text", kw_only=True):
+    text: str
+
+
+class ImageContent(msgspec.Struct, tag="image", kw_only=True):
+    media: Media
+    caption: str | None = None
+
+
+class DocumentContent(msgspec.Struct, tag="document", kw_only=True):
+    media: Media
+    caption: str | None = None
+
+
+class AudioContent(msgspec.Struct, tag="audio", kw_only=True):
+    media: Media
+    voice_note: bool = False
+
+
+class VideoContent(msgspec.Struct, tag="video", kw_only=True):
+    media: Media
+    caption: str | None = None
+
+
+class LocationContent(msgspec.Struct, tag="location", kw_only=True):
+    latitude: float
+    longitude: float
+    name: str | None = None
+    address: str | None = None
+
+
+class ContactContent(msgspec.Struct, tag="contact", kw_only=True):
+    display_name: str
+    phone: str
+
+
+class ReactionContent(msgspec.Struct, tag="reaction", kw_only=True):
+    message_id: str
+    emoji: str
+
+
+MessageContent = (
+    TextContent
+    | ImageContent
+    | DocumentContent
+    | AudioContent
+    | VideoContent
+    | LocationContent
+    | ContactContent
+    | ReactionContent
+)
+
+
+class SendMessage(msgspec.Struct, kw_only=True):
+    """Queue one outbound message. ``message_id`` is assigned by the caller and is the
+    dedupe key: sending the same id twice queues it once."""
+
+    session_id: str
+    message_id: str
+    to: str
+    content: MessageContent
+
+
+class SendAccepted(msgspec.Struct, kw_only=True):
+    message_id: str
+    status: Literal["queued"] = "queued"
+    queue_depth: int = 0
+
+
+class CheckNumbers(msgspec.Struct, kw_only=True):
+    session_id: str
+    numbers: list[str]
+
+
+class NumberStatus(msgspec.Struct, kw_only=True):
+    number: str
+    on_whatsapp: bool
+    jid: str | None = None
+
+
+class NumberStatuses(msgspec.Struct, kw_only=True):
+    results: list[NumberStatus]
+
+
+class HistoryRequest(msgspec.Struct, kw_only=True):
+    session_id: str
+    limit: int = 50
+
+
+class MessageRecord(msgspec.Struct, kw_only=True):
+    message_id: str
+    direction: Literal["in", "out"]
+    peer: str
+    type: str
+    timestamp: float
+    status: str
+    text: str | None = None
+
+
+class History(msgspec.Struct, kw_only=True):
+    messages: list[MessageRecord]
+
+
+# -- nodes -------------------------------------------------------------------------------
+
+
+class NodeInfo(msgspec.Struct, kw_only=True):
+    """Heartbeat body and ``node_info`` reply: what placement needs to know of a node."""
+
+    node_id: str
+    version: str
+    engine: EngineName
+    capacity: int
+    sessions: int
+    by_state: dict[str, int]
+    rss_bytes: int
+    memory_limit_bytes: int
+    open_fds: int
+    loop_lag_ms: float
+    draining: bool
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    started_at: float = 0.0
+    ts: float = 0.0
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+class EventType(enum.StrEnum):
+    SESSION_STATUS = "session.status"
+    SESSION_QR = "session.qr"
+    SESSION_PAIRED = "session.paired"
+    SESSION_LOGGED_OUT = "session.logged_out"
+    MESSAGE_RECEIVED = "message.received"
+    MESSAGE_QUEUED = "message.queued"
+    MESSAGE_SENT = "message.sent"
+    MESSAGE_ACK = "message.ack"
+    NODE_UP = "node.up"
+    NODE_DOWN = "node.down"
+    SESSION_MOVED = "session.moved"
+
+
+class Event(msgspec.Struct, kw_only=True):
+    """One event in stream ``ZF_EVENTS``; ``id`` is also its ``Nats-Msg-Id``."""
+
+    id: str
+    type: EventType
+    tenant: str
+    session_id: str
+    ts: float
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+    node_id: str | None = None
+
+
+# -- codec helpers -----------------------------------------------------------------------
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(value: object) -> bytes:
+    return _encoder.encode(value)
+
+
+def ok(value: object) -> bytes:
+    return _encoder.encode(Ok(value))
+
+
+def err(code: ErrorCode, message: str, retry_after_s: float | None = None) -> bytes:
+    return _encoder.encode(Err(code=code, message=message, retry_after_s=retry_after_s))
+
+
+# -- desired state (KV ``zf_sessions``) --------------------------------------------------
+
+
+class Assignment(msgspec.Struct, kw_only=True):
+    """Where a session runs. ``epoch`` is the fencing token: an agent runs the session only
+    while the KV record carries its node id with the epoch it was started with."""
+
+    node_id: str
+    epoch: int
+
+
+class SessionRecord(msgspec.Struct, kw_only=True):
+    spec: SessionSpec
+    desired: Literal["running", "stopped"] = "running"
+    assignment: Assignment | None = None
+    webhook_url: str | None = None
+    webhook_events: list[str] | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+# -- JetStream layout ---------------------------------------------------------------------
+
+
+async def ensure_jetstream(js: Any, *, events_max_age_s: float, node_ttl_s: float) -> None:
+    """Create the stream and buckets of DESIGN §2 if missing. Idempotent; both processes
+    call it at start so either may come up first."""
+    from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+    from nats.js.errors import BadRequestError
+
+    streams = (
+        StreamConfig(
+            name=EVENTS_STREAM,
+            subjects=[EVENTS_SUBJECTS],
+            max_age=events_max_age_s,
+            duplicate_window=120.0,
+            storage=StorageType.FILE,
+        ),
+        StreamConfig(
+            name=DLQ_STREAM,
+            subjects=["zf.dlq.>"],
+            max_age=30 * 86400.0,
+            storage=StorageType.FILE,
+        ),
+    )
+    for config in streams:
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            await js.update_stream(config)
+    buckets = (
+        KeyValueConfig(bucket=NODES_BUCKET, ttl=node_ttl_s, history=1),
+        KeyValueConfig(bucket=SESSIONS_BUCKET, history=5),
+        KeyValueConfig(bucket=TENANTS_BUCKET, history=5),
+    )
+    for bucket in buckets:
+        await js.create_key_value(bucket)

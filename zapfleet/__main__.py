@@ -1,0 +1,3 @@
+from zapfleet.cli import main
+
+main()

@@ -1,0 +1,346 @@
+"""The ``zapfleet`` command.
+
+zapfleet up               the whole stack on one machine (NATS, Valkey, control plane, agent)
+zapfleet control-plane    the HTTP API on granian (ZAPFLEET_HTTP_WORKERS workers)
+zapfleet agent            one node agent (one shard of sessions)
+zapfleet webhooks         a standalone webhook dispatcher
+zapfleet sim scan ID      act as a phone: scan the QR code of a sim session
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from zapfleet import __version__
+from zapfleet._env import SettingsError, load_settings
+from zapfleet._logging import configure_logging
+
+
+def _die(message: str) -> None:
+    print(f"zapfleet: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+def cmd_agent(_: argparse.Namespace) -> None:
+    from node_agent.settings import AgentSettings
+
+    try:
+        settings = load_settings(AgentSettings)
+    except SettingsError as exc:
+        _die(str(exc))
+    if settings.engine == "neonize":
+        # import before configuring logging: neonize calls logging.basicConfig at import
+        import neonize  # noqa: F401
+    configure_logging(settings.log_level, settings.log_format, process="agent")
+    import uvloop
+
+    from node_agent.agent import run_agent
+
+    uvloop.run(run_agent(settings))
+
+
+def cmd_control_plane(_: argparse.Namespace) -> None:
+    from granian.constants import Interfaces, Loops
+    from granian.server import Server
+
+    from control_plane.settings import ControlPlaneSettings
+
+    try:
+        settings = load_settings(ControlPlaneSettings)
+    except SettingsError as exc:
+        _die(str(exc))
+    configure_logging(settings.log_level, settings.log_format, process="control-plane")
+    Server(
+        "control_plane.asgi:app",
+        address=settings.http_host,
+        port=settings.http_port,
+        interface=Interfaces.ASGI,
+        workers=settings.http_workers,
+        loop=Loops.uvloop,
+        factory=True,
+        log_access=False,
+        backlog=2048,
+        respawn_failed_workers=True,
+    ).serve()
+
+
+def cmd_webhooks(_: argparse.Namespace) -> None:
+    from control_plane.settings import ControlPlaneSettings
+    from control_plane.webhooks.run import run_dispatcher
+
+    try:
+        settings = load_settings(ControlPlaneSettings)
+    except SettingsError as exc:
+        _die(str(exc))
+    configure_logging(settings.log_level, settings.log_format, process="webhooks")
+    import uvloop
+
+    uvloop.run(run_dispatcher(settings))
+
+
+# -- sim ---------------------------------------------------------------------------------
+
+
+async def sim_scan(nats_url: str, session_id: str, phone: str) -> str:
+    """Scan the current QR code of a sim session as ``phone``; returns a result line."""
+    import msgspec
+    import nats
+
+    from node_agent.engines.sim import link
+    from node_agent.protocol import (
+        SESSIONS_BUCKET,
+        Err,
+        Ok,
+        Op,
+        QrCode,
+        SessionRecord,
+        SessionRef,
+        agent_subject,
+        encode,
+    )
+
+    nc = await nats.connect(nats_url)
+    try:
+        kv = await nc.jetstream().key_value(SESSIONS_BUCKET)
+        entry = await kv.get(session_id)
+        record = msgspec.json.decode(entry.value or b"", type=SessionRecord)
+        if record.assignment is None:
+            return f"session {session_id} is not placed on any node"
+        reply = await nc.request(
+            agent_subject(record.assignment.node_id, Op.SESSION_QR),
+            encode(SessionRef(session_id=session_id)),
+            timeout=5,
+        )
+        decoded = msgspec.json.decode(reply.data, type=Ok[QrCode] | Err)
+        if isinstance(decoded, Err):
+            return f"cannot scan: {decoded.message}"
+        result = await link(nc, decoded.value.code, phone)
+        return "scanned: session linked as " + phone if result.ok else f"refused: {result.error}"
+    finally:
+        await nc.close()
+
+
+def cmd_sim_scan(args: argparse.Namespace) -> None:
+    line = asyncio.run(sim_scan(args.nats_url, args.session_id, args.phone))
+    print(line)
+    if not line.startswith("scanned"):
+        raise SystemExit(1)
+
+
+# -- up ----------------------------------------------------------------------------------
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "in use"
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_http_ok(url: str, timeout_s: float, children: list[Any]) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for child in children:
+            if child.process.poll() is not None:
+                code = child.process.returncode
+                _die(f"{child.name} exited with code {code}; see {child.log_path}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        time.sleep(0.2)
+    return False
+
+
+def _admin_key(home: Path) -> tuple[str, str]:
+    """The admin key and where it comes from: $ZAPFLEET_ADMIN_KEY or a generated file."""
+    from_env = os.environ.get("ZAPFLEET_ADMIN_KEY")
+    if from_env:
+        return from_env, "$ZAPFLEET_ADMIN_KEY"
+    key_file = home / "admin_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(32))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip(), str(key_file)
+
+
+def _stack_env(args: argparse.Namespace, home: Path, admin_key: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ZAPFLEET_NATS_URL": f"nats://127.0.0.1:{args.nats_port}",
+        "ZAPFLEET_VALKEY_URL": f"valkey://127.0.0.1:{args.valkey_port}/0",
+        "ZAPFLEET_ADMIN_KEY": admin_key,
+        "ZAPFLEET_HTTP_HOST": args.host,
+        "ZAPFLEET_HTTP_PORT": str(args.http_port),
+        "ZAPFLEET_DEFAULT_ENGINE": args.engine,
+        "ZAPFLEET_ENGINE": args.engine,
+        "ZAPFLEET_NODE_ID": os.environ.get("ZAPFLEET_NODE_ID", "local-1"),
+        "ZAPFLEET_DATA_DIR": str(home / "agent"),
+        "ZAPFLEET_METRICS_PORT": str(args.agent_metrics_port),
+        "ZAPFLEET_WEBHOOK_ALLOW_PRIVATE": os.environ.get("ZAPFLEET_WEBHOOK_ALLOW_PRIVATE", "true"),
+    }
+
+
+def _supervise(children: list[Any]) -> None:
+    """Stay in the foreground; if any child dies, stop the rest and fail."""
+    while True:
+        for child in children:
+            if child.process.poll() is not None:
+                code = child.process.returncode
+                print(f"zapfleet: {child.name} exited ({code}); stopping", file=sys.stderr)
+                stop_all_quietly(children)
+                raise SystemExit(1)
+        time.sleep(0.5)
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    from zapfleet.devservers import ChildProcess, ServerError, start_nats, start_valkey
+
+    home = Path(args.home).resolve()
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for name, port in (
+        ("NATS", args.nats_port),
+        ("Valkey", args.valkey_port),
+        ("HTTP", args.http_port),
+    ):
+        if not _port_free(port):
+            _die(f"{name} port {port} is in use; choose another with --{name.lower()}-port")
+    admin_key, key_source = _admin_key(home)
+    children: list[ChildProcess] = []
+
+    def stop_all(*_: object) -> None:
+        # reverse start order: API first, then the agent (flushes its events), then servers
+        stop_all_quietly(children)
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    steps = iter(range(1, 6))
+
+    def progress(message: str) -> None:
+        print(f"[{next(steps)}/5] {message}", flush=True)
+
+    try:
+        progress(f"nats-server (JetStream) on 127.0.0.1:{args.nats_port}")
+        children.append(start_nats(home / "nats", args.nats_port, log_path=logs / "nats.log"))
+        progress(f"valkey-server on 127.0.0.1:{args.valkey_port}")
+        children.append(
+            start_valkey(home / "valkey", args.valkey_port, log_path=logs / "valkey.log")
+        )
+    except ServerError as exc:
+        stop_all_quietly(children)
+        _die(str(exc))
+    env = _stack_env(args, home, admin_key)
+    exe = [sys.executable, "-m", "zapfleet"]
+    progress(f"node agent {env['ZAPFLEET_NODE_ID']} (engine {args.engine})")
+    children.append(_start_child("agent", [*exe, "agent"], env, logs / "agent.log"))
+    progress(f"control plane on http://{args.host}:{args.http_port}")
+    children.append(
+        _start_child("control-plane", [*exe, "control-plane"], env, logs / "control-plane.log")
+    )
+    progress("waiting for readiness (NATS + Valkey reachable from the API)")
+    if not _wait_http_ok(f"http://127.0.0.1:{args.http_port}/monitoring/ready", 90, children):
+        stop_all_quietly(children)
+        _die(f"the control plane did not become ready; see {logs}")
+    shown = f"http://{args.host}:{args.http_port}"
+    agent_metrics = f"http://127.0.0.1:{args.agent_metrics_port}/metrics"
+    print(
+        f"\nzapfleet {__version__} is up\n"
+        f"  API            {shown}/v1\n"
+        f"  OpenAPI docs   {shown}/schema\n"
+        f"  metrics        {shown}/metrics  (agent: {agent_metrics})\n"
+        f"  NATS           {env['ZAPFLEET_NATS_URL']}\n"
+        f"  admin key      {key_source}\n"
+        f"  logs           {logs}\n"
+        "Press Ctrl-C to stop.",
+        flush=True,
+    )
+    _supervise(children)
+
+
+def stop_all_quietly(children: list[Any]) -> None:
+    for child in reversed(children):
+        with contextlib.suppress(Exception):
+            child.stop()
+
+
+def _start_child(name: str, args: list[str], env: dict[str, str], log_path: Path) -> Any:
+    from zapfleet.devservers import ChildProcess, die_with_parent
+
+    out = open(log_path, "ab")  # noqa: SIM115
+    process = subprocess.Popen(
+        args, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        preexec_fn=die_with_parent, start_new_session=True,  # noqa: PLW1509
+    )  # fmt: skip
+    return ChildProcess(name, process, 0, log_path)
+
+
+# -- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zapfleet", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole stack on this machine")
+    up.add_argument("--home", default=os.environ.get("ZAPFLEET_HOME", ".zapfleet"), help="data dir")
+    up.add_argument("--host", default="127.0.0.1", help="HTTP listen address")
+    up.add_argument("--http-port", type=int, default=8080)
+    up.add_argument("--nats-port", type=int, default=4222)
+    up.add_argument("--valkey-port", type=int, default=6379)
+    up.add_argument("--agent-metrics-port", type=int, default=9470)
+    up.add_argument(
+        "--engine",
+        choices=("sim", "neonize"),
+        default=os.environ.get("ZAPFLEET_UP_ENGINE", "sim"),
+        help="engine of the local agent: sim (demo network, default) or neonize (real WhatsApp)",
+    )
+    up.set_defaults(func=cmd_up)
+
+    sub.add_parser("control-plane", help="run the HTTP API").set_defaults(func=cmd_control_plane)
+    sub.add_parser("agent", help="run one node agent").set_defaults(func=cmd_agent)
+    sub.add_parser("webhooks", help="run a webhook dispatcher").set_defaults(func=cmd_webhooks)
+
+    sim = sub.add_parser("sim", help="the simulated WhatsApp network").add_subparsers(
+        dest="sim_command", required=True
+    )
+    scan = sim.add_parser("scan", help="scan a sim session's QR code as a phone")
+    scan.add_argument("session_id")
+    scan.add_argument("--phone", default="15550000001", help="the phone number that scans")
+    scan.add_argument(
+        "--nats-url", default=os.environ.get("ZAPFLEET_NATS_URL", "nats://127.0.0.1:4222")
+    )
+    scan.set_defaults(func=cmd_sim_scan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -63,6 +63,9 @@ def cmd_control_plane(_: argparse.Namespace) -> None:
     except SettingsError as exc:
         _die(str(exc))
     configure_logging(settings.log_level, settings.log_format, process="control-plane")
+    from control_plane.metrics import prepare_multiprocess_dir
+
+    prepare_multiprocess_dir()  # before the workers fork: /metrics adds up every worker
     Server(
         "control_plane.asgi:app",
         address=settings.http_host,

@@ -10,8 +10,6 @@ one worker) the ordinary in-process registry is served.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
@@ -22,19 +20,6 @@ ENV = "PROMETHEUS_MULTIPROC_DIR"
 REQUESTS = Counter(
     "zapfleet_api_requests_total", "HTTP requests by route and status class", ["route", "status"]
 )
-
-
-def prepare_multiprocess_dir() -> str:
-    """Create a fresh directory for the workers' metric files (called before granian
-    starts its workers); stale files of an earlier run would be added up otherwise."""
-    existing = os.environ.get(ENV)
-    if existing:
-        shutil.rmtree(existing, ignore_errors=True)
-        os.makedirs(existing, exist_ok=True)
-        return existing
-    path = tempfile.mkdtemp(prefix="zapfleet-metrics-")
-    os.environ[ENV] = path
-    return path
 
 
 def _registry() -> CollectorRegistry:

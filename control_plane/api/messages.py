@@ -13,7 +13,7 @@ from litestar.params import Parameter
 
 from control_plane import idempotency
 from control_plane.agents import AgentCallError, AgentUnavailable
-from control_plane.api.sessions import QUERIES, call_agent, load_record, not_running
+from control_plane.api.sessions import QUERIES, call_agent, load_record, running
 from control_plane.auth import Principal, authenticate
 from control_plane.models import (
     HistoryView,
@@ -116,9 +116,7 @@ class MessageController(Controller):
         recipient = normalize_recipient(data.to)
         content = to_content(data)
         _check_media(content, services.settings.max_media_bytes)
-        record = await load_record(services, principal, session_id)
-        if record.assignment is None:
-            raise not_running(session_id)
+        assignment = running(await load_record(services, principal, session_id))
         store = services.idempotency
         reserved: tuple[str, str] | None = None
         if idempotency_key is not None:
@@ -143,7 +141,7 @@ class MessageController(Controller):
         )
         try:
             accepted = await services.agents.call(
-                record.assignment.node_id, Op.MESSAGE_SEND, send, SendAccepted
+                assignment.node_id, Op.MESSAGE_SEND, send, SendAccepted
             )
         except (AgentCallError, AgentUnavailable) as exc:
             if reserved is not None:
@@ -176,11 +174,10 @@ class MessageController(Controller):
         cached = await services.cache.get_history(session_id, limit)
         if cached is not None:
             return Response(cached, media_type=JSON, headers={"X-Cache": "hit"})  # type: ignore[arg-type]
-        if record.assignment is None:
-            raise not_running(session_id)
+        assignment = running(record)
         history = await call_agent(
             services,
-            record.assignment.node_id,
+            assignment.node_id,
             Op.HISTORY_LIST,
             HistoryRequest(session_id=session_id, limit=limit),
             History,
@@ -207,11 +204,10 @@ class MessageController(Controller):
                 known[number] = _status_decoder.decode(value)
         missing = [n for n in numbers if n not in known]
         if missing:
-            if record.assignment is None:
-                raise not_running(session_id)
+            assignment = running(record)
             checked = await call_agent(
                 services,
-                record.assignment.node_id,
+                assignment.node_id,
                 Op.CONTACTS_CHECK,
                 CheckNumbers(session_id=session_id, numbers=missing),
                 NumberStatuses,

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from control_plane import metrics
 from control_plane.agents import AgentCallError, AgentUnavailable
+from control_plane.api.sessions import live_assignment
 from control_plane.auth import Principal, authenticate, require_admin
 from control_plane.caches import CACHE_NAMES
 from control_plane.models import (
@@ -180,10 +181,9 @@ class MonitoringController(Controller):
     )
     async def instances(self, services: Services, principal: Principal) -> InstancesMetrics:
         records = services.index.records(principal.tenant)
-        wanted = {
-            r.spec.session_id: r.assignment.epoch for r in records if r.assignment is not None
-        }
-        nodes = {r.assignment.node_id for r in records if r.assignment is not None}
+        placed = [(r, a) for r in records if (a := live_assignment(r)) is not None]
+        wanted = {r.spec.session_id: a.epoch for r, a in placed}
+        nodes = {a.node_id for _, a in placed}
         found: list[InstanceMetrics] = []
         unreachable: list[str] = []
 

@@ -79,6 +79,17 @@ def not_running(session_id: str) -> ProblemError:
     )
 
 
+def running(record: SessionRecord) -> Assignment:
+    """Where the session runs, or 409 when it is not meant to run anywhere."""
+    if record.desired != "running" or record.assignment is None:
+        raise not_running(record.spec.session_id)
+    return record.assignment
+
+
+def live_assignment(record: SessionRecord) -> Assignment | None:
+    return record.assignment if record.desired == "running" else None
+
+
 async def load_record(services: Services, principal: Principal, session_id: str) -> SessionRecord:
     """The session record, or 404 — also for another tenant's session, so ids of other
     tenants cannot be probed."""
@@ -134,11 +145,12 @@ def status_of(record: SessionRecord, info: SessionInfo | None) -> SessionStatus:
 
 
 async def live_info(services: Services, record: SessionRecord) -> SessionInfo | None:
-    if record.assignment is None:
+    assignment = live_assignment(record)
+    if assignment is None:
         return None
     try:
         return await services.agents.call(
-            record.assignment.node_id,
+            assignment.node_id,
             Op.SESSION_STATUS,
             SessionRef(session_id=record.spec.session_id),
             SessionInfo,
@@ -191,11 +203,11 @@ async def unplace(services: Services, record: SessionRecord, op: Op) -> SessionI
     """Record the session as stopped (so no agent resumes it), then stop or log it out
     on its node. A node that no longer runs it, or is gone, is not an error."""
     session_id = record.spec.session_id
-    assignment = record.assignment
+    assignment = live_assignment(record)
 
     def stop(current: SessionRecord) -> None:
+        # the assignment stays: its epoch keeps growing across stops and starts (fencing)
         current.desired = "stopped"
-        current.assignment = None
 
     await update_record(services, session_id, stop)
     info = None
@@ -220,10 +232,9 @@ async def running_op(
     services: Services, principal: Principal, session_id: str, op: Op
 ) -> SessionView:
     record = await load_record(services, principal, session_id)
-    if record.assignment is None:
-        raise not_running(session_id)
+    assignment = running(record)
     info = await call_agent(
-        services, record.assignment.node_id, op, SessionRef(session_id=session_id), SessionInfo
+        services, assignment.node_id, op, SessionRef(session_id=session_id), SessionInfo
     )
     await services.cache.invalidate_session(session_id, qr=False)
     return view(record, info)
@@ -235,11 +246,10 @@ async def current_qr(services: Services, principal: Principal, session_id: str) 
     cached = await services.cache.get_qr(session_id)
     if cached is not None:
         return cached
-    if record.assignment is None:
-        raise not_running(session_id)
+    assignment = running(record)
     code = await call_agent(
         services,
-        record.assignment.node_id,
+        assignment.node_id,
         Op.SESSION_QR,
         SessionRef(session_id=session_id),
         QrCode,
@@ -298,7 +308,7 @@ class SessionController(Controller):
         ] = None,
     ) -> SessionList:
         records = sorted(services.index.records(principal.tenant), key=lambda r: r.spec.session_id)
-        nodes = {r.assignment.node_id for r in records if r.assignment is not None}
+        nodes = {a.node_id for r in records if (a := live_assignment(r)) is not None}
         infos: dict[str, SessionInfo] = {}
 
         async def from_node(node_id: str) -> None:
@@ -315,9 +325,8 @@ class SessionController(Controller):
         views = []
         for record in records:
             info = infos.get(record.spec.session_id)
-            if info is not None and (
-                record.assignment is None or info.epoch != record.assignment.epoch
-            ):
+            assignment = live_assignment(record)
+            if info is not None and (assignment is None or info.epoch != assignment.epoch):
                 info = None
             views.append(view(record, info))
         if only_state is not None:
@@ -378,8 +387,7 @@ class SessionController(Controller):
         self, session_id: str, services: Services, principal: Principal
     ) -> SessionView:
         record = await load_record(services, principal, session_id)
-        if record.assignment is None:
-            raise not_running(session_id)
+        running(record)
         info = await unplace(services, record, Op.SESSION_LOGOUT)
         return view(await load_record(services, principal, session_id), info)
 
@@ -426,7 +434,7 @@ class SessionController(Controller):
         self, session_id: str, services: Services, principal: Principal
     ) -> Response[SessionStatus]:
         record = await load_record(services, principal, session_id)
-        if record.assignment is None:
+        if live_assignment(record) is None:
             return Response(status_of(record, None), headers={"X-Cache": "bypass"})
         cached, generation = await services.cache.get_status(session_id)
         if cached is not None:
@@ -500,12 +508,10 @@ class SessionController(Controller):
         from control_plane.api.messages import normalize_recipient
 
         phone = normalize_recipient(data.phone)
-        record = await load_record(services, principal, session_id)
-        if record.assignment is None:
-            raise not_running(session_id)
+        assignment = running(await load_record(services, principal, session_id))
         code = await call_agent(
             services,
-            record.assignment.node_id,
+            assignment.node_id,
             Op.SESSION_PAIR_CODE,
             PairCodeRequest(session_id=session_id, phone=phone),
             PairCode,
@@ -541,10 +547,11 @@ class SessionController(Controller):
                 current.webhook_events = data.webhook_events
 
         record = await update_record(services, session_id, change)
-        if record.assignment is not None and data.pacing is not msgspec.UNSET:
+        assignment = live_assignment(record)
+        if assignment is not None and data.pacing is not msgspec.UNSET:
             try:
                 await services.agents.call(
-                    record.assignment.node_id,
+                    assignment.node_id,
                     Op.SESSION_CONFIGURE,
                     ConfigureSession(session_id=session_id, pacing=data.pacing),
                     SessionInfo,

@@ -43,6 +43,9 @@ CACHE_INVALIDATIONS = Counter(
     "zapfleet_api_cache_invalidations_total", "Cache entries invalidated by events", ["reason"]
 )
 CACHE_NAMES = ("status", "qr", "numbers", "history")
+for _name in CACHE_NAMES:  # export zeros from the start, not only after a first look-up
+    for _result in ("hit", "miss"):
+        CACHE_REQUESTS.labels(_name, _result)
 INVALIDATOR = "zf-api-cache"
 INVALIDATE_SUBJECT = "zf.events.*.*.session.>"
 

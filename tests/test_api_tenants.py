@@ -89,9 +89,7 @@ async def test_the_admin_acts_for_the_tenant_named_by_x_tenant_id(
     assert_problem(await admin.get(f"/v1/sessions/{session_id}"), 404, "session_not_found")
     unknown = await admin.get("/v1/sessions", headers={"X-Tenant-Id": "no-such-tenant"})
     assert_problem(unknown, 404, "tenant_not_found")
-    deleted = await admin.delete(
-        f"/v1/sessions/{session_id}", headers={"X-Tenant-Id": tenant_id}
-    )
+    deleted = await admin.delete(f"/v1/sessions/{session_id}", headers={"X-Tenant-Id": tenant_id})
     assert deleted.status_code == 204
 
 

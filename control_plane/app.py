@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from litestar import Litestar
 from litestar.config.compression import CompressionConfig
@@ -16,8 +17,10 @@ from control_plane.api.messages import MessageController
 from control_plane.api.monitoring import MonitoringController
 from control_plane.api.sessions import SessionController
 from control_plane.problems import EXCEPTION_HANDLERS
+from control_plane.security import SecurityHeadersMiddleware, cors_config
 from control_plane.services import get_services, open_services
 from control_plane.settings import ControlPlaneSettings
+from control_plane.ui import ui_route_handlers
 from control_plane.webhooks.dispatcher import Dispatcher
 from zapfleet import __version__
 
@@ -40,8 +43,13 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
                 if dispatcher is not None:
                     await dispatcher.stop()
 
+    handlers: list[Any] = [SessionController, MessageController, MonitoringController]
+    if settings.ui_enabled:
+        handlers.extend(ui_route_handlers())
     return Litestar(
-        route_handlers=[SessionController, MessageController, MonitoringController],
+        route_handlers=handlers,
+        middleware=[SecurityHeadersMiddleware],
+        cors_config=cors_config(settings.cors_allow_origins),
         dependencies={"services": Provide(get_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

@@ -62,5 +62,6 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
             path="/schema",
             render_plugins=[ScalarRenderPlugin(), JsonRenderPlugin()],
         ),
+        logging_config=None,  # our JSON logging (zapfleet._logging) stays in charge
         debug=False,
     )

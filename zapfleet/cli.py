@@ -23,7 +23,7 @@ from typing import Any
 
 from zapfleet import __version__
 from zapfleet._env import SettingsError, load_settings
-from zapfleet._logging import configure_logging
+from zapfleet._logging import configure_logging, dictconfig
 
 
 def _die(message: str) -> None:
@@ -72,6 +72,7 @@ def cmd_control_plane(_: argparse.Namespace) -> None:
         loop=Loops.uvloop,
         factory=True,
         log_access=False,
+        log_dictconfig=dictconfig(settings.log_level, settings.log_format),
         backlog=2048,
         respawn_failed_workers=True,
     ).serve()

@@ -7,8 +7,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import httpx
-
 from tests.browser import Browser, browser
 from tests.ui_stack import QR_FIRST_S, QR_NEXT_S, UiStack, ui_stack
 
@@ -100,39 +98,6 @@ def test_an_operator_pairs_a_sim_session_and_sends_a_message(
     storage, cookies = b.local_storage_and_cookies()
     assert ui_stack.admin_key not in storage
     assert cookies == []
-
-
-def test_the_sessions_page_lists_sessions_with_their_live_state(
-    browser: Browser, ui_stack: UiStack
-) -> None:
-    b = browser
-    with httpx.Client(base_url=ui_stack.base_url, headers=ui_stack.headers) as api:
-        created = api.post("/v1/sessions", json={"session_id": "ui-list", "engine": "sim"})
-        assert created.status_code == 201, created.text
-    sign_in(b, ui_stack)
-    b.wait_for(
-        "ui-list to be listed as PAIRING",
-        lambda: any(
-            row.get_attribute("data-session") == "ui-list" and "PAIRING" in row.text
-            for row in b.find_all("#sessions-rows tr")
-        ),
-    )
-    scan_with_the_sim(ui_stack, "ui-list", "15550170011")
-    b.wait_for(
-        "ui-list to turn CONNECTED in the list without a reload",
-        lambda: "CONNECTED" in b.find("#sessions-rows tr[data-session='ui-list']").text,
-    )
-    b.screenshot("sessions-list")
-
-
-def test_the_nodes_page_shows_capacity_and_sessions(browser: Browser, ui_stack: UiStack) -> None:
-    b = browser
-    sign_in(b, ui_stack)
-    b.find("#nav a[data-page='nodes']").click()
-    row = b.wait_visible(f"#nodes-rows tr[data-node='{ui_stack.node_id}']")
-    assert "sim" in row.text
-    assert "/ 150" in row.text or "/ " in row.find_element("css selector", ".capacity").text
-    b.screenshot("nodes")
 
 
 def test_the_webhooks_page_renders(browser: Browser, ui_stack: UiStack) -> None:

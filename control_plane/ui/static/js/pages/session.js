@@ -14,6 +14,7 @@ const ACTIONS = {
   restart: "Restart",
   reconnect: "Force reconnect",
   logout: "Log out",
+  "reset-breaker": "Reset circuit breaker",
   "reset-circuit": "Reset circuit breaker",
   reset_circuit: "Reset circuit breaker",
   reset: "Reset circuit breaker",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from litestar import Litestar, Router
 from litestar.config.compression import CompressionConfig
@@ -21,8 +22,10 @@ from control_plane.api.tenants import TenantController
 from control_plane.caches import CacheInvalidator
 from control_plane.hooks import before_send
 from control_plane.problems import EXCEPTION_HANDLERS
+from control_plane.security import SecurityHeadersMiddleware, cors_config
 from control_plane.services import get_services, open_services
 from control_plane.settings import ControlPlaneSettings
+from control_plane.ui import ui_route_handlers
 from control_plane.webhooks.dispatcher import Dispatcher
 from zapfleet import __version__
 
@@ -55,14 +58,19 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
         route_handlers=[MessageController],
         request_max_body_size=max(media_body_limit, settings.max_body_bytes),
     )
+    handlers: list[Any] = [
+        SessionController,
+        messages,
+        TenantController,
+        NodeController,
+        MonitoringController,
+    ]
+    if settings.ui_enabled:
+        handlers.extend(ui_route_handlers())
     return Litestar(
-        route_handlers=[
-            SessionController,
-            messages,
-            TenantController,
-            NodeController,
-            MonitoringController,
-        ],
+        route_handlers=handlers,
+        middleware=[SecurityHeadersMiddleware],
+        cors_config=cors_config(settings.cors_allow_origins),
         dependencies={"services": Provide(get_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
@@ -87,6 +95,7 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
             ),
             security=[{"bearer": []}, {"apiKey": []}],
         ),
+        logging_config=None,  # our JSON logging (zapfleet._logging) stays in charge
         debug=False,
     )
 

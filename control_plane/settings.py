@@ -12,6 +12,8 @@
 | ZAPFLEET_WEBHOOK_ALLOW_PRIVATE | false | allow loopback/private webhook targets (dev, tests) |
 | ZAPFLEET_WEBHOOKS_IN_PROCESS | true | run the webhook dispatcher inside the control plane |
 | ZAPFLEET_RPC_TIMEOUT_S | 5 | NATS request timeout towards agents |
+| ZAPFLEET_UI_ENABLED | true | serve the operator web UI at /ui (docs/ui.md) |
+| ZAPFLEET_CORS_ALLOW_ORIGINS | (none) | comma-separated browser origins allowed (none: denied) |
 | ZAPFLEET_LOG_LEVEL / ZAPFLEET_LOG_FORMAT | INFO / json | logging |
 | ZAPFLEET_MAX_BODY_BYTES | 1048576 | largest request body, except message sends |
 | ZAPFLEET_MAX_MEDIA_BYTES | 16777216 | largest inline media (decoded) of a send |
@@ -60,6 +62,8 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     webhook_timeout_s: float = 10.0
     webhook_max_attempts: int = 8
     webhook_concurrency: int = 25
+    ui_enabled: bool = True
+    cors_allow_origins: list[str] = msgspec.field(default_factory=list)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
     # API: auth, rate limits, caches, idempotency (docs/api.md)

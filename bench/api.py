@@ -254,6 +254,33 @@ def _ms(text: str) -> float:
     return {"us": value / 1000, "ms": value, "s": value * 1000}[unit]
 
 
+def load(
+    url: str,
+    *,
+    method: str,
+    paths: list[str],
+    headers: dict[str, str],
+    body: str,
+    concurrency: int,
+    duration_s: float,
+    delay_ms: float = 0.0,
+) -> Run:
+    """wrk when installed, else the Python load generator of bench/_loadgen.py."""
+    if TOOLS["wrk"] is not None:
+        return wrk(
+            url, method=method, paths=paths, headers=headers, body=body,
+            concurrency=concurrency, duration_s=duration_s, delay_ms=delay_ms,
+        )  # fmt: skip
+    from bench import _loadgen
+
+    if body:
+        headers = {**headers, "Content-Type": "application/json"}
+    rate, p50, p99, errors = _loadgen.run(
+        url, method, paths, headers, body, concurrency, duration_s, delay_ms
+    )
+    return Run(concurrency, round(rate, 1), round(p50, 2), round(p99, 2), errors, delay_ms)
+
+
 def wrk(
     url: str,
     *,
@@ -268,8 +295,8 @@ def wrk(
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(_WRK_SCRIPT.replace("wrk.method", f'"{method}"'))
     args = [
-        "wrk", "-t", "1", "-c", str(concurrency), "-d", f"{max(1, round(duration_s))}s", "--latency",
-        "--timeout", "5s", "-s", script.name,
+        "wrk", "-t", "1", "-c", str(concurrency), "-d", f"{max(1, round(duration_s))}s",
+        "--latency", "--timeout", "5s", "-s", script.name,
     ]  # fmt: skip
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
@@ -280,8 +307,9 @@ def wrk(
     if "Requests/sec" not in out:
         raise RuntimeError(f"wrk failed: {done.stdout}\n{done.stderr}")
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    distribution = out.split("Latency Distribution", 1)[-1]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", distribution).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", distribution).group(1))  # type: ignore[union-attr]
     errors = 0
     non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     if non_2xx:
@@ -296,7 +324,7 @@ def wrk(
 
 def send_load(stack: Stack, concurrency: int, delay_ms: float = 0.0) -> Run:
     body = json.dumps({"type": "text", "to": stack.recipient, "text": "benchmark message"})
-    return wrk(
+    return load(
         stack.base_url,
         method="POST",
         paths=[f"/v1/sessions/{s}/messages" for s in stack.sessions],
@@ -310,7 +338,7 @@ def send_load(stack: Stack, concurrency: int, delay_ms: float = 0.0) -> Run:
 
 def bare_load(url: str, stack: Stack, concurrency: int) -> Run:
     body = json.dumps({"type": "text", "to": stack.recipient, "text": "benchmark message"})
-    return wrk(
+    return load(
         url,
         method="POST",
         paths=["/bare/messages"],
@@ -322,7 +350,7 @@ def bare_load(url: str, stack: Stack, concurrency: int) -> Run:
 
 
 def status_load(stack: Stack, concurrency: int) -> Run:
-    return wrk(
+    return load(
         stack.base_url,
         method="GET",
         paths=[f"/v1/sessions/{s}/status" for s in stack.sessions],
@@ -336,9 +364,13 @@ def status_load(stack: Stack, concurrency: int) -> Run:
 # -- the benchmark ----------------------------------------------------------------------------
 
 
+TOOLS: dict[str, str | None] = {"wrk": None}
+
+
 def main() -> None:
-    if ensure_wrk() is None:
-        raise SystemExit("wrk is needed (apt-get install wrk) and could not be installed")
+    TOOLS["wrk"] = ensure_wrk()
+    if TOOLS["wrk"] is None:
+        print("wrk is not installed and could not be: using the Python load generator")
     with (
         tempfile.TemporaryDirectory(prefix="zapfleet-bench-") as tmp,
         processes(Path(tmp)) as (
@@ -381,7 +413,7 @@ def main() -> None:
         "ratio_vs_bare": round(peak.requests_per_s / bare_peak.requests_per_s, 3),
         "cached_status_req_per_s": status_peak.requests_per_s,
         "http_workers": WORKERS,
-        "load_generator": "wrk -t1 (same machine)",
+        "load_generator": "wrk -t1 (same machine)" if TOOLS["wrk"] else "bench/_loadgen.py",
         "duration_s_per_point": DURATION_S,
         "sends": [vars(r) for r in sends],
         "bare": [vars(r) for r in bares],

@@ -64,6 +64,8 @@ class Idempotency:
         self.client = client
         self.prefix = settings.cache_prefix + "idem:"
         self.ttl_ms = round(settings.idempotency_ttl_s * 1000)
+        # a reservation whose request died (process killed mid-request) frees itself
+        self.pending_ttl_ms = round(max(30.0, settings.rpc_timeout_s * 6) * 1000)
 
     def storage_key(self, tenant: str, session_id: str, key: str) -> str:
         digest = hashlib.sha256(f"{tenant}\0{session_id}\0{key}".encode()).hexdigest()
@@ -78,7 +80,7 @@ class Idempotency:
         (or a 409 problem)."""
         pending = _encode(_Entry(state="pending", body=digest))
         previous = await self.client.execute(
-            "SET", storage_key, pending, "NX", "PX", self.ttl_ms, "GET"
+            "SET", storage_key, pending, "NX", "PX", self.pending_ttl_ms, "GET"
         )
         if previous is None:
             return None

@@ -431,12 +431,11 @@ class SessionController(Controller):
         summary="The session's state, from the status cache (header X-Cache: hit|miss)",
     )
     async def status(
-        self,
-        request: Request[Any, Any, Any],
-        session_id: str,
-        services: Services,
-        principal: Principal,
+        self, request: Request[Any, Any, Any], session_id: str
     ) -> Response[SessionStatus]:
+        # a hot read: services and caller by hand, cheaper than dependency injection
+        services: Services = request.app.state.services
+        principal = await authenticate(request, services)
         limiter = services.limiter
         record = services.index.get(session_id)
         if limiter.enabled and record is not None and live_assignment(record) is not None:

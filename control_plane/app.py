@@ -14,8 +14,10 @@ from litestar.openapi.plugins import JsonRenderPlugin, ScalarRenderPlugin
 
 from control_plane.api.messages import MessageController
 from control_plane.api.monitoring import MonitoringController
+from control_plane.api.nodes_admin import NodeAdminController
 from control_plane.api.sessions import SessionController
 from control_plane.problems import EXCEPTION_HANDLERS
+from control_plane.reconciler import Reconciler
 from control_plane.services import get_services, open_services
 from control_plane.settings import ControlPlaneSettings
 from control_plane.webhooks.dispatcher import Dispatcher
@@ -33,15 +35,25 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
             if settings.webhooks_in_process:
                 dispatcher = Dispatcher(services.js, services.sessions, settings)
                 dispatcher.start()
+            reconciler = Reconciler(services.fleet) if settings.reconciler else None
+            if reconciler is not None:
+                reconciler.start()
             log.info("control plane ready")
             try:
                 yield
             finally:
+                if reconciler is not None:
+                    await reconciler.stop()
                 if dispatcher is not None:
                     await dispatcher.stop()
 
     return Litestar(
-        route_handlers=[SessionController, MessageController, MonitoringController],
+        route_handlers=[
+            SessionController,
+            MessageController,
+            MonitoringController,
+            NodeAdminController,
+        ],
         dependencies={"services": Provide(get_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

@@ -28,6 +28,7 @@ class CreateSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pacing: p.PacingSettings | None = None
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
+    node_labels: dict[str, str] | None = None  # place only on nodes with these labels
 
 
 class SessionView(msgspec.Struct, kw_only=True):

@@ -1,20 +1,31 @@
-"""Choosing a node for a session (DESIGN §4)."""
+"""Choosing a node for a session (DESIGN §4).
+
+The rules live here; :mod:`control_plane.fleet` applies them to the live view of the
+fleet and makes them hold under concurrency (slots taken by KV revision CAS)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from node_agent.protocol import EngineName, NodeInfo, SessionState
 
-_BUSY_STATES = (SessionState.PAIRING, SessionState.RECONNECTING)
+BUSY_STATES = (SessionState.PAIRING, SessionState.RECONNECTING)
+MEMORY_THRESHOLD = 0.85
+
+
+def labels_match(node: NodeInfo, labels: Mapping[str, str] | None) -> bool:
+    return not labels or all(node.labels.get(k) == v for k, v in labels.items())
+
+
+def memory_ok(node: NodeInfo) -> bool:
+    limit = node.memory_limit_bytes
+    return not (limit and node.rss_bytes > MEMORY_THRESHOLD * limit)
 
 
 def eligible(node: NodeInfo, engine: EngineName, labels: dict[str, str] | None = None) -> bool:
     if node.draining or node.engine != engine or node.sessions >= node.capacity:
         return False
-    if labels and any(node.labels.get(k) != v for k, v in labels.items()):
-        return False
-    return not (node.memory_limit_bytes and node.rss_bytes > 0.85 * node.memory_limit_bytes)
+    return labels_match(node, labels) and memory_ok(node)
 
 
 def choose_node(
@@ -29,7 +40,7 @@ def choose_node(
         candidates,
         key=lambda n: (
             n.capacity - n.sessions,
-            -sum(n.by_state.get(s, 0) for s in _BUSY_STATES),
+            -sum(n.by_state.get(s, 0) for s in BUSY_STATES),
             n.node_id,
         ),
     )

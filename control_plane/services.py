@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from control_plane.agents import AgentClient
+from control_plane.fleet import Fleet
 from control_plane.settings import ControlPlaneSettings
 from control_plane.store import NodeDirectory, SessionStore
 from node_agent.protocol import NODES_BUCKET, SESSIONS_BUCKET, ensure_jetstream
@@ -28,6 +29,7 @@ class Services:
     nodes: NodeDirectory
     agents: AgentClient
     valkey: valkey.Valkey
+    fleet: Fleet
 
 
 @contextlib.asynccontextmanager
@@ -43,17 +45,23 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
         js, events_max_age_s=settings.events_max_age_s, node_ttl_s=settings.node_ttl_s
     )
     cache = valkey.Valkey.from_url(settings.valkey_url)
+    sessions = SessionStore(await js.key_value(SESSIONS_BUCKET))
+    agents = AgentClient(nc, settings.rpc_timeout_s)
+    fleet = Fleet(settings=settings, nc=nc, js=js, sessions=sessions, agents=agents)
+    await fleet.start()
     try:
         yield Services(
             settings=settings,
             nc=nc,
             js=js,
-            sessions=SessionStore(await js.key_value(SESSIONS_BUCKET)),
+            sessions=sessions,
             nodes=NodeDirectory(await js.key_value(NODES_BUCKET)),
-            agents=AgentClient(nc, settings.rpc_timeout_s),
+            agents=agents,
             valkey=cache,
+            fleet=fleet,
         )
     finally:
+        await fleet.stop()
         # bounded: on shutdown NATS or Valkey may already be gone
         with contextlib.suppress(Exception):
             await asyncio.wait_for(cache.aclose(), 2)

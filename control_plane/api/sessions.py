@@ -7,16 +7,15 @@ from typing import Any
 
 from litestar import Controller, get, post
 from litestar.di import Provide
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.auth import Principal, authenticate
+from control_plane.fleet import NoCapacity
 from control_plane.models import CreateSession, QrView, SessionView
-from control_plane.placement import choose_node
 from control_plane.problems import ProblemError
 from control_plane.services import Services
 from node_agent.protocol import (
-    Assignment,
     Op,
     PacingSettings,
     QrCode,
@@ -25,7 +24,6 @@ from node_agent.protocol import (
     SessionRef,
     SessionSpec,
     SessionState,
-    StartSession,
 )
 
 
@@ -77,31 +75,14 @@ async def live_info(services: Services, record: SessionRecord) -> SessionInfo | 
 
 
 async def place(services: Services, record: SessionRecord) -> SessionInfo:
-    """Assign the session to the best node (epoch + 1, KV CAS) and start it there."""
-    session_id = record.spec.session_id
-    node = choose_node(await services.nodes.list(), record.spec.engine)
-    if node is None:
-        raise ProblemError(
-            503,
-            "no_capacity",
-            f"no eligible node runs the {record.spec.engine} engine with free capacity",
-            headers={"Retry-After": "5"},
-        )
-
-    def assign(current: SessionRecord) -> None:
-        epoch = current.assignment.epoch + 1 if current.assignment else 1
-        current.assignment = Assignment(node_id=node.node_id, epoch=epoch)
-        current.desired = "running"
-
-    record = await services.sessions.update(session_id, assign)
-    assert record.assignment is not None
+    """Assign the session to the best node (slot by KV CAS, epoch + 1) and start it there
+    (control_plane/fleet.py)."""
     try:
-        return await services.agents.call(
-            node.node_id,
-            Op.SESSION_START,
-            StartSession(spec=record.spec, epoch=record.assignment.epoch),
-            SessionInfo,
-        )
+        return await services.fleet.place(record.spec.session_id)
+    except NoCapacity as exc:
+        raise ProblemError(503, "no_capacity", str(exc), headers={"Retry-After": "5"}) from None
+    except KeyNotFoundError:
+        raise not_found(record.spec.session_id) from None
     except AgentCallError as exc:
         raise exc.to_problem() from None
     except AgentUnavailable as exc:
@@ -127,7 +108,10 @@ class SessionController(Controller):
             pacing=data.pacing or PacingSettings(),
         )
         record = SessionRecord(
-            spec=spec, webhook_url=data.webhook_url, webhook_events=data.webhook_events
+            spec=spec,
+            webhook_url=data.webhook_url,
+            webhook_events=data.webhook_events,
+            node_labels=data.node_labels,
         )
         try:
             await services.sessions.create(record)

@@ -406,6 +406,21 @@ class Fleet:
 
         await self.update_placement(node_id, change)
 
+    async def abandon(self, node_id: str, session_id: str) -> None:
+        """Give back a slot taken for a placement that did not happen — unless the session
+        is assigned there after all (slots are shared: two concurrent movers of the same
+        session may have reserved the same one, and the winner needs it)."""
+        found = await self.sessions.get(session_id)
+        if found is not None:
+            record = found[0]
+            if (
+                record.desired == "running"
+                and record.assignment is not None
+                and record.assignment.node_id == node_id
+            ):
+                return
+        await self.release(node_id, [session_id])
+
     async def set_flags(self, node_id: str, **flags: bool) -> tuple[NodePlacement, bool]:
         """Set operator/reconciler flags; also returns whether this call changed them
         (with CAS, exactly one of several concurrent callers sees True)."""
@@ -541,8 +556,7 @@ class Fleet:
                 await self.stop_on(old.node_id, session_id, old.epoch)
         placed = await self.assign(session_id, target, "any")
         if placed is None:
-            if old is None or old.node_id != target:
-                await self.release(target, [session_id])
+            await self.abandon(target, session_id)
             raise KeyNotFoundError
         if old is not None and old.node_id != target:
             await self.release(old.node_id, [session_id])
@@ -615,14 +629,14 @@ class Fleet:
             try:
                 await self.stop_on(source, session_id, assignment.epoch)
             except (AgentCallError, AgentUnavailable) as exc:
-                await self.release(target, [session_id])
+                await self.abandon(target, session_id)
                 return MoveResult(session_id=session_id, result="failed", detail=str(exc))
         elif self.alive(source):
-            await self.release(target, [session_id])
+            await self.abandon(target, session_id)
             return MoveResult(session_id=session_id, result="failed", detail="node is back")
         placed = await self.assign(session_id, target, assignment)
         if placed is None or placed.assignment is None:
-            await self.release(target, [session_id])
+            await self.abandon(target, session_id)
             return MoveResult(session_id=session_id, result="skipped", detail="changed meanwhile")
         await self.emit_moved(placed, source, reason)
         try:

@@ -46,7 +46,8 @@ from node_agent.protocol import LEASES_BUCKET, SYSTEM_TENANT, EventType
 log = logging.getLogger(__name__)
 
 LEADER_KEY = "reconciler"
-AUDIT_GRACE_S = 30.0  # a slot younger than this may belong to a placement in flight
+AUDIT_GRACE_S = 30.0  # a slot or record younger than this may be a placement in flight
+DRAIN_STALL_S = 10.0  # a draining node whose record did not change for this long
 
 
 class Holder(msgspec.Struct, kw_only=True):
@@ -236,7 +237,9 @@ class Reconciler:
                 f"node.up.{node_id}.{time.time_ns()}",
                 node_id=node_id,
             )
-        if placement.draining and placement.sessions:
+        stalled = time.time() - placement.changed_at > DRAIN_STALL_S
+        if placement.draining and placement.sessions and stalled:
+            # a drain whose caller gave up (or died): finish it
             self._spawn(f"drain:{node_id}", self._drain(node_id))
 
     async def _failover(self, node_id: str) -> None:
@@ -260,31 +263,48 @@ class Reconciler:
         await asyncio.sleep(2)
 
     async def audit(self) -> None:
-        """Slots against assignments: add the missing, drop the stale (after a grace)."""
+        """Slots against assignments: add the missing, drop the stale. Only what did not
+        change for a grace period is touched (a placement may be between its steps), and
+        the list of records is a snapshot, so each repair is checked again first."""
         fleet = self.fleet
-        records = await fleet.sessions.list()
+        now = time.time()
         assigned: dict[str, set[str]] = {}
-        for record in records:
+        settled: set[str] = set()
+        for record in await fleet.sessions.list():
+            session_id = record.spec.session_id
+            if now - record.updated_at > AUDIT_GRACE_S:
+                settled.add(session_id)
             if record.desired == "running" and record.assignment is not None:
-                assigned.setdefault(record.assignment.node_id, set()).add(record.spec.session_id)
+                assigned.setdefault(record.assignment.node_id, set()).add(session_id)
         for node_id in set(assigned) - set(fleet.nodes):
             fleet._state(node_id)  # known from now on: silent until it heartbeats
-        now = time.time()
         for node_id in list(fleet.nodes):
             wanted = assigned.get(node_id, set())
+            slots = fleet.placement_of(node_id).sessions
+            missing = {s for s in wanted - slots.keys() if s in settled}
+            stale = {s for s, at in slots.items() if s not in wanted and now - at > AUDIT_GRACE_S}
+            if not missing and not stale:
+                continue
+            # read again: the snapshot may be older than a move that happened meanwhile
+            fresh = await asyncio.gather(*(fleet.sessions.get(s) for s in missing | stale))
+            here = {
+                found[0].spec.session_id
+                for found in fresh
+                if found is not None
+                and found[0].desired == "running"
+                and found[0].assignment is not None
+                and found[0].assignment.node_id == node_id
+            }
+            add, drop = missing & here, stale - here
 
-            def change(record: NodePlacement, wanted: set[str] = wanted) -> bool:
-                missing = wanted - record.sessions.keys()
-                stale = {
-                    s
-                    for s, at in record.sessions.items()
-                    if s not in wanted and now - at > AUDIT_GRACE_S
-                }
-                for session_id in missing:
+            def change(record: NodePlacement, add: set[str] = add, drop: set[str] = drop) -> bool:
+                added = add - record.sessions.keys()
+                dropped = drop & record.sessions.keys()
+                for session_id in added:
                     record.sessions[session_id] = now
-                for session_id in stale:
+                for session_id in dropped:
                     del record.sessions[session_id]
-                return bool(missing or stale)
+                return bool(added or dropped)
 
             if await fleet.update_placement(node_id, change) is not None:
                 log.info("audit repaired slots", extra={"node": node_id})

@@ -5,6 +5,7 @@ zapfleet control-plane    the HTTP API on granian (ZAPFLEET_HTTP_WORKERS workers
 zapfleet agent            one node agent (one shard of sessions)
 zapfleet webhooks         a standalone webhook dispatcher
 zapfleet sim scan ID      act as a phone: scan the QR code of a sim session
+zapfleet nodes ...        node administration: ls, cordon, uncordon, drain, rebalance
 """
 
 from __future__ import annotations
@@ -334,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--nats-url", default=os.environ.get("ZAPFLEET_NATS_URL", "nats://127.0.0.1:4222")
     )
     scan.set_defaults(func=cmd_sim_scan)
+
+    from zapfleet import cli_nodes
+
+    cli_nodes.add_parser(sub)
     return parser
 
 

@@ -37,6 +37,7 @@ import time
 import msgspec
 from nats.errors import Error as NatsError
 from nats.js.api import KeyValueConfig
+from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -58,8 +59,11 @@ class Holder(msgspec.Struct, kw_only=True):
 class Leadership:
     """A lease on one KV key with a per-message TTL."""
 
-    def __init__(self, fleet: Fleet, ttl_s: int, holder: str | None = None) -> None:
-        self.fleet = fleet
+    def __init__(
+        self, js: JetStreamContext, ttl_s: int, holder: str | None = None, key: str = LEADER_KEY
+    ) -> None:
+        self.js = js
+        self.key = key
         self.ttl_s = max(1, int(ttl_s))
         self.holder = holder or f"{socket.gethostname()}-{secrets.token_hex(4)}"
         self.revision = 0
@@ -71,9 +75,9 @@ class Leadership:
         if self._kv is None:
             config = KeyValueConfig(bucket=LEASES_BUCKET, history=1)
             try:
-                self._kv = await self.fleet.js.create_key_value(config)
+                self._kv = await self.js.create_key_value(config)
             except BadRequestError:
-                self._kv = await self.fleet.js.key_value(LEASES_BUCKET)
+                self._kv = await self.js.key_value(LEASES_BUCKET)
         return self._kv
 
     @property
@@ -90,8 +94,8 @@ class Leadership:
         body = msgspec.json.encode(Holder(holder=self.holder, since=self.since or time.time()))
         try:
             if self.revision:
-                ack = await self.fleet.js.publish(
-                    f"$KV.{LEASES_BUCKET}.{LEADER_KEY}",
+                ack = await self.js.publish(
+                    f"$KV.{LEASES_BUCKET}.{self.key}",
                     body,
                     headers={"Nats-Expected-Last-Subject-Sequence": str(self.revision)},
                     msg_ttl=self.ttl_s,
@@ -99,7 +103,7 @@ class Leadership:
                 )
                 self.revision = ack.seq
             else:
-                self.revision = await kv.create(LEADER_KEY, body, msg_ttl=self.ttl_s)
+                self.revision = await kv.create(self.key, body, msg_ttl=self.ttl_s)
                 self.since = time.time()
                 log.info("reconciler leadership acquired", extra={"holder": self.holder})
         except (KeyWrongLastSequenceError, APIError, NatsError, TimeoutError) as exc:
@@ -115,13 +119,13 @@ class Leadership:
             return
         kv = await self._bucket()
         with contextlib.suppress(Exception):
-            await kv.delete(LEADER_KEY, last=self.revision)
+            await kv.delete(self.key, last=self.revision)
         self.revision = 0
 
     async def current(self) -> str | None:
         kv = await self._bucket()
         try:
-            entry = await kv.get(LEADER_KEY)
+            entry = await kv.get(self.key)
         except KeyNotFoundError:
             return None
         if not entry.value:
@@ -133,7 +137,7 @@ class Reconciler:
     def __init__(self, fleet: Fleet, holder: str | None = None) -> None:
         self.fleet = fleet
         self.settings = fleet.settings
-        self.leadership = Leadership(fleet, self.settings.leader_lease_s, holder)
+        self.leadership = Leadership(fleet.js, self.settings.leader_lease_s, holder)
         self.active = False
         self._task: asyncio.Task[None] | None = None
         self._jobs: dict[str, asyncio.Task[None]] = {}

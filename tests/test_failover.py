@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -27,6 +28,8 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
 
+from control_plane.reconciler import Leadership
+from node_agent.device_store import DeviceStore
 from node_agent.engines.sim import SIM_BUCKET, SimConfig, SimEngine, seed_account
 from node_agent.engines.sim_presence import violations
 from node_agent.protocol import (
@@ -423,10 +426,12 @@ async def test_rebalance_evens_out_sessions_between_nodes(
     slots = {n: v["slots_used"] for n, v in cluster.placement().items() if n in NODES}
     assert max(slots.values()) - min(slots.values()) <= 1, slots
     lists = {n: (await agent_sessions(cnc, n)).sessions for n in NODES}
-    running = {n: len(lists[n]) for n in NODES}
+    assert {n: len(lists[n]) for n in NODES} == slots
     bodies = await views(api, [s.session_id for n in NODES for s in lists[n]])
-    odd = [(n, s.session_id, s.state, s.epoch, bodies[s.session_id]["node_id"], bodies[s.session_id]["epoch"]) for n in NODES for s in lists[n] if bodies[s.session_id]["node_id"] != n or bodies[s.session_id]["epoch"] != s.epoch]
-    assert running == slots, odd
+    for node_id in NODES:  # every run matches KV: this node, this epoch
+        for info in lists[node_id]:
+            body = bodies[info.session_id]
+            assert (body["node_id"], body["epoch"]) == (node_id, info.epoch), info
 
 
 def test_the_cli_lists_and_cordons_nodes(cluster: Cluster) -> None:
@@ -522,3 +527,59 @@ async def test_two_sockets_for_one_account_are_counted_and_the_older_is_kicked(
         await first.disconnect()
     finally:
         await other.close()
+
+
+async def test_one_reconciler_candidate_leads_and_another_takes_over_when_it_goes(
+    cnc: NATS,
+) -> None:
+    js = cnc.jetstream()
+    first = Leadership(js, 1, "first", key="test-leader")
+    second = Leadership(js, 1, "second", key="test-leader")
+    assert await first.hold()
+    assert not await second.hold()
+    assert await first.current() == "first"
+    # the first stops renewing (dead or cut off): its key expires, the second takes over
+    started = time.monotonic()
+    while not await second.hold():
+        assert time.monotonic() - started < 5, "leadership never moved"
+        await asyncio.sleep(0.1)
+    assert await second.current() == "second"
+    first.renewed_at = 0.0  # force a renewal attempt: its revision is no longer current
+    assert not await first.hold()
+    await second.resign()
+    assert await first.hold()
+    await first.resign()
+
+
+async def test_a_sqlite_device_store_travels_through_the_object_store(
+    cnc: NATS, tmp_path: Path
+) -> None:
+    js = cnc.jetstream()
+    node_a = await DeviceStore.open(js, tmp_path / "a")
+    node_b = await DeviceStore.open(js, tmp_path / "b")
+    source = node_a.path("device-1")
+    source.parent.mkdir(parents=True)
+    live = sqlite3.connect(source)  # the engine keeps it open while we back it up
+    live.execute("create table keys (k text)")
+    live.execute("insert into keys values ('identity')")
+    live.commit()
+
+    def rows(store: DeviceStore) -> list[tuple[str]]:
+        with sqlite3.connect(store.path("device-1")) as db:
+            return db.execute("select k from keys order by k").fetchall()
+
+    assert await node_a.backup("device-1")
+    assert not node_b.path("device-1").exists()
+    assert await node_b.restore("device-1")
+    assert rows(node_b) == [("identity",)]
+    assert not await node_b.restore("device-1"), "a local copy as new as the backup stays"
+
+    live.execute("insert into keys values ('prekey')")
+    live.commit()
+    assert await node_a.backup("device-1")
+    assert await node_b.restore("device-1"), "a newer backup replaces an older local copy"
+    assert rows(node_b) == [("identity",), ("prekey",)]
+
+    await node_a.forget("device-1")
+    assert not await node_a.restore("device-1")
+    live.close()

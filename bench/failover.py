@@ -99,14 +99,15 @@ async def place_all(api: httpx.AsyncClient, ids: list[str]) -> float:
 
 
 async def status(api: httpx.AsyncClient, node_id: str) -> str | None:
-    """The node's status in GET /v1/placement (up, silent, down, left)."""
+    """The node's state in GET /v1/nodes (up, silent, down, left)."""
     try:
-        response = await api.get("/v1/placement")
+        response = await api.get("/v1/nodes")
     except httpx.HTTPError:
         return None
     if response.status_code != 200:
         return None
-    return next((str(n["status"]) for n in response.json() if n["node_id"] == node_id), None)
+    nodes = response.json()["nodes"]
+    return next((str(n["state"]) for n in nodes if n["node_id"] == node_id), None)
 
 
 async def watch_failover(

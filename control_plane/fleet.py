@@ -122,6 +122,8 @@ class Fleet:
     agents: AgentClient
     nodes: dict[str, NodeState] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
+    # told of every session record this fleet writes (the API's in-process session index)
+    on_written: Callable[[SessionRecord, int], None] | None = None
     _nodes_kv: KeyValue | None = None
     _placement_kv: KeyValue | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -456,9 +458,12 @@ class Fleet:
             record.desired = "running"
 
         try:
-            return await self.sessions.update(session_id, change)
+            record, revision = await self.sessions.update_with_revision(session_id, change)
         except (_Stale, KeyNotFoundError):
             return None
+        if self.on_written is not None:
+            self.on_written(record, revision)
+        return record
 
     async def start_on(self, record: SessionRecord) -> SessionInfo:
         assert record.assignment is not None

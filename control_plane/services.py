@@ -14,10 +14,16 @@ from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from control_plane.agents import AgentClient
+from control_plane.caches import ApiCache
 from control_plane.fleet import Fleet
+from control_plane.idempotency import Idempotency
+from control_plane.keyring import Authenticator
+from control_plane.ratelimit import RateLimiter
+from control_plane.session_index import SessionIndex
 from control_plane.settings import ControlPlaneSettings
 from control_plane.store import NodeDirectory, SessionStore
-from node_agent.protocol import NODES_BUCKET, SESSIONS_BUCKET, ensure_jetstream
+from control_plane.tenants import TenantStore
+from node_agent.protocol import NODES_BUCKET, SESSIONS_BUCKET, TENANTS_BUCKET, ensure_jetstream
 
 
 @dataclass(slots=True)
@@ -30,6 +36,12 @@ class Services:
     agents: AgentClient
     valkey: valkey.Valkey
     fleet: Fleet
+    index: SessionIndex
+    tenants: TenantStore
+    auth: Authenticator
+    limiter: RateLimiter
+    cache: ApiCache
+    idempotency: Idempotency
 
 
 @contextlib.asynccontextmanager
@@ -49,7 +61,13 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
     agents = AgentClient(nc, settings.rpc_timeout_s)
     fleet = Fleet(settings=settings, nc=nc, js=js, sessions=sessions, agents=agents)
     await fleet.start()
+    tenants = TenantStore(await js.key_value(TENANTS_BUCKET))
+    index = SessionIndex(sessions)
+    auth = Authenticator(tenants, settings.admin_key, settings.auth_cache_ttl_s)
+    fleet.on_written = index.note
     try:
+        await index.start()
+        await auth.start()
         yield Services(
             settings=settings,
             nc=nc,
@@ -58,10 +76,18 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
             nodes=NodeDirectory(await js.key_value(NODES_BUCKET)),
             agents=agents,
             valkey=cache,
+            index=index,
+            tenants=tenants,
+            auth=auth,
+            limiter=RateLimiter(cache, settings),
+            cache=ApiCache(cache, settings),
+            idempotency=Idempotency(cache, settings),
             fleet=fleet,
         )
     finally:
         await fleet.stop()
+        await auth.stop()
+        await index.stop()
         # bounded: on shutdown NATS or Valkey may already be gone
         with contextlib.suppress(Exception):
             await asyncio.wait_for(cache.aclose(), 2)

@@ -107,11 +107,12 @@ class Cluster:
         wait_for_port(port, 60, process)
 
     def placement(self) -> dict[str, dict[str, Any]]:
+        """GET /v1/nodes: each node with its placement state."""
         response = httpx.get(
-            f"{self.apis[0]}/v1/placement", headers={"X-API-Key": ADMIN_KEY}, timeout=5
+            f"{self.apis[0]}/v1/nodes", headers={"X-API-Key": ADMIN_KEY}, timeout=5
         )
         response.raise_for_status()
-        return {n["node_id"]: n for n in response.json()}
+        return {n["node_id"]: n for n in response.json()["nodes"]}
 
     def wait_nodes_up(self, nodes: tuple[str, ...] = NODES, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s
@@ -124,7 +125,7 @@ class Cluster:
                 view = self.placement()
             except httpx.HTTPError:
                 view = {}
-            if all(view.get(n, {}).get("status") == "up" for n in nodes):
+            if all(view.get(n, {}).get("state") == "up" for n in nodes):
                 return
             time.sleep(0.1)
         raise RuntimeError(f"nodes not up after {timeout_s} s: {view}")
@@ -435,7 +436,7 @@ async def test_rebalance_evens_out_sessions_between_nodes(
 
 
 def test_the_cli_lists_and_cordons_nodes(cluster: Cluster) -> None:
-    env = {**os.environ, "ZAPFLEET_API_URL": cluster.apis[1], "ZAPFLEET_ADMIN_KEY": ADMIN_KEY}
+    env = {**os.environ, "ZAPFLEET_API_URL": cluster.apis[1], "ZAPFLEET_API_KEY": ADMIN_KEY}
 
     def cli(*args: str) -> str:
         done = subprocess.run(
@@ -449,7 +450,7 @@ def test_the_cli_lists_and_cordons_nodes(cluster: Cluster) -> None:
         return done.stdout
 
     listing = cli("ls")
-    assert listing.splitlines()[0].split()[:3] == ["NODE", "STATUS", "FLAGS"]
+    assert listing.splitlines()[0].split()[:3] == ["NODE", "STATUS", "ENGINE"]
     assert all(n in listing for n in NODES)
     assert cli("cordon", NODES[1]).strip() == f"{NODES[1]}: cordoned"
     assert "cordoned" in next(line for line in cli("ls").splitlines() if NODES[1] in line)

@@ -1,8 +1,10 @@
 """Node administration (admin key only): placement view, cordon, drain, rebalance.
 
-- ``GET  /v1/placement``                 every node as placement sees it
+(``GET /v1/nodes`` lists the nodes with these flags: control_plane/api/nodes.py.)
+
 - ``POST /v1/nodes/{node_id}/cordon``    no new sessions on the node; running ones stay
 - ``POST /v1/nodes/{node_id}/uncordon``  eligible again (also ends a drain)
+- ``POST /v1/nodes/{node_id}/undrain``   end a drain, keep a cordon
 - ``POST /v1/nodes/{node_id}/drain``     cordon and move every session off, without
   re-pairing (each stops on the node first, then starts elsewhere with epoch + 1)
 - ``POST /v1/nodes/rebalance``           even out sessions between eligible nodes
@@ -13,29 +15,14 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, post
 from litestar.di import Provide
 
-from control_plane.auth import Principal, authenticate
+from control_plane.auth import Principal, require_admin
 from control_plane.fleet import Fleet, MoveResult
+from control_plane.models import NodeStatus
 from control_plane.problems import ProblemError
 from control_plane.services import Services
-
-
-class NodeView(msgspec.Struct, kw_only=True):
-    node_id: str
-    status: Literal["up", "down", "left", "silent"]
-    cordoned: bool
-    draining: bool
-    slots_used: int
-    capacity: int
-    sessions: int
-    by_state: dict[str, int]
-    engine: str | None = None
-    labels: dict[str, str] = msgspec.field(default_factory=dict)
-    version: str | None = None
-    silent_s: float
-    lease_ttl_s: float
 
 
 class MoveReport(msgspec.Struct, kw_only=True):
@@ -45,37 +32,32 @@ class MoveReport(msgspec.Struct, kw_only=True):
     results: list[MoveResult]
 
 
-def _require_admin(principal: Principal) -> None:
-    if not principal.is_admin:
-        raise ProblemError(403, "forbidden", "node administration needs the admin key")
-
-
-def node_view(fleet: Fleet, node_id: str) -> NodeView:
+def node_status(fleet: Fleet, node_id: str) -> NodeStatus | None:
     state = fleet.nodes[node_id]
+    if state.info is None:
+        return None  # known from assignments only: no heartbeat seen yet
     placement = fleet.placement_of(node_id)
-    info = state.info
-    status: Literal["up", "down", "left", "silent"] = "up"
+    status: Literal["up", "silent", "down", "left"] = "up"
     if state.left:
         status = "left"
     elif placement.down:
         status = "down"
-    elif not fleet.fresh(state) and not (info is not None and info.draining):
+    elif not fleet.fresh(state) and not state.info.draining:
         status = "silent"
-    return NodeView(
-        node_id=node_id,
-        status=status,
+    fields = msgspec.structs.asdict(state.info)
+    fields["draining"] = state.info.draining or placement.draining
+    return NodeStatus(
+        **fields,
+        state=status,
         cordoned=placement.cordoned,
-        draining=placement.draining or bool(info and info.draining),
         slots_used=len(placement.sessions),
-        capacity=info.capacity if info else 0,
-        sessions=info.sessions if info else 0,
-        by_state=dict(info.by_state) if info else {},
-        engine=info.engine if info else None,
-        labels=dict(info.labels) if info else {},
-        version=info.version if info else None,
         silent_s=round(fleet.silent_s(state), 2),
-        lease_ttl_s=fleet.lease_s(state),
     )
+
+
+def node_statuses(fleet: Fleet) -> list[NodeStatus]:
+    found = (node_status(fleet, n) for n in sorted(fleet.nodes))
+    return [n for n in found if n is not None]
 
 
 def report(results: list[MoveResult]) -> MoveReport:
@@ -88,45 +70,44 @@ def report(results: list[MoveResult]) -> MoveReport:
 
 
 class NodeAdminController(Controller):
-    path = "/v1"
-    tags = ["nodes"]
-    dependencies = {"principal": Provide(authenticate)}
+    path = "/v1/nodes"
+    tags = ["nodes (admin)"]
+    dependencies = {"principal": Provide(require_admin)}
 
     @staticmethod
-    def _known(fleet: Fleet, node_id: str) -> None:
-        if node_id not in fleet.nodes:
+    def _status(fleet: Fleet, node_id: str) -> NodeStatus:
+        status = node_status(fleet, node_id) if node_id in fleet.nodes else None
+        if status is None:
             raise ProblemError(404, "node_not_found", f"no node {node_id!r}")
+        return status
 
-    @get("/placement", summary="Every node as placement sees it (admin)")
-    async def placement(self, services: Services, principal: Principal) -> list[NodeView]:
-        _require_admin(principal)
-        return [node_view(services.fleet, n) for n in sorted(services.fleet.nodes)]
-
-    @post("/nodes/{node_id:str}/cordon", status_code=200, summary="No new sessions (admin)")
-    async def cordon(self, node_id: str, services: Services, principal: Principal) -> NodeView:
-        _require_admin(principal)
-        self._known(services.fleet, node_id)
+    @post("/{node_id:str}/cordon", status_code=200, summary="No new sessions on the node")
+    async def cordon(self, node_id: str, services: Services, principal: Principal) -> NodeStatus:
+        self._status(services.fleet, node_id)
         await services.fleet.set_flags(node_id, cordoned=True)
-        return node_view(services.fleet, node_id)
+        return self._status(services.fleet, node_id)
 
-    @post("/nodes/{node_id:str}/uncordon", status_code=200, summary="Eligible again (admin)")
-    async def uncordon(self, node_id: str, services: Services, principal: Principal) -> NodeView:
-        _require_admin(principal)
-        self._known(services.fleet, node_id)
+    @post("/{node_id:str}/uncordon", status_code=200, summary="Eligible again (ends a drain)")
+    async def uncordon(self, node_id: str, services: Services, principal: Principal) -> NodeStatus:
+        self._status(services.fleet, node_id)
         await services.fleet.set_flags(node_id, cordoned=False, draining=False)
-        return node_view(services.fleet, node_id)
+        return self._status(services.fleet, node_id)
+
+    @post("/{node_id:str}/undrain", status_code=200, summary="End a drain (a cordon stays)")
+    async def undrain(self, node_id: str, services: Services, principal: Principal) -> NodeStatus:
+        self._status(services.fleet, node_id)
+        await services.fleet.set_flags(node_id, draining=False)
+        return self._status(services.fleet, node_id)
 
     @post(
-        "/nodes/{node_id:str}/drain",
+        "/{node_id:str}/drain",
         status_code=200,
-        summary="Move every session off a node without re-pairing (admin)",
+        summary="Move every session off the node without re-pairing; no new placements",
     )
     async def drain(self, node_id: str, services: Services, principal: Principal) -> MoveReport:
-        _require_admin(principal)
-        self._known(services.fleet, node_id)
+        self._status(services.fleet, node_id)
         return report(await services.fleet.drain(node_id))
 
-    @post("/nodes/rebalance", status_code=200, summary="Even out sessions between nodes (admin)")
+    @post("/rebalance", status_code=200, summary="Even out sessions between eligible nodes")
     async def rebalance(self, services: Services, principal: Principal) -> MoveReport:
-        _require_admin(principal)
         return report(await services.fleet.rebalance())

@@ -94,6 +94,10 @@ class NodeState:
     placement_revision: int = 0
 
 
+class PlacementContention(Exception):
+    """A node's placement record kept changing under every attempt to update it."""
+
+
 class NoCapacity(Exception):
     """No eligible node has a free slot."""
 
@@ -305,11 +309,14 @@ class Fleet:
                 else:
                     new_rev = await self.placement_kv.create(node_id, body)
             except KeyWrongLastSequenceError:
-                await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                else:
+                    await self._read_placement(node_id)  # the caller chooses again on fresh data
                 continue
             self._on_placement(node_id, body, None, new_rev)
             return record
-        raise RuntimeError(f"placement of node {node_id}: too many concurrent updates")
+        raise PlacementContention(f"placement of node {node_id}: too many concurrent updates")
 
     def _capacity(self, state: NodeState) -> int:
         return state.info.capacity if state.info is not None else 0
@@ -342,8 +349,11 @@ class Fleet:
         scored.sort(key=lambda item: item[:3], reverse=True)
         return [item[3] for item in scored]
 
-    async def reserve_on(self, node_id: str, session_ids: list[str]) -> list[str]:
-        """Take slots on one node for as many of ``session_ids`` as fit; returns those."""
+    async def reserve_on(
+        self, node_id: str, session_ids: list[str], attempts: int = 50
+    ) -> list[str]:
+        """Take slots on one node for as many of ``session_ids`` as fit; returns those
+        (none either when the node is full or excluded, or after ``attempts`` lost CAS)."""
         state = self._state(node_id)
         taken: list[str] = []
 
@@ -362,7 +372,10 @@ class Fleet:
                     room -= 1
             return bool(taken)
 
-        if await self.update_placement(node_id, change) is None:
+        try:
+            if await self.update_placement(node_id, change, attempts) is None:
+                return []
+        except PlacementContention:
             return []
         return taken
 
@@ -542,18 +555,22 @@ class Fleet:
             here = self.placement_of(old.node_id)
             if session_id in here.sessions and not here.excluded:
                 target = old.node_id
-        if target is None:
-            for _ in range(20):
-                best = self.candidates(record)
-                if not best:
-                    raise NoCapacity(
-                        f"no eligible node runs the {record.spec.engine} engine with free capacity"
-                    )
-                if await self.reserve_on(best[0].node_id, [session_id]):
-                    target = best[0].node_id
-                    break
+        for attempt in range(100):
+            if target is not None:
+                break
+            best = self.candidates(record)
+            if not best:
+                raise NoCapacity(
+                    f"no eligible node runs the {record.spec.engine} engine with free capacity"
+                )
+            # one CAS try: when another placement got there first, choose again on the
+            # fresh record (spreads concurrent placements instead of piling them up)
+            if await self.reserve_on(best[0].node_id, [session_id], attempts=1):
+                target = best[0].node_id
             else:
-                raise NoCapacity("could not take a slot: too much contention")
+                await asyncio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 20)))
+        if target is None:
+            raise NoCapacity("could not take a slot: too much contention")
         assert target is not None
         if old is not None and old.node_id != target and self.alive(old.node_id):
             # never two sockets: the old run ends before the new one starts

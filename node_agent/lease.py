@@ -10,8 +10,8 @@ An agent may run a session only while (a) its node lease is alive and (b) KV
   before every network action: after a freeze (SIGSTOP, a stalled VM) a session must not
   act before the agent had a chance to fence it.
 - :class:`AssignmentWatch` — watches ``zf_sessions`` and reports sessions whose record no
-  longer assigns them to this node at their epoch (moved, deleted, stopped), so the agent
-  stops them even if it never lost its lease.
+  longer assigns them to this node at their epoch (moved elsewhere, newer epoch, deleted),
+  so the agent stops them even if it never lost its lease.
 - :func:`claim` — before (re)starting a session on its own (resume after a restart or
   after a fence), the agent takes a new epoch with a revision compare-and-set. A
   reconciler moving the session at the same moment does the same CAS on the same
@@ -62,8 +62,8 @@ def superseded(record: SessionRecord | None, node_id: str, epoch: int) -> str | 
     """Why a session running here at ``epoch`` must stop, or None if it may go on."""
     if record is None:
         return "session deleted"
-    if record.desired != "running":
-        return "session stopped"
+    # desired "stopped" alone is not a reason: the API stops (or logs out) the session on
+    # its node itself, and must not find it already gone (a logout would not happen)
     assignment = record.assignment
     if assignment is None:
         return "session unassigned"

@@ -88,7 +88,10 @@ class Cluster:
         port = free_port()
         env = {
             "ZAPFLEET_NATS_URL": self.nats_url,
-            "ZAPFLEET_VALKEY_URL": self.valkey_url,
+            # a Valkey database of its own, and no rate limits: the burst below would use
+            # up the budget other tests' control planes share (same key, same IP)
+            "ZAPFLEET_VALKEY_URL": self.valkey_url.rsplit("/", 1)[0] + "/5",
+            "ZAPFLEET_RATE_LIMITS_ENABLED": "false",
             "ZAPFLEET_ADMIN_KEY": ADMIN_KEY,
             "ZAPFLEET_HTTP_PORT": str(port),
             "ZAPFLEET_DEFAULT_ENGINE": "sim",

@@ -5,7 +5,7 @@
 import { del, enc, features, get, post } from "../api.js";
 import { ago, badge, h, phone, poll, replace, toast } from "../dom.js";
 
-const POLL_MS = 1000;
+const POLL_MS = 1500;
 const PAIRING_STATES = new Set(["STARTING", "PAIRING"]);
 // Lifecycle actions shown as buttons when the server has POST /v1/sessions/{id}/<action>.
 const ACTIONS = {

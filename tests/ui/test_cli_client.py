@@ -1,5 +1,5 @@
 """`zapfleet sessions ...` and `zapfleet nodes ...`: the HTTP API from a terminal, as real
-processes against a real stack (tests/ui_stack.py)."""
+processes against a real stack (tests/ui/stack.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from pathlib import Path
 
 import segno
 
-from tests.ui_stack import UiStack, ui_stack
-
-__all__ = ["ui_stack"]
+from tests.ui.stack import UiStack
 
 
 def zapfleet(

@@ -7,10 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.browser import Browser, browser
-from tests.ui_stack import QR_FIRST_S, QR_NEXT_S, UiStack, ui_stack
-
-__all__ = ["browser", "ui_stack"]
+from tests.ui.browser import Browser
+from tests.ui.stack import QR_FIRST_S, QR_NEXT_S, UiStack
 
 
 def sign_in(b: Browser, stack: UiStack) -> None:

@@ -55,9 +55,6 @@ def cmd_agent(_: argparse.Namespace) -> None:
 
 
 def cmd_control_plane(_: argparse.Namespace) -> None:
-    from granian.constants import Interfaces, Loops
-    from granian.server import Server
-
     from control_plane.settings import ControlPlaneSettings
 
     try:
@@ -65,6 +62,18 @@ def cmd_control_plane(_: argparse.Namespace) -> None:
     except SettingsError as exc:
         _die(str(exc))
     configure_logging(settings.log_level, settings.log_format, process="control-plane")
+    from control_plane.metrics_dir import multiprocess_dir
+
+    # set before granian forks its workers (and before prometheus_client is imported):
+    # /metrics then adds up the samples of every worker
+    with multiprocess_dir():
+        _serve_control_plane(settings)
+
+
+def _serve_control_plane(settings: Any) -> None:
+    from granian.constants import Interfaces, Loops
+    from granian.server import Server
+
     Server(
         "control_plane.asgi:app",
         address=settings.http_host,

@@ -246,12 +246,11 @@ def nodes_ls(api: Api, args: argparse.Namespace, out: TextIO) -> None:
 
 def nodes_drain(api: Api, args: argparse.Namespace, out: TextIO) -> None:
     result = api.call("POST", f"/v1/nodes/{args.node_id}/drain")
-    moved = ""
+    counts = ""
     if isinstance(result, dict):
-        count = result.get("sessions") or result.get("moved") or result.get("sessions_to_move")
-        if isinstance(count, int | list):
-            moved = f" ({count if isinstance(count, int) else len(count)} session(s) to move)"
-    print(f"draining {args.node_id}{moved}", file=out)
+        parts = [f"{k} {result[k]}" for k in ("moved", "skipped", "failed") if k in result]
+        counts = f": {', '.join(parts)}" if parts else ""
+    print(f"draining {args.node_id}{counts}", file=out)
 
 
 # -- parser ------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ Each tick (``ZAPFLEET_RECONCILE_INTERVAL_S``), the active reconciler:
 - marks a node **up** again when it heartbeats (``node.up``), and finishes drains left
   unfinished;
 - every ``ZAPFLEET_AUDIT_INTERVAL_S``, audits slots against assignments (a control
-  plane may die between two steps of a placement).
+  plane may die between two steps of a placement) and starts sessions a live node
+  should run but does not know (a start that failed after the assignment was written).
 
 On becoming active, and after a pause of its own loop longer than a lease, it counts
 every node's silence from that moment: a reconciler that was itself cut off must not
@@ -41,8 +42,9 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.fleet import Fleet, NodePlacement
-from node_agent.protocol import LEASES_BUCKET, SYSTEM_TENANT, EventType
+from node_agent.protocol import LEASES_BUCKET, SYSTEM_TENANT, Empty, EventType, Op, SessionList
 
 log = logging.getLogger(__name__)
 
@@ -312,3 +314,38 @@ class Reconciler:
 
             if await fleet.update_placement(node_id, change) is not None:
                 log.info("audit repaired slots", extra={"node": node_id})
+        for node_id, ids in assigned.items():
+            if fleet.alive(node_id):
+                await self._restart_missing(node_id, ids & settled)
+
+    async def _restart_missing(self, node_id: str, ids: set[str]) -> None:
+        """Sessions a live node should run but does not know (a start RPC that failed or
+        timed out): start them at their current epoch. Any state the node reports, even
+        FAILED or LOGGED_OUT, counts as known: only the node's absence of it is repaired."""
+        if not ids:
+            return
+        fleet = self.fleet
+        try:
+            listing = await fleet.agents.call(node_id, Op.SESSIONS_LIST, Empty(), SessionList)
+        except (AgentCallError, AgentUnavailable):
+            return
+        known = {s.session_id for s in listing.sessions}
+        for session_id in sorted(ids - known):
+            found = await fleet.sessions.get(session_id)
+            if found is None:
+                continue
+            record = found[0]
+            assignment = record.assignment
+            if record.desired != "running" or assignment is None or assignment.node_id != node_id:
+                continue
+            try:
+                await fleet.start_on(record)
+            except (AgentCallError, AgentUnavailable) as exc:
+                log.warning(
+                    "audit could not start a session",
+                    extra={"session_id": session_id, "node": node_id, "error": str(exc)},
+                )
+                continue
+            log.warning(
+                "audit started a session its node did not run", extra={"session_id": session_id}
+            )

@@ -34,12 +34,15 @@ from node_agent.engines.sim import SIM_BUCKET, SimConfig, SimEngine, seed_accoun
 from node_agent.engines.sim_presence import violations
 from node_agent.protocol import (
     EVENTS_STREAM,
+    SESSIONS_BUCKET,
+    Assignment,
     Empty,
     Err,
     Event,
     Ok,
     Op,
     SessionList,
+    SessionRecord,
     SessionSpec,
     agent_subject,
     encode,
@@ -458,6 +461,27 @@ def test_the_cli_lists_and_cordons_nodes(cluster: Cluster) -> None:
     assert cli("cordon", NODES[1]).strip() == f"{NODES[1]}: cordoned"
     assert "cordoned" in next(line for line in cli("ls").splitlines() if NODES[1] in line)
     assert cli("uncordon", NODES[1]).strip() == f"{NODES[1]}: eligible"
+
+
+async def test_the_audit_starts_a_session_its_live_node_does_not_run(
+    cluster: Cluster, api: httpx.AsyncClient, cnc: NATS
+) -> None:
+    """A control plane wrote the assignment, then died before its start RPC."""
+    cluster.ensure_agents()
+    node = NODES[1]
+    await seed_account(cnc, "orphan", phone(500))
+    long_ago = time.time() - 120  # settled: no placement of it is in flight
+    record = SessionRecord(
+        spec=SessionSpec(session_id="orphan", tenant="default", engine="sim"),
+        assignment=Assignment(node_id=node, epoch=1),
+        created_at=long_ago,
+        updated_at=long_ago,
+    )
+    kv = await cnc.jetstream().key_value(SESSIONS_BUCKET)
+    await kv.create("orphan", encode(record))
+    body = (await wait_all(api, ["orphan"], lambda b: b["state"] == "CONNECTED", 20))["orphan"]
+    assert (body["node_id"], body["epoch"]) == (node, 1)
+    assert cluster.placement()[node]["slots_used"] >= 1
 
 
 # -- concurrency -------------------------------------------------------------------------

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 LEADER_KEY = "reconciler"
 AUDIT_GRACE_S = 30.0  # a slot or record younger than this may be a placement in flight
 DRAIN_STALL_S = 10.0  # a draining node whose record did not change for this long
+FORGET_AFTER_S = 24 * 3600.0  # a down node without sessions leaves the node list
 
 
 class Holder(msgspec.Struct, kw_only=True):
@@ -206,6 +207,8 @@ class Reconciler:
                 await self._node_alive(node_id, placement, state.placement is None)
                 continue
             if placement.down and not placement.sessions:
+                if fleet.silent_s(state) > FORGET_AFTER_S:
+                    await fleet.forget(node_id)
                 continue
             if not await fleet.confirm_down(node_id):
                 continue

@@ -505,7 +505,7 @@ def test_render_nats_cluster_from_the_inventory(rendered: Rendered) -> None:
     assert routes == ["nats-route://192.0.2.12:6222", "nats-route://192.0.2.13:6222"]
     service = unit(rendered.root / "etc" / "systemd" / "system" / "zapfleet-nats.service")
     assert service["Service"]["ExecStart"] == [
-        "/usr/bin/nats-server --config /etc/zapfleet/nats.conf"
+        "/usr/sbin/nats-server --config /etc/zapfleet/nats.conf"
     ]
     assert service["Service"]["Restart"] == ["always"]
     assert service["Service"]["StateDirectory"] == ["zapfleet/nats"]

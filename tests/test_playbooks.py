@@ -244,6 +244,9 @@ class Work:
     syntax: Background
     check_root: Path
     check: Background
+    refused_root: Path
+    refused_apply: Background
+    refused_key: Background
 
 
 @pytest.fixture(scope="module")
@@ -273,8 +276,19 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Work]:
     )
     check_root = tmp_path_factory.mktemp("check-root")
     check = Background(playbook_cmd(check_root, "--check", "--diff"), env)
-    jobs = [lint, syntax, check]
-    yield Work(home, env, lint, syntax, check_root, check)
+    refused_root = tmp_path_factory.mktemp("refused-root")
+    refused_apply = Background(playbook_cmd(refused_root, zapfleet_apply=True), env)
+    refused_key = Background(
+        playbook_cmd(
+            tmp_path_factory.mktemp("admin-key-root"),
+            "--tags",
+            "control_plane",
+            control_plane_admin_key="tooShort42",
+        ),
+        env,
+    )
+    jobs = [lint, syntax, check, refused_apply, refused_key]
+    yield Work(home, env, lint, syntax, check_root, check, refused_root, refused_apply, refused_key)
     for job in jobs:
         job.stop()
 
@@ -376,23 +390,6 @@ def test_sysctl_file_gives_a_reason_for_every_setting() -> None:
     ) * int(settings["net.ipv4.tcp_keepalive_probes"])
     assert keepalive <= 300, "a dead WhatsApp socket must be noticed within minutes"
     assert int(settings["fs.file-max"]) >= 65536 * 16
-
-
-# ---------------------------------------------------------------- syntax and lint
-
-
-def test_syntax_check(work: Work) -> None:
-    result = work.syntax.result()
-    assert result.returncode == 0, result.failure()
-    assert "playbook: " in result.stdout
-
-
-def test_ansible_lint_production_profile_offline_is_clean(work: Work) -> None:
-    result = work.lint.result()
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    assert "Profile 'production' was required, and it passed." in output, output
-    assert "0 failure(s), 0 warning(s)" in output, output
 
 
 # ---------------------------------------------------------------- the render run
@@ -544,21 +541,6 @@ def metric_catalogue() -> dict[str, dict[str, Any]]:
 # Prometheus' own series and the labels every scrape adds.
 PROMETHEUS_METRICS = {"up"}
 SCRAPE_LABELS = {"job", "instance", "node", "node_id", "shard", "le"}
-PROMQL_WORDS = {
-    "sum",
-    "max",
-    "min",
-    "count",
-    "rate",
-    "increase",
-    "by",
-    "on",
-    "and",
-    "or",
-    "unless",
-    "histogram_quantile",
-    "max_over_time",
-}
 
 
 def check_promql(expr: str, catalogue: dict[str, dict[str, Any]]) -> set[str]:
@@ -725,22 +707,38 @@ def test_check_mode_on_a_fresh_root_fails_nothing_and_writes_nothing(work: Work)
     assert list(work.check_root.iterdir()) == []
 
 
-def test_apply_mode_refuses_a_root_prefix(work: Work, tmp_path: Path) -> None:
-    result = run(playbook_cmd(tmp_path, zapfleet_apply=True), work.env)
+def test_apply_mode_refuses_a_root_prefix(work: Work) -> None:
+    result = work.refused_apply.result()
     assert result.returncode != 0
     assert result.stats["failures"] == 1
     assert "refuses a root prefix" in result.stdout
-    assert list(tmp_path.iterdir()) == []
+    assert list(work.refused_root.iterdir()) == []
 
 
-def test_control_plane_refuses_a_short_admin_key(work: Work, tmp_path: Path) -> None:
-    result = run(
-        playbook_cmd(tmp_path, "--tags", "control_plane", control_plane_admin_key="short"),
-        work.env,
-    )
+def test_control_plane_refuses_a_short_admin_key(work: Work) -> None:
+    result = work.refused_key.result()
     assert result.returncode != 0
     assert result.stats["failures"] == 1
-    assert not (tmp_path / "etc" / "zapfleet" / "control-plane.env").exists()
+    [(name, failed)] = [(n, r) for n, r in result.tasks() if r.get("failed")]
+    assert name == "Check the control plane settings", failed
+    assert "tooShort42" not in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- syntax and lint
+
+
+def test_syntax_check(work: Work) -> None:
+    result = work.syntax.result()
+    assert result.returncode == 0, result.failure()
+    assert "playbook: " in result.stdout
+
+
+def test_ansible_lint_production_profile_offline_is_clean(work: Work) -> None:
+    result = work.lint.result()
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Profile 'production' was required, and it passed." in output, output
+    assert "0 failure(s), 0 warning(s)" in output, output
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")

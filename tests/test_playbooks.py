@@ -5,8 +5,8 @@ and ``systemd-analyze verify`` on the rendered units.
 
 Every ansible command runs with the interpreter running these tests, offline, and with
 ANSIBLE_HOME and the collection path inside a temporary directory: only the collections of the
-pinned ``ansible`` package are used. The slow commands (ansible-lint, the check-mode run) start
-in the background as soon as the first test needs them and run while the render runs.
+pinned ``ansible`` package are used. ansible-lint, the syntax check, the check-mode run and the
+runs that must be refused start in the background with the first render run and overlap it.
 """
 
 from __future__ import annotations
@@ -238,7 +238,6 @@ def example_vars() -> dict[str, Any]:
 
 @dataclass
 class Work:
-    home: Path
     env: dict[str, str]
     lint: Background
     syntax: Background
@@ -251,7 +250,7 @@ class Work:
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Work]:
-    """Starts ansible-lint, the syntax check and the check-mode run in the background."""
+    """Starts ansible-lint, the syntax check, check mode and the refused runs in the background."""
     home = tmp_path_factory.mktemp("ansible-home")
     env = ansible_env(home)
     lint = Background(
@@ -288,7 +287,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Work]:
         env,
     )
     jobs = [lint, syntax, check, refused_apply, refused_key]
-    yield Work(home, env, lint, syntax, check_root, check, refused_root, refused_apply, refused_key)
+    yield Work(env, lint, syntax, check_root, check, refused_root, refused_apply, refused_key)
     for job in jobs:
         job.stop()
 

@@ -15,6 +15,7 @@ from nats.js.client import JetStreamContext
 
 from control_plane.agents import AgentClient
 from control_plane.caches import ApiCache
+from control_plane.fleet import Fleet
 from control_plane.idempotency import Idempotency
 from control_plane.keyring import Authenticator
 from control_plane.ratelimit import RateLimiter
@@ -36,6 +37,7 @@ class Services:
     agents: AgentClient
     valkey: valkey.Valkey
     hot: HotClient  # pipelined client of the request hot path
+    fleet: Fleet
     index: SessionIndex
     tenants: TenantStore
     auth: Authenticator
@@ -59,9 +61,13 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
     cache = valkey.Valkey.from_url(settings.valkey_url)
     hot = hot_client(settings.valkey_url, cache)
     sessions = SessionStore(await js.key_value(SESSIONS_BUCKET))
+    agents = AgentClient(nc, settings.rpc_timeout_s)
+    fleet = Fleet(settings=settings, nc=nc, js=js, sessions=sessions, agents=agents)
+    await fleet.start()
     tenants = TenantStore(await js.key_value(TENANTS_BUCKET))
     index = SessionIndex(sessions)
     auth = Authenticator(tenants, settings.admin_key, settings.auth_cache_ttl_s)
+    fleet.on_written = index.note
     try:
         await index.start()
         await auth.start()
@@ -71,7 +77,7 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
             js=js,
             sessions=sessions,
             nodes=NodeDirectory(await js.key_value(NODES_BUCKET)),
-            agents=AgentClient(nc, settings.rpc_timeout_s),
+            agents=agents,
             valkey=cache,
             hot=hot,
             index=index,
@@ -80,8 +86,10 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
             limiter=RateLimiter(hot, settings),
             cache=ApiCache(cache, settings, hot),
             idempotency=Idempotency(hot, settings),
+            fleet=fleet,
         )
     finally:
+        await fleet.stop()
         await auth.stop()
         await index.stop()
         # bounded: on shutdown NATS or Valkey may already be gone

@@ -325,6 +325,7 @@ class NodeInfo(msgspec.Struct, kw_only=True):
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     started_at: float = 0.0
     ts: float = 0.0
+    loop_lag_max_ms: float = 0.0
 
 
 # -- events ------------------------------------------------------------------------------

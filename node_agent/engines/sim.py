@@ -44,6 +44,7 @@ from node_agent.engines._base import (
     QrShown,
     Receipt,
 )
+from node_agent.media import MediaPayload
 from node_agent.protocol import (
     MessageContent,
     NumberStatus,
@@ -377,7 +378,13 @@ class SimSession:
 
     # -- messaging ---------------------------------------------------------------------
 
-    async def send(self, to: str, content: MessageContent, message_id: str) -> str:
+    async def send(
+        self,
+        to: str,
+        content: MessageContent,
+        message_id: str,
+        media: MediaPayload | None = None,
+    ) -> str:
         if not self._online or self.phone is None:
             raise EngineError("not connected")
         if self.faults.latency_ms:
@@ -387,13 +394,22 @@ class SimSession:
         if not await self.engine.is_registered(to):
             raise EngineError(f"{to} is not on WhatsApp")
         engine_id = "SIM" + secrets.token_hex(8).upper()
+        body: dict[str, Any] = msgspec.to_builtins(content)
+        if media is not None:
+            # the simulated network carries a description of the media, not its bytes
+            body["media"] = {
+                "size": media.size,
+                "sha256": media.sha256(),
+                "mimetype": media.mimetype,
+                "filename": media.filename,
+            }
         wire = Wire(
             id=engine_id,
             sender=self.phone,
             type=type(content).__struct_config__.tag,  # type: ignore[arg-type]
             ts=time.time(),
             text=content.text if isinstance(content, TextContent) else None,
-            content=msgspec.to_builtins(content),
+            content=body,
         )
         self._spawn(self._deliver(to, wire))
         return engine_id

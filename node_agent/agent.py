@@ -152,6 +152,7 @@ class Agent:
             watchdog_interval_s=settings.watchdog_interval_s,
             watchdog_timeout_s=settings.watchdog_timeout_s,
             send_attempts=settings.send_attempts,
+            send_retry_delay_s=settings.send_retry_delay_s,
         )
         self.media = MediaFetcher(
             max_bytes=settings.max_media_bytes,

@@ -23,6 +23,7 @@
 | ZAPFLEET_BREAKER_COOLDOWN_S | 600 | how long the breaker stays open (reset by RPC) |
 | ZAPFLEET_WATCHDOG_INTERVAL_S / _TIMEOUT_S | 30 / 10 | liveness probe of CONNECTED sessions |
 | ZAPFLEET_SEND_ATTEMPTS | 3 | engine send attempts before a message is acked `failed` |
+| ZAPFLEET_SEND_RETRY_DELAY_S | 1 | pause before a retry (times the attempt number) |
 | ZAPFLEET_NEONIZE_DIAL_TIMEOUT_S | 30 | a dial silent this long is abandoned (never cancelled) |
 | ZAPFLEET_NEONIZE_START_HOLD_S | 0.5 | longest a start holds the neonize lock for the dial |
 | ZAPFLEET_NEONIZE_STOP_TIMEOUT_S | 10 | longest a neonize Stop may hold the lock |
@@ -70,6 +71,7 @@ class AgentSettings(msgspec.Struct, kw_only=True):
     watchdog_interval_s: float = 30.0
     watchdog_timeout_s: float = 10.0
     send_attempts: int = 3
+    send_retry_delay_s: float = 1.0
     # neonize engine (NEONIZE.md)
     neonize_dial_timeout_s: float = 30.0
     neonize_start_hold_s: float = 0.5

@@ -270,7 +270,7 @@ class SessionSupervisor:
 
     # -- state machine -----------------------------------------------------------------
 
-    def _set_state(self, state: SessionState, reason: str | None = None) -> None:
+    def _set_state(self, state: SessionState, reason: str | None = None, **extra: object) -> None:
         previous = self.state
         if previous is state and reason == self.reason:
             return
@@ -282,7 +282,14 @@ class SessionSupervisor:
             EventType.SESSION_STATUS,
             self.tenant,
             self.session_id,
-            {"state": state, "previous": previous, "reason": reason, "epoch": self.epoch},
+            {
+                "state": state,
+                "previous": previous,
+                "reason": reason,
+                "epoch": self.epoch,
+                "attempt": self.failures,
+                **extra,
+            },
         )
         if self._on_state is not None:
             self._on_state(self, previous, state)
@@ -348,11 +355,16 @@ class SessionSupervisor:
         if fatal or self.failures >= self.config.breaker_threshold:
             self.breaker_open_until = time.time() + self.config.breaker_cooldown_s
             why = "a fatal error" if fatal else f"{self.failures} consecutive failures"
-            self._set_state(SessionState.FAILED, f"circuit open after {why}: {reason}")
+            self._set_state(
+                SessionState.FAILED,
+                f"circuit open after {why}: {reason}",
+                retry_in_s=self.config.breaker_cooldown_s,
+            )
             self._schedule_reconnect(self.config.breaker_cooldown_s)
             return
-        self._set_state(SessionState.RECONNECTING, reason)
-        self._schedule_reconnect(self.backoff_delay(self.failures))
+        delay = self.backoff_delay(self.failures)
+        self._set_state(SessionState.RECONNECTING, reason, retry_in_s=round(delay, 3))
+        self._schedule_reconnect(delay)
 
     def backoff_delay(self, attempt: int) -> float:
         """Exponential backoff with full jitter above the base: base .. min(max, base*2^n)."""

@@ -67,9 +67,16 @@ class SimConfig(msgspec.Struct, kw_only=True):
 
 
 class Faults(msgspec.Struct, kw_only=True):
+    """Injected faults: ``latency_ms`` on connects and sends, a ``send_failure_rate``,
+    ``disconnect`` (drop the socket now, reported), ``zombie`` (drop it silently: the
+    session still looks connected — the watchdog must notice) and ``fail_connects``
+    (refuse the next N connects)."""
+
     latency_ms: float = 0.0
     send_failure_rate: float = 0.0
     disconnect: bool = False
+    zombie: bool = False
+    fail_connects: int = 0
 
 
 class LinkRequest(msgspec.Struct, kw_only=True):
@@ -198,11 +205,19 @@ class SimSession:
 
     async def connect(self) -> None:
         await self._ensure_fault_sub()
+        if self.faults.fail_connects > 0:
+            self.faults.fail_connects -= 1
+            self._spawn(self._refuse_connect())
+            return
         account = await self.engine.account(self.spec.session_id)
         if account is None:
             await self._start_pairing()
             return
         self._spawn(self._go_online(account.phone))
+
+    async def _refuse_connect(self) -> None:
+        await asyncio.sleep(self.engine.config.connect_latency_s)
+        self.emit(Disconnected(reason="connection refused (injected)"))
 
     async def disconnect(self) -> None:
         await self._go_offline()
@@ -375,6 +390,9 @@ class SimSession:
             self.faults.disconnect = False
             await self._go_offline()
             self.emit(Disconnected(reason="connection reset (injected)"))
+        if self.faults.zombie and self._online:
+            self.faults.zombie = False
+            await self._go_offline()  # and say nothing: only the watchdog can tell
 
     # -- messaging ---------------------------------------------------------------------
 
@@ -434,7 +452,14 @@ class SimSession:
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # the network went away under a background step (delivery, receipt): the
+            # simulated server drops it, like a real one losing a connection
+            log.info("sim background step failed", extra={"error": repr(task.exception())})
 
 
 __all__ = ["Faults", "LoggedOut", "SimConfig", "SimEngine", "SimSession", "inject_faults", "link"]

@@ -497,7 +497,7 @@ class Agent:
             rss_bytes=_system.rss_bytes(),
             memory_limit_bytes=_system.memory_limit_bytes(),
             open_fds=_system.open_fds(),
-            loop_lag_ms=round(self.lag.last_ms, 2),
+            loop_lag_ms=round(self.lag.recent_ms, 2),
             loop_lag_max_ms=round(self.lag.max_ms, 2),
             draining=self.draining,
             labels=self.settings.labels,
@@ -571,12 +571,14 @@ class Agent:
             task.cancel()
         if self._service is not None:
             with contextlib.suppress(Exception):
-                await self._service.stop()
+                await asyncio.wait_for(self._service.stop(), 2)
         for supervisor in list(self.sessions.values()):
             with contextlib.suppress(Exception):
                 await supervisor.stop("agent shutting down")
         if self._events is not None:
-            await self.events.close()
+            # cut off from NATS, waiting for the buffer to drain would only delay the exit
+            connected = self._nc is not None and self._nc.is_connected
+            await self.events.close(limit_s=10.0 if connected else 1.0)
         if self._engine is not None:
             await self.engine.close()
         await self.media.close()

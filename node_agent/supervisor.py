@@ -159,10 +159,12 @@ class SessionSupervisor:
         self._our_ids: OrderedDict[str, str] = OrderedDict()  # our id -> engine id
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
-        self._reconnect_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None  # a sleeping retry timer
+        self._connect_task: asyncio.Task[None] | None = None  # an attempt in flight
         self._engine = open_engine_session(spec, self._on_engine_event)
         self._sender: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._ending = False  # stop/logout under way: no event may revive the session
 
     # -- identity ----------------------------------------------------------------------
 
@@ -193,23 +195,53 @@ class SessionSupervisor:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Begin the session. Returns at once (state STARTING): the engine connects in
+        the background, so an RPC never waits for a dial or for the engine's lock."""
         bind(tenant=self.tenant, session_id=self.session_id, node_id=self.node_id)
         self._sender = asyncio.create_task(self._send_loop(), name=f"send:{self.session_id}")
         self._watchdog = asyncio.create_task(self._watch(), name=f"watch:{self.session_id}")
-        await self._connect()
+        self._begin_connect(fresh=True)
 
-    async def _connect(self) -> None:
+    def _begin_connect(self, *, fresh: bool = False) -> None:
+        """One connect attempt in the background (after closing the previous socket
+        unless ``fresh``). At most one attempt is in flight."""
+        self._cancel_connect()
         self._set_state(SessionState.STARTING)
+        self._connect_task = asyncio.create_task(
+            self._connect(fresh), name=f"connect:{self.session_id}"
+        )
+
+    async def _connect(self, fresh: bool) -> None:
+        if not fresh:
+            with contextlib.suppress(Exception):
+                await self._engine.disconnect()
         try:
             await self._engine.connect()
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
             log.warning("connect failed", extra={"error": repr(exc)})
             self._on_failure(f"connect failed: {exc}")
 
+    def _cancel_connect(self) -> asyncio.Task[None] | None:
+        task, self._connect_task = self._connect_task, None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            return task
+        return None
+
+    async def _end_connect(self) -> None:
+        task = self._cancel_connect()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
     async def stop(self, reason: str = "stopped") -> None:
         """Close the socket and end every task. Messages still queued are reported as
         failed (``message.ack`` status ``failed``): accepted work is never lost silently."""
+        self._ending = True
         self._cancel_reconnect()
+        await self._end_connect()
         self._stop_tasks()
         self._connected.clear()
         with contextlib.suppress(Exception):
@@ -220,7 +252,9 @@ class SessionSupervisor:
     async def logout(self) -> None:
         """Unlink the device. An engine that cannot reach WhatsApp still forgets the
         pairing locally (the phone may then show a stale linked device)."""
+        self._ending = True
         self._cancel_reconnect()
+        await self._end_connect()
         self._stop_tasks()
         self._connected.clear()
         try:
@@ -239,12 +273,10 @@ class SessionSupervisor:
                 task.cancel()
 
     async def reconnect(self) -> None:
-        """Force a reconnect now (API "force reconnect")."""
+        """Force a reconnect now (API "force reconnect"); returns once it has begun."""
         self._cancel_reconnect()
         self._connected.clear()
-        with contextlib.suppress(Exception):
-            await self._engine.disconnect()
-        await self._connect()
+        self._begin_connect()
 
     async def reset_breaker(self) -> None:
         self.failures = 0
@@ -277,7 +309,16 @@ class SessionSupervisor:
         self.state = state
         self.reason = reason
         self.since = time.time()
-        log.info("session state", extra={"state": state, "previous": previous, "reason": reason})
+        log.info(
+            "session state",
+            extra={
+                "session_id": self.session_id,
+                "tenant": self.tenant,
+                "state": state,
+                "previous": previous,
+                "reason": reason,
+            },
+        )
         self.events.emit(
             EventType.SESSION_STATUS,
             self.tenant,
@@ -301,9 +342,8 @@ class SessionSupervisor:
             log.exception("engine event handler failed", extra={"event": type(event).__name__})
 
     def _handle_engine_event(self, event: EngineEvent) -> None:
-        if self.state in (SessionState.STOPPED, SessionState.LOGGED_OUT) and not isinstance(
-            event, Receipt | Inbound
-        ):
+        ended = self._ending or self.state in (SessionState.STOPPED, SessionState.LOGGED_OUT)
+        if ended and not isinstance(event, Receipt | Inbound):
             return
         match event:
             case QrShown(code=code, expires_at=expires_at):
@@ -350,6 +390,8 @@ class SessionSupervisor:
                 self._on_receipt(event)
 
     def _on_failure(self, reason: str, *, fatal: bool = False) -> None:
+        if self._ending:
+            return
         self.failures += 1
         self._set_state(SessionState.DISCONNECTED, reason)
         if fatal or self.failures >= self.config.breaker_threshold:
@@ -375,14 +417,14 @@ class SessionSupervisor:
 
     def _schedule_reconnect(self, delay: float) -> None:
         self._cancel_reconnect()
+        if self._ending:
+            return
         RECONNECTS.inc()
 
         async def later() -> None:
             await asyncio.sleep(delay)
             self._reconnect_task = None
-            with contextlib.suppress(Exception):
-                await self._engine.disconnect()
-            await self._connect()
+            self._begin_connect()
 
         self._reconnect_task = asyncio.create_task(later(), name=f"reconnect:{self.session_id}")
 

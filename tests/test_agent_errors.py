@@ -91,7 +91,10 @@ async def test_every_operation_on_an_unknown_session_is_session_not_found(
     await client.expect_error(
         Op.MESSAGE_SEND,
         SendMessage(
-            session_id="nobody-here", message_id="m1", to="15550001111", content=TextContent(text="x")
+            session_id="nobody-here",
+            message_id="m1",
+            to="15550001111",
+            content=TextContent(text="x"),
         ),
         ErrorCode.SESSION_NOT_FOUND,
     )

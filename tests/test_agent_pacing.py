@@ -4,6 +4,7 @@ only lengthens waits, a daily cap and a bounded queue that answers "busy, retry 
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -147,7 +148,7 @@ async def test_an_agent_paces_sends_by_rate_and_per_recipient_gap(
         bob_times = sorted(at[m.message_id] for m in messages[3:])
         # per recipient: at least the minimum gap between two messages
         for times in (ana_times, bob_times):
-            assert all(b - a >= 0.59 for a, b in zip(times, times[1:], strict=False))
+            assert all(b - a >= 0.59 for a, b in itertools.pairwise(times))
         # bob's first message did not wait behind ana's gaps (order per recipient only)
         assert bob_times[0] < ana_times[1]
         # per session: the bucket refills at 10/s after a burst of 2
@@ -211,9 +212,7 @@ async def test_the_daily_cap_refuses_with_retry_after_and_can_be_raised_per_sess
             Op.MESSAGE_SEND, send(session, me, "over"), ErrorCode.DAILY_CAP_REACHED
         )
         assert capped.retry_after_s is not None and 0 < capped.retry_after_s <= DAY_S
-        await events.wait_count(
-            lambda e: e.session_id == session and e.type == "message.sent", 3
-        )
+        await events.wait_count(lambda e: e.session_id == session and e.type == "message.sent", 3)
 
         raised = PacingSettings(
             rate_per_s=100.0, burst=10, min_gap_per_recipient_s=0, daily_cap=4, jitter=0

@@ -318,9 +318,11 @@ async def test_an_injected_disconnect_is_followed_by_a_reconnect(
         mark = len(events.states(session))
         await inject_faults(nc, session, Faults(disconnect=True))
         await events.wait_for(
-            lambda e: e.session_id == session
-            and e.data.get("state") == "CONNECTED"
-            and e.data.get("previous") == "STARTING"
+            lambda e: (
+                e.session_id == session
+                and e.data.get("state") == "CONNECTED"
+                and e.data.get("previous") == "STARTING"
+            )
         )
         assert events.states(session)[mark:] == [
             "DISCONNECTED",

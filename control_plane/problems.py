@@ -85,6 +85,10 @@ def _code_for(exc: HTTPException) -> str:
     if isinstance(exc, ProblemError):
         return exc.code
     if isinstance(exc, ValidationException):
+        extra = exc.extra if isinstance(exc.extra, list) else []
+        sources = {e.get("source") for e in extra if isinstance(e, dict)}
+        if sources and sources <= {"query", "path", "header", "cookie"}:
+            return "invalid_parameter"
         return "invalid_body"
     if isinstance(exc, NotFoundException):
         return "not_found"

@@ -14,9 +14,15 @@ from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from control_plane.agents import AgentClient
+from control_plane.caches import ApiCache
+from control_plane.idempotency import Idempotency
+from control_plane.keyring import Authenticator
+from control_plane.ratelimit import RateLimiter
+from control_plane.session_index import SessionIndex
 from control_plane.settings import ControlPlaneSettings
 from control_plane.store import NodeDirectory, SessionStore
-from node_agent.protocol import NODES_BUCKET, SESSIONS_BUCKET, ensure_jetstream
+from control_plane.tenants import TenantStore
+from node_agent.protocol import NODES_BUCKET, SESSIONS_BUCKET, TENANTS_BUCKET, ensure_jetstream
 
 
 @dataclass(slots=True)
@@ -28,6 +34,12 @@ class Services:
     nodes: NodeDirectory
     agents: AgentClient
     valkey: valkey.Valkey
+    index: SessionIndex
+    tenants: TenantStore
+    auth: Authenticator
+    limiter: RateLimiter
+    cache: ApiCache
+    idempotency: Idempotency
 
 
 @contextlib.asynccontextmanager
@@ -43,17 +55,31 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
         js, events_max_age_s=settings.events_max_age_s, node_ttl_s=settings.node_ttl_s
     )
     cache = valkey.Valkey.from_url(settings.valkey_url)
+    sessions = SessionStore(await js.key_value(SESSIONS_BUCKET))
+    tenants = TenantStore(await js.key_value(TENANTS_BUCKET))
+    index = SessionIndex(sessions)
+    auth = Authenticator(tenants, settings.admin_key, settings.auth_cache_ttl_s)
     try:
+        await index.start()
+        await auth.start()
         yield Services(
             settings=settings,
             nc=nc,
             js=js,
-            sessions=SessionStore(await js.key_value(SESSIONS_BUCKET)),
+            sessions=sessions,
             nodes=NodeDirectory(await js.key_value(NODES_BUCKET)),
             agents=AgentClient(nc, settings.rpc_timeout_s),
             valkey=cache,
+            index=index,
+            tenants=tenants,
+            auth=auth,
+            limiter=RateLimiter(cache, settings),
+            cache=ApiCache(cache, settings),
+            idempotency=Idempotency(cache, settings),
         )
     finally:
+        await auth.stop()
+        await index.stop()
         # bounded: on shutdown NATS or Valkey may already be gone
         with contextlib.suppress(Exception):
             await asyncio.wait_for(cache.aclose(), 2)

@@ -12,7 +12,25 @@
 | ZAPFLEET_WEBHOOK_ALLOW_PRIVATE | false | allow loopback/private webhook targets (dev, tests) |
 | ZAPFLEET_WEBHOOKS_IN_PROCESS | true | run the webhook dispatcher inside the control plane |
 | ZAPFLEET_RPC_TIMEOUT_S | 5 | NATS request timeout towards agents |
+| ZAPFLEET_UI_ENABLED | true | serve the operator web UI at /ui (docs/ui.md) |
+| ZAPFLEET_CORS_ALLOW_ORIGINS | (none) | comma-separated browser origins allowed (none: denied) |
 | ZAPFLEET_LOG_LEVEL / ZAPFLEET_LOG_FORMAT | INFO / json | logging |
+| ZAPFLEET_MAX_BODY_BYTES | 1048576 | largest request body, except message sends |
+| ZAPFLEET_MAX_MEDIA_BYTES | 16777216 | largest inline media (decoded) of a send |
+| ZAPFLEET_AUTH_CACHE_TTL_S | 10 | verified keys cached this long (revocation: KV watch, ≤ TTL) |
+| ZAPFLEET_TRUSTED_PROXIES | (none) | comma-separated IPs/CIDRs whose X-Forwarded-For is believed |
+| ZAPFLEET_RATE_LIMITS_ENABLED | true | GCRA rate limits in Valkey |
+| ZAPFLEET_RATE_MESSAGES | 500/60 | sends per window (count/seconds) per key + IP |
+| ZAPFLEET_RATE_SESSIONS | 100/300 | session operations (create, start, stop, ...) per window |
+| ZAPFLEET_RATE_QUERIES | 1000/60 | reads (status, QR, history, lists, number checks) per window |
+| ZAPFLEET_RATE_GLOBAL | 2000/900 | every /v1 request per window, on top of its class |
+| ZAPFLEET_CACHE_PREFIX | zf: | prefix of every Valkey key the control plane writes |
+| ZAPFLEET_CACHE_QR_TTL_S | 30 | QR code cache (and never past the code's expiry) |
+| ZAPFLEET_CACHE_STATUS_TTL_S | 3600 | status cache: until the next status event, at most this |
+| ZAPFLEET_CACHE_NUMBER_VALID_TTL_S / _INVALID_TTL_S | 14400 / 7200 | number check results |
+| ZAPFLEET_CACHE_HISTORY_TTL_S | 60 | message history |
+| ZAPFLEET_IDEMPOTENCY_TTL_S | 86400 | how long an Idempotency-Key is remembered |
+| ZAPFLEET_METRICS_PUBLIC | true | serve /metrics without a key (for Prometheus scrapers) |
 """
 
 from __future__ import annotations
@@ -35,7 +53,8 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     rpc_timeout_s: float = 5.0
     events_max_age_s: float = 7 * 86400.0
     node_ttl_s: float = 10.0
-    max_body_bytes: int = 24 * 1024 * 1024
+    max_body_bytes: int = 1024 * 1024
+    max_media_bytes: int = 16 * 1024 * 1024
     webhook_url: str | None = None
     webhook_secret: str | None = None
     webhook_allow_private: bool = False
@@ -43,8 +62,26 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     webhook_timeout_s: float = 10.0
     webhook_max_attempts: int = 8
     webhook_concurrency: int = 25
+    ui_enabled: bool = True
+    cors_allow_origins: list[str] = msgspec.field(default_factory=list)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
+    # API: auth, rate limits, caches, idempotency (docs/api.md)
+    auth_cache_ttl_s: float = 10.0
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    rate_limits_enabled: bool = True
+    rate_messages: str = "500/60"
+    rate_sessions: str = "100/300"
+    rate_queries: str = "1000/60"
+    rate_global: str = "2000/900"
+    cache_prefix: str = "zf:"
+    cache_qr_ttl_s: float = 30.0
+    cache_status_ttl_s: float = 3600.0
+    cache_number_valid_ttl_s: float = 4 * 3600.0
+    cache_number_invalid_ttl_s: float = 2 * 3600.0
+    cache_history_ttl_s: float = 60.0
+    idempotency_ttl_s: float = 86400.0
+    metrics_public: bool = True
 
     def validate(self) -> None:
         if len(self.admin_key) < 16:
@@ -54,6 +91,32 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
             )
         if self.http_workers < 1:
             raise SettingsError("invalid setting ZAPFLEET_HTTP_WORKERS: must be >= 1")
+        for name in ("messages", "sessions", "queries", "global"):
+            try:
+                self.rate(name)
+            except ValueError:
+                raise SettingsError(
+                    f"invalid setting ZAPFLEET_RATE_{name.upper()}: expected <count>/<seconds>, "
+                    "e.g. 500/60"
+                ) from None
+        import ipaddress
+
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    f"invalid setting ZAPFLEET_TRUSTED_PROXIES: {proxy!r} is not an IP or CIDR"
+                ) from None
+
+    def rate(self, name: str) -> tuple[int, float]:
+        """The (count, period in seconds) of rate class ``name``."""
+        raw: str = getattr(self, f"rate_{name}")
+        count, _, period = raw.partition("/")
+        limit, seconds = int(count), float(period)
+        if limit < 1 or seconds <= 0:
+            raise ValueError(raw)
+        return limit, seconds
 
     @property
     def nats_servers(self) -> list[str]:

@@ -74,6 +74,8 @@ from zapfleet._logging import bind
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=msgspec.Struct)
 HOLDS_SLOT = LIVE_STATES | {SessionState.FAILED}
+# a start reply waits this long at most for the engine's connect call to return
+START_SETTLE_S = 0.25
 
 SESSIONS = Gauge("zapfleet_agent_sessions", "Sessions by state", ["state"])
 CAPACITY = Gauge("zapfleet_agent_capacity", "Maximum sessions of this agent")
@@ -366,6 +368,7 @@ class Agent:
         )
         self.sessions[spec.session_id] = supervisor
         await supervisor.start()
+        await supervisor.settle(START_SETTLE_S)
         return supervisor.info()
 
     async def op_stop(self, ref: SessionRef) -> SessionInfo:
@@ -544,7 +547,8 @@ class Agent:
         self.sessions.clear()
 
     async def _resume_assigned(self) -> None:
-        """Start the sessions KV assigns to this node (after a crash or restart)."""
+        """Start the sessions KV assigns to this node (after a crash or restart). Starts
+        return at once; the neonize engine staggers the dials behind its lock."""
         assert self._sessions_kv is not None
         try:
             keys = await self._sessions_kv.keys()
@@ -560,7 +564,6 @@ class Agent:
                 await self.op_start(StartSession(spec=record.spec, epoch=record.assignment.epoch))
             except AgentError as exc:
                 log.warning("could not resume session", extra={"session_id": key, "error": exc})
-            await asyncio.sleep(self.settings.start_stagger_s)
 
     # -- shutdown ----------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import ipaddress
 import socket
@@ -37,6 +38,11 @@ class MediaError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class UnresolvableHost(MediaError):
+    """The URL's host does not resolve (now): refused when fetching, not when accepting —
+    DNS may well answer by the time the message is sent."""
 
 
 class MediaPayload(msgspec.Struct, kw_only=True):
@@ -87,7 +93,7 @@ def default_url_guard(allow_private: bool) -> UrlGuard:
                 parts.hostname, parts.port or 443, type=socket.SOCK_STREAM
             )
         except OSError as exc:
-            raise MediaError(
+            raise UnresolvableHost(
                 ErrorCode.MEDIA_UNAVAILABLE, f"cannot resolve {parts.hostname}: {exc}"
             ) from None
         for info in infos:
@@ -143,7 +149,8 @@ class MediaFetcher:
                 ErrorCode.INVALID_REQUEST, "media needs exactly one of 'url' or 'base64'"
             )
         if media.url is not None:
-            await self.guard(media.url)
+            with contextlib.suppress(UnresolvableHost):
+                await self.guard(media.url)
             return None
         text = media.base64 or ""
         if "," in text[:200] and text.startswith("data:"):

@@ -16,7 +16,7 @@
 | ZAPFLEET_MAX_MEDIA_BYTES | 16777216 | largest media (base64 or URL) a message may carry |
 | ZAPFLEET_MEDIA_TIMEOUT_S | 30 | media URL download timeout |
 | ZAPFLEET_MEDIA_ALLOW_PRIVATE | false | allow media URLs on loopback/private hosts (tests) |
-| ZAPFLEET_START_STAGGER_S | 0.05 | pause between session starts (resume, neonize dials) |
+| ZAPFLEET_START_STAGGER_S | 0.05 | pause between two neonize dials (staggered starts) |
 | ZAPFLEET_MAX_CHECK_NUMBERS | 500 | largest batch of one contacts check |
 | ZAPFLEET_BACKOFF_BASE_S / _MAX_S | 2 / 300 | reconnect backoff (full jitter above base) |
 | ZAPFLEET_BREAKER_THRESHOLD | 5 | consecutive failures that open the circuit breaker |

@@ -202,6 +202,13 @@ class SessionSupervisor:
         self._watchdog = asyncio.create_task(self._watch(), name=f"watch:{self.session_id}")
         self._begin_connect(fresh=True)
 
+    async def settle(self, timeout_s: float) -> None:
+        """Wait (bounded, never cancelling) for the connect attempt in flight to return,
+        so a reply reflects what the engine did at once (a sim session is PAIRING)."""
+        task = self._connect_task
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=timeout_s)
+
     def _begin_connect(self, *, fresh: bool = False) -> None:
         """One connect attempt in the background (after closing the previous socket
         unless ``fresh``). At most one attempt is in flight."""

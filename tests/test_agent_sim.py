@@ -491,3 +491,37 @@ async def test_a_duplicate_message_id_is_queued_once(
             if e.data["message_id"] == message.message_id
         ]
         assert len(queued) == 1
+
+
+async def test_the_cli_pairs_with_a_phone_code_and_injects_faults(
+    nats_url: str, nc: NATS, tmp_path: Path, events: EventLog
+) -> None:
+    import asyncio
+    import sys
+
+    async def cli(*args: str) -> str:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "zapfleet", "sim", *args, "--nats-url", nats_url,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await process.communicate()
+        assert process.returncode == 0, out.decode()
+        return out.decode()
+
+    settings = sim_settings(nats_url, tmp_path)
+    async with running_agent(settings):
+        client = AgentClient(nc, settings.node_id)
+        session = unique("cli")
+        number = phone()
+        await client.start(session)
+        await client.wait_state(session, "PAIRING")
+        code = await client.call(
+            Op.SESSION_PAIR_CODE, PairCodeRequest(session_id=session, phone=number), PairCode
+        )
+        assert "linked" in await cli("link", session, code.code, "--phone", number)
+        await client.wait_state(session, "CONNECTED")
+        assert "faults set" in await cli("fault", session, "--disconnect")
+        await events.wait_for(
+            lambda e: e.session_id == session and e.data.get("state") == "DISCONNECTED"
+        )
+        await client.wait_state(session, "CONNECTED")

@@ -4,7 +4,7 @@
 import { enc, features, get, listOf, post } from "../api.js";
 import { ago, bytes, h, poll, replace, toast } from "../dom.js";
 
-const POLL_MS = 3000;
+const POLL_MS = 5000;
 const ACTIONS = {
   drain: "Drain",
   undrain: "Undrain",

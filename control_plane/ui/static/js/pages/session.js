@@ -5,7 +5,7 @@
 import { del, enc, features, get, post } from "../api.js";
 import { ago, badge, h, phone, poll, replace, toast } from "../dom.js";
 
-const POLL_MS = 1000;
+const POLL_MS = 1500;
 const PAIRING_STATES = new Set(["STARTING", "PAIRING"]);
 // Lifecycle actions shown as buttons when the server has POST /v1/sessions/{id}/<action>.
 const ACTIONS = {
@@ -40,15 +40,18 @@ function sendForm(sessionId) {
   const to = h("input", { id: "message-to", name: "to", required: true, placeholder: "+15550001111", autocomplete: "off" });
   const text = h("input", { id: "message-text", name: "text", required: true, placeholder: "hello from zapfleet", autocomplete: "off" });
   const result = h("p", { class: "muted", id: "message-result" });
-  const submit = h("button", { type: "submit", class: "primary", id: "send-message" }, "Send");
+  const submit = h("button", { type: "submit", class: "primary", id: "send-message", disabled: true }, "Send");
+  const hint = h("span", { class: "muted", id: "send-hint" }, " The session must be connected to send.");
   const form = h(
     "form",
     { class: "card", id: "send-form" },
     h("h2", {}, "Send a test message"),
     h("div", { class: "grid" }, h("label", {}, "To", to), h("label", {}, "Text", text)),
     submit,
+    hint,
     result,
   );
+  let connected = false;
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     submit.disabled = true;
@@ -65,10 +68,15 @@ function sendForm(sessionId) {
       result.textContent = `Not sent: ${err.message}`;
       result.classList.add("error");
     } finally {
-      submit.disabled = false;
+      submit.disabled = !connected;
     }
   });
-  return form;
+  const setConnected = (value) => {
+    connected = value;
+    submit.disabled = !value;
+    hint.hidden = value;
+  };
+  return { form, setConnected };
 }
 
 function actionBar(sessionId, f, navigate, refresh) {
@@ -133,6 +141,7 @@ export function mount(view, { arg: sessionId, navigate }) {
     qrCaption,
   );
   const actions = h("div");
+  const sender = sendForm(sessionId);
   replace(
     view,
     h(
@@ -141,7 +150,7 @@ export function mount(view, { arg: sessionId, navigate }) {
       title,
       error,
       h("div", { class: "columns" }, pairing, h("section", { class: "card" }, h("h2", {}, "Details"), detailBox, actions)),
-      sendForm(sessionId),
+      sender.form,
     ),
   );
 
@@ -184,6 +193,7 @@ export function mount(view, { arg: sessionId, navigate }) {
     replace(detailBox, details(s));
     pairing.dataset.state = s.state;
     pairing.classList.toggle("is-connected", s.state === "CONNECTED");
+    sender.setConnected(s.state === "CONNECTED");
     if (s.state === "CONNECTED") {
       qrImage.hidden = true;
       shownCode = null;

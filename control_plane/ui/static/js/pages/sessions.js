@@ -3,7 +3,7 @@
 import { enc, features, get, listOf, post } from "../api.js";
 import { ago, badge, h, phone, poll, replace, toast } from "../dom.js";
 
-const POLL_MS = 2000;
+const POLL_MS = 3000;
 
 function createForm(navigate) {
   const id = h("input", {

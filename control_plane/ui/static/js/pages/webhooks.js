@@ -5,7 +5,7 @@
 import { del, enc, features, get, listOf, post } from "../api.js";
 import { ago, h, poll, replace, toast } from "../dom.js";
 
-const POLL_MS = 3000;
+const POLL_MS = 5000;
 const isDlq = (p) => /dead|dlq/.test(p);
 
 function fill(template, id) {

@@ -12,9 +12,7 @@ from litestar.testing import TestClient
 
 from control_plane.security import SecurityHeadersMiddleware, cors_config
 from control_plane.ui import STATIC_DIR
-from tests.ui_stack import UiStack, ui_stack
-
-__all__ = ["ui_stack"]
+from tests.ui.stack import UiStack
 
 COMMON = {
     "x-content-type-options": "nosniff",

@@ -1,5 +1,5 @@
 """`zapfleet sessions ...` and `zapfleet nodes ...`: the HTTP API from a terminal, as real
-processes against a real stack (tests/ui_stack.py)."""
+processes against a real stack (tests/ui/stack.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from pathlib import Path
 
 import segno
 
-from tests.ui_stack import UiStack, ui_stack
-
-__all__ = ["ui_stack"]
+from tests.ui.stack import UiStack
 
 
 def zapfleet(
@@ -129,3 +127,25 @@ def test_the_key_file_of_zapfleet_up_is_used(ui_stack: UiStack, tmp_path: Path) 
     result = zapfleet(ui_stack, "sessions", "create", "cli-4", "--engine", "sim", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "created cli-4" in result.stdout
+
+
+def test_sessions_ls_shows_state_phone_and_node(ui_stack: UiStack) -> None:
+    assert zapfleet(ui_stack, "sessions", "create", "cli-3", key=ui_stack.admin_key).returncode == 0
+    listed = zapfleet(ui_stack, "sessions", "ls", key=ui_stack.admin_key)
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split() == ["SESSION", "STATE", "PHONE", "ENGINE", "NODE", "QUEUE", "SINCE"]
+    row = next(r.split() for r in rows if r.startswith("cli-3 "))
+    assert row[2:5] == ["-", "sim", ui_stack.node_id]
+    assert row[1] in ("STARTING", "PAIRING")
+
+
+def test_nodes_ls_shows_capacity_and_sessions(ui_stack: UiStack) -> None:
+    listed = zapfleet(ui_stack, "nodes", "ls", key=ui_stack.admin_key)
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split()[:4] == ["NODE", "STATUS", "ENGINE", "SESSIONS"]
+    row = next(r.split() for r in rows if r.startswith(ui_stack.node_id))
+    assert row[1:3] == ["up", "sim"]
+    used, capacity = (int(x) for x in row[3].split("/"))
+    assert capacity > 0 and 0 <= used <= capacity

@@ -7,10 +7,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.browser import Browser, browser
-from tests.ui_stack import QR_FIRST_S, QR_NEXT_S, UiStack, ui_stack
+import httpx
 
-__all__ = ["browser", "ui_stack"]
+from tests.ui.browser import Browser
+from tests.ui.stack import QR_FIRST_S, QR_NEXT_S, UiStack
 
 
 def sign_in(b: Browser, stack: UiStack) -> None:
@@ -130,3 +130,65 @@ def test_signing_out_forgets_the_key(browser: Browser, ui_stack: UiStack) -> Non
     b.find("#sign-out").click()
     b.wait_visible("#signin-form")
     assert b.driver.execute_script("return sessionStorage.length") == 0
+
+
+def test_the_sessions_page_lists_sessions_with_their_live_state(
+    browser: Browser, ui_stack: UiStack
+) -> None:
+    b = browser
+    with httpx.Client(base_url=ui_stack.base_url, headers=ui_stack.headers) as api:
+        created = api.post("/v1/sessions", json={"session_id": "ui-list", "engine": "sim"})
+        assert created.status_code == 201, created.text
+    sign_in(b, ui_stack)
+    b.wait_for(
+        "ui-list to be listed as PAIRING",
+        lambda: any(
+            row.get_attribute("data-session") == "ui-list" and "PAIRING" in row.text
+            for row in b.find_all("#sessions-rows tr")
+        ),
+    )
+    scan_with_the_sim(ui_stack, "ui-list", "15550170011")
+    b.wait_for(
+        "ui-list to turn CONNECTED in the list without a reload",
+        lambda: "CONNECTED" in b.find("#sessions-rows tr[data-session='ui-list']").text,
+    )
+    b.screenshot("sessions-list")
+
+
+def test_the_nodes_page_shows_capacity_and_sessions(browser: Browser, ui_stack: UiStack) -> None:
+    b = browser
+    sign_in(b, ui_stack)
+    b.find("#nav a[data-page='nodes']").click()
+    row = b.wait_visible(f"#nodes-rows tr[data-node='{ui_stack.node_id}']")
+    assert "sim" in row.text
+    assert "/ 150" in row.text or "/ " in row.find_element("css selector", ".capacity").text
+    b.screenshot("nodes")
+
+
+def test_a_tenant_key_sees_only_its_sessions_and_no_nodes(
+    browser: Browser, ui_stack: UiStack
+) -> None:
+    with httpx.Client(base_url=ui_stack.base_url, headers=ui_stack.headers) as api:
+        assert api.post("/v1/tenants", json={"tenant_id": "acme"}).status_code == 201
+        key = api.post("/v1/tenants/acme/keys", json={"label": "console"}).json()["key"]
+        admins = api.post("/v1/sessions", json={"session_id": "ui-admins", "engine": "sim"})
+        assert admins.status_code == 201, admins.text
+    b = browser
+    b.open(f"{ui_stack.base_url}/ui/")
+    b.type_into("#api-key", key)
+    b.find("#signin-submit").click()
+    b.wait_visible("#create-session-form")
+    assert b.find("#who-label").text == "tenant acme"
+    assert not b.find("#nav a[data-page='nodes']").is_displayed()
+
+    b.type_into("#new-session-id", "acme-1")
+    b.find("#create-session").click()
+    b.wait_visible("#qr-image[data-code]")
+    b.find("#nav a[data-page='sessions']").click()
+    b.wait_for(
+        "acme-1 listed",
+        lambda: (
+            [r.get_attribute("data-session") for r in b.find_all("#sessions-rows tr")] == ["acme-1"]
+        ),
+    )
+    b.screenshot("tenant-sessions")

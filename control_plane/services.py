@@ -15,6 +15,7 @@ from nats.js.client import JetStreamContext
 
 from control_plane.agents import AgentClient
 from control_plane.caches import ApiCache
+from control_plane.fleet import Fleet
 from control_plane.idempotency import Idempotency
 from control_plane.keyring import Authenticator
 from control_plane.ratelimit import RateLimiter
@@ -34,6 +35,7 @@ class Services:
     nodes: NodeDirectory
     agents: AgentClient
     valkey: valkey.Valkey
+    fleet: Fleet
     index: SessionIndex
     tenants: TenantStore
     auth: Authenticator
@@ -56,9 +58,13 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
     )
     cache = valkey.Valkey.from_url(settings.valkey_url)
     sessions = SessionStore(await js.key_value(SESSIONS_BUCKET))
+    agents = AgentClient(nc, settings.rpc_timeout_s)
+    fleet = Fleet(settings=settings, nc=nc, js=js, sessions=sessions, agents=agents)
+    await fleet.start()
     tenants = TenantStore(await js.key_value(TENANTS_BUCKET))
     index = SessionIndex(sessions)
     auth = Authenticator(tenants, settings.admin_key, settings.auth_cache_ttl_s)
+    fleet.on_written = index.note
     try:
         await index.start()
         await auth.start()
@@ -68,7 +74,7 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
             js=js,
             sessions=sessions,
             nodes=NodeDirectory(await js.key_value(NODES_BUCKET)),
-            agents=AgentClient(nc, settings.rpc_timeout_s),
+            agents=agents,
             valkey=cache,
             index=index,
             tenants=tenants,
@@ -76,8 +82,10 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
             limiter=RateLimiter(cache, settings),
             cache=ApiCache(cache, settings),
             idempotency=Idempotency(cache, settings),
+            fleet=fleet,
         )
     finally:
+        await fleet.stop()
         await auth.stop()
         await index.stop()
         # bounded: on shutdown NATS or Valkey may already be gone

@@ -162,7 +162,7 @@ async def test_stop_and_logout_are_clean(
         await neonize.expect_error(
             Op.SESSION_STATUS, SessionRef(session_id=session), ErrorCode.SESSION_NOT_FOUND
         )
-    store = neonize_agent.data_dir / "neonize"
+    store = neonize_agent.data_dir / "devices"
     assert (store / f"{kept}.db").exists()  # a stop keeps the pairing
     assert not (store / f"{dropped}.db").exists()  # a logout forgets it
     assert neonize_agent.process.poll() is None

@@ -456,12 +456,13 @@ async def test_a_restarted_agent_resumes_its_sessions_without_pairing_again(
     async with running_agent(settings):
         await client.start(session)
         await client.pair(session, number)
-    # stopped with the agent; KV still assigns it here at epoch 1. Another session is
-    # assigned to another node: it must not start here.
+    # stopped with the agent; KV still assigns it here. Another session is assigned to
+    # another node: it must not start here.
     await client.assign(elsewhere, 1, node_id="some-other-node")
     async with running_agent(settings):
         info = await client.wait_state(session, "CONNECTED")
-        assert info.phone == number and info.epoch == 1
+        # resumed under a fresh epoch claimed by revision CAS (never racing a reconciler)
+        assert info.phone == number and info.epoch == 2
         await client.expect_error(
             Op.SESSION_STATUS, SessionRef(session_id=elsewhere), ErrorCode.SESSION_NOT_FOUND
         )

@@ -28,9 +28,10 @@ follow against them lives:
 6. **Go log level set** before the first connect (``neonize.utils.log``), so DEBUG lines do
    not cross the FFI; neonize's ``logging.basicConfig`` handler is removed again.
 7. **Own QR handler** (no terminal QR printer), own login-status handler.
-8. **Device store**: a SQLite file per session under ``data_dir/neonize/``, or a
+8. **Device store**: a SQLite file per session under ``data_dir/devices/`` (the path
+   ``node_agent.device_store`` backs up, so a moved session needs no new pairing), or a
    PostgreSQL URL shared by all agents (then the paired JID of each session is kept in
-   KV bucket ``zf_devices`` so another node loads the same device without re-pairing).
+   KV bucket ``zf_device_jids`` so another node loads the same device without re-pairing).
 9. **Proxy and device name per session** (``SessionSpec.proxy`` / ``device_name``).
    Device properties are process-global in whatsmeow: the last writer wins at pairing.
 10. **Stop in order**: the agent stops sessions one by one on SIGTERM; ``close()`` does not
@@ -85,7 +86,7 @@ from node_agent.protocol import (
 
 log = logging.getLogger(__name__)
 
-DEVICES_BUCKET = "zf_devices"
+DEVICES_BUCKET = "zf_device_jids"
 QR_FIRST_S = 60.0  # whatsmeow: the first code lives 60 s, the next five 20 s each
 QR_NEXT_S = 20.0
 
@@ -220,9 +221,11 @@ class NeonizeEngine:
         self._loop = asyncio.get_running_loop()
         self._resize_executor()
         if self.config.device_store_url is None:
-            folder = Path(self.config.data_dir, "neonize")
+            from node_agent.device_store import device_path
+
+            folder = device_path(self.config.data_dir, "x").parent
             await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-        if self.nc is not None:
+        if self.nc is not None and self.config.device_store_url is not None:
             from nats.js.api import KeyValueConfig
 
             self._devices = await self.nc.jetstream().create_key_value(
@@ -268,8 +271,10 @@ class NeonizeEngine:
     def store_name(self, uuid: str) -> str:
         if self.config.device_store_url is not None:
             return self.config.device_store_url
+        from node_agent.device_store import device_path
+
         session_id = uuid.split("~", 1)[0]
-        return str(Path(self.config.data_dir, "neonize", f"{session_id}.db").resolve())
+        return str(device_path(self.config.data_dir, session_id).resolve())
 
     def open_session(self, spec: SessionSpec, emit: Emit) -> NeonizeSession:
         existing = self.sessions.get(spec.session_id)

@@ -20,6 +20,7 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 
+from node_agent.device_store import device_path
 from node_agent.protocol import Empty, ErrorCode, NodeInfo, Op, SessionInfo, SessionRef
 from tests.agent_support import AgentClient, EventLog, unique
 from tests.conftest import ARTIFACTS, agent_env, spawn, stop_process
@@ -162,9 +163,8 @@ async def test_stop_and_logout_are_clean(
         await neonize.expect_error(
             Op.SESSION_STATUS, SessionRef(session_id=session), ErrorCode.SESSION_NOT_FOUND
         )
-    store = neonize_agent.data_dir / "devices"
-    assert (store / f"{kept}.db").exists()  # a stop keeps the pairing
-    assert not (store / f"{dropped}.db").exists()  # a logout forgets it
+    assert device_path(neonize_agent.data_dir, kept).exists()  # a stop keeps the pairing
+    assert not device_path(neonize_agent.data_dir, dropped).exists()  # a logout forgets it
     assert neonize_agent.process.poll() is None
 
 

@@ -28,7 +28,7 @@ follow against them lives:
 6. **Go log level set** before the first connect (``neonize.utils.log``), so DEBUG lines do
    not cross the FFI; neonize's ``logging.basicConfig`` handler is removed again.
 7. **Own QR handler** (no terminal QR printer), own login-status handler.
-8. **Device store**: a SQLite file per session under ``data_dir/devices/`` (the path
+8. **Device store**: a SQLite file per session under ``data_dir/neonize/`` (the path
    ``node_agent.device_store`` backs up, so a moved session needs no new pairing), or a
    PostgreSQL URL shared by all agents (then the paired JID of each session is kept in
    KV bucket ``zf_device_jids`` so another node loads the same device without re-pairing).

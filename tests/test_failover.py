@@ -330,6 +330,29 @@ async def test_kill_9_of_an_agent_moves_all_its_sessions_to_the_survivors_in_tim
     assert cluster.placement()[victim]["slots_used"] == 0
 
 
+async def test_an_agent_stopped_in_order_hands_its_sessions_over_without_waiting(
+    cluster: Cluster, api: httpx.AsyncClient, cnc: NATS
+) -> None:
+    cluster.ensure_agents()
+    ids = await create_connected(api, cnc, "sigterm", 12, first_phone=700)
+    victim = busiest(group_by_node(await views(api, ids)))
+    leaving = [s for s, b in (await views(api, ids)).items() if b["node_id"] == victim]
+    process = cluster.agents[victim]
+    process.terminate()  # SIGTERM: stops its sessions, then deletes its heartbeat
+    await asyncio.to_thread(process.wait, 15)
+    started = time.monotonic()
+    await wait_all(
+        api,
+        leaving,
+        lambda b: b["state"] == "CONNECTED" and b["node_id"] != victim,
+        timeout_s=FAILOVER_BOUND_S,
+    )
+    elapsed = time.monotonic() - started
+    # a silent node would need lease + margin; a node that said goodbye needs neither
+    assert elapsed < LEASE_S + MARGIN_S, f"took {elapsed:.2f} s"
+    assert cluster.placement()[victim]["state"] == "left"
+
+
 async def test_a_frozen_agent_fences_itself_and_no_account_ever_has_two_sockets(
     cluster: Cluster, api: httpx.AsyncClient, cnc: NATS
 ) -> None:

@@ -219,7 +219,7 @@ class SimSession:
             engine.nc,
             engine.kv,
             spec.session_id,
-            may_act=lambda: engine.may_act(),
+            may_act=engine.may_act,
             on_kicked=self._kicked,
             keepalive_s=engine.config.keepalive_s,
             probe_timeout_s=engine.config.probe_timeout_s,

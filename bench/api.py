@@ -376,6 +376,18 @@ def status_load(stack: Stack, concurrency: int) -> Run:
     )
 
 
+def drain(stack: Stack, timeout_s: float = 60) -> None:
+    """Wait until the agent has sent everything accepted so far (pacing is off, so it
+    sends as fast as it can): a point must not pay for the backlog of the one before."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(base_url=stack.base_url, headers={"X-API-Key": stack.key}) as client:
+        while time.monotonic() < deadline:
+            body = client.get("/monitoring/instances/metrics", timeout=10).json()
+            if sum(i["queue_depth"] for i in body["instances"]) == 0:
+                return
+            time.sleep(0.5)
+
+
 # -- the benchmark ----------------------------------------------------------------------------
 
 
@@ -401,8 +413,13 @@ def main() -> None:
         send_load(stack, 16)
         bare_load(bare_url, stack, 16)
         status_load(stack, 16)
+        drain(stack)
+        statuses = [status_load(stack, c) for c in (32, 64)]
+        status_peak = max(statuses, key=lambda r: r.requests_per_s)
+        print(f"status peak {status_peak}", flush=True)
         sends, bares = [], []
         for concurrency in CONCURRENCY:
+            drain(stack)  # every point starts with the agent's send queues empty
             run = send_load(stack, concurrency)
             print(f"sends  c={concurrency:<4} {run}", flush=True)
             sends.append(run)
@@ -416,12 +433,10 @@ def main() -> None:
         # closed loop with think time: each connection waits so that together they offer
         # about half the peak rate (the wait is shortened by the latency seen at low load)
         think_ms = max(1.0, paced_c / half_rate * 1000 - sends[0].p50_ms)
+        drain(stack)
         half = send_load(stack, paced_c, delay_ms=round(think_ms, 2))
         print(f"sends  at half peak {half}", flush=True)
         bare_peak = max(bares, key=lambda r: r.requests_per_s)
-        statuses = [status_load(stack, c) for c in (32, 64)]
-        status_peak = max(statuses, key=lambda r: r.requests_per_s)
-        print(f"status peak {status_peak}", flush=True)
 
     results: dict[str, Any] = {
         "peak_sends_per_s": peak.requests_per_s,

@@ -31,8 +31,9 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
             app.state.services = services
             dispatcher = None
             if settings.webhooks_in_process:
-                dispatcher = Dispatcher(services.js, services.sessions, settings)
-                dispatcher.start()
+                dispatcher = Dispatcher(services.nc, services.js, settings)
+                await dispatcher.start()
+            app.state.dispatcher = dispatcher
             log.info("control plane ready")
             try:
                 yield

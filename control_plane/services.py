@@ -16,7 +16,8 @@ from nats.js.client import JetStreamContext
 from control_plane.agents import AgentClient
 from control_plane.settings import ControlPlaneSettings
 from control_plane.store import NodeDirectory, SessionStore
-from node_agent.protocol import NODES_BUCKET, SESSIONS_BUCKET, ensure_jetstream
+from control_plane.webhooks.config import WebhookStore
+from node_agent.protocol import NODES_BUCKET, SESSIONS_BUCKET, WEBHOOKS_BUCKET, ensure_jetstream
 
 
 @dataclass(slots=True)
@@ -28,6 +29,7 @@ class Services:
     nodes: NodeDirectory
     agents: AgentClient
     valkey: valkey.Valkey
+    webhooks: WebhookStore
 
 
 @contextlib.asynccontextmanager
@@ -40,7 +42,11 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
     )
     js = nc.jetstream()
     await ensure_jetstream(
-        js, events_max_age_s=settings.events_max_age_s, node_ttl_s=settings.node_ttl_s
+        js,
+        events_max_age_s=settings.events_max_age_s,
+        node_ttl_s=settings.node_ttl_s,
+        events_max_bytes=settings.events_max_bytes,
+        events_dedupe_window_s=settings.events_dedupe_window_s,
     )
     cache = valkey.Valkey.from_url(settings.valkey_url)
     try:
@@ -52,6 +58,7 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
             nodes=NodeDirectory(await js.key_value(NODES_BUCKET)),
             agents=AgentClient(nc, settings.rpc_timeout_s),
             valkey=cache,
+            webhooks=WebhookStore(await js.key_value(WEBHOOKS_BUCKET)),
         )
     finally:
         # bounded: on shutdown NATS or Valkey may already be gone

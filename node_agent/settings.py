@@ -13,6 +13,9 @@
 | ZAPFLEET_HEARTBEAT_INTERVAL_S | 2 | heartbeat period |
 | ZAPFLEET_LEASE_TTL_S | 10 | node lease; cut off longer than this, the agent stops its sessions |
 | ZAPFLEET_LABELS | (none) | k=v,k=v placement labels (e.g. region=eu) |
+| ZAPFLEET_EVENTS_MAX_AGE_S | 604800 | ZF_EVENTS keeps events 7 days (set alike on all processes) |
+| ZAPFLEET_EVENTS_MAX_BYTES | 10 GiB | ... and at most this many bytes, oldest first (-1: none) |
+| ZAPFLEET_EVENTS_DEDUPE_WINDOW_S | 120 | a re-published event id within this window is dropped |
 | ZAPFLEET_LOG_LEVEL / ZAPFLEET_LOG_FORMAT | INFO / json | logging |
 """
 
@@ -39,6 +42,8 @@ class AgentSettings(msgspec.Struct, kw_only=True):
     heartbeat_interval_s: float = 2.0
     lease_ttl_s: float = 10.0
     events_max_age_s: float = 7 * 86400.0
+    events_max_bytes: int = 10 * 1024**3
+    events_dedupe_window_s: float = 120.0
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     max_media_bytes: int = 16 * 1024 * 1024
     start_stagger_s: float = 0.05

@@ -12,13 +12,15 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, ScalarRenderPlugin
 
+from control_plane.api.events import EventController
 from control_plane.api.messages import MessageController
 from control_plane.api.monitoring import MonitoringController
 from control_plane.api.sessions import SessionController
+from control_plane.api.webhooks import WebhookController
 from control_plane.problems import EXCEPTION_HANDLERS
 from control_plane.services import get_services, open_services
 from control_plane.settings import ControlPlaneSettings
-from control_plane.webhooks.dispatcher import Dispatcher
+from control_plane.webhooks.lifespan import events_lifespan
 from zapfleet import __version__
 
 log = logging.getLogger(__name__)
@@ -29,23 +31,20 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_services(settings) as services:
             app.state.services = services
-            dispatcher = None
-            if settings.webhooks_in_process:
-                dispatcher = Dispatcher(services.nc, services.js, settings)
-                await dispatcher.start()
-            app.state.dispatcher = dispatcher
             log.info("control plane ready")
-            try:
-                yield
-            finally:
-                if dispatcher is not None:
-                    await dispatcher.stop()
+            yield
 
     return Litestar(
-        route_handlers=[SessionController, MessageController, MonitoringController],
+        route_handlers=[
+            SessionController,
+            MessageController,
+            MonitoringController,
+            WebhookController,
+            EventController,
+        ],
         dependencies={"services": Provide(get_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=[lifespan],
+        lifespan=[lifespan, events_lifespan],
         request_max_body_size=settings.max_body_bytes,
         compression_config=CompressionConfig(backend="gzip", minimum_size=1024),
         openapi_config=OpenAPIConfig(

@@ -32,6 +32,13 @@ def presented_key(request: Request[Any, Any, Any]) -> str | None:
     return key.strip() if key else None
 
 
+async def principal_for_key(services: Services, key: str) -> Principal | None:
+    """Who ``key`` belongs to, or None. Shared by the REST API and the NATS commands."""
+    if hmac.compare_digest(key.encode(), services.settings.admin_key.encode()):
+        return Principal(tenant=DEFAULT_TENANT, is_admin=True)
+    return None
+
+
 async def authenticate(request: Request[Any, Any, Any], services: Services) -> Principal:
     key = presented_key(request)
     if key is None:
@@ -41,8 +48,9 @@ async def authenticate(request: Request[Any, Any, Any], services: Services) -> P
             "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if hmac.compare_digest(key.encode(), services.settings.admin_key.encode()):
-        return Principal(tenant=DEFAULT_TENANT, is_admin=True)
+    principal = await principal_for_key(services, key)
+    if principal is not None:
+        return principal
     raise ProblemError(
         401, "invalid_key", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"}
     )

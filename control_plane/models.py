@@ -28,6 +28,7 @@ class CreateSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pacing: p.PacingSettings | None = None
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
+    webhook_secret: Annotated[str, msgspec.Meta(min_length=16, max_length=256)] | None = None
 
 
 class SessionView(msgspec.Struct, kw_only=True):

@@ -29,6 +29,29 @@ def normalize_recipient(raw: str) -> str:
     return f"{number.country_code}{number.national_number}"
 
 
+async def queue_message(
+    services: Services, principal: Principal, session_id: str, data: OutboundMessage
+) -> MessageAccepted:
+    """Queue one message on the session's node (REST and NATS commands share this)."""
+    recipient = normalize_recipient(data.to)
+    record = await load_record(services, principal, session_id)
+    if record.assignment is None:
+        raise ProblemError(409, "not_running", f"session {session_id!r} is not running")
+    message_id = "m_" + secrets.token_hex(10)
+    request = SendMessage(
+        session_id=session_id, message_id=message_id, to=recipient, content=to_content(data)
+    )
+    try:
+        accepted = await services.agents.call(
+            record.assignment.node_id, Op.MESSAGE_SEND, request, SendAccepted
+        )
+    except (AgentCallError, AgentUnavailable) as exc:
+        raise exc.to_problem() from None
+    return MessageAccepted(
+        message_id=accepted.message_id, session_id=session_id, queue_depth=accepted.queue_depth
+    )
+
+
 class MessageController(Controller):
     path = "/v1/sessions/{session_id:str}/messages"
     tags = ["messages"]
@@ -38,20 +61,4 @@ class MessageController(Controller):
     async def send(
         self, session_id: str, data: OutboundMessage, services: Services, principal: Principal
     ) -> MessageAccepted:
-        recipient = normalize_recipient(data.to)
-        record = await load_record(services, principal, session_id)
-        if record.assignment is None:
-            raise ProblemError(409, "not_running", f"session {session_id!r} is not running")
-        message_id = "m_" + secrets.token_hex(10)
-        request = SendMessage(
-            session_id=session_id, message_id=message_id, to=recipient, content=to_content(data)
-        )
-        try:
-            accepted = await services.agents.call(
-                record.assignment.node_id, Op.MESSAGE_SEND, request, SendAccepted
-            )
-        except (AgentCallError, AgentUnavailable) as exc:
-            raise exc.to_problem() from None
-        return MessageAccepted(
-            message_id=accepted.message_id, session_id=session_id, queue_depth=accepted.queue_depth
-        )
+        return await queue_message(services, principal, session_id, data)

@@ -10,6 +10,7 @@ from litestar.di import Provide
 from nats.js.errors import KeyWrongLastSequenceError
 
 from control_plane.agents import AgentCallError, AgentUnavailable
+from control_plane.api.webhooks import ensure_event_patterns, ensure_safe_url
 from control_plane.auth import Principal, authenticate
 from control_plane.models import CreateSession, QrView, SessionView
 from control_plane.placement import choose_node
@@ -118,6 +119,9 @@ class SessionController(Controller):
         self, data: CreateSession, services: Services, principal: Principal
     ) -> SessionView:
         session_id = data.session_id or "s_" + secrets.token_hex(8)
+        if data.webhook_url:
+            await ensure_safe_url(services, data.webhook_url)
+        ensure_event_patterns(data.webhook_events)
         spec = SessionSpec(
             session_id=session_id,
             tenant=principal.tenant,
@@ -127,7 +131,10 @@ class SessionController(Controller):
             pacing=data.pacing or PacingSettings(),
         )
         record = SessionRecord(
-            spec=spec, webhook_url=data.webhook_url, webhook_events=data.webhook_events
+            spec=spec,
+            webhook_url=data.webhook_url,
+            webhook_events=data.webhook_events,
+            webhook_secret=data.webhook_secret,
         )
         try:
             await services.sessions.create(record)

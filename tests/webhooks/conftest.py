@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -18,8 +19,15 @@ from control_plane.settings import ControlPlaneSettings
 from control_plane.webhooks.dispatcher import Dispatcher
 from node_agent.events import new_event_id
 from node_agent.protocol import Event, EventType, encode, ensure_jetstream, event_subject
-from tests.conftest import ADMIN_KEY, ARTIFACTS, spawn, stop_process
-from zapfleet.devservers import ChildProcess, start_nats
+from tests.conftest import (
+    ADMIN_KEY,
+    ARTIFACTS,
+    agent_env,
+    spawn,
+    stop_process,
+    wait_until_ready,
+)
+from zapfleet.devservers import ChildProcess, free_port, start_nats
 
 FAST = {
     "webhook_allowed_networks": ["127.0.0.1/32"],
@@ -131,3 +139,58 @@ __all__ = [
     "spawn_dispatcher",
     "stop_process",
 ]
+
+
+@dataclass
+class ApiStack:
+    base_url: str
+    nats_url: str
+    headers: dict[str, str]
+
+
+def wait_for_log(path: Path, text: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}; see {path}")
+        if path.exists() and text in path.read_text():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{text!r} not in {path} after {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def api_stack(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiStack]:
+    """A control plane (dispatcher in-process, 2 attempts, fast backoff) and a sim agent
+    on a nats-server of their own, so their streams and consumers are theirs alone."""
+    root = tmp_path_factory.mktemp("webhook-stack")
+    log_dir = ARTIFACTS / "logs"
+    server = start_nats(root / "nats", log_path=root / "nats.log")
+    nats_url = f"nats://127.0.0.1:{server.port}"
+    port = free_port()
+    settings = settings_for(
+        nats_url,
+        valkey_url.rsplit("/", 1)[0] + "/5",
+        http_port=port,
+        default_engine="sim",
+        webhook_max_attempts=2,
+        webhook_ack_wait_s=5.0,
+    )
+    agent = spawn(
+        "webhooks-agent",
+        ["agent"],
+        agent_env(nats_url, "wh-agent-1", root / "agent", ZAPFLEET_SIM_READ_AFTER_S="0.2"),
+        log_dir,
+    )
+    control_plane = spawn(
+        "webhooks-control-plane", ["control-plane"], settings_env(settings), log_dir
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(f"{base_url}/monitoring/ready", control_plane)
+        wait_for_log(log_dir / "webhooks-agent.log", "agent ready", agent, 30)
+        yield ApiStack(base_url, nats_url, {"Authorization": f"Bearer {ADMIN_KEY}"})
+    finally:
+        stop_process(control_plane)
+        stop_process(agent)
+        server.stop()

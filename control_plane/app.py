@@ -5,21 +5,31 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.config.compression import CompressionConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 
 from control_plane.api.events import EventController
 from control_plane.api.messages import MessageController
 from control_plane.api.monitoring import MonitoringController
+from control_plane.api.nodes import NodeController
+from control_plane.api.nodes_admin import NodeAdminController
 from control_plane.api.sessions import SessionController
+from control_plane.api.tenants import TenantController
 from control_plane.api.webhooks import WebhookController
+from control_plane.caches import CacheInvalidator
+from control_plane.hooks import before_send
 from control_plane.problems import EXCEPTION_HANDLERS
+from control_plane.reconciler import Reconciler
+from control_plane.security import SecurityHeadersMiddleware, cors_config
 from control_plane.services import get_services, open_services
 from control_plane.settings import ControlPlaneSettings
+from control_plane.ui import ui_route_handlers
 from control_plane.webhooks.lifespan import events_lifespan
 from zapfleet import __version__
 
@@ -31,28 +41,88 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_services(settings) as services:
             app.state.services = services
+            invalidator = CacheInvalidator(services.js, services.cache)
+            invalidator.start()
+            reconciler = Reconciler(services.fleet) if settings.reconciler else None
+            if reconciler is not None:
+                reconciler.start()
             log.info("control plane ready")
-            yield
+            try:
+                yield
+            finally:
+                if reconciler is not None:
+                    await reconciler.stop()
+                await invalidator.stop()
 
+    # sends may carry inline media: their limit follows ZAPFLEET_MAX_MEDIA_BYTES (base64)
+    media_body_limit = settings.max_media_bytes * 4 // 3 + 64 * 1024
+    messages = Router(
+        path="/",
+        route_handlers=[MessageController],
+        request_max_body_size=max(media_body_limit, settings.max_body_bytes),
+    )
+    handlers: list[Any] = [
+        SessionController,
+        messages,
+        TenantController,
+        NodeController,
+        NodeAdminController,
+        MonitoringController,
+        WebhookController,
+        EventController,
+    ]
+    if settings.ui_enabled:
+        handlers.extend(ui_route_handlers())
     return Litestar(
-        route_handlers=[
-            SessionController,
-            MessageController,
-            MonitoringController,
-            WebhookController,
-            EventController,
-        ],
+        route_handlers=handlers,
+        middleware=[SecurityHeadersMiddleware],
+        cors_config=cors_config(settings.cors_allow_origins),
         dependencies={"services": Provide(get_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan, events_lifespan],
+        before_send=[before_send],
         request_max_body_size=settings.max_body_bytes,
-        compression_config=CompressionConfig(backend="gzip", minimum_size=1024),
+        compression_config=compression(),
         openapi_config=OpenAPIConfig(
             title="zapfleet",
             version=__version__,
-            description="Self-hosted WhatsApp gateway: sessions across many machines.",
+            description=API_DESCRIPTION,
             path="/schema",
             render_plugins=[ScalarRenderPlugin(), JsonRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(
+                        type="http", scheme="bearer", description="Authorization: Bearer <key>"
+                    ),
+                    "apiKey": SecurityScheme(
+                        type="apiKey", name="X-API-Key", security_scheme_in="header"
+                    ),
+                }
+            ),
+            security=[{"bearer": []}, {"apiKey": []}],
         ),
+        logging_config=None,  # our JSON logging (zapfleet._logging) stays in charge
         debug=False,
+    )
+
+
+API_DESCRIPTION = """Self-hosted WhatsApp gateway: sessions across many machines.
+
+Authenticate with `Authorization: Bearer <key>` or `X-API-Key: <key>`. The admin key
+manages tenants, keys and nodes; on session endpoints it acts for the tenant named by
+`X-Tenant-Id` (default: `default`). Tenant keys see only their own sessions.
+Errors are RFC 9457 `application/problem+json` with a stable `type`
+(`urn:zapfleet:problem:<code>`). Every /v1 answer carries `RateLimit-*` headers;
+a 429 carries `Retry-After`. Sends accept an `Idempotency-Key`. See docs/api.md."""
+
+
+def compression() -> CompressionConfig:
+    """brotli when the module is installed (it is a dependency), gzip otherwise; both
+    only for bodies over 1 KiB and only when the client accepts them."""
+    try:
+        import brotli  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError:
+        return CompressionConfig(backend="gzip", minimum_size=1024)
+    return CompressionConfig(
+        backend="brotli", minimum_size=1024, brotli_gzip_fallback=True, brotli_quality=4
     )

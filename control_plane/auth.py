@@ -1,56 +1,53 @@
-"""API keys: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
+"""API keys: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>`` (docs/api.md).
 
-The admin key comes from settings and is compared in constant time."""
+The route dependencies; the verification itself is :mod:`control_plane.keyring`.
+"""
 
 from __future__ import annotations
 
-import hmac
-from dataclasses import dataclass
 from typing import Any
 
 from litestar import Request
 
+from control_plane.keyring import (
+    ADMIN_KEY_ID,
+    DEFAULT_TENANT,
+    TENANT_HEADER,
+    Principal,
+    presented_key,
+    unauthenticated,
+)
 from control_plane.problems import ProblemError
 from control_plane.services import Services
 
-DEFAULT_TENANT = "default"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    tenant: str
-    is_admin: bool
-
-
-def presented_key(request: Request[Any, Any, Any]) -> str | None:
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    key = request.headers.get("x-api-key")
-    return key.strip() if key else None
-
-
-async def principal_for_key(services: Services, key: str) -> Principal | None:
-    """Who ``key`` belongs to, or None. Shared by the REST API and the NATS commands."""
-    if hmac.compare_digest(key.encode(), services.settings.admin_key.encode()):
-        return Principal(tenant=DEFAULT_TENANT, is_admin=True)
-    return None
+__all__ = [
+    "ADMIN_KEY_ID",
+    "DEFAULT_TENANT",
+    "Principal",
+    "authenticate",
+    "presented_key",
+    "require_admin",
+]
 
 
 async def authenticate(request: Request[Any, Any, Any], services: Services) -> Principal:
+    """Dependency of every /v1 route: who is calling, then its rate limit (one Valkey
+    round trip, :mod:`control_plane.ratelimit`)."""
     key = presented_key(request)
     if key is None:
-        raise ProblemError(
-            401,
+        raise unauthenticated(
             "unauthenticated",
             "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
         )
-    principal = await principal_for_key(services, key)
-    if principal is not None:
-        return principal
-    raise ProblemError(
-        401, "invalid_key", "the API key is not valid", headers={"WWW-Authenticate": "Bearer"}
-    )
+    principal = await services.auth.verify(key, request.headers.get(TENANT_HEADER))
+    limiter = services.limiter
+    if limiter.enabled:
+        await limiter.check(request, principal.key_id)
+    return principal
+
+
+async def require_admin(request: Request[Any, Any, Any], services: Services) -> Principal:
+    principal = await authenticate(request, services)
+    if not principal.is_admin:
+        raise ProblemError(403, "forbidden", "this operation needs the admin key")
+    return principal

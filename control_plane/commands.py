@@ -27,11 +27,11 @@ from nats.micro.service import Service
 
 from control_plane.api.messages import queue_message
 from control_plane.api.sessions import live_info, load_record, view
-from control_plane.auth import Principal, principal_for_key
-from control_plane.models import MessageAccepted, OutboundMessage, SessionId, SessionView
+from control_plane.auth import Principal
+from control_plane.models import OutboundMessage, SessionId
 from control_plane.problems import ProblemError
 from control_plane.services import Services
-from node_agent.protocol import Ok, api_subject
+from node_agent.protocol import api_subject
 from zapfleet import __version__
 
 log = logging.getLogger(__name__)
@@ -50,26 +50,30 @@ class CommandError(msgspec.Struct, tag="err", tag_field="kind"):
 class SendMessageCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     session_id: SessionId
     message: OutboundMessage
+    idempotency_key: str | None = None
 
 
 class SessionStatusCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     session_id: SessionId
 
 
+_encoder = msgspec.json.Encoder()
+
+
 async def op_message_send(
     services: Services, principal: Principal, body: SendMessageCommand
-) -> MessageAccepted:
-    return await queue_message(services, principal, body.session_id, body.message)
+) -> bytes:
+    accepted, _ = await queue_message(
+        services, principal, body.session_id, body.message, body.idempotency_key
+    )
+    return accepted
 
 
 async def op_session_status(
     services: Services, principal: Principal, body: SessionStatusCommand
-) -> SessionView:
+) -> bytes:
     record = await load_record(services, principal, body.session_id)
-    return view(record, await live_info(services, record))
-
-
-_encoder = msgspec.json.Encoder()
+    return _encoder.encode(view(record, await live_info(services, record)))
 
 
 def _error(code: str, status: int, message: str) -> bytes:
@@ -91,7 +95,7 @@ def _key(headers: dict[str, str] | None) -> str | None:
 def _endpoint(
     services: Services,
     request_type: type[R],
-    handler: Callable[[Services, Principal, R], Awaitable[msgspec.Struct]],
+    handler: Callable[[Services, Principal, R], Awaitable[bytes]],
 ) -> Callable[[Request], Awaitable[None]]:
     decoder = msgspec.json.Decoder(request_type)
 
@@ -103,14 +107,12 @@ def _endpoint(
                 _error("unauthenticated", 401, "missing API key: send an Authorization header")
             )
             return
-        principal = await principal_for_key(services, key)
-        if principal is None:
-            await request.respond(_error("invalid_key", 401, "the API key is not valid"))
-            return
-        if principal.tenant != tenant and not principal.is_admin:
-            await request.respond(
-                _error("forbidden", 403, f"this key may not act on tenant {tenant!r}")
-            )
+        try:
+            # the same verification as REST with X-Tenant-Id = the subject's tenant: a tenant
+            # key only for its own tenant, the admin key for any existing tenant
+            acting = await services.auth.verify(key, tenant)
+        except ProblemError as exc:
+            await request.respond(_error(exc.code, exc.status_code, exc.detail))
             return
         try:
             body = decoder.decode(request.data or b"{}")
@@ -120,9 +122,8 @@ def _endpoint(
         except msgspec.DecodeError as exc:
             await request.respond(_error("malformed_json", 400, f"malformed JSON: {exc}"))
             return
-        acting = Principal(tenant=tenant, is_admin=principal.is_admin)
         try:
-            reply = _encoder.encode(Ok(await handler(services, acting, body)))
+            reply = b'{"kind":"ok","value":' + await handler(services, acting, body) + b"}"
         except ProblemError as exc:
             reply = _error(exc.code, exc.status_code, exc.detail)
         except Exception as exc:
@@ -141,7 +142,7 @@ async def serve_commands(services: Services) -> Service:
         version=__version__,
         description="zapfleet commands for NATS-native clients",
     )
-    routes: dict[str, tuple[type[Any], Callable[..., Awaitable[msgspec.Struct]]]] = {
+    routes: dict[str, tuple[type[Any], Callable[..., Awaitable[bytes]]]] = {
         "message_send": (SendMessageCommand, op_message_send),
         "session_status": (SessionStatusCommand, op_session_status),
     }

@@ -20,15 +20,52 @@ PhoneNumber = Annotated[
 ]
 
 
+WebhookUrl = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^https?://[^\s/?#]+[^\s]*$",
+        max_length=2048,
+        description="http(s) URL that receives this session's events",
+    ),
+]
+EventFilter = Annotated[
+    list[Annotated[str, msgspec.Meta(pattern=r"^([a-z_]+\.([a-z_]+|\*)|\*)$", max_length=64)]],
+    msgspec.Meta(
+        max_length=32,
+        description="event types ('message.received') or families ('message.*') to deliver; "
+        "null or absent = all",
+    ),
+]
+WebhookSecret = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=16,
+        max_length=256,
+        description="HMAC secret that signs this session's webhooks (else the tenant's)",
+    ),
+]
+ProxyUrl = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^(https?|socks5h?)://[^\s]+$",
+        max_length=2048,
+        description="proxy URL for the WhatsApp connection",
+    ),
+]
+DeviceName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
 class CreateSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     session_id: SessionId | None = None
     engine: p.EngineName | None = None
-    device_name: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "zapfleet"
-    proxy: str | None = None
+    device_name: DeviceName = "zapfleet"
+    proxy: ProxyUrl | None = None
     pacing: p.PacingSettings | None = None
-    webhook_url: str | None = None
-    webhook_events: list[str] | None = None
-    webhook_secret: Annotated[str, msgspec.Meta(min_length=16, max_length=256)] | None = None
+    webhook_url: WebhookUrl | None = None
+    webhook_events: EventFilter | None = None
+    start: bool = True
+    node_labels: dict[str, str] | None = None  # place only on nodes with these labels
+    webhook_secret: WebhookSecret | None = None
 
 
 class SessionView(msgspec.Struct, kw_only=True):
@@ -129,3 +166,227 @@ class MessageAccepted(msgspec.Struct, kw_only=True):
 class Health(msgspec.Struct, kw_only=True):
     status: Literal["ok", "degraded"]
     checks: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+# -- sessions: lists, status, settings, pairing ------------------------------------------
+
+
+class SessionList(msgspec.Struct, kw_only=True):
+    sessions: list[SessionView]
+    total: int
+
+
+class SessionStatus(msgspec.Struct, kw_only=True):
+    """The live state of a session; served from the status cache (``X-Cache``)."""
+
+    session_id: str
+    state: p.SessionState
+    desired: Literal["running", "stopped"]
+    node_id: str | None = None
+    epoch: int | None = None
+    phone: str | None = None
+    reason: str | None = None
+    since: float | None = None
+    reconnect_attempts: int = 0
+    breaker_open_until: float | None = None
+
+
+class SessionSettings(msgspec.Struct, kw_only=True):
+    session_id: str
+    device_name: str
+    proxy: str | None
+    pacing: p.PacingSettings
+    webhook_url: str | None
+    webhook_events: list[str] | None
+
+
+class SettingsPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Fields to change; absent fields stay as they are, ``null`` clears an optional one.
+    Pacing applies at once on the running session; proxy and device name at the next
+    start (``POST /restart`` does not reconnect with a new proxy; ``stop`` + ``start`` does).
+    Webhook settings apply to the next event delivered."""
+
+    device_name: DeviceName | msgspec.UnsetType = msgspec.UNSET
+    proxy: ProxyUrl | msgspec.UnsetType | None = msgspec.UNSET
+    pacing: p.PacingSettings | msgspec.UnsetType = msgspec.UNSET
+    webhook_url: WebhookUrl | msgspec.UnsetType | None = msgspec.UNSET
+    webhook_events: EventFilter | msgspec.UnsetType | None = msgspec.UNSET
+    webhook_secret: WebhookSecret | msgspec.UnsetType | None = msgspec.UNSET
+
+
+class PairCodeBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    phone: PhoneNumber
+
+
+class PairCodeView(msgspec.Struct, kw_only=True):
+    session_id: str
+    code: str
+
+
+# -- messages: history, number checks ------------------------------------------------------
+
+
+class HistoryView(msgspec.Struct, kw_only=True):
+    session_id: str
+    messages: list[p.MessageRecord]
+
+
+class NumberCheck(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    numbers: Annotated[list[PhoneNumber], msgspec.Meta(min_length=1, max_length=500)]
+
+
+class NumberCheckView(msgspec.Struct, kw_only=True):
+    session_id: str
+    results: list[p.NumberStatus]
+
+
+# -- tenants and keys ---------------------------------------------------------------------
+
+
+class CreateTenant(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    tenant_id: Annotated[
+        str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", examples=["acme"])
+    ]
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+
+
+class TenantView(msgspec.Struct, kw_only=True):
+    tenant_id: str
+    name: str
+    created_at: float
+    disabled: bool
+    sessions: int = 0
+    keys: int = 0
+
+
+class TenantList(msgspec.Struct, kw_only=True):
+    tenants: list[TenantView]
+
+
+class CreateKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    label: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class RotateKey(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    grace_s: Annotated[float, msgspec.Meta(ge=0, le=30 * 86400)] = 0.0
+    label: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
+class KeyView(msgspec.Struct, kw_only=True):
+    key_id: str
+    tenant: str
+    label: str | None
+    created_at: float
+    revoked_at: float | None = None
+    expires_at: float | None = None
+
+
+class NewKey(msgspec.Struct, kw_only=True):
+    """The key in clear: shown this once, stored only as a salted hash."""
+
+    key: str
+    key_id: str
+    tenant: str
+    label: str | None
+    created_at: float
+    replaces: str | None = None
+
+
+class KeyList(msgspec.Struct, kw_only=True):
+    keys: list[KeyView]
+
+
+class NodeStatus(p.NodeInfo, kw_only=True):
+    """A node's last heartbeat as the control plane sees it, with placement's view:
+    ``state`` up (fresh heartbeat), silent (past its lease), down (declared down by the
+    reconciler, sessions moved) or left (stopped in order); ``cordoned`` and ``draining``
+    (operator flags, docs/failover.md); ``slots_used`` (sessions placed there)."""
+
+    state: Literal["up", "silent", "down", "left"] = "up"
+    cordoned: bool = False
+    slots_used: int = 0
+    silent_s: float = 0.0
+
+
+class NodeList(msgspec.Struct, kw_only=True):
+    nodes: list[NodeStatus]
+
+
+# -- monitoring ------------------------------------------------------------------------------
+
+
+class CacheCleared(msgspec.Struct, kw_only=True):
+    deleted: int
+    cache: str | None = None
+
+
+class GcResult(msgspec.Struct, kw_only=True):
+    collected: int
+    pid: int
+    rss_bytes_before: int
+    rss_bytes_after: int
+
+
+class InstanceMetrics(msgspec.Struct, kw_only=True):
+    session_id: str
+    tenant: str
+    state: p.SessionState
+    node_id: str
+    epoch: int
+    phone: str | None = None
+    since: float = 0.0
+    queue_depth: int = 0
+    reconnect_attempts: int = 0
+    breaker_open_until: float | None = None
+
+
+class InstancesMetrics(msgspec.Struct, kw_only=True):
+    instances: list[InstanceMetrics]
+    by_state: dict[str, int]
+    unreachable_nodes: list[str]
+    ts: float
+
+
+class SystemMetrics(msgspec.Struct, kw_only=True):
+    version: str
+    pid: int
+    uptime_s: float
+    cpu_percent: float
+    rss_bytes: int
+    cpu_count: int
+    load_average: list[float]
+    python: str
+    http_workers: int
+
+
+class CacheMetrics(msgspec.Struct, kw_only=True):
+    hits: dict[str, int]
+    misses: dict[str, int]
+    hit_ratio: dict[str, float]
+    invalidations: dict[str, int]
+    keys: int
+    valkey_used_memory_bytes: int | None = None
+
+
+class WebhookMetrics(msgspec.Struct, kw_only=True):
+    pending: int | None = None
+    in_flight: int | None = None
+    redelivered: int | None = None
+    dead_letters: int | None = None
+
+
+class InstanceTotals(msgspec.Struct, kw_only=True):
+    sessions: int
+    desired_running: int
+    by_state: dict[str, int]
+    nodes: int
+    capacity: int
+
+
+class MonitoringMetrics(msgspec.Struct, kw_only=True):
+    system: SystemMetrics
+    cache: CacheMetrics
+    webhooks: WebhookMetrics
+    instances: InstanceTotals
+    rate_limited: dict[str, int]
+    ts: float

@@ -35,6 +35,7 @@ AGENT_ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.DAILY_CAP_REACHED: 429,
     ErrorCode.ENGINE_ERROR: 502,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.LEASE_EXPIRED: 503,
 }
 
 
@@ -85,6 +86,10 @@ def _code_for(exc: HTTPException) -> str:
     if isinstance(exc, ProblemError):
         return exc.code
     if isinstance(exc, ValidationException):
+        extra = exc.extra if isinstance(exc.extra, list) else []
+        sources = {e.get("source") for e in extra if isinstance(e, dict)}
+        if sources and sources <= {"query", "path", "header", "cookie"}:
+            return "invalid_parameter"
         return "invalid_body"
     if isinstance(exc, NotFoundException):
         return "not_found"

@@ -14,10 +14,23 @@ from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 
 from control_plane.agents import AgentClient
+from control_plane.caches import ApiCache
+from control_plane.fleet import Fleet
+from control_plane.idempotency import Idempotency
+from control_plane.keyring import Authenticator
+from control_plane.ratelimit import RateLimiter
+from control_plane.session_index import SessionIndex
 from control_plane.settings import ControlPlaneSettings
 from control_plane.store import NodeDirectory, SessionStore
+from control_plane.tenants import TenantStore
 from control_plane.webhooks.config import WebhookStore
-from node_agent.protocol import NODES_BUCKET, SESSIONS_BUCKET, WEBHOOKS_BUCKET, ensure_jetstream
+from node_agent.protocol import (
+    NODES_BUCKET,
+    SESSIONS_BUCKET,
+    TENANTS_BUCKET,
+    WEBHOOKS_BUCKET,
+    ensure_jetstream,
+)
 
 
 @dataclass(slots=True)
@@ -29,6 +42,13 @@ class Services:
     nodes: NodeDirectory
     agents: AgentClient
     valkey: valkey.Valkey
+    fleet: Fleet
+    index: SessionIndex
+    tenants: TenantStore
+    auth: Authenticator
+    limiter: RateLimiter
+    cache: ApiCache
+    idempotency: Idempotency
     webhooks: WebhookStore
 
 
@@ -49,18 +69,38 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
         events_dedupe_window_s=settings.events_dedupe_window_s,
     )
     cache = valkey.Valkey.from_url(settings.valkey_url)
+    sessions = SessionStore(await js.key_value(SESSIONS_BUCKET))
+    agents = AgentClient(nc, settings.rpc_timeout_s)
+    fleet = Fleet(settings=settings, nc=nc, js=js, sessions=sessions, agents=agents)
+    await fleet.start()
+    tenants = TenantStore(await js.key_value(TENANTS_BUCKET))
+    index = SessionIndex(sessions)
+    auth = Authenticator(tenants, settings.admin_key, settings.auth_cache_ttl_s)
+    fleet.on_written = index.note
     try:
+        await index.start()
+        await auth.start()
         yield Services(
             settings=settings,
             nc=nc,
             js=js,
-            sessions=SessionStore(await js.key_value(SESSIONS_BUCKET)),
+            sessions=sessions,
             nodes=NodeDirectory(await js.key_value(NODES_BUCKET)),
-            agents=AgentClient(nc, settings.rpc_timeout_s),
+            agents=agents,
             valkey=cache,
+            index=index,
+            tenants=tenants,
+            auth=auth,
+            limiter=RateLimiter(cache, settings),
+            cache=ApiCache(cache, settings),
+            idempotency=Idempotency(cache, settings),
+            fleet=fleet,
             webhooks=WebhookStore(await js.key_value(WEBHOOKS_BUCKET)),
         )
     finally:
+        await fleet.stop()
+        await auth.stop()
+        await index.stop()
         # bounded: on shutdown NATS or Valkey may already be gone
         with contextlib.suppress(Exception):
             await asyncio.wait_for(cache.aclose(), 2)

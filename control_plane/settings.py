@@ -29,7 +29,32 @@
 | ZAPFLEET_WEBHOOKS_METRICS_PORT | 0 | Prometheus port of `zapfleet webhooks` (0 = off) |
 | ZAPFLEET_NATS_COMMANDS | true | serve `zf.api.<tenant>.<op>` request-reply commands |
 | ZAPFLEET_RPC_TIMEOUT_S | 5 | NATS request timeout towards agents |
+| ZAPFLEET_LEASE_TTL_S | 8 | node lease assumed for agents whose heartbeat does not state one |
+| ZAPFLEET_LEASE_MARGIN_S | 2 | a node is down after its lease + this margin of silence |
+| ZAPFLEET_RECONCILER | true | run a reconciler candidate (one acts at a time: KV lease) |
+| ZAPFLEET_RECONCILE_INTERVAL_S | 0.5 | how often the active reconciler looks at the fleet |
+| ZAPFLEET_LEADER_LEASE_S | 3 | reconciler leadership lease (whole seconds, >= 1) |
+| ZAPFLEET_AUDIT_INTERVAL_S | 15 | full audit of assignments and slots (orphans, drift) |
+| ZAPFLEET_MOVE_CONCURRENCY | 32 | sessions moved in parallel by failover, drain, rebalance |
+| ZAPFLEET_UI_ENABLED | true | serve the operator web UI at /ui (docs/ui.md) |
+| ZAPFLEET_CORS_ALLOW_ORIGINS | (none) | comma-separated browser origins allowed (none: denied) |
 | ZAPFLEET_LOG_LEVEL / ZAPFLEET_LOG_FORMAT | INFO / json | logging |
+| ZAPFLEET_MAX_BODY_BYTES | 1048576 | largest request body, except message sends |
+| ZAPFLEET_MAX_MEDIA_BYTES | 16777216 | largest inline media (decoded) of a send |
+| ZAPFLEET_AUTH_CACHE_TTL_S | 10 | verified keys cached this long (revocation: KV watch, ≤ TTL) |
+| ZAPFLEET_TRUSTED_PROXIES | (none) | comma-separated IPs/CIDRs whose X-Forwarded-For is believed |
+| ZAPFLEET_RATE_LIMITS_ENABLED | true | GCRA rate limits in Valkey |
+| ZAPFLEET_RATE_MESSAGES | 500/60 | sends per window (count/seconds) per key + IP |
+| ZAPFLEET_RATE_SESSIONS | 100/300 | session operations (create, start, stop, ...) per window |
+| ZAPFLEET_RATE_QUERIES | 1000/60 | reads (status, QR, history, lists, number checks) per window |
+| ZAPFLEET_RATE_GLOBAL | 2000/900 | every /v1 request per window, on top of its class |
+| ZAPFLEET_CACHE_PREFIX | zf: | prefix of every Valkey key the control plane writes |
+| ZAPFLEET_CACHE_QR_TTL_S | 30 | QR code cache (and never past the code's expiry) |
+| ZAPFLEET_CACHE_STATUS_TTL_S | 3600 | status cache: until the next status event, at most this |
+| ZAPFLEET_CACHE_NUMBER_VALID_TTL_S / _INVALID_TTL_S | 14400 / 7200 | number check results |
+| ZAPFLEET_CACHE_HISTORY_TTL_S | 60 | message history |
+| ZAPFLEET_IDEMPOTENCY_TTL_S | 86400 | how long an Idempotency-Key is remembered |
+| ZAPFLEET_METRICS_PUBLIC | true | serve /metrics without a key (for Prometheus scrapers) |
 """
 
 from __future__ import annotations
@@ -55,7 +80,15 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     events_max_bytes: int = 10 * 1024**3
     events_dedupe_window_s: float = 120.0
     node_ttl_s: float = 10.0
-    max_body_bytes: int = 24 * 1024 * 1024
+    lease_ttl_s: float = 8.0
+    lease_margin_s: float = 2.0
+    reconciler: bool = True
+    reconcile_interval_s: float = 0.5
+    leader_lease_s: int = 3
+    audit_interval_s: float = 15.0
+    move_concurrency: int = 32
+    max_body_bytes: int = 1024 * 1024
+    max_media_bytes: int = 16 * 1024 * 1024
     webhook_url: str | None = None
     webhook_secret: str | None = None
     webhook_events: list[str] | None = None
@@ -74,8 +107,26 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     webhook_max_ack_pending: int = 20_000
     webhooks_metrics_port: int = 0
     nats_commands: bool = True
+    ui_enabled: bool = True
+    cors_allow_origins: list[str] = msgspec.field(default_factory=list)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
+    # API: auth, rate limits, caches, idempotency (docs/api.md)
+    auth_cache_ttl_s: float = 10.0
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    rate_limits_enabled: bool = True
+    rate_messages: str = "500/60"
+    rate_sessions: str = "100/300"
+    rate_queries: str = "1000/60"
+    rate_global: str = "2000/900"
+    cache_prefix: str = "zf:"
+    cache_qr_ttl_s: float = 30.0
+    cache_status_ttl_s: float = 3600.0
+    cache_number_valid_ttl_s: float = 4 * 3600.0
+    cache_number_invalid_ttl_s: float = 2 * 3600.0
+    cache_history_ttl_s: float = 60.0
+    idempotency_ttl_s: float = 86400.0
+    metrics_public: bool = True
 
     def validate(self) -> None:
         if len(self.admin_key) < 16:
@@ -85,6 +136,25 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
             )
         if self.http_workers < 1:
             raise SettingsError("invalid setting ZAPFLEET_HTTP_WORKERS: must be >= 1")
+        if self.leader_lease_s < 1:
+            raise SettingsError("invalid setting ZAPFLEET_LEADER_LEASE_S: must be >= 1")
+        if self.lease_margin_s < 0:
+            raise SettingsError("invalid setting ZAPFLEET_LEASE_MARGIN_S: must be >= 0")
+        for name in ("messages", "sessions", "queries", "global"):
+            try:
+                self.rate(name)
+            except ValueError:
+                raise SettingsError(
+                    f"invalid setting ZAPFLEET_RATE_{name.upper()}: expected <count>/<seconds>, "
+                    "e.g. 500/60"
+                ) from None
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    f"invalid setting ZAPFLEET_TRUSTED_PROXIES: {proxy!r} is not an IP or CIDR"
+                ) from None
         for name in (
             "webhook_concurrency",
             "webhook_concurrency_per_destination",
@@ -105,6 +175,15 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
                 raise SettingsError(
                     f"invalid setting ZAPFLEET_WEBHOOK_ALLOWED_NETWORKS: {exc}"
                 ) from None
+
+    def rate(self, name: str) -> tuple[int, float]:
+        """The (count, period in seconds) of rate class ``name``."""
+        raw: str = getattr(self, f"rate_{name}")
+        count, _, period = raw.partition("/")
+        limit, seconds = int(count), float(period)
+        if limit < 1 or seconds <= 0:
+            raise ValueError(raw)
+        return limit, seconds
 
     @property
     def webhook_urls(self) -> list[str]:

@@ -44,6 +44,13 @@ class SessionStore:
         self, session_id: str, change: Callable[[SessionRecord], None], attempts: int = 10
     ) -> SessionRecord:
         """Read-modify-write with revision CAS, retried on conflict."""
+        record, _ = await self.update_with_revision(session_id, change, attempts)
+        return record
+
+    async def update_with_revision(
+        self, session_id: str, change: Callable[[SessionRecord], None], attempts: int = 10
+    ) -> tuple[SessionRecord, int]:
+        """:meth:`update`, also returning the revision written."""
         for _ in range(attempts):
             current = await self.get(session_id)
             if current is None:
@@ -52,10 +59,10 @@ class SessionStore:
             change(record)
             record.updated_at = time.time()
             try:
-                await self.kv.update(session_id, _encode(record), last=revision)
+                written = await self.kv.update(session_id, _encode(record), last=revision)
             except KeyWrongLastSequenceError:
                 continue
-            return record
+            return record, written
         raise ConflictError(f"session {session_id}: too many concurrent updates")
 
     async def delete(self, session_id: str) -> None:

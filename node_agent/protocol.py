@@ -30,6 +30,10 @@ DLQ_SUBJECTS = "zf.dlq.>"
 WEBHOOKS_BUCKET = "zf_webhooks"
 REDRIVE_STREAM = "ZF_WEBHOOK_REDRIVE"
 REDRIVE_SUBJECTS = "zf.webhooks.redrive.>"
+PLACEMENT_BUCKET = "zf_placement"
+LEASES_BUCKET = "zf_leases"
+DEVICE_STORE_BUCKET = "zf_device_store"
+SYSTEM_TENANT = "_system"  # tenant segment of node events: zf.events._system.<node_id>.node.*
 
 
 def agent_subject(node_id: str, op: str) -> str:
@@ -103,6 +107,7 @@ class ErrorCode(enum.StrEnum):
     DAILY_CAP_REACHED = "daily_cap_reached"
     ENGINE_ERROR = "engine_error"
     INTERNAL = "internal"
+    LEASE_EXPIRED = "lease_expired"
 
 
 class Ok(msgspec.Struct, Generic[T], tag="ok", tag_field="kind"):
@@ -344,6 +349,7 @@ class NodeInfo(msgspec.Struct, kw_only=True):
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     started_at: float = 0.0
     ts: float = 0.0
+    lease_ttl_s: float = 0.0  # the node's own lease; the reconciler waits this + its margin
 
 
 # -- events ------------------------------------------------------------------------------
@@ -410,6 +416,7 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
     webhook_secret: str | None = None
+    node_labels: dict[str, str] | None = None  # placement constraint, e.g. {"region": "eu"}
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -473,4 +480,9 @@ async def ensure_jetstream(
         KeyValueConfig(bucket=WEBHOOKS_BUCKET, history=5),
     )
     for bucket in buckets:
-        await js.create_key_value(bucket)
+        try:
+            await js.create_key_value(bucket)
+        except BadRequestError:
+            # exists with another config (e.g. agents and control plane configured with
+            # different TTLs): use it as it is rather than fail at start
+            await js.key_value(bucket.bucket)

@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 from zapfleet.devservers import ChildProcess, free_port, start_nats, start_valkey, wait_for_port
 
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
+LIMIT_CLASSES = ("MESSAGES", "SESSIONS", "QUERIES", "GLOBAL")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
@@ -150,6 +151,9 @@ def stack(
             "ZAPFLEET_HTTP_PORT": str(http_port),
             "ZAPFLEET_DEFAULT_ENGINE": "sim",
             "ZAPFLEET_WEBHOOK_ALLOW_PRIVATE": "true",
+            # the whole suite shares this API: limits high enough never to interfere
+            # (tests/test_api_limits.py runs its own control plane with tight limits)
+            **{f"ZAPFLEET_RATE_{c}": "1000000/60" for c in LIMIT_CLASSES},
         },
         log_dir,
     )

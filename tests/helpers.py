@@ -42,3 +42,29 @@ async def pair_session(
 
 def decode(data: bytes) -> Any:
     return msgspec.json.decode(data)
+
+
+def unique(prefix: str) -> str:
+    """A fresh id, so tests sharing the session-scoped stack never collide."""
+    import secrets
+
+    return f"{prefix}-{secrets.token_hex(4)}"
+
+
+async def new_tenant(admin: httpx.AsyncClient, prefix: str = "t") -> tuple[str, str]:
+    """Create a tenant and one API key with the admin client; returns (tenant_id, key)."""
+    tenant_id = unique(prefix)
+    created = await admin.post("/v1/tenants", json={"tenant_id": tenant_id})
+    assert created.status_code == 201, created.text
+    key = await admin.post(f"/v1/tenants/{tenant_id}/keys", json={"label": "tests"})
+    assert key.status_code == 201, key.text
+    return tenant_id, key.json()["key"]
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem: dict[str, Any] = response.json()
+    assert problem["type"] == f"urn:zapfleet:problem:{code}", problem
+    assert problem["status"] == status
+    return problem

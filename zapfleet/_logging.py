@@ -71,3 +71,30 @@ def configure_logging(level: str, fmt: str = "json", process: str = "zapfleet") 
     logging.getLogger("neonize.utils.log").setLevel(max(logging.WARNING, root.level))
     bind(process=process)
     logging.Formatter.converter = time.gmtime
+
+
+def dictconfig(level: str, fmt: str = "json") -> dict[str, Any]:
+    """The same setup as :func:`configure_logging`, as a logging dictConfig — for servers
+    such as granian that configure logging in their worker processes themselves."""
+    formatter: dict[str, Any] = (
+        {"()": "zapfleet._logging.JsonFormatter"}
+        if fmt == "json"
+        else {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}
+    )
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+        "loggers": {
+            "_granian": {"level": level.upper()},
+            "granian.access": {"level": level.upper()},
+        },
+    }

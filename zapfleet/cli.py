@@ -5,6 +5,8 @@ zapfleet control-plane    the HTTP API on granian (ZAPFLEET_HTTP_WORKERS workers
 zapfleet agent            one node agent (one shard of sessions)
 zapfleet webhooks         a standalone webhook dispatcher
 zapfleet sim scan ID      act as a phone: scan the QR code of a sim session
+zapfleet sessions ...     ls | create | qr (QR in the terminal): HTTP API client
+zapfleet nodes ...        ls | cordon | uncordon | drain | rebalance (admin key)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from zapfleet import __version__
 from zapfleet._env import SettingsError, load_settings
-from zapfleet._logging import configure_logging
+from zapfleet._logging import configure_logging, dictconfig
 
 
 def _die(message: str) -> None:
@@ -53,9 +55,6 @@ def cmd_agent(_: argparse.Namespace) -> None:
 
 
 def cmd_control_plane(_: argparse.Namespace) -> None:
-    from granian.constants import Interfaces, Loops
-    from granian.server import Server
-
     from control_plane.settings import ControlPlaneSettings
 
     try:
@@ -63,6 +62,18 @@ def cmd_control_plane(_: argparse.Namespace) -> None:
     except SettingsError as exc:
         _die(str(exc))
     configure_logging(settings.log_level, settings.log_format, process="control-plane")
+    from control_plane.metrics_dir import multiprocess_dir
+
+    # set before granian forks its workers (and before prometheus_client is imported):
+    # /metrics then adds up the samples of every worker
+    with multiprocess_dir():
+        _serve_control_plane(settings)
+
+
+def _serve_control_plane(settings: Any) -> None:
+    from granian.constants import Interfaces, Loops
+    from granian.server import Server
+
     Server(
         "control_plane.asgi:app",
         address=settings.http_host,
@@ -72,6 +83,7 @@ def cmd_control_plane(_: argparse.Namespace) -> None:
         loop=Loops.uvloop,
         factory=True,
         log_access=False,
+        log_dictconfig=dictconfig(settings.log_level, settings.log_format),
         backlog=2048,
         respawn_failed_workers=True,
     ).serve()
@@ -155,17 +167,46 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _check_children(children: list[Any]) -> None:
+    for child in children:
+        if child.process.poll() is not None:
+            code = child.process.returncode
+            _die(f"{child.name} exited with code {code}; see {child.log_path}")
+
+
 def _wait_http_ok(url: str, timeout_s: float, children: list[Any]) -> bool:
+    """Poll the readiness URL, printing each change of its checks, until it answers 200."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
+    last = ""
     while time.monotonic() < deadline:
-        for child in children:
-            if child.process.poll() is not None:
-                code = child.process.returncode
-                _die(f"{child.name} exited with code {code}; see {child.log_path}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code == 200:
+        _check_children(children)
+        status = "API not answering yet"
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            response = httpx.get(url, timeout=1)
+            checks = response.json().get("checks") or {}
+            status = ", ".join(f"{k} {v}" for k, v in sorted(checks.items())) or "checking"
+            if response.status_code == 200:
+                print(f"      ready: {status}", flush=True)
+                return True
+        if status != last:
+            print(f"      {status}", flush=True)
+            last = status
+        time.sleep(0.2)
+    return False
+
+
+def _wait_log_line(
+    path: Path, needle: str, timeout_s: float, children: list[Any], offset: int = 0
+) -> bool:
+    """Wait for ``needle`` in the log written after ``offset`` (logs are appended to)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _check_children(children)
+        with contextlib.suppress(OSError), path.open("rb") as log:
+            log.seek(offset)
+            if needle.encode() in log.read():
                 return True
         time.sleep(0.2)
     return False
@@ -235,10 +276,10 @@ def cmd_up(args: argparse.Namespace) -> None:
 
     signal.signal(signal.SIGTERM, stop_all)
     signal.signal(signal.SIGINT, stop_all)
-    steps = iter(range(1, 6))
+    steps = iter(range(1, 7))
 
     def progress(message: str) -> None:
-        print(f"[{next(steps)}/5] {message}", flush=True)
+        print(f"[{next(steps)}/6] {message}", flush=True)
 
     try:
         progress(f"nats-server (JetStream) on 127.0.0.1:{args.nats_port}")
@@ -253,6 +294,8 @@ def cmd_up(args: argparse.Namespace) -> None:
     env = _stack_env(args, home, admin_key)
     exe = [sys.executable, "-m", "zapfleet"]
     progress(f"node agent {env['ZAPFLEET_NODE_ID']} (engine {args.engine})")
+    agent_log = logs / "agent.log"
+    agent_log_offset = agent_log.stat().st_size if agent_log.exists() else 0
     children.append(_start_child("agent", [*exe, "agent"], env, logs / "agent.log"))
     progress(f"control plane on http://{args.host}:{args.http_port}")
     children.append(
@@ -262,10 +305,15 @@ def cmd_up(args: argparse.Namespace) -> None:
     if not _wait_http_ok(f"http://127.0.0.1:{args.http_port}/monitoring/ready", 90, children):
         stop_all_quietly(children)
         _die(f"the control plane did not become ready; see {logs}")
+    progress(f"waiting for the first heartbeat of agent {env['ZAPFLEET_NODE_ID']}")
+    if not _wait_log_line(agent_log, "agent ready", 60, children, agent_log_offset):
+        stop_all_quietly(children)
+        _die(f"the agent did not become ready; see {agent_log}")
     shown = f"http://{args.host}:{args.http_port}"
     agent_metrics = f"http://127.0.0.1:{args.agent_metrics_port}/metrics"
     print(
         f"\nzapfleet {__version__} is up\n"
+        f"  web UI         {shown}/ui/  (sign in with the admin key)\n"
         f"  API            {shown}/v1\n"
         f"  OpenAPI docs   {shown}/schema\n"
         f"  metrics        {shown}/metrics  (agent: {agent_metrics})\n"
@@ -334,6 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--nats-url", default=os.environ.get("ZAPFLEET_NATS_URL", "nats://127.0.0.1:4222")
     )
     scan.set_defaults(func=cmd_sim_scan)
+
+    from zapfleet.apiclient import add_node_commands, add_session_commands
+
+    add_session_commands(sub)
+    add_node_commands(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""/v1/events: replay of the stored events (stream ``ZF_EVENTS``), paged, tenant-scoped.
+"""/v1/events: replay of the stored events (stream ``ZF_EVENTS``), paged, tenant-scoped
+(the caller's tenant; the admin key acts for the tenant in ``X-Tenant-Id``).
 
 Events are kept by age (7 days by default) and size. ``since`` is a stream sequence (the
 ``seq`` of the last event a client has seen: the page starts after it) or an RFC 3339
@@ -14,9 +15,8 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, get
 from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.params import Parameter, QueryParameter
 
-from control_plane.api.webhooks import TenantParam, scope_of
 from control_plane.auth import Principal, authenticate
 from control_plane.problems import ProblemError
 from control_plane.services import Services
@@ -90,12 +90,11 @@ class EventController(Controller):
         ] = None,
         event_type: Annotated[
             str | None,
-            Parameter(query="type", description="an event type or family ('message.*')"),
+            QueryParameter(name="type", description="an event type or family ('message.*')"),
         ] = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-        tenant: TenantParam = None,
     ) -> EventPage:
-        scope = scope_of(principal, tenant)
+        scope = principal.tenant
         after_seq, start_time = parse_since(since)
         subject = f"zf.events.{scope}.{session or '*'}.{type_filter(event_type)}"
         try:

@@ -1,24 +1,57 @@
-"""/v1/sessions/{id}/messages: send messages."""
+"""/v1/sessions/{id}/messages and /contacts: send, history, number checks."""
 
 from __future__ import annotations
 
 import secrets
+from typing import Annotated
 
+import msgspec
 import phonenumbers
-from litestar import Controller, post
+from litestar import Controller, MediaType, Response, get, post
 from litestar.di import Provide
+from litestar.params import Parameter
 
+from control_plane import idempotency
 from control_plane.agents import AgentCallError, AgentUnavailable
-from control_plane.api.sessions import load_record
+from control_plane.api.sessions import QUERIES, call_agent, load_record, running
 from control_plane.auth import Principal, authenticate
-from control_plane.models import MessageAccepted, OutboundMessage, to_content
+from control_plane.models import (
+    HistoryView,
+    MessageAccepted,
+    NumberCheck,
+    NumberCheckView,
+    OutboundMessage,
+    to_content,
+)
 from control_plane.problems import ProblemError
 from control_plane.services import Services
-from node_agent.protocol import Op, SendAccepted, SendMessage
+from node_agent.protocol import (
+    CheckNumbers,
+    History,
+    HistoryRequest,
+    Media,
+    MessageContent,
+    NumberStatus,
+    NumberStatuses,
+    Op,
+    SendAccepted,
+    SendMessage,
+)
+
+MESSAGES = {"rate": "messages"}
+JSON = MediaType.JSON
+_encode = msgspec.json.encode
+_status_decoder = msgspec.json.Decoder(NumberStatus)
+_recipients: dict[str, str] = {}
+_MAX_REMEMBERED = 50_000
 
 
 def normalize_recipient(raw: str) -> str:
-    """E.164 digits without '+', or a 422 problem that says what is wrong."""
+    """E.164 digits without '+', or a 422 problem that says what is wrong. Valid numbers
+    are remembered (parsing is the most expensive step of a send)."""
+    known = _recipients.get(raw)
+    if known is not None:
+        return known
     text = raw.strip().removesuffix("@s.whatsapp.net")
     try:
         number = phonenumbers.parse(text if text.startswith("+") else "+" + text, None)
@@ -26,39 +59,171 @@ def normalize_recipient(raw: str) -> str:
         raise ProblemError(422, "invalid_number", f"{raw!r} is not a phone number: {exc}") from None
     if not phonenumbers.is_possible_number(number):
         raise ProblemError(422, "invalid_number", f"{raw!r} is not a possible phone number")
-    return f"{number.country_code}{number.national_number}"
+    normalized = f"{number.country_code}{number.national_number}"
+    if len(_recipients) >= _MAX_REMEMBERED:
+        _recipients.clear()
+    _recipients[raw] = normalized
+    return normalized
+
+
+def _check_media(content: MessageContent, max_bytes: int) -> None:
+    media: Media | None = getattr(content, "media", None)
+    if media is None:
+        return
+    if (media.url is None) == (media.base64 is None):
+        raise ProblemError(422, "invalid_media", "media needs exactly one of 'url' and 'base64'")
+    if media.url is not None and not media.url.startswith(("http://", "https://")):
+        raise ProblemError(422, "invalid_media", "media.url must be an http(s) URL")
+    if media.base64 is not None:
+        size = len(media.base64) * 3 // 4 - media.base64[-2:].count("=")
+        if size > max_bytes:
+            raise ProblemError(
+                413,
+                "media_too_large",
+                f"inline media of {size} bytes exceeds the limit of {max_bytes} bytes",
+            )
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Parameter(
+        header="Idempotency-Key",
+        required=False,
+        description="same key + same body = same answer (24 h); same key + other body = 409",
+    ),
+]
 
 
 async def queue_message(
-    services: Services, principal: Principal, session_id: str, data: OutboundMessage
-) -> MessageAccepted:
-    """Queue one message on the session's node (REST and NATS commands share this)."""
+    services: Services,
+    principal: Principal,
+    session_id: str,
+    data: OutboundMessage,
+    idempotency_key: str | None = None,
+) -> tuple[bytes, bool]:
+    """Queue one message on the session's node: the JSON of its MessageAccepted, and
+    whether it is the replay of an earlier request with the same Idempotency-Key. The
+    REST endpoint and the NATS command ``message_send`` share it."""
     recipient = normalize_recipient(data.to)
-    record = await load_record(services, principal, session_id)
-    if record.assignment is None:
-        raise ProblemError(409, "not_running", f"session {session_id!r} is not running")
-    message_id = "m_" + secrets.token_hex(10)
-    request = SendMessage(
-        session_id=session_id, message_id=message_id, to=recipient, content=to_content(data)
-    )
+    content = to_content(data)
+    _check_media(content, services.settings.max_media_bytes)
+    assignment = running(await load_record(services, principal, session_id))
+    store = services.idempotency
+    reserved: tuple[str, str] | None = None
+    if idempotency_key is not None:
+        storage_key = store.storage_key(
+            principal.tenant, session_id, idempotency.validate_key(idempotency_key)
+        )
+        digest = idempotency.body_digest(_encode(data))
+        replay = await store.reserve(storage_key, digest)
+        if replay is not None:
+            return replay.body, True
+        reserved = (storage_key, digest)
+        message_id = store.message_id(storage_key)
+    else:
+        message_id = "m_" + secrets.token_hex(10)
+    send = SendMessage(session_id=session_id, message_id=message_id, to=recipient, content=content)
     try:
         accepted = await services.agents.call(
-            record.assignment.node_id, Op.MESSAGE_SEND, request, SendAccepted
+            assignment.node_id, Op.MESSAGE_SEND, send, SendAccepted
         )
     except (AgentCallError, AgentUnavailable) as exc:
+        if reserved is not None:
+            await store.release(reserved[0])
         raise exc.to_problem() from None
-    return MessageAccepted(
-        message_id=accepted.message_id, session_id=session_id, queue_depth=accepted.queue_depth
+    body = _encode(
+        MessageAccepted(
+            message_id=accepted.message_id,
+            session_id=session_id,
+            queue_depth=accepted.queue_depth,
+        )
     )
+    if reserved is not None:
+        await store.complete(reserved[0], reserved[1], 202, body)
+    return body, False
 
 
 class MessageController(Controller):
-    path = "/v1/sessions/{session_id:str}/messages"
+    path = "/v1/sessions/{session_id:str}"
     tags = ["messages"]
     dependencies = {"principal": Provide(authenticate)}
 
-    @post("/", status_code=202, summary="Queue a message (text, media, location, contact, ...)")
+    @post(
+        "/messages",
+        status_code=202,
+        opt=MESSAGES,
+        summary="Queue a message (text, media, location, contact, reaction)",
+    )
     async def send(
-        self, session_id: str, data: OutboundMessage, services: Services, principal: Principal
-    ) -> MessageAccepted:
-        return await queue_message(services, principal, session_id, data)
+        self,
+        session_id: str,
+        data: OutboundMessage,
+        services: Services,
+        principal: Principal,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[MessageAccepted]:
+        body, replayed = await queue_message(services, principal, session_id, data, idempotency_key)
+        headers = {"Idempotent-Replayed": "true"} if replayed else None
+        return Response(body, status_code=202, media_type=JSON, headers=headers)  # type: ignore[arg-type]
+
+    @get(
+        "/messages",
+        opt=QUERIES,
+        summary="Recent messages of the session, newest first (cached 60 s)",
+    )
+    async def history(
+        self,
+        session_id: str,
+        services: Services,
+        principal: Principal,
+        limit: int = Parameter(default=50, ge=1, le=1000),
+    ) -> Response[HistoryView]:
+        record = await load_record(services, principal, session_id)
+        cached = await services.cache.get_history(session_id, limit)
+        if cached is not None:
+            return Response(cached, media_type=JSON, headers={"X-Cache": "hit"})  # type: ignore[arg-type]
+        assignment = running(record)
+        history = await call_agent(
+            services,
+            assignment.node_id,
+            Op.HISTORY_LIST,
+            HistoryRequest(session_id=session_id, limit=limit),
+            History,
+        )
+        body = _encode(HistoryView(session_id=session_id, messages=history.messages))
+        await services.cache.put_history(session_id, limit, body)
+        return Response(body, media_type=JSON, headers={"X-Cache": "miss"})  # type: ignore[arg-type]
+
+    @post(
+        "/contacts/check",
+        status_code=200,
+        opt=QUERIES,
+        summary="Which numbers are on WhatsApp (batch ≤ 500; cached 4 h / 2 h)",
+    )
+    async def check_numbers(
+        self, session_id: str, data: NumberCheck, services: Services, principal: Principal
+    ) -> NumberCheckView:
+        numbers = list(dict.fromkeys(normalize_recipient(n) for n in data.numbers))
+        record = await load_record(services, principal, session_id)
+        cached = await services.cache.get_numbers(principal.tenant, numbers)
+        known: dict[str, NumberStatus] = {}
+        for number, value in zip(numbers, cached, strict=True):
+            if value is not None:
+                known[number] = _status_decoder.decode(value)
+        missing = [n for n in numbers if n not in known]
+        if missing:
+            assignment = running(record)
+            checked = await call_agent(
+                services,
+                assignment.node_id,
+                Op.CONTACTS_CHECK,
+                CheckNumbers(session_id=session_id, numbers=missing),
+                NumberStatuses,
+            )
+            fresh = []
+            for status in checked.results:
+                known[status.number] = status
+                fresh.append((status.number, status.on_whatsapp, _encode(status)))
+            await services.cache.put_numbers(principal.tenant, fresh)
+        results = [known[n] for n in numbers if n in known]
+        return NumberCheckView(session_id=session_id, results=results)

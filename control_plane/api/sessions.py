@@ -1,32 +1,71 @@
-"""/v1/sessions: create, read and pair sessions."""
+"""/v1/sessions: create, list, read, delete, operate and pair sessions."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import secrets
-from typing import Any
+import time
+from typing import Annotated, Any, TypeVar
 
-from litestar import Controller, get, post
+import msgspec
+import segno
+from litestar import Controller, MediaType, Response, delete, get, patch, post
 from litestar.di import Provide
-from nats.js.errors import KeyWrongLastSequenceError
+from litestar.params import Parameter
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.api.webhooks import ensure_event_patterns, ensure_safe_url
 from control_plane.auth import Principal, authenticate
-from control_plane.models import CreateSession, QrView, SessionView
-from control_plane.placement import choose_node
+from control_plane.fleet import NoCapacity
+from control_plane.models import (
+    CreateSession,
+    PairCodeBody,
+    PairCodeView,
+    QrView,
+    SessionList,
+    SessionSettings,
+    SessionStatus,
+    SessionView,
+    SettingsPatch,
+)
 from control_plane.problems import ProblemError
 from control_plane.services import Services
+from control_plane.store import ConflictError
 from node_agent.protocol import (
     Assignment,
+    ConfigureSession,
+    Empty,
+    ErrorCode,
     Op,
     PacingSettings,
+    PairCode,
+    PairCodeRequest,
     QrCode,
     SessionInfo,
     SessionRecord,
     SessionRef,
     SessionSpec,
     SessionState,
-    StartSession,
+)
+from node_agent.protocol import SessionList as AgentSessionList
+
+T = TypeVar("T")
+
+SESSION_OPS = {"rate": "sessions"}
+QUERIES = {"rate": "queries"}
+JSON = MediaType.JSON
+_encode = msgspec.json.encode
+_qr_decoder = msgspec.json.Decoder(QrView)
+_LIVE = frozenset(
+    {
+        SessionState.STARTING,
+        SessionState.PAIRING,
+        SessionState.CONNECTED,
+        SessionState.DISCONNECTED,
+        SessionState.RECONNECTING,
+    }
 )
 
 
@@ -34,13 +73,39 @@ def not_found(session_id: str) -> ProblemError:
     return ProblemError(404, "session_not_found", f"no session {session_id!r}")
 
 
+def not_running(session_id: str) -> ProblemError:
+    return ProblemError(
+        409, "not_running", f"session {session_id!r} is not running (POST .../start)"
+    )
+
+
+def running(record: SessionRecord) -> Assignment:
+    """Where the session runs, or 409 when it is not meant to run anywhere."""
+    if record.desired != "running" or record.assignment is None:
+        raise not_running(record.spec.session_id)
+    return record.assignment
+
+
+def live_assignment(record: SessionRecord) -> Assignment | None:
+    return record.assignment if record.desired == "running" else None
+
+
 async def load_record(services: Services, principal: Principal, session_id: str) -> SessionRecord:
     """The session record, or 404 — also for another tenant's session, so ids of other
     tenants cannot be probed."""
-    found = await services.sessions.get(session_id)
-    if found is None or found[0].spec.tenant != principal.tenant:
+    record = await services.index.lookup(session_id)
+    if record is None or record.spec.tenant != principal.tenant:
         raise not_found(session_id)
-    return found[0]
+    return record
+
+
+async def call_agent(
+    services: Services, node_id: str, op: Op, request: msgspec.Struct, reply_type: type[T]
+) -> T:
+    try:
+        return await services.agents.call(node_id, op, request, reply_type)
+    except (AgentCallError, AgentUnavailable) as exc:
+        raise exc.to_problem() from None
 
 
 def view(record: SessionRecord, info: SessionInfo | None) -> SessionView:
@@ -63,12 +128,29 @@ def view(record: SessionRecord, info: SessionInfo | None) -> SessionView:
     )
 
 
+def status_of(record: SessionRecord, info: SessionInfo | None) -> SessionStatus:
+    assignment = record.assignment
+    return SessionStatus(
+        session_id=record.spec.session_id,
+        state=info.state if info else SessionState.STOPPED,
+        desired=record.desired,
+        node_id=assignment.node_id if assignment else None,
+        epoch=assignment.epoch if assignment else None,
+        phone=info.phone if info else None,
+        reason=info.reason if info else "not placed on any node",
+        since=info.since if info else None,
+        reconnect_attempts=info.reconnect_attempts if info else 0,
+        breaker_open_until=info.breaker_open_until if info else None,
+    )
+
+
 async def live_info(services: Services, record: SessionRecord) -> SessionInfo | None:
-    if record.assignment is None:
+    assignment = live_assignment(record)
+    if assignment is None:
         return None
     try:
         return await services.agents.call(
-            record.assignment.node_id,
+            assignment.node_id,
             Op.SESSION_STATUS,
             SessionRef(session_id=record.spec.session_id),
             SessionInfo,
@@ -77,36 +159,92 @@ async def live_info(services: Services, record: SessionRecord) -> SessionInfo | 
         return None
 
 
-async def place(services: Services, record: SessionRecord) -> SessionInfo:
-    """Assign the session to the best node (epoch + 1, KV CAS) and start it there."""
-    session_id = record.spec.session_id
-    node = choose_node(await services.nodes.list(), record.spec.engine)
-    if node is None:
-        raise ProblemError(
-            503,
-            "no_capacity",
-            f"no eligible node runs the {record.spec.engine} engine with free capacity",
-            headers={"Retry-After": "5"},
-        )
-
-    def assign(current: SessionRecord) -> None:
-        epoch = current.assignment.epoch + 1 if current.assignment else 1
-        current.assignment = Assignment(node_id=node.node_id, epoch=epoch)
-        current.desired = "running"
-
-    record = await services.sessions.update(session_id, assign)
-    assert record.assignment is not None
+async def update_record(services: Services, session_id: str, change: Any) -> SessionRecord:
     try:
-        return await services.agents.call(
-            node.node_id,
-            Op.SESSION_START,
-            StartSession(spec=record.spec, epoch=record.assignment.epoch),
-            SessionInfo,
-        )
-    except AgentCallError as exc:
+        record, revision = await services.sessions.update_with_revision(session_id, change)
+    except KeyNotFoundError:
+        raise not_found(session_id) from None
+    except ConflictError as exc:
+        raise ProblemError(409, "conflict", str(exc), headers={"Retry-After": "1"}) from None
+    services.index.note(record, revision)
+    return record
+
+
+async def place(services: Services, record: SessionRecord) -> SessionInfo:
+    """Assign the session to the best node (slot by KV CAS, epoch + 1) and start it there
+    (control_plane/fleet.py)."""
+    try:
+        info = await services.fleet.place(record.spec.session_id)
+    except NoCapacity as exc:
+        raise ProblemError(503, "no_capacity", str(exc), headers={"Retry-After": "5"}) from None
+    except KeyNotFoundError:
+        raise not_found(record.spec.session_id) from None
+    except (AgentCallError, AgentUnavailable) as exc:
         raise exc.to_problem() from None
-    except AgentUnavailable as exc:
-        raise exc.to_problem() from None
+    finally:
+        await services.cache.invalidate_session(record.spec.session_id)
+    return info
+
+
+async def unplace(services: Services, record: SessionRecord, op: Op) -> SessionInfo | None:
+    """Record the session as stopped (so no agent resumes it), then stop or log it out
+    on its node. A node that no longer runs it, or is gone, is not an error."""
+    session_id = record.spec.session_id
+    assignment = live_assignment(record)
+
+    def stop(current: SessionRecord) -> None:
+        # the assignment stays: its epoch keeps growing across stops and starts (fencing)
+        current.desired = "stopped"
+
+    await update_record(services, session_id, stop)
+    info = None
+    if assignment is not None:
+        try:
+            info = await services.agents.call(
+                assignment.node_id,
+                op,
+                SessionRef(session_id=session_id, epoch=assignment.epoch),
+                SessionInfo,
+            )
+        except AgentCallError as exc:
+            if exc.code not in (ErrorCode.SESSION_NOT_FOUND, ErrorCode.STALE_EPOCH):
+                raise exc.to_problem() from None
+        except AgentUnavailable:
+            pass
+        await services.fleet.release(assignment.node_id, [session_id])  # its slot is free
+    await services.cache.invalidate_session(session_id)
+    return info
+
+
+async def running_op(
+    services: Services, principal: Principal, session_id: str, op: Op
+) -> SessionView:
+    record = await load_record(services, principal, session_id)
+    assignment = running(record)
+    info = await call_agent(
+        services, assignment.node_id, op, SessionRef(session_id=session_id), SessionInfo
+    )
+    await services.cache.invalidate_session(session_id, qr=False)
+    return view(record, info)
+
+
+async def current_qr(services: Services, principal: Principal, session_id: str) -> bytes:
+    """The QR view as JSON bytes, from the cache or the agent."""
+    record = await load_record(services, principal, session_id)
+    cached = await services.cache.get_qr(session_id)
+    if cached is not None:
+        return cached
+    assignment = running(record)
+    code = await call_agent(
+        services,
+        assignment.node_id,
+        Op.SESSION_QR,
+        SessionRef(session_id=session_id),
+        QrCode,
+    )
+    body = _encode(QrView(session_id=session_id, qr=code.code, expires_at=code.expires_at))
+    await services.cache.put_qr(session_id, body, code.expires_at - time.time())
+    return body
 
 
 class SessionController(Controller):
@@ -114,7 +252,7 @@ class SessionController(Controller):
     tags = ["sessions"]
     dependencies = {"principal": Provide(authenticate)}
 
-    @post("/", status_code=201, summary="Create a session and place it on a node")
+    @post("/", status_code=201, opt=SESSION_OPS, summary="Create a session and place it on a node")
     async def create(
         self, data: CreateSession, services: Services, principal: Principal
     ) -> SessionView:
@@ -132,40 +270,314 @@ class SessionController(Controller):
         )
         record = SessionRecord(
             spec=spec,
+            desired="running" if data.start else "stopped",
             webhook_url=data.webhook_url,
             webhook_events=data.webhook_events,
+            node_labels=data.node_labels,
             webhook_secret=data.webhook_secret,
         )
         try:
-            await services.sessions.create(record)
+            revision = await services.sessions.create(record)
         except KeyWrongLastSequenceError:
             raise ProblemError(
                 409, "session_exists", f"a session {session_id!r} already exists"
             ) from None
+        services.index.note(record, revision)
+        if not data.start:
+            return view(record, None)
         info = await place(services, record)
         placed = await load_record(services, principal, session_id)
         return view(placed, info)
 
-    @get("/{session_id:str}", summary="A session and its live state")
+    @get("/", opt=QUERIES, summary="The caller's sessions with their live state")
+    async def list_sessions(
+        self,
+        services: Services,
+        principal: Principal,
+        limit: int = Parameter(default=100, ge=1, le=1000),
+        offset: int = Parameter(default=0, ge=0),
+        only_state: Annotated[
+            SessionState | None, Parameter(query="state", description="only this state")
+        ] = None,
+    ) -> SessionList:
+        records = sorted(services.index.records(principal.tenant), key=lambda r: r.spec.session_id)
+        nodes = {a.node_id for r in records if (a := live_assignment(r)) is not None}
+        infos: dict[str, SessionInfo] = {}
+
+        async def from_node(node_id: str) -> None:
+            try:
+                listed = await services.agents.call(
+                    node_id, Op.SESSIONS_LIST, Empty(), AgentSessionList
+                )
+            except (AgentCallError, AgentUnavailable):
+                return
+            for info in listed.sessions:
+                infos[info.session_id] = info
+
+        await asyncio.gather(*(from_node(n) for n in nodes))
+        views = []
+        for record in records:
+            info = infos.get(record.spec.session_id)
+            assignment = live_assignment(record)
+            if info is not None and (assignment is None or info.epoch != assignment.epoch):
+                info = None
+            views.append(view(record, info))
+        if only_state is not None:
+            views = [v for v in views if v.state == only_state]
+        return SessionList(sessions=views[offset : offset + limit], total=len(views))
+
+    @get("/{session_id:str}", opt=QUERIES, summary="A session and its live state")
     async def read(self, session_id: str, services: Services, principal: Principal) -> SessionView:
         record = await load_record(services, principal, session_id)
         return view(record, await live_info(services, record))
 
-    @get("/{session_id:str}/qr", summary="The current QR code (raw string) while pairing")
-    async def qr(self, session_id: str, services: Services, principal: Principal) -> QrView:
+    @delete(
+        "/{session_id:str}",
+        opt=SESSION_OPS,
+        summary="Stop (optionally log out) and delete a session",
+    )
+    async def remove(
+        self,
+        session_id: str,
+        services: Services,
+        principal: Principal,
+        logout: bool = Parameter(default=False, description="unlink the device first"),
+    ) -> None:
         record = await load_record(services, principal, session_id)
-        if record.assignment is None:
-            raise ProblemError(409, "not_running", f"session {session_id!r} is not running")
-        try:
-            code = await services.agents.call(
-                record.assignment.node_id,
-                Op.SESSION_QR,
-                SessionRef(session_id=session_id),
-                QrCode,
-            )
-        except (AgentCallError, AgentUnavailable) as exc:
-            raise exc.to_problem() from None
-        return QrView(session_id=session_id, qr=code.code, expires_at=code.expires_at)
+        await unplace(services, record, Op.SESSION_LOGOUT if logout else Op.SESSION_STOP)
+        current = await services.sessions.get(session_id)
+        await services.sessions.delete(session_id)
+        services.index.forget(session_id, (current[1] + 1) if current else 0)
+        await services.cache.invalidate_session(session_id)
+
+    @post("/{session_id:str}/start", status_code=200, opt=SESSION_OPS, summary="Start a session")
+    async def start(self, session_id: str, services: Services, principal: Principal) -> SessionView:
+        record = await load_record(services, principal, session_id)
+        info = await live_info(services, record)
+        if info is not None and info.state in _LIVE and record.desired == "running":
+            return view(record, info)
+        info = await place(services, record)
+        return view(await load_record(services, principal, session_id), info)
+
+    @post(
+        "/{session_id:str}/stop",
+        status_code=200,
+        opt=SESSION_OPS,
+        summary="Stop a session (stays paired; start it again any time)",
+    )
+    async def stop(self, session_id: str, services: Services, principal: Principal) -> SessionView:
+        record = await load_record(services, principal, session_id)
+        info = await unplace(services, record, Op.SESSION_STOP)
+        return view(await load_record(services, principal, session_id), info)
+
+    @post(
+        "/{session_id:str}/logout",
+        status_code=200,
+        opt=SESSION_OPS,
+        summary="Unlink the device and stop the session (pair again to use it)",
+    )
+    async def logout(
+        self, session_id: str, services: Services, principal: Principal
+    ) -> SessionView:
+        record = await load_record(services, principal, session_id)
+        running(record)
+        info = await unplace(services, record, Op.SESSION_LOGOUT)
+        return view(await load_record(services, principal, session_id), info)
+
+    @post(
+        "/{session_id:str}/restart",
+        status_code=200,
+        opt=SESSION_OPS,
+        summary="Restart the session's connection on its node",
+    )
+    async def restart(
+        self, session_id: str, services: Services, principal: Principal
+    ) -> SessionView:
+        return await running_op(services, principal, session_id, Op.SESSION_RESTART)
+
+    @post(
+        "/{session_id:str}/reconnect",
+        status_code=200,
+        opt=SESSION_OPS,
+        summary="Force a reconnect now (skips a pending backoff)",
+    )
+    async def reconnect(
+        self, session_id: str, services: Services, principal: Principal
+    ) -> SessionView:
+        return await running_op(services, principal, session_id, Op.SESSION_RECONNECT)
+
+    @post(
+        "/{session_id:str}/reset-breaker",
+        status_code=200,
+        opt=SESSION_OPS,
+        summary="Close an open circuit breaker and reconnect",
+    )
+    async def reset_breaker(
+        self, session_id: str, services: Services, principal: Principal
+    ) -> SessionView:
+        return await running_op(services, principal, session_id, Op.SESSION_RESET_BREAKER)
+
+    @get(
+        "/{session_id:str}/status",
+        opt=QUERIES,
+        summary="The session's state, from the status cache (header X-Cache: hit|miss)",
+        response_headers=[],
+    )
+    async def status(
+        self, session_id: str, services: Services, principal: Principal
+    ) -> Response[SessionStatus]:
+        record = await load_record(services, principal, session_id)
+        if live_assignment(record) is None:
+            return Response(status_of(record, None), headers={"X-Cache": "bypass"})
+        cached, generation = await services.cache.get_status(session_id)
+        if cached is not None:
+            return Response(cached, media_type=JSON, headers={"X-Cache": "hit"})  # type: ignore[arg-type]
+        info = await live_info(services, record)
+        body = _encode(status_of(record, info))
+        if info is not None:
+            await services.cache.put_status(session_id, generation, body)
+        return Response(body, media_type=JSON, headers={"X-Cache": "miss"})  # type: ignore[arg-type]
+
+    @get(
+        "/{session_id:str}/qr",
+        opt=QUERIES,
+        summary="The current QR code as its raw string, while pairing (cached ≤ 30 s)",
+    )
+    async def qr(
+        self, session_id: str, services: Services, principal: Principal
+    ) -> Response[QrView]:
+        body = await current_qr(services, principal, session_id)
+        return Response(body, media_type=JSON)  # type: ignore[arg-type]
+
+    @get(
+        "/{session_id:str}/qr.png",
+        opt=QUERIES,
+        media_type="image/png",
+        summary="The current QR code as a PNG image",
+    )
+    async def qr_png(
+        self,
+        session_id: str,
+        services: Services,
+        principal: Principal,
+        scale: int = Parameter(default=8, ge=1, le=32),
+    ) -> Response[bytes]:
+        qr = _qr_decoder.decode(await current_qr(services, principal, session_id))
+        return Response(
+            _render(qr.qr, "png", scale),
+            media_type="image/png",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @get(
+        "/{session_id:str}/qr.svg",
+        opt=QUERIES,
+        media_type="image/svg+xml",
+        summary="The current QR code as an SVG image",
+    )
+    async def qr_svg(
+        self,
+        session_id: str,
+        services: Services,
+        principal: Principal,
+        scale: int = Parameter(default=8, ge=1, le=32),
+    ) -> Response[bytes]:
+        qr = _qr_decoder.decode(await current_qr(services, principal, session_id))
+        return Response(
+            _render(qr.qr, "svg", scale),
+            media_type="image/svg+xml",
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @post(
+        "/{session_id:str}/pair-code",
+        status_code=200,
+        opt=SESSION_OPS,
+        summary="Pair by phone number: the code to type on the phone",
+    )
+    async def pair_code(
+        self, session_id: str, data: PairCodeBody, services: Services, principal: Principal
+    ) -> PairCodeView:
+        from control_plane.api.messages import normalize_recipient
+
+        phone = normalize_recipient(data.phone)
+        assignment = running(await load_record(services, principal, session_id))
+        code = await call_agent(
+            services,
+            assignment.node_id,
+            Op.SESSION_PAIR_CODE,
+            PairCodeRequest(session_id=session_id, phone=phone),
+            PairCode,
+        )
+        return PairCodeView(session_id=session_id, code=code.code)
+
+    @get("/{session_id:str}/settings", opt=QUERIES, summary="Pacing, proxy, device, webhook")
+    async def get_settings(
+        self, session_id: str, services: Services, principal: Principal
+    ) -> SessionSettings:
+        return settings_of(await load_record(services, principal, session_id))
+
+    @patch(
+        "/{session_id:str}/settings",
+        opt=SESSION_OPS,
+        summary="Change pacing (live), proxy and device name (next start), webhook",
+    )
+    async def patch_settings(
+        self, session_id: str, data: SettingsPatch, services: Services, principal: Principal
+    ) -> SessionSettings:
+        await load_record(services, principal, session_id)
+        if isinstance(data.webhook_url, str):
+            await ensure_safe_url(services, data.webhook_url)
+        if isinstance(data.webhook_events, list):
+            ensure_event_patterns(data.webhook_events)
+
+        def change(current: SessionRecord) -> None:
+            if data.device_name is not msgspec.UNSET:
+                current.spec.device_name = data.device_name
+            if data.proxy is not msgspec.UNSET:
+                current.spec.proxy = data.proxy
+            if data.pacing is not msgspec.UNSET:
+                current.spec.pacing = data.pacing
+            if data.webhook_url is not msgspec.UNSET:
+                current.webhook_url = data.webhook_url
+            if data.webhook_events is not msgspec.UNSET:
+                current.webhook_events = data.webhook_events
+            if data.webhook_secret is not msgspec.UNSET:
+                current.webhook_secret = data.webhook_secret
+
+        record = await update_record(services, session_id, change)
+        assignment = live_assignment(record)
+        if assignment is not None and data.pacing is not msgspec.UNSET:
+            try:
+                await services.agents.call(
+                    assignment.node_id,
+                    Op.SESSION_CONFIGURE,
+                    ConfigureSession(session_id=session_id, pacing=data.pacing),
+                    SessionInfo,
+                )
+            except AgentCallError as exc:
+                if exc.code is not ErrorCode.SESSION_NOT_FOUND:
+                    raise exc.to_problem() from None
+            except AgentUnavailable:
+                pass  # the stored settings apply when the session starts again
+        return settings_of(record)
 
 
-__all__: list[Any] = ["SessionController", "load_record", "place"]
+def _render(code: str, kind: str, scale: int) -> bytes:
+    buffer = io.BytesIO()
+    segno.make(code, error="l").save(buffer, kind=kind, scale=scale, border=4)
+    return buffer.getvalue()
+
+
+def settings_of(record: SessionRecord) -> SessionSettings:
+    return SessionSettings(
+        session_id=record.spec.session_id,
+        device_name=record.spec.device_name,
+        proxy=record.spec.proxy,
+        pacing=record.spec.pacing,
+        webhook_url=record.webhook_url,
+        webhook_events=record.webhook_events,
+    )
+
+
+__all__: list[Any] = ["SessionController", "load_record", "place", "view"]

@@ -1,8 +1,8 @@
 """/v1/webhooks: tenant and global webhook configuration, and the dead letters.
 
-A tenant key manages its own tenant. The admin key manages any tenant by adding
-``?tenant=<id>`` (default: its own tenant, ``default``), the global webhook, and may read
-or redrive the dead letters of all tenants at once with ``?tenant=*``.
+A tenant key manages its own tenant. The admin key acts for the tenant named by the
+``X-Tenant-Id`` header (``default`` without it), manages the global webhook, and may list,
+redrive or purge the dead letters of every tenant at once with ``?all_tenants=true``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 import msgspec
 from litestar import Controller, delete, get, post, put
 from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.params import Parameter, QueryParameter
 
 from control_plane.auth import Principal, authenticate
 from control_plane.problems import ProblemError
@@ -23,13 +23,9 @@ from control_plane.webhooks.signing import new_secret
 from control_plane.webhooks.ssrf import AddressPolicy, UnsafeURLError, check_url, redact_url
 from node_agent.protocol import Event
 
-TenantParam = Annotated[
-    str | None,
-    Parameter(
-        query="tenant",
-        description="admin only: act on this tenant ('*' = every tenant, dead letters only)",
-        pattern=r"^([A-Za-z0-9_-]{1,64}|\*)$",
-    ),
+AllTenants = Annotated[
+    bool,
+    QueryParameter(name="all_tenants", description="admin only: the dead letters of every tenant"),
 ]
 
 
@@ -71,6 +67,19 @@ class WebhookConfigView(msgspec.Struct, kw_only=True, omit_defaults=True):
     updated_at: float = 0.0
 
 
+class WebhookEntry(msgspec.Struct, kw_only=True):
+    scope: str
+    """``session:<id>``, ``tenant:<id>`` or ``global``."""
+    url: str
+    events: list[str] | None = None
+    enabled: bool = True
+    has_secret: bool = False
+
+
+class WebhookList(msgspec.Struct, kw_only=True):
+    webhooks: list[WebhookEntry]
+
+
 class DeadLetterView(msgspec.Struct, kw_only=True):
     seq: int
     tenant: str
@@ -96,17 +105,13 @@ class PurgeResult(msgspec.Struct, kw_only=True):
     purged: int
 
 
-def scope_of(principal: Principal, tenant: str | None, allow_all: bool = False) -> str | None:
-    """The tenant a request acts on (None: every tenant)."""
-    if tenant is None or tenant == principal.tenant:
+def scope_of(principal: Principal, all_tenants: bool = False) -> str | None:
+    """The tenant a request acts on (None: every tenant, admin only)."""
+    if not all_tenants:
         return principal.tenant
     if not principal.is_admin:
-        raise ProblemError(403, "forbidden", "only the admin key may act on another tenant")
-    if tenant == "*":
-        if not allow_all:
-            raise ProblemError(422, "invalid_tenant", "'*' is not allowed here")
-        return None
-    return tenant
+        raise ProblemError(403, "forbidden", "only the admin key may act on every tenant")
+    return None
 
 
 def require_admin(principal: Principal) -> None:
@@ -191,14 +196,57 @@ class WebhookController(Controller):
     tags = ["webhooks"]
     dependencies = {"principal": Provide(authenticate)}
 
+    @get("/", summary="Every webhook destination the caller's events may go to")
+    async def overview(self, services: Services, principal: Principal) -> WebhookList:
+        tenant = principal.tenant
+        entries = [
+            WebhookEntry(
+                scope=f"session:{record.spec.session_id}",
+                url=redact_url(record.webhook_url),
+                events=record.webhook_events,
+                has_secret=bool(record.webhook_secret),
+            )
+            for record in services.index.records(tenant)
+            if record.webhook_url
+        ]
+        entries.sort(key=lambda entry: entry.scope)
+        config = await services.webhooks.get_tenant(tenant)
+        if config is not None:
+            entries += [
+                WebhookEntry(
+                    scope=f"tenant:{tenant}",
+                    url=redact_url(url),
+                    events=config.events,
+                    enabled=config.enabled,
+                    has_secret=bool(config.secret),
+                )
+                for url in config.urls
+            ]
+        if principal.is_admin:
+            stored = await services.webhooks.get_global()
+            settings = services.settings
+            global_config = stored or WebhookConfig(
+                urls=settings.webhook_urls,
+                events=settings.webhook_events,
+                secret=settings.webhook_secret,
+            )
+            entries += [
+                WebhookEntry(
+                    scope="global",
+                    url=redact_url(url),
+                    events=global_config.events,
+                    enabled=global_config.enabled,
+                    has_secret=bool(global_config.secret),
+                )
+                for url in global_config.urls
+            ]
+        return WebhookList(webhooks=entries)
+
     # -- tenant config -----------------------------------------------------------------
 
     @get("/config", summary="The tenant's webhook configuration")
-    async def get_config(
-        self, services: Services, principal: Principal, tenant: TenantParam = None
-    ) -> WebhookConfigView:
-        scope = scope_of(principal, tenant)
-        assert scope is not None
+    async def get_config(self, services: Services, principal: Principal) -> WebhookConfigView:
+        scope = principal.tenant
         config = await services.webhooks.get_tenant(scope)
         if config is None:
             raise ProblemError(404, "webhook_not_configured", f"tenant {scope!r} has no webhook")
@@ -214,25 +262,17 @@ class WebhookController(Controller):
         ),
     )
     async def put_config(
-        self,
-        data: WebhookConfigIn,
-        services: Services,
-        principal: Principal,
-        tenant: TenantParam = None,
+        self, data: WebhookConfigIn, services: Services, principal: Principal
     ) -> WebhookConfigView:
-        scope = scope_of(principal, tenant)
-        assert scope is not None
+        scope = principal.tenant
         current = await services.webhooks.get_tenant(scope)
         config, shown = await checked_config(services, data, current)
         await services.webhooks.put_tenant(scope, config)
         return config_view(f"tenant:{scope}", config, shown)
 
     @delete("/config", status_code=204, summary="Remove the tenant's webhook")
-    async def delete_config(
-        self, services: Services, principal: Principal, tenant: TenantParam = None
-    ) -> None:
-        scope = scope_of(principal, tenant)
-        assert scope is not None
+    async def delete_config(self, services: Services, principal: Principal) -> None:
+        scope = principal.tenant
         if not await services.webhooks.delete_tenant(scope):
             raise ProblemError(404, "webhook_not_configured", f"tenant {scope!r} has no webhook")
 
@@ -277,11 +317,11 @@ class WebhookController(Controller):
         self,
         services: Services,
         principal: Principal,
-        tenant: TenantParam = None,
+        all_tenants: AllTenants = False,
         after: Annotated[int, Parameter(ge=0, description="sequence cursor")] = 0,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> DeadLetterPage:
-        scope = scope_of(principal, tenant, allow_all=True)
+        scope = scope_of(principal, all_tenants)
         page, remaining = await dead_letters(services).page(scope, after, limit)
         views = [letter_view(stored.seq, letter) for stored, letter in page]
         return DeadLetterPage(
@@ -292,9 +332,9 @@ class WebhookController(Controller):
 
     @get("/dead-letters/{seq:int}", summary="One dead letter")
     async def get_dead_letter(
-        self, seq: int, services: Services, principal: Principal, tenant: TenantParam = None
+        self, seq: int, services: Services, principal: Principal, all_tenants: AllTenants = False
     ) -> DeadLetterView:
-        letter = await dead_letters(services).get(scope_of(principal, tenant, True), seq)
+        letter = await dead_letters(services).get(scope_of(principal, all_tenants), seq)
         if letter is None:
             raise no_dead_letter(seq)
         return letter_view(seq, letter)
@@ -305,9 +345,9 @@ class WebhookController(Controller):
         summary="Deliver a dead letter again (fresh attempts); it leaves the dead letters",
     )
     async def redrive_one(
-        self, seq: int, services: Services, principal: Principal, tenant: TenantParam = None
+        self, seq: int, services: Services, principal: Principal, all_tenants: AllTenants = False
     ) -> RedriveResult:
-        letter = await dead_letters(services).redrive(scope_of(principal, tenant, True), seq)
+        letter = await dead_letters(services).redrive(scope_of(principal, all_tenants), seq)
         if letter is None:
             raise no_dead_letter(seq)
         return RedriveResult(redriven=1)
@@ -318,24 +358,24 @@ class WebhookController(Controller):
         summary="Redrive every dead letter (up to 10,000 per call; 'remaining' says if more)",
     )
     async def redrive_all(
-        self, services: Services, principal: Principal, tenant: TenantParam = None
+        self, services: Services, principal: Principal, all_tenants: AllTenants = False
     ) -> RedriveResult:
-        scope = scope_of(principal, tenant, allow_all=True)
+        scope = scope_of(principal, all_tenants)
         redriven, remaining = await dead_letters(services).redrive_all(scope)
         return RedriveResult(redriven=redriven, remaining=remaining)
 
     @delete("/dead-letters/{seq:int}", status_code=204, summary="Drop one dead letter for good")
     async def delete_dead_letter(
-        self, seq: int, services: Services, principal: Principal, tenant: TenantParam = None
+        self, seq: int, services: Services, principal: Principal, all_tenants: AllTenants = False
     ) -> None:
-        if not await dead_letters(services).delete(scope_of(principal, tenant, True), seq):
+        if not await dead_letters(services).delete(scope_of(principal, all_tenants), seq):
             raise no_dead_letter(seq)
 
     @delete("/dead-letters", status_code=200, summary="Purge: drop every dead letter for good")
     async def purge(
-        self, services: Services, principal: Principal, tenant: TenantParam = None
+        self, services: Services, principal: Principal, all_tenants: AllTenants = False
     ) -> PurgeResult:
-        scope = scope_of(principal, tenant, allow_all=True)
+        scope = scope_of(principal, all_tenants)
         return PurgeResult(purged=await dead_letters(services).purge(scope))
 
 

@@ -98,17 +98,20 @@ def ip_literal(host: str) -> IPAddress | None:
 
 
 async def resolve(host: str, port: int) -> list[IPAddress]:
+    """The addresses of ``host``; none when it does not resolve (now)."""
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise UnsafeURLError(f"cannot resolve host {host!r}: {exc}") from None
+    except OSError:
+        return []
     return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
 
 
 async def check_url(url: str, policy: AddressPolicy) -> None:
     """Refuse (UnsafeURLError) a URL whose host is or resolves to a forbidden address.
-    Every resolved address must be allowed: one bad record is enough to refuse."""
+    Every resolved address must be allowed: one bad record is enough to refuse. A name
+    that does not resolve at all is accepted: DNS may be down for a moment, and the
+    connect-time guard checks it again at every delivery."""
     _, host, port = split_url(url)
     literal = ip_literal(host)
     addresses = [literal] if literal is not None else await resolve(host, port)

@@ -175,6 +175,7 @@ def api_stack(valkey_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         default_engine="sim",
         webhook_max_attempts=2,
         webhook_ack_wait_s=5.0,
+        rate_limits_enabled=False,
     )
     agent = spawn(
         "webhooks-agent",

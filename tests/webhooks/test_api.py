@@ -37,6 +37,21 @@ async def stack_nc(api_stack: ApiStack) -> AsyncIterator[NATS]:
     await client.close()
 
 
+async def as_tenant(api: httpx.AsyncClient, tenant: str) -> dict[str, str]:
+    """Create the tenant (once) and return the header with which the admin acts for it."""
+    created = await api.post("/v1/tenants", json={"tenant_id": tenant})
+    assert created.status_code in (201, 409), created.text
+    return {"X-Tenant-Id": tenant}
+
+
+async def tenant_key(api: httpx.AsyncClient, tenant: str) -> str:
+    await as_tenant(api, tenant)
+    issued = await api.post(f"/v1/tenants/{tenant}/keys", json={})
+    assert issued.status_code == 201, issued.text
+    key: str = issued.json()["key"]
+    return key
+
+
 async def wait_all(receiver: WebhookReceiver, ids: list[str], timeout_s: float = 15) -> None:
     await asyncio.to_thread(receiver.wait_for_ids, set(ids), timeout_s)
 
@@ -70,7 +85,10 @@ async def test_an_unsafe_webhook_url_is_refused_with_a_clear_problem(
     session = await api.post(
         "/v1/sessions", json={"session_id": "ssrf", "engine": "sim", "webhook_url": url}
     )
-    assert_problem(session, 422, "unsafe_webhook_url")
+    if url.startswith("http"):
+        assert_problem(session, 422, "unsafe_webhook_url")
+    else:  # the session body's URL pattern already refuses other schemes
+        assert_problem(session, 400, "invalid_body")
 
 
 async def test_an_unknown_event_type_in_a_filter_is_refused(api: httpx.AsyncClient) -> None:
@@ -84,15 +102,16 @@ async def test_an_unknown_event_type_in_a_filter_is_refused(api: httpx.AsyncClie
 async def test_tenant_webhook_config_applies_at_once_and_its_secret_is_shown_once(
     api: httpx.AsyncClient, stack_nc: NATS, webhook_receiver: WebhookReceiver
 ) -> None:
+    cfg = await as_tenant(api, "cfg")
     put = await api.put(
         "/v1/webhooks/config",
-        params={"tenant": "cfg"},
+        headers=cfg,
         json={"urls": [webhook_receiver.url], "events": ["message.*"]},
     )
     assert put.status_code == 200, put.text
     secret = put.json()["secret"]
     assert secret.startswith("whsec_") and put.json()["has_secret"] is True
-    read = await api.get("/v1/webhooks/config", params={"tenant": "cfg"})
+    read = await api.get("/v1/webhooks/config", headers=cfg)
     assert read.json()["urls"] == [webhook_receiver.url]
     assert "secret" not in read.json() and read.json()["has_secret"] is True
 
@@ -104,17 +123,19 @@ async def test_tenant_webhook_config_applies_at_once_and_its_secret_is_shown_onc
         assert verify(secret, body, headers["Zapfleet-Timestamp"], headers["Zapfleet-Signature"])
 
     # keep the secret, widen the filter: the next events use the new config
-    again = await api.put(
-        "/v1/webhooks/config", params={"tenant": "cfg"}, json={"urls": [webhook_receiver.url]}
-    )
+    again = await api.put("/v1/webhooks/config", headers=cfg, json={"urls": [webhook_receiver.url]})
     assert again.status_code == 200 and "secret" not in again.json()
     await asyncio.sleep(0.3)
     status = await publish_events(stack_nc, 2, tenant="cfg", event_type=EventType.SESSION_STATUS)
     await wait_all(webhook_receiver, status)
     assert not webhook_receiver.ids() & set(unwanted)
-    assert (await api.delete("/v1/webhooks/config", params={"tenant": "cfg"})).status_code == 204
+    overview = (await api.get("/v1/webhooks", headers=cfg)).json()["webhooks"]
+    assert {"scope": "tenant:cfg", "url": webhook_receiver.url} in [
+        {"scope": w["scope"], "url": w["url"]} for w in overview
+    ]
+    assert (await api.delete("/v1/webhooks/config", headers=cfg)).status_code == 204
     assert_problem(
-        await api.get("/v1/webhooks/config", params={"tenant": "cfg"}),
+        await api.get("/v1/webhooks/config", headers=cfg),
         404,
         "webhook_not_configured",
     )
@@ -124,14 +145,16 @@ async def test_dead_letters_are_listed_redriven_and_purged_per_tenant(
     api: httpx.AsyncClient, stack_nc: NATS, webhook_receiver: WebhookReceiver
 ) -> None:
     webhook_receiver.status = 500
-    tenant = {"tenant": "dlq"}
-    put = await api.put("/v1/webhooks/config", params=tenant, json={"urls": [webhook_receiver.url]})
+    tenant = await as_tenant(api, "dlq")
+    put = await api.put(
+        "/v1/webhooks/config", headers=tenant, json={"urls": [webhook_receiver.url]}
+    )
     assert put.status_code == 200
     await asyncio.sleep(0.3)
     ids = await publish_events(stack_nc, 4, tenant="dlq")
     deadline = time.monotonic() + 15
     while True:
-        listed = (await api.get("/v1/webhooks/dead-letters", params=tenant)).json()
+        listed = (await api.get("/v1/webhooks/dead-letters", headers=tenant)).json()
         if len(listed["dead_letters"]) == 4:
             break
         assert time.monotonic() < deadline, listed
@@ -142,25 +165,25 @@ async def test_dead_letters_are_listed_redriven_and_purged_per_tenant(
     assert listed["remaining"] == 0 and listed["next_after"] is None
     mine = (await api.get("/v1/webhooks/dead-letters")).json()["dead_letters"]
     assert not {letter["event"]["id"] for letter in mine} & set(ids)
-    paged = (await api.get("/v1/webhooks/dead-letters", params={**tenant, "limit": 3})).json()
+    paged = (await api.get("/v1/webhooks/dead-letters", params={"limit": 3}, headers=tenant)).json()
     assert len(paged["dead_letters"]) == 3 and paged["remaining"] == 1
     assert paged["next_after"] == paged["dead_letters"][-1]["seq"]
 
     webhook_receiver.status = 200
     first = letters[0]
-    one = await api.post(f"/v1/webhooks/dead-letters/{first['seq']}/redrive", params=tenant)
+    one = await api.post(f"/v1/webhooks/dead-letters/{first['seq']}/redrive", headers=tenant)
     assert one.status_code == 202 and one.json()["redriven"] == 1
     await wait_all(webhook_receiver, [first["event"]["id"]])
     assert_problem(
-        await api.post(f"/v1/webhooks/dead-letters/{first['seq']}/redrive", params=tenant),
+        await api.post(f"/v1/webhooks/dead-letters/{first['seq']}/redrive", headers=tenant),
         404,
         "dead_letter_not_found",
     )
     second = letters[1]
     assert (
-        await api.delete(f"/v1/webhooks/dead-letters/{second['seq']}", params=tenant)
+        await api.delete(f"/v1/webhooks/dead-letters/{second['seq']}", headers=tenant)
     ).status_code == 204
-    rest = await api.post("/v1/webhooks/dead-letters/redrive", params=tenant)
+    rest = await api.post("/v1/webhooks/dead-letters/redrive", headers=tenant)
     assert rest.json() == {"redriven": 2, "remaining": 0}
     await wait_all(webhook_receiver, [letter["event"]["id"] for letter in letters[2:]])
     assert second["event"]["id"] not in webhook_receiver.ids()
@@ -169,13 +192,13 @@ async def test_dead_letters_are_listed_redriven_and_purged_per_tenant(
     more = await publish_events(stack_nc, 2, tenant="dlq")
     deadline = time.monotonic() + 15
     while (
-        len((await api.get("/v1/webhooks/dead-letters", params=tenant)).json()["dead_letters"]) < 2
+        len((await api.get("/v1/webhooks/dead-letters", headers=tenant)).json()["dead_letters"]) < 2
     ):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
-    purge = await api.delete("/v1/webhooks/dead-letters", params=tenant)
+    purge = await api.delete("/v1/webhooks/dead-letters", headers=tenant)
     assert purge.json() == {"purged": 2}
-    assert (await api.get("/v1/webhooks/dead-letters", params=tenant)).json()["dead_letters"] == []
+    assert (await api.get("/v1/webhooks/dead-letters", headers=tenant)).json()["dead_letters"] == []
     assert not webhook_receiver.ids() & set(more)
 
 
@@ -189,12 +212,13 @@ async def test_events_are_replayed_by_sequence_or_time_filtered_and_tenant_scope
         stack_nc, 5, tenant="replay", session_id="b", event_type=EventType.SESSION_STATUS
     )
     await publish_events(stack_nc, 3, tenant="elsewhere", session_id="a")
-    params = {"tenant": "replay", "limit": 5}
+    replay = await as_tenant(api, "replay")
+    params = {"limit": 5}
 
     seen: list[str] = []
     cursor: int | None = None
     while True:
-        page = await api.get("/v1/events", params={**params, "since": cursor or 0})
+        page = await api.get("/v1/events", params={**params, "since": cursor or 0}, headers=replay)
         assert page.status_code == 200, page.text
         body = page.json()
         seen += [event["id"] for event in body["events"]]
@@ -202,14 +226,17 @@ async def test_events_are_replayed_by_sequence_or_time_filtered_and_tenant_scope
         if body["remaining"] == 0:
             break
     assert seen == a + b  # every event of the tenant, in order, once
-    assert (await api.get("/v1/events", params={**params, "since": cursor})).json()["events"] == []
+    after = await api.get("/v1/events", params={**params, "since": cursor}, headers=replay)
+    assert after.json()["events"] == []
 
-    only_b = await api.get("/v1/events", params={**params, "session": "b", "limit": 100})
+    only_b = await api.get("/v1/events", params={"session": "b", "limit": 100}, headers=replay)
     assert [e["id"] for e in only_b.json()["events"]] == b
-    statuses = await api.get("/v1/events", params={**params, "type": "session.*", "limit": 100})
+    statuses = await api.get(
+        "/v1/events", params={"type": "session.*", "limit": 100}, headers=replay
+    )
     assert [e["id"] for e in statuses.json()["events"]] == b
     by_time = await api.get(
-        "/v1/events", params={**params, "since": started.isoformat(), "limit": 100}
+        "/v1/events", params={"since": started.isoformat(), "limit": 100}, headers=replay
     )
     assert [e["id"] for e in by_time.json()["events"]] == a + b
     future = datetime.now(UTC).replace(year=datetime.now(UTC).year + 1)
@@ -226,10 +253,29 @@ async def test_events_are_replayed_by_sequence_or_time_filtered_and_tenant_scope
     assert wildcard.status_code == 400  # no subject wildcards through the session filter
 
 
-async def test_a_tenant_key_cannot_reach_another_tenant(api_stack: ApiStack) -> None:
+async def test_a_tenant_key_sees_only_its_own_tenant(
+    api: httpx.AsyncClient, api_stack: ApiStack, stack_nc: NATS
+) -> None:
+    key = await tenant_key(api, "own")
+    await as_tenant(api, "foreign")
+    mine = await publish_events(stack_nc, 2, tenant="own")
+    await publish_events(stack_nc, 2, tenant="foreign")
+    async with httpx.AsyncClient(base_url=api_stack.base_url, headers={"X-API-Key": key}) as client:
+        events = (await client.get("/v1/events", params={"limit": 100})).json()["events"]
+        assert [e["id"] for e in events] == mine
+        assert_problem(
+            await client.get("/v1/events", headers={"X-Tenant-Id": "foreign"}), 403, "forbidden"
+        )
+        assert_problem(
+            await client.get("/v1/webhooks/dead-letters", params={"all_tenants": "true"}),
+            403,
+            "forbidden",
+        )
+        assert_problem(await client.get("/v1/webhooks/global"), 403, "forbidden")
+        put = await client.put("/v1/webhooks/config", json={"urls": ["http://127.0.0.1:9/own"]})
+        assert put.status_code == 200 and put.json()["scope"] == "tenant:own"
     async with httpx.AsyncClient(base_url=api_stack.base_url) as anonymous:
-        response = await anonymous.get("/v1/events")
-        assert_problem(response, 401, "unauthenticated")
+        assert_problem(await anonymous.get("/v1/events"), 401, "unauthenticated")
         response = await anonymous.get("/v1/webhooks/dead-letters", headers={"X-API-Key": "no"})
         assert_problem(response, 401, "invalid_key")
 
@@ -299,8 +345,17 @@ async def test_nats_commands_send_a_message_and_read_a_session_status(
         "zf.api.default.session_status", {"session_id": "cmd"}, {"X-API-Key": "wrong"}
     )
     assert wrong_key["code"] == "invalid_key"
-    other_tenant = await command("zf.api.other.session_status", {"session_id": "cmd"}, auth)
-    assert other_tenant["code"] == "session_not_found" and other_tenant["status"] == 404
+    unknown_tenant = await command("zf.api.nobody.session_status", {"session_id": "cmd"}, auth)
+    assert unknown_tenant["code"] == "tenant_not_found" and unknown_tenant["status"] == 404
+    key = await tenant_key(api, "cmd-tenant")
+    foreign = await command(
+        "zf.api.default.session_status", {"session_id": "cmd"}, {"X-API-Key": key}
+    )
+    assert foreign["code"] == "forbidden" and foreign["status"] == 403
+    own = await command(
+        "zf.api.cmd-tenant.session_status", {"session_id": "cmd"}, {"X-API-Key": key}
+    )
+    assert own["code"] == "session_not_found" and own["status"] == 404
     bad_number = await command(
         "zf.api.default.message_send",
         {"session_id": "cmd", "message": {"type": "text", "to": "+1 23", "text": "x"}},

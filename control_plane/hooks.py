@@ -1,0 +1,19 @@
+"""ASGI ``before_send`` hook of the app: rate-limit headers and request counts."""
+
+from __future__ import annotations
+
+from litestar.types import Message, Scope
+
+from control_plane.metrics import REQUESTS
+from control_plane.ratelimit import add_rate_headers
+
+_STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+
+async def before_send(message: Message, scope: Scope) -> None:
+    if message["type"] != "http.response.start":
+        return
+    await add_rate_headers(message, scope)
+    route = scope.get("path_template") or "unmatched"
+    status = _STATUS_CLASS.get(message["status"] // 100, "other")
+    REQUESTS.labels(route, status).inc()

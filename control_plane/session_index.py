@@ -1,0 +1,119 @@
+"""An in-process mirror of KV ``zf_sessions``, kept fresh by a KV watch.
+
+The send hot path must not read KV on every request to learn where a session runs: this
+index answers from memory. It is a cache of NATS state, not state of the control plane
+(any replica rebuilds it at start from the bucket), and it is never the authority for a
+write — writes still go through :class:`control_plane.store.SessionStore` with revision
+CAS. Entries carry their KV revision, so an older value never replaces a newer one, and a
+deletion leaves a tombstone so a slow read cannot bring a deleted session back.
+A session not in the index (created on another replica a moment ago) is read from KV.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import msgspec
+from nats.js.kv import KeyValue
+
+from control_plane.store import SessionStore
+from node_agent.protocol import SessionRecord
+
+log = logging.getLogger(__name__)
+
+_decoder = msgspec.json.Decoder(SessionRecord)
+_DELETE_OPS = ("DEL", "PURGE")
+_MAX_TOMBSTONES = 100_000
+
+
+class SessionIndex:
+    def __init__(self, store: SessionStore) -> None:
+        self.store = store
+        self._records: dict[str, tuple[SessionRecord, int]] = {}
+        self._tombstones: dict[str, int] = {}
+        self._synced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def kv(self) -> KeyValue:
+        return self.store.kv
+
+    async def start(self, sync_timeout_s: float = 10.0) -> None:
+        watcher = await self.kv.watchall()
+        self._task = asyncio.create_task(self._watch(watcher), name="session-index")
+        try:
+            await asyncio.wait_for(self._synced.wait(), sync_timeout_s)
+        except TimeoutError:
+            log.warning("session index not synced at start; it fills in as the watch delivers")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _watch(self, watcher: Any) -> None:
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    self._synced.set()
+                    continue
+                revision = entry.revision or 0
+                if entry.operation in _DELETE_OPS or not entry.value:
+                    self.forget(entry.key, revision)
+                    continue
+                try:
+                    self.note(_decoder.decode(entry.value), revision)
+                except msgspec.DecodeError:
+                    log.warning("undecodable session record", extra={"session_id": entry.key})
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+            raise
+
+    def note(self, record: SessionRecord, revision: int) -> None:
+        """Remember a record read or written at ``revision`` unless something newer is known."""
+        session_id = record.spec.session_id
+        current = self._records.get(session_id)
+        if current is not None and current[1] >= revision:
+            return
+        if self._tombstones.get(session_id, -1) >= revision:
+            return
+        self._records[session_id] = (record, revision)
+
+    def forget(self, session_id: str, revision: int) -> None:
+        current = self._records.get(session_id)
+        if current is not None and current[1] > revision:
+            return
+        self._records.pop(session_id, None)
+        if len(self._tombstones) >= _MAX_TOMBSTONES:
+            self._tombstones.clear()
+        self._tombstones[session_id] = max(revision, self._tombstones.get(session_id, 0))
+
+    def get(self, session_id: str) -> SessionRecord | None:
+        found = self._records.get(session_id)
+        return found[0] if found is not None else None
+
+    async def lookup(self, session_id: str) -> SessionRecord | None:
+        """From memory; on a miss, from KV (and remembered)."""
+        found = self._records.get(session_id)
+        if found is not None:
+            return found[0]
+        read = await self.store.get(session_id)
+        if read is None:
+            return None
+        self.note(*read)
+        return self.get(session_id)
+
+    def records(self, tenant: str | None = None) -> list[SessionRecord]:
+        return [
+            record
+            for record, _ in self._records.values()
+            if tenant is None or record.spec.tenant == tenant
+        ]
+
+    def __len__(self) -> int:
+        return len(self._records)

@@ -1,0 +1,119 @@
+// The HTTP API client of the console. The API key lives in sessionStorage (gone when the
+// tab closes) and is sent only in the Authorization header: never in a URL, never in a
+// cookie. Which endpoints the server offers is read from its OpenAPI document, so pages
+// hide what a server does not have instead of calling it.
+
+const KEY = "zapfleet.apiKey";
+
+export class ApiError extends Error {
+  constructor(status, problem) {
+    super(problem.detail || problem.title || `HTTP ${status}`);
+    this.status = status;
+    this.problem = problem;
+  }
+}
+
+export function getKey() {
+  return sessionStorage.getItem(KEY);
+}
+
+export function setKey(key) {
+  sessionStorage.setItem(KEY, key);
+}
+
+export function clearKey() {
+  sessionStorage.removeItem(KEY);
+}
+
+async function problemOf(response) {
+  const type = response.headers.get("content-type") || "";
+  if (type.includes("json")) {
+    try {
+      return await response.json();
+    } catch (err) {
+      // fall through
+    }
+  }
+  return { title: response.statusText || `HTTP ${response.status}`, status: response.status };
+}
+
+export async function request(method, path, body, { key = getKey(), accept } = {}) {
+  const headers = { Accept: accept || "application/json" };
+  if (key) headers.Authorization = `Bearer ${key}`;
+  const init = { method, headers, cache: "no-store", credentials: "omit", redirect: "error" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  if (!response.ok) {
+    const problem = await problemOf(response);
+    const error = new ApiError(response.status, problem);
+    if (response.status === 401) window.dispatchEvent(new CustomEvent("zapfleet:unauthorized"));
+    throw error;
+  }
+  if (response.status === 204) return null;
+  if (accept && !accept.includes("json")) return response.blob();
+  const type = response.headers.get("content-type") || "";
+  return type.includes("json") ? response.json() : response.text();
+}
+
+export const get = (path, opts) => request("GET", path, undefined, opts);
+export const post = (path, body, opts) => request("POST", path, body, opts);
+export const del = (path, opts) => request("DELETE", path, undefined, opts);
+
+export const enc = encodeURIComponent;
+
+// -- features ----------------------------------------------------------------------------
+
+let featuresPromise = null;
+
+function normalize(path) {
+  return path.replace(/\{[^}]*\}/g, "{}").replace(/\/$/, "");
+}
+
+// Resolves to an object with has(method, path), list(method, regex) -> matches and
+// find(method, predicate) -> path. Paths are compared with parameters written as {}.
+export function features() {
+  if (!featuresPromise) {
+    featuresPromise = fetch("/schema/openapi.json", { cache: "no-store", credentials: "omit" })
+      .then((r) => (r.ok ? r.json() : { paths: {} }))
+      .catch(() => ({ paths: {} }))
+      .then((doc) => {
+        const ops = new Set();
+        for (const [path, item] of Object.entries(doc.paths || {})) {
+          for (const method of Object.keys(item)) ops.add(`${method.toUpperCase()} ${normalize(path)}`);
+        }
+        return {
+          has: (method, path) => ops.has(`${method} ${normalize(path)}`),
+          list: (method, regex) => {
+            const found = [];
+            for (const op of ops) {
+              const [m, p] = op.split(" ");
+              const match = m === method && p.match(regex);
+              if (match) found.push(match);
+            }
+            return found;
+          },
+          find: (method, predicate) => {
+            for (const op of ops) {
+              const [m, p] = op.split(" ");
+              if (m === method && predicate(p)) return p;
+            }
+            return null;
+          },
+        };
+      });
+  }
+  return featuresPromise;
+}
+
+// Lists may come bare or wrapped ({items: [...]}, {sessions: [...]}, ...).
+export function listOf(body, ...names) {
+  if (Array.isArray(body)) return body;
+  if (!body || typeof body !== "object") return [];
+  for (const name of [...names, "items", "data", "results"]) {
+    if (Array.isArray(body[name])) return body[name];
+  }
+  return [];
+}

@@ -1,0 +1,194 @@
+"""The operator web UI, in a real headless Chromium against a real stack: sign in, create a
+sim session, watch the QR code rotate, scan it as a phone, see CONNECTED without a reload,
+send a message. Any console error on any page fails the test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+
+from tests.ui.browser import Browser
+from tests.ui.stack import QR_FIRST_S, QR_NEXT_S, UiStack
+
+
+def sign_in(b: Browser, stack: UiStack) -> None:
+    b.open(f"{stack.base_url}/ui/")
+    b.type_into("#api-key", stack.admin_key)
+    b.find("#signin-submit").click()
+    b.wait_visible("#create-session-form")
+    b.check_console()
+
+
+def scan_with_the_sim(stack: UiStack, session_id: str, phone: str) -> str:
+    """The phone scans the QR code, through the CLI a person would use."""
+    result = subprocess.run(
+        [sys.executable, "-m", "zapfleet", "sim", "scan", session_id, "--phone", phone],
+        env={"ZAPFLEET_NATS_URL": stack.nats_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_an_operator_pairs_a_sim_session_and_sends_a_message(
+    browser: Browser, ui_stack: UiStack
+) -> None:
+    b = browser
+    sign_in(b, ui_stack)
+    b.screenshot("signed-in")
+
+    b.type_into("#new-session-id", "ui-e2e")
+    b.find("#new-session-engine option[value='sim']").click()
+    b.find("#create-session").click()
+    b.wait_for("the session page", lambda: b.driver.current_url.endswith("#/sessions/ui-e2e"))
+
+    qr = b.wait_visible("#qr-image[data-code]")
+    first_code = qr.get_attribute("data-code")
+    assert first_code and first_code.startswith("SIM1,ui-e2e,")
+    b.wait_for(
+        "the QR image to render",
+        lambda: b.driver.execute_script(
+            "const i = document.getElementById('qr-image');"
+            "return i.complete && i.naturalWidth > 100"
+        ),
+    )
+    b.screenshot("qr")
+    b.check_console()
+
+    # A marker on the window survives only if the page is never reloaded.
+    b.driver.execute_script("window.__noReload = 'still here'")
+
+    # The QR code rotates on the server; the page follows by itself.
+    b.wait_for(
+        "the QR code to rotate on the page",
+        lambda: b.find("#qr-image").get_attribute("data-code") not in (None, first_code),
+        timeout_s=QR_FIRST_S + QR_NEXT_S + 5,
+    )
+    b.screenshot("qr-rotated")
+
+    out = scan_with_the_sim(ui_stack, "ui-e2e", "15550170001")
+    assert "scanned" in out
+
+    connected = b.wait_visible("#connected", timeout_s=15)
+    assert connected.text == "Connected as +15550170001"
+    assert not b.find("#qr-image").is_displayed()
+    assert b.find("#session-details [data-state]").text == "CONNECTED"
+    assert b.driver.execute_script("return window.__noReload") == "still here"
+    b.screenshot("connected")
+    b.check_console()
+
+    b.type_into("#message-to", "+1 555 017 0002")
+    b.type_into("#message-text", "hello from the console")
+    b.find("#send-message").click()
+    result = b.wait_visible("#message-result[data-message-id]")
+    assert result.text.startswith("Queued as m_")
+    b.screenshot("message-sent")
+    b.check_console()
+
+    # The key was never put in a URL, a cookie or localStorage.
+    urls = b.driver.execute_script(
+        "return [location.href, ...performance.getEntriesByType('resource').map(e => e.name)]"
+    )
+    assert urls and not any(ui_stack.admin_key in url for url in urls), urls
+    storage, cookies = b.local_storage_and_cookies()
+    assert ui_stack.admin_key not in storage
+    assert cookies == []
+
+
+def test_the_webhooks_page_renders(browser: Browser, ui_stack: UiStack) -> None:
+    b = browser
+    sign_in(b, ui_stack)
+    b.find("#nav a[data-page='webhooks']").click()
+    b.wait_visible("#dead-letters")
+    b.wait_for("the dead letters to load", lambda: "Loading" not in b.find("#dead-letters").text)
+    b.screenshot("webhooks")
+
+
+def test_a_wrong_key_is_refused_and_nothing_is_stored(browser: Browser, ui_stack: UiStack) -> None:
+    b = browser
+    b.open(f"{ui_stack.base_url}/ui/")
+    b.type_into("#api-key", "not-the-right-key-at-all")
+    b.find("#signin-submit").click()
+    error = b.wait_visible("#signin-error")
+    assert error.text == "This key is not valid."
+    # the only console entry allowed here is the refused request itself
+    entries = b.driver.get_log("browser")
+    assert all("401" in e["message"] for e in entries if e["level"] == "SEVERE"), entries
+    assert b.driver.execute_script("return sessionStorage.length") == 0
+    assert not b.find("#nav").is_displayed()
+
+
+def test_signing_out_forgets_the_key(browser: Browser, ui_stack: UiStack) -> None:
+    b = browser
+    sign_in(b, ui_stack)
+    assert b.driver.execute_script("return sessionStorage.length") == 1
+    b.find("#sign-out").click()
+    b.wait_visible("#signin-form")
+    assert b.driver.execute_script("return sessionStorage.length") == 0
+
+
+def test_the_sessions_page_lists_sessions_with_their_live_state(
+    browser: Browser, ui_stack: UiStack
+) -> None:
+    b = browser
+    with httpx.Client(base_url=ui_stack.base_url, headers=ui_stack.headers) as api:
+        created = api.post("/v1/sessions", json={"session_id": "ui-list", "engine": "sim"})
+        assert created.status_code == 201, created.text
+    sign_in(b, ui_stack)
+    b.wait_for(
+        "ui-list to be listed as PAIRING",
+        lambda: any(
+            row.get_attribute("data-session") == "ui-list" and "PAIRING" in row.text
+            for row in b.find_all("#sessions-rows tr")
+        ),
+    )
+    scan_with_the_sim(ui_stack, "ui-list", "15550170011")
+    b.wait_for(
+        "ui-list to turn CONNECTED in the list without a reload",
+        lambda: "CONNECTED" in b.find("#sessions-rows tr[data-session='ui-list']").text,
+    )
+    b.screenshot("sessions-list")
+
+
+def test_the_nodes_page_shows_capacity_and_sessions(browser: Browser, ui_stack: UiStack) -> None:
+    b = browser
+    sign_in(b, ui_stack)
+    b.find("#nav a[data-page='nodes']").click()
+    row = b.wait_visible(f"#nodes-rows tr[data-node='{ui_stack.node_id}']")
+    assert "sim" in row.text
+    assert "/ 150" in row.text or "/ " in row.find_element("css selector", ".capacity").text
+    b.screenshot("nodes")
+
+
+def test_a_tenant_key_sees_only_its_sessions_and_no_nodes(
+    browser: Browser, ui_stack: UiStack
+) -> None:
+    with httpx.Client(base_url=ui_stack.base_url, headers=ui_stack.headers) as api:
+        assert api.post("/v1/tenants", json={"tenant_id": "acme"}).status_code == 201
+        key = api.post("/v1/tenants/acme/keys", json={"label": "console"}).json()["key"]
+        admins = api.post("/v1/sessions", json={"session_id": "ui-admins", "engine": "sim"})
+        assert admins.status_code == 201, admins.text
+    b = browser
+    b.open(f"{ui_stack.base_url}/ui/")
+    b.type_into("#api-key", key)
+    b.find("#signin-submit").click()
+    b.wait_visible("#create-session-form")
+    assert b.find("#who-label").text == "tenant acme"
+    assert not b.find("#nav a[data-page='nodes']").is_displayed()
+
+    b.type_into("#new-session-id", "acme-1")
+    b.find("#create-session").click()
+    b.wait_visible("#qr-image[data-code]")
+    b.find("#nav a[data-page='sessions']").click()
+    b.wait_for(
+        "acme-1 listed",
+        lambda: (
+            [r.get_attribute("data-session") for r in b.find_all("#sessions-rows tr")] == ["acme-1"]
+        ),
+    )
+    b.screenshot("tenant-sessions")

@@ -4,9 +4,11 @@ configuration and its SSRF guard, dead letters over REST, event replay, NATS com
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +22,9 @@ from node_agent.protocol import EventType
 from tests.conftest import ADMIN_KEY, WebhookReceiver
 from tests.helpers import pair_session
 from tests.webhooks.conftest import ApiStack, publish_events
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
 
 @pytest.fixture
@@ -364,6 +369,19 @@ async def test_nats_commands_send_a_message_and_read_a_session_status(
     assert bad_number["code"] == "invalid_number" and bad_number["status"] == 422
     bad_body = await command("zf.api.default.message_send", {"session_id": "cmd"}, auth)
     assert bad_body["code"] == "invalid_body" and bad_body["status"] == 400
+
+    # the example client of docs/nats.md does the same from the command line
+    example = EXAMPLES / "nats_command.py"
+    common = ["--url", stack_nc.connected_url.geturl(), "--tenant", "default", "--key", ADMIN_KEY]
+    for args, expected in (
+        (["status", "cmd"], '"state": "CONNECTED"'),
+        (["send", "cmd", "+15550200003", "from the docs"], '"status": "queued"'),
+    ):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(example), *common, *args, stdout=asyncio.subprocess.PIPE
+        )
+        stdout, _ = await asyncio.wait_for(process.communicate(), 30)
+        assert process.returncode == 0 and expected in stdout.decode(), stdout.decode()
 
 
 async def test_webhook_metrics_are_exported(api: httpx.AsyncClient) -> None:

@@ -23,7 +23,6 @@ from tests.conftest import ADMIN_KEY, WebhookReceiver
 from tests.helpers import pair_session
 from tests.webhooks.conftest import ApiStack, publish_events
 
-
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
 

@@ -23,7 +23,7 @@
 | ZAPFLEET_WEBHOOK_CONCURRENCY | 25 | deliveries in flight per dispatcher process |
 | ZAPFLEET_WEBHOOK_CONCURRENCY_PER_DESTINATION | 10 | ... and per destination (scheme, host, port) |
 | ZAPFLEET_WEBHOOK_MAX_BUFFERED | 1000 | events one dispatcher holds (in flight + waiting) |
-| ZAPFLEET_WEBHOOK_DESTINATION_BACKLOG | 250 | of those per destination; more are deferred |
+| ZAPFLEET_WEBHOOK_DESTINATION_WAIT_S | 5 | an event waiting longer for its destination goes back |
 | ZAPFLEET_WEBHOOK_ACK_WAIT_S | 30 | an event a dead dispatcher held is redelivered after this |
 | ZAPFLEET_WEBHOOK_MAX_ACK_PENDING | 20000 | events out, unfinished (all dispatchers, retries too) |
 | ZAPFLEET_WEBHOOKS_METRICS_PORT | 0 | Prometheus port of `zapfleet webhooks` (0 = off) |
@@ -102,7 +102,7 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     webhook_concurrency: int = 25
     webhook_concurrency_per_destination: int = 10
     webhook_max_buffered: int = 1000
-    webhook_destination_backlog: int = 250
+    webhook_destination_wait_s: float = 5.0
     webhook_ack_wait_s: float = 30.0
     webhook_max_ack_pending: int = 20_000
     webhooks_metrics_port: int = 0
@@ -159,13 +159,17 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
             "webhook_concurrency",
             "webhook_concurrency_per_destination",
             "webhook_max_buffered",
-            "webhook_destination_backlog",
             "webhook_max_attempts",
             "webhook_max_ack_pending",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"invalid setting ZAPFLEET_{name.upper()}: must be >= 1")
-        for name in ("webhook_timeout_s", "webhook_backoff_base_s", "webhook_ack_wait_s"):
+        for name in (
+            "webhook_timeout_s",
+            "webhook_backoff_base_s",
+            "webhook_ack_wait_s",
+            "webhook_destination_wait_s",
+        ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"invalid setting ZAPFLEET_{name.upper()}: must be > 0")
         for network in self.webhook_allowed_networks:

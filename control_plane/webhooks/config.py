@@ -90,6 +90,13 @@ class EventFilter:
         return bool(self._families) and event_type.split(".", 1)[0] in self._families
 
 
+class Unknown:
+    """A session the registry has not seen (yet)."""
+
+
+UNKNOWN = Unknown()
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """The destinations of one event."""
@@ -267,9 +274,18 @@ class WebhookRegistry:
         self._sessions.setdefault(session_id, hook)
         return hook
 
+    def lookup(self, tenant: str, session_id: str, event_type: str) -> Target | Unknown | None:
+        """:meth:`target` from memory alone; UNKNOWN for a session not seen yet."""
+        hook = self._sessions.get(session_id, UNKNOWN)
+        if isinstance(hook, Unknown):
+            return UNKNOWN
+        return self._resolve(tenant, hook, event_type)
+
     async def target(self, tenant: str, session_id: str, event_type: str) -> Target | None:
         """The destinations of an event, or None when nobody wants it."""
-        hook = await self._session(session_id)
+        return self._resolve(tenant, await self._session(session_id), event_type)
+
+    def _resolve(self, tenant: str, hook: _SessionHook | None, event_type: str) -> Target | None:
         tenant_level = self._tenants.get(tenant)
         global_level = self._global or self._settings_level
         fallback_secret = (tenant_level.secret if tenant_level else None) or (

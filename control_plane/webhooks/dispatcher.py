@@ -19,9 +19,11 @@ So an event is always delivered, waiting for a retry, or dead-lettered. Delivery
 at-least-once: receivers dedupe on the event id. With several URLs, the ones that
 already succeeded are remembered in-process and skipped on retries.
 
-A destination that already holds ``webhook_destination_backlog`` events in this process
-gets further events deferred (NAK, ~1 s) instead of letting one slow receiver fill the
-buffer; deferrals are not counted as attempts (tracked in-process).
+An event that waited ``webhook_destination_wait_s`` for a slot of its destination (that
+destination is slower than its traffic) is put back for 1-3 s (NAK, not counted as an
+attempt: deferrals are tracked in-process), so one slow receiver cannot hold the buffer
+that every other destination needs. A fast destination never waits that long, so its
+events are never put back.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Final
 
-import aiohttp
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -44,23 +45,17 @@ from nats.js.client import JetStreamContext
 
 from control_plane.settings import ControlPlaneSettings
 from control_plane.webhooks import metrics
-from control_plane.webhooks.config import WebhookRegistry
+from control_plane.webhooks.config import Target, Unknown, WebhookRegistry
 from control_plane.webhooks.consumer import PullConsumer, ensure_consumer
 from control_plane.webhooks.deadletters import DeadLetter, DeadLetterStore, RedriveJob
+from control_plane.webhooks.http import RequestError, WebhookClient
 from control_plane.webhooks.signing import (
     ATTEMPT_HEADER,
     EVENT_ID_HEADER,
     EVENT_TYPE_HEADER,
     sign,
 )
-from control_plane.webhooks.ssrf import (
-    AddressPolicy,
-    GuardedResolver,
-    UnsafeURLError,
-    ip_literal,
-    redact_url,
-    split_url,
-)
+from control_plane.webhooks.ssrf import AddressPolicy, UnsafeURLError, redact_url
 from node_agent.protocol import EVENTS_STREAM, REDRIVE_STREAM, Event
 from zapfleet import __version__
 
@@ -108,6 +103,29 @@ _event_decoder = msgspec.json.Decoder(Event)
 _job_decoder = msgspec.json.Decoder(RedriveJob)
 
 
+def _unpack(msg: Msg, redrive: bool) -> tuple[Event | None, bytes, _Head, str | None]:
+    """(the event if decoded, the body to send, its head, the only URL of a redrive)."""
+    if not redrive:
+        return None, msg.data, _head_decoder.decode(msg.data), None
+    job = _job_decoder.decode(msg.data)
+    event = job.event
+    head = _Head(event.id, event.type, event.tenant, event.session_id, event.ts)
+    return event, msgspec.json.encode(event), head, job.url
+
+
+def ack_position(msg: Msg) -> tuple[str, int, int]:
+    """(stream, stream sequence, deliveries so far) of a JetStream message, read from its
+    reply subject — ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``
+    or the v2 form with domain and account hash — without building nats-py's Metadata."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:
+        return tokens[2], int(tokens[5]), int(tokens[4])
+    if len(tokens) >= 11:
+        return tokens[4], int(tokens[7]), int(tokens[6])
+    meta = msg.metadata
+    return meta.stream, meta.sequence.stream, meta.num_delivered
+
+
 def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
     """Delay before attempt ``attempt + 1``: base·2^(attempt-1), capped, +0-10 % jitter."""
     delay = min(max_s, base_s * 2.0 ** max(0, attempt - 1))
@@ -133,13 +151,16 @@ class Dispatcher:
         )
         self._slots = asyncio.Semaphore(settings.webhook_concurrency)
         self._destinations: dict[str, _Destination] = {}
-        self._origins: dict[str, str | UnsafeURLError] = {}
         self._held: dict[int, tuple[Msg, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._partial: OrderedDict[tuple[str, int], set[str]] = OrderedDict()
         self._deferrals: OrderedDict[tuple[str, int], int] = OrderedDict()
         self._consumers: list[PullConsumer] = []
-        self._http: aiohttp.ClientSession | None = None
+        self._http = WebhookClient(
+            self.policy,
+            user_agent=USER_AGENT,
+            connect_timeout_s=min(5.0, settings.webhook_timeout_s),
+        )
         self._housekeeping: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -158,18 +179,6 @@ class Dispatcher:
     async def start(self) -> None:
         if self._owns_registry:
             await self.registry.start()
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=0, resolver=GuardedResolver(self.policy), ttl_dns_cache=30
-            ),
-            timeout=aiohttp.ClientTimeout(
-                total=self.settings.webhook_timeout_s,
-                sock_connect=min(5.0, self.settings.webhook_timeout_s),
-            ),
-            headers={"User-Agent": USER_AGENT},
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-        )
         await ensure_consumer(self.js, EVENTS_STREAM, self._consumer_config(CONSUMER))
         await ensure_consumer(self.js, REDRIVE_STREAM, self._consumer_config(REDRIVE_CONSUMER))
         self._consumers = [
@@ -192,6 +201,10 @@ class Dispatcher:
         for consumer in self._consumers:
             await consumer.start()
         self._housekeeping = asyncio.create_task(self._keep_house(), name="webhook-housekeeping")
+        # read when scraped, not kept up to date per event (the last started dispatcher
+        # of a process is the one shown)
+        metrics.BUFFERED.set_function(lambda: len(self._held))
+        metrics.IN_FLIGHT.set_function(self._in_flight)
         log.info(
             "webhook dispatcher started",
             extra={
@@ -218,15 +231,17 @@ class Dispatcher:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
-        if self._http is not None:
-            await self._http.close()
+        await self._http.close()
         if self._owns_registry:
             await self.registry.stop()
+
+    def _in_flight(self) -> int:
+        return self.settings.webhook_concurrency - self._slots._value
 
     def stats(self) -> dict[str, Any]:
         return {
             "buffered": len(self._held),
-            "in_flight": self.settings.webhook_concurrency - self._slots._value,
+            "in_flight": self._in_flight(),
             "destinations": len(self._destinations),
             "sessions_known": self.registry.sessions_known,
         }
@@ -238,7 +253,6 @@ class Dispatcher:
 
     def _accept(self, msg: Msg, redrive: bool) -> None:
         self._held[id(msg)] = (msg, time.monotonic())
-        metrics.BUFFERED.set(len(self._held))
         task = asyncio.create_task(self._handle(msg, redrive))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -254,26 +268,16 @@ class Dispatcher:
                 await msg.nak(delay=self.settings.webhook_backoff_base_s)
         finally:
             self._held.pop(id(msg), None)
-            metrics.BUFFERED.set(len(self._held))
             for consumer in self._consumers:
                 consumer.wake()
 
     # -- one event ---------------------------------------------------------------------
 
     async def _process(self, msg: Msg, redrive: bool) -> None:
-        meta = msg.metadata
-        key = (meta.stream, meta.sequence.stream)
-        only: str | None = None
-        if redrive:
-            job = _job_decoder.decode(msg.data)
-            event = job.event
-            body = msgspec.json.encode(event)
-            head = _Head(event.id, event.type, event.tenant, event.session_id, event.ts)
-            only = job.url
-        else:
-            body = msg.data
-            head = _head_decoder.decode(body)
-        target = await self.registry.target(head.tenant, head.session_id, head.type)
+        stream, sequence, delivered = ack_position(msg)
+        key = (stream, sequence)
+        event, body, head, only = _unpack(msg, redrive)
+        target = await self._target(head)
         if target is None:
             metrics.SKIPPED.inc()
             await msg.ack()
@@ -281,7 +285,7 @@ class Dispatcher:
         urls = (only,) if only is not None and only in target.urls else target.urls
         done = self._partial.pop(key, set())
         pending = [url for url in urls if url not in done]
-        attempt = max(1, meta.num_delivered - self._deferrals.get(key, 0))
+        attempt = max(1, delivered - self._deferrals.get(key, 0))
         if len(pending) == 1:
             outcomes: list[Outcome] = [
                 await self._deliver(pending[0], body, head, target.secret, attempt)
@@ -304,7 +308,7 @@ class Dispatcher:
             else:
                 deferred = True
         if dead:
-            full = event if redrive else _event_decoder.decode(body)
+            full = event or _event_decoder.decode(body)
             await self._bury(full, dead, attempt, target.level)
             done.update(url for url, _ in dead)
         if not retry and not deferred:
@@ -322,7 +326,13 @@ class Dispatcher:
             return
         metrics.DEFERRED.inc()
         self._note(self._deferrals, key, self._deferrals.get(key, 0) + 1)
-        await msg.nak(delay=random.uniform(0.5, 1.5))
+        await msg.nak(delay=random.uniform(1.0, 3.0))
+
+    async def _target(self, head: _Head) -> Target | None:
+        found = self.registry.lookup(head.tenant, head.session_id, head.type)
+        if isinstance(found, Unknown):  # a session the KV watch has not shown yet
+            return await self.registry.target(head.tenant, head.session_id, head.type)
+        return found
 
     async def _bury(
         self, event: Event, dead: list[tuple[str, Failure]], attempt: int, level: str
@@ -358,35 +368,11 @@ class Dispatcher:
         while len(memory) > _MEMORY:
             memory.popitem(last=False)
 
-    def _origin(self, url: str) -> str:
-        """``scheme://host:port`` of a URL (the unit of per-destination limits); raises
-        UnsafeURLError for URLs that may never be called (cached per URL)."""
-        known = self._origins.get(url)
-        if known is None:
-            try:
-                scheme, host, port = split_url(url)
-                literal = ip_literal(host)
-                reason = self.policy.refusal(literal) if literal is not None else None
-                if reason is not None:
-                    raise UnsafeURLError(
-                        f"webhook URL {redact_url(url)!r} points to a {reason} address; "
-                        "refused (SSRF guard)"
-                    )
-                known = f"{scheme}://{host}:{port}"
-            except UnsafeURLError as exc:
-                known = exc
-            if len(self._origins) > 10_000:
-                self._origins.clear()
-            self._origins[url] = known
-        if isinstance(known, UnsafeURLError):
-            raise known
-        return known
-
     async def _deliver(
         self, url: str, body: bytes, head: _Head, secret: str | None, attempt: int
     ) -> Outcome:
         try:
-            origin = self._origin(url)
+            origin = self._http.target(url).origin
         except UnsafeURLError as exc:
             metrics.FAILED.labels("refused").inc()
             return Failure(str(exc), True, "refused")
@@ -396,12 +382,21 @@ class Dispatcher:
                 asyncio.Semaphore(self.settings.webhook_concurrency_per_destination)
             )
             self._destinations[origin] = destination
-        if destination.load >= self.settings.webhook_destination_backlog:
-            return DEFERRED
         destination.load += 1
         try:
-            async with destination.slots, self._slots:
-                return await self._post(url, body, head, secret, attempt)
+            if destination.slots.locked():  # no timer on the fast path
+                try:
+                    async with asyncio.timeout(self.settings.webhook_destination_wait_s):
+                        await destination.slots.acquire()
+                except TimeoutError:
+                    return DEFERRED
+            else:
+                await destination.slots.acquire()
+            try:
+                async with self._slots:
+                    return await self._post(url, body, head, secret, attempt)
+            finally:
+                destination.slots.release()
         finally:
             destination.load -= 1
             if destination.load == 0:
@@ -410,7 +405,6 @@ class Dispatcher:
     async def _post(
         self, url: str, body: bytes, head: _Head, secret: str | None, attempt: int
     ) -> Failure | None:
-        assert self._http is not None
         headers = {
             "Content-Type": "application/json",
             EVENT_ID_HEADER: head.id,
@@ -419,24 +413,20 @@ class Dispatcher:
         }
         if secret:
             headers.update(sign(secret, body))
-        metrics.IN_FLIGHT.inc()
         started = time.perf_counter()
         try:
-            async with self._http.post(
-                url, data=body, headers=headers, allow_redirects=False
-            ) as response:
-                status = response.status
+            async with asyncio.timeout(self.settings.webhook_timeout_s):
+                status = await self._http.post(url, body, headers)
         except UnsafeURLError as exc:
             metrics.FAILED.labels("refused").inc()
-            return Failure(f"{redact_url(url)}: {exc} (SSRF guard)", True, "refused")
+            return Failure(f"{exc} (SSRF guard)", True, "refused")
         except TimeoutError:
             metrics.FAILED.labels("timeout").inc()
             return Failure(f"timeout after {self.settings.webhook_timeout_s} s", False, "timeout")
-        except aiohttp.ClientError as exc:
+        except RequestError as exc:
             metrics.FAILED.labels("connection").inc()
-            return Failure(f"{type(exc).__name__}: {exc}", False, "connection")
+            return Failure(str(exc), False, "connection")
         finally:
-            metrics.IN_FLIGHT.dec()
             metrics.ATTEMPT_SECONDS.observe(time.perf_counter() - started)
         if 200 <= status < 300:
             metrics.DELIVERED.inc()
@@ -466,6 +456,7 @@ class Dispatcher:
                     self._held[ident] = (msg, now)
             if now - last_sample >= 5.0:
                 last_sample = now
+                self._http.prune()
                 await self._sample()
 
     async def _sample(self) -> None:

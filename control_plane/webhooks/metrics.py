@@ -22,7 +22,7 @@ FAILED = Counter(
 RETRIED = Counter("zapfleet_webhook_retried_total", "Events scheduled for another attempt")
 DEFERRED = Counter(
     "zapfleet_webhook_deferred_total",
-    "Events put back because their destination had its full backlog here",
+    "Events put back after waiting too long for a slot of their destination",
 )
 DEAD_LETTERED = Counter("zapfleet_webhook_dead_lettered_total", "Deliveries moved to ZF_DLQ")
 DLQ_DEPTH = Gauge("zapfleet_webhook_dlq_depth", "Dead letters in ZF_DLQ")

@@ -8,8 +8,9 @@ can allow all of them (``webhook_allow_private``, for development) or some netwo
 (``webhook_allowed_networks``, e.g. ``127.0.0.1/32`` in tests).
 
 The check runs twice: when a URL is configured (a clear 422 for the user) and at
-connect time through :class:`GuardedResolver`, so a name that later resolves elsewhere
-(DNS rebinding) is refused too — the connection only ever goes to checked addresses.
+connect time (:mod:`.http` dials only addresses the policy allows), so a name that later
+resolves elsewhere (DNS rebinding) is refused too — the connection only ever goes to
+checked addresses.
 """
 
 from __future__ import annotations
@@ -21,9 +22,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
-
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -139,35 +137,8 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-class GuardedResolver(AbstractResolver):
-    """aiohttp resolver that drops forbidden addresses; with none left the connection
-    fails with UnsafeURLError. IP literals never reach a resolver: the dispatcher checks
-    them itself with :meth:`AddressPolicy.refusal`."""
-
-    def __init__(self, policy: AddressPolicy) -> None:
-        self.policy = policy
-        self._inner = ThreadedResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
-        allowed = [
-            r for r in results if self.policy.refusal(ipaddress.ip_address(r["host"])) is None
-        ]
-        if not allowed:
-            address = ipaddress.ip_address(results[0]["host"]) if results else None
-            reason = self.policy.refusal(address) if address is not None else "no"
-            raise UnsafeURLError(f"host {host!r} resolves to a {reason} address ({address})")
-        return allowed
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
 __all__: list[Any] = [
     "AddressPolicy",
-    "GuardedResolver",
     "UnsafeURLError",
     "check_url",
     "ip_literal",

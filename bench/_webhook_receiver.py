@@ -1,6 +1,6 @@
 """The webhook receiver of ``bench/webhooks.py``: a bare ASGI app on granian (one worker).
 
-``POST /hook`` records the event id and its latency (arrival − event ``ts``) and answers
+``POST /hook`` records the event id and its latency (arrival - event ``ts``) and answers
 204, or 503 for a configured share of calls; ``POST /config`` sets ``fail_ratio`` and
 clears the records; ``GET /stats`` returns the counts, ``GET /dump`` the records too."""
 

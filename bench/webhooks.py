@@ -84,6 +84,12 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(5)
 
 
+def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
+    """User + system CPU time of a running child (Linux /proc)."""
+    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -179,6 +185,87 @@ def dispatcher_env(nats_url: str, **extra: str) -> dict[str, str]:
     }
 
 
+class Bench:
+    def __init__(self, workdir: Path, nats_url: str, nc: NATS, receiver: Receiver) -> None:
+        self.workdir = workdir
+        self.nats_url = nats_url
+        self.nc = nc
+        self.receiver = receiver
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def dispatchers(self, name: str, **env: str) -> list[subprocess.Popen[bytes]]:
+        started = [
+            spawn(
+                [sys.executable, "-m", "zapfleet", "webhooks"],
+                dispatcher_env(self.nats_url, **env),
+                self.workdir / f"{name}-{n}.log",
+            )
+            for n in range(DISPATCHERS)
+        ]
+        self.processes += started
+        return started
+
+    async def throughput(self) -> dict[str, Any]:
+        """A backlog of stored events, then the dispatchers start."""
+        await self.receiver.reset()
+        ids = await publish(self.nc, THROUGHPUT_EVENTS)
+        dispatchers = self.dispatchers("dispatcher")
+        started = await self.receiver.wait_for(1, 60)  # first delivery: setup is done
+        cpu_before = sum(cpu_seconds(d) for d in dispatchers)
+        stats = await self.receiver.wait_for(THROUGHPUT_EVENTS, 120)
+        cpu_used = sum(cpu_seconds(d) for d in dispatchers) - cpu_before
+        cpu_us = 1e6 * cpu_used / max(1, stats["unique"] - started["unique"])
+        rate = stats["unique"] / max(1e-9, stats["last"] - stats["first"])
+        lost = len(set(ids) - set(stats["ids"]))
+        print(f"throughput: {rate:.0f}/s, lost {lost}, CPU {cpu_us:.0f} µs/delivery", flush=True)
+
+        # latency at 500/s with the same dispatchers, on an idle stream
+        await self.receiver.reset()
+        ids = await publish(self.nc, LATENCY_RATE * LATENCY_SECONDS, pace_per_s=LATENCY_RATE)
+        stats = await self.receiver.wait_for(len(ids), 60)
+        lost += len(set(ids) - set(stats["ids"]))
+        latencies_ms = [1000 * v for v in stats["latencies"]]
+        p50, p99 = percentile(latencies_ms, 0.5), percentile(latencies_ms, 0.99)
+        print(f"latency at {LATENCY_RATE}/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
+        for dispatcher in dispatchers:
+            stop(dispatcher)
+        return {
+            "deliveries_per_s": round(rate),
+            "p99_delivery_ms_at_500_per_s": round(p99, 1),
+            "p50_delivery_ms_at_500_per_s": round(p50, 1),
+            "dispatcher_cpu_us_per_delivery": round(cpu_us),
+            "deliveries_per_dispatcher_cpu_s": round(1e6 / max(cpu_us, 1e-9)),
+            "_lost": lost,
+            "_latencies_ms": latencies_ms,
+        }
+
+    async def with_errors(self) -> dict[str, Any]:
+        """30 % of calls fail: fast retries and a deep attempt budget."""
+        await self.receiver.reset(fail_ratio=0.3)
+        ids = await publish(self.nc, ERROR_EVENTS)
+        self.dispatchers(
+            "dispatcher-errors",
+            ZAPFLEET_WEBHOOK_BACKOFF_BASE_S="0.05",
+            ZAPFLEET_WEBHOOK_BACKOFF_MAX_S="0.5",
+            ZAPFLEET_WEBHOOK_MAX_ATTEMPTS="20",
+        )
+        stats = await self.receiver.wait_for(ERROR_EVENTS, 180)
+        lost = len(set(ids) - set(stats["ids"]))
+        rate = stats["unique"] / max(1e-9, stats["last"] - stats["first"])
+        failed_share = stats["failed"] / max(1, stats["calls"])
+        print(
+            f"30 % errors: {rate:.0f}/s, {stats['calls']} calls ({failed_share:.0%} failed), "
+            f"lost {lost}",
+            flush=True,
+        )
+        return {
+            "deliveries_per_s_30pct_errors": round(rate),
+            "error_phase_calls": stats["calls"],
+            "error_phase_failed_share": round(failed_share, 3),
+            "_lost": lost,
+        }
+
+
 async def run(workdir: Path) -> dict[str, Any]:
     server = start_nats(workdir / "nats", log_path=workdir / "nats.log")
     nats_url = f"nats://127.0.0.1:{server.port}"
@@ -189,9 +276,10 @@ async def run(workdir: Path) -> dict[str, Any]:
          "--backlog", "2048", "bench._webhook_receiver:app"],
         {}, workdir / "receiver.log",
     )  # fmt: skip
-    processes = [receiver_process]
     nc = await nats.connect(nats_url)
     receiver = Receiver(port)
+    bench = Bench(workdir, nats_url, nc, receiver)
+    bench.processes.append(receiver_process)
     try:
         wait_for_port(port, 30, receiver_process)
         js = nc.jetstream()
@@ -204,89 +292,35 @@ async def run(workdir: Path) -> dict[str, Any]:
         await receiver.reset()
         raw_per_s = await baseline(receiver)
         print(f"  {raw_per_s:.0f} POST/s", flush=True)
-
-        # 2. throughput: a backlog of stored events, then the dispatcher starts
-        await receiver.reset()
-        ids = await publish(nc, THROUGHPUT_EVENTS)
-        dispatchers = [
-            spawn(
-                [sys.executable, "-m", "zapfleet", "webhooks"],
-                dispatcher_env(nats_url),
-                workdir / f"dispatcher-{n}.log",
-            )
-            for n in range(DISPATCHERS)
-        ]
-        processes += dispatchers
-        stats = await receiver.wait_for(THROUGHPUT_EVENTS, 120)
-        lost_throughput = len(set(ids) - set(stats["ids"]))
-        throughput = stats["unique"] / max(1e-9, stats["last"] - stats["first"])
-        print(f"throughput: {throughput:.0f} deliveries/s, lost {lost_throughput}", flush=True)
-
-        # 4. latency at 500/s (same dispatcher, an idle stream)
-        await receiver.reset()
-        ids = await publish(nc, LATENCY_RATE * LATENCY_SECONDS, pace_per_s=LATENCY_RATE)
-        stats = await receiver.wait_for(len(ids), 60)
-        lost_latency = len(set(ids) - set(stats["ids"]))
-        latencies_ms = [1000 * v for v in stats["latencies"]]
-        p50, p99 = percentile(latencies_ms, 0.5), percentile(latencies_ms, 0.99)
-        print(f"latency at {LATENCY_RATE}/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
-        for dispatcher in dispatchers:
-            stop(dispatcher)
-
-        # 3. 30 % errors: a dispatcher with fast retries and a deep attempt budget
-        await receiver.reset(fail_ratio=0.3)
-        ids = await publish(nc, ERROR_EVENTS)
-        dispatchers = [
-            spawn(
-                [sys.executable, "-m", "zapfleet", "webhooks"],
-                dispatcher_env(
-                    nats_url,
-                    ZAPFLEET_WEBHOOK_BACKOFF_BASE_S="0.05",
-                    ZAPFLEET_WEBHOOK_BACKOFF_MAX_S="0.5",
-                    ZAPFLEET_WEBHOOK_MAX_ATTEMPTS="20",
-                ),
-                workdir / f"dispatcher-errors-{n}.log",
-            )
-            for n in range(DISPATCHERS)
-        ]
-        processes += dispatchers
-        stats = await receiver.wait_for(ERROR_EVENTS, 180)
-        lost_errors = len(set(ids) - set(stats["ids"]))
-        with_errors = stats["unique"] / max(1e-9, stats["last"] - stats["first"])
-        failed_share = stats["failed"] / max(1, stats["calls"])
-        print(
-            f"30 % errors: {with_errors:.0f} deliveries/s, {stats['calls']} calls "
-            f"({failed_share:.0%} failed), lost {lost_errors}",
-            flush=True,
-        )
+        fast = await bench.throughput()
+        errors = await bench.with_errors()
         dlq = await js.stream_info("ZF_DLQ")
         return {
-            "deliveries_per_s": round(throughput),
-            "deliveries_per_s_30pct_errors": round(with_errors),
-            "lost_events": lost_throughput + lost_latency + lost_errors,
-            "p99_delivery_ms_at_500_per_s": round(p99, 1),
-            "p50_delivery_ms_at_500_per_s": round(p50, 1),
+            "deliveries_per_s": fast["deliveries_per_s"],
+            "deliveries_per_s_30pct_errors": errors["deliveries_per_s_30pct_errors"],
+            "lost_events": fast.pop("_lost") + errors.pop("_lost"),
+            **fast,
+            **errors,
             "baseline_raw_post_per_s": round(raw_per_s),
-            "ratio_vs_raw_post": round(throughput / raw_per_s, 3),
+            "ratio_vs_raw_post": round(fast["deliveries_per_s"] / raw_per_s, 3),
             "dead_letters": dlq.state.messages,
-            "error_phase_calls": stats["calls"],
-            "error_phase_failed_share": round(failed_share, 3),
             "events": {
                 "throughput": THROUGHPUT_EVENTS,
                 "with_errors": ERROR_EVENTS,
                 "latency": LATENCY_RATE * LATENCY_SECONDS,
             },
+            "dispatchers": DISPATCHERS,
             "setup": (
-                "1 nats-server, 1 `zapfleet webhooks` process (concurrency 25, 10 per "
-                "destination), 1 receiver (granian, 1 worker) and the publisher, all on "
-                "this machine; signed deliveries (HMAC-SHA256)"
+                f"1 nats-server, {DISPATCHERS} `zapfleet webhooks` process(es) (concurrency "
+                "25, 10 per destination), 1 receiver (granian, 1 worker) and the publisher, "
+                "all on this machine (shared with other work: see machine.load_avg_1m); "
+                "signed deliveries (HMAC-SHA256)"
             ),
-            "_latencies_ms": latencies_ms,
         }
     finally:
         await receiver.http.aclose()
         await nc.close()
-        for process in reversed(processes):
+        for process in reversed(bench.processes):
             stop(process)
         server.stop()
 

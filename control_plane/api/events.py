@@ -42,11 +42,13 @@ _stored_decoder = msgspec.json.Decoder(StoredEvent)
 def parse_since(since: str | None) -> tuple[int, datetime | None]:
     if since is None or since == "":
         return 0, None
-    if since.isdigit():
+    if since.isascii() and since.isdigit():
+        if len(since) > 18:
+            raise ProblemError(422, "invalid_since", f"since={since!r} is not a stream sequence")
         return int(since), None
     try:
         moment = datetime.fromisoformat(since.replace("Z", "+00:00"))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ProblemError(
             422,
             "invalid_since",

@@ -19,6 +19,7 @@ from control_plane.problems import ProblemError
 from control_plane.services import Services
 from control_plane.webhooks.config import MAX_URLS, WebhookConfig, validate_event_patterns
 from control_plane.webhooks.deadletters import DeadLetter, DeadLetterStore
+from control_plane.webhooks.http import parse_target
 from control_plane.webhooks.signing import new_secret
 from control_plane.webhooks.ssrf import AddressPolicy, UnsafeURLError, check_url, redact_url
 from node_agent.protocol import Event
@@ -29,8 +30,12 @@ AllTenants = Annotated[
 ]
 
 
+WebhookURL = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
+MAX_SEQ = 2**63 - 1
+
+
 class WebhookConfigIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    urls: Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_URLS)]
+    urls: Annotated[list[WebhookURL], msgspec.Meta(min_length=1, max_length=MAX_URLS)]
     events: (
         Annotated[
             list[str],
@@ -126,6 +131,7 @@ async def ensure_safe_url(services: Services, url: str) -> None:
         settings.webhook_allow_private, settings.webhook_allowed_networks
     )
     try:
+        parse_target(url, "zapfleet")  # what the dispatcher will send to, spelled out
         await check_url(url, policy)
     except UnsafeURLError as exc:
         raise ProblemError(422, "unsafe_webhook_url", str(exc)) from None
@@ -185,6 +191,12 @@ def letter_view(seq: int, letter: DeadLetter) -> DeadLetterView:
 
 def dead_letters(services: Services) -> DeadLetterStore:
     return DeadLetterStore(services.nc, services.js)
+
+
+def valid_seq(seq: int) -> int:
+    if not 1 <= seq <= MAX_SEQ:
+        raise no_dead_letter(seq)
+    return seq
 
 
 def no_dead_letter(seq: int) -> ProblemError:
@@ -318,7 +330,7 @@ class WebhookController(Controller):
         services: Services,
         principal: Principal,
         all_tenants: AllTenants = False,
-        after: Annotated[int, Parameter(ge=0, description="sequence cursor")] = 0,
+        after: Annotated[int, Parameter(ge=0, le=MAX_SEQ, description="sequence cursor")] = 0,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> DeadLetterPage:
         scope = scope_of(principal, all_tenants)
@@ -334,7 +346,7 @@ class WebhookController(Controller):
     async def get_dead_letter(
         self, seq: int, services: Services, principal: Principal, all_tenants: AllTenants = False
     ) -> DeadLetterView:
-        letter = await dead_letters(services).get(scope_of(principal, all_tenants), seq)
+        letter = await dead_letters(services).get(scope_of(principal, all_tenants), valid_seq(seq))
         if letter is None:
             raise no_dead_letter(seq)
         return letter_view(seq, letter)
@@ -347,7 +359,8 @@ class WebhookController(Controller):
     async def redrive_one(
         self, seq: int, services: Services, principal: Principal, all_tenants: AllTenants = False
     ) -> RedriveResult:
-        letter = await dead_letters(services).redrive(scope_of(principal, all_tenants), seq)
+        scope = scope_of(principal, all_tenants)
+        letter = await dead_letters(services).redrive(scope, valid_seq(seq))
         if letter is None:
             raise no_dead_letter(seq)
         return RedriveResult(redriven=1)
@@ -368,7 +381,8 @@ class WebhookController(Controller):
     async def delete_dead_letter(
         self, seq: int, services: Services, principal: Principal, all_tenants: AllTenants = False
     ) -> None:
-        if not await dead_letters(services).delete(scope_of(principal, all_tenants), seq):
+        scope = scope_of(principal, all_tenants)
+        if not await dead_letters(services).delete(scope, valid_seq(seq)):
             raise no_dead_letter(seq)
 
     @delete("/dead-letters", status_code=200, summary="Purge: drop every dead letter for good")

@@ -6,6 +6,7 @@ can branch on it; ``title`` is constant per type; ``detail`` explains this occur
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
@@ -15,7 +16,11 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 
 from node_agent.protocol import ErrorCode
 
+log = logging.getLogger(__name__)
+
 PROBLEM_JSON = "application/problem+json"
+# route opt: answers always under 1 KiB, the compression middleware is skipped
+SMALL_ANSWERS = "small_answers"
 
 AGENT_ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_REQUEST: 422,
@@ -109,7 +114,11 @@ def _errors_for(exc: HTTPException) -> list[dict[str, Any]] | None:
 
 def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     if not isinstance(exc, HTTPException):
-        request.logger.exception("unhandled error")
+        log.error(
+            "unhandled error",
+            exc_info=(type(exc), exc, exc.__traceback__),
+            extra={"path": request.url.path},
+        )
         exc = HTTPException(status_code=500, detail="internal error")
     status = exc.status_code
     code = _code_for(exc)

@@ -14,12 +14,14 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
+from control_plane.api.events import EventController
 from control_plane.api.messages import MessageController
 from control_plane.api.monitoring import MonitoringController
 from control_plane.api.nodes import NodeController
 from control_plane.api.nodes_admin import NodeAdminController
 from control_plane.api.sessions import SessionController
 from control_plane.api.tenants import TenantController
+from control_plane.api.webhooks import WebhookController
 from control_plane.caches import CacheInvalidator
 from control_plane.hooks import before_send
 from control_plane.problems import EXCEPTION_HANDLERS, SMALL_ANSWERS
@@ -28,7 +30,7 @@ from control_plane.security import SecurityHeadersMiddleware, cors_config
 from control_plane.services import get_services, open_services
 from control_plane.settings import ControlPlaneSettings
 from control_plane.ui import ui_route_handlers
-from control_plane.webhooks.dispatcher import Dispatcher
+from control_plane.webhooks.lifespan import events_lifespan
 from zapfleet import __version__
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,6 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
             app.state.services = services
             invalidator = CacheInvalidator(services.js, services.cache)
             invalidator.start()
-            dispatcher = None
-            if settings.webhooks_in_process:
-                dispatcher = Dispatcher(services.js, services.sessions, settings)
-                dispatcher.start()
             reconciler = Reconciler(services.fleet) if settings.reconciler else None
             if reconciler is not None:
                 reconciler.start()
@@ -55,8 +53,6 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
                 if reconciler is not None:
                     await reconciler.stop()
                 await invalidator.stop()
-                if dispatcher is not None:
-                    await dispatcher.stop()
 
     # sends may carry inline media: their limit follows ZAPFLEET_MAX_MEDIA_BYTES (base64)
     media_body_limit = settings.max_media_bytes * 4 // 3 + 64 * 1024
@@ -72,6 +68,8 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
         NodeController,
         NodeAdminController,
         MonitoringController,
+        WebhookController,
+        EventController,
     ]
     if settings.ui_enabled:
         handlers.extend(ui_route_handlers())
@@ -81,7 +79,7 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
         cors_config=cors_config(settings.cors_allow_origins),
         dependencies={"services": Provide(get_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=[lifespan],
+        lifespan=[lifespan, events_lifespan],
         before_send=[before_send],
         request_max_body_size=settings.max_body_bytes,
         compression_config=compression(),

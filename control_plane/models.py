@@ -29,8 +29,20 @@ WebhookUrl = Annotated[
     ),
 ]
 EventFilter = Annotated[
-    list[Annotated[str, msgspec.Meta(pattern=r"^[a-z_]+\.[a-z_]+$", max_length=64)]],
-    msgspec.Meta(max_length=32, description="event types to deliver; null or absent = all"),
+    list[Annotated[str, msgspec.Meta(pattern=r"^([a-z_]+\.([a-z_]+|\*)|\*)$", max_length=64)]],
+    msgspec.Meta(
+        max_length=32,
+        description="event types ('message.received') or families ('message.*') to deliver; "
+        "null or absent = all",
+    ),
+]
+WebhookSecret = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=16,
+        max_length=256,
+        description="HMAC secret that signs this session's webhooks (else the tenant's)",
+    ),
 ]
 ProxyUrl = Annotated[
     str,
@@ -53,6 +65,7 @@ class CreateSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     webhook_events: EventFilter | None = None
     start: bool = True
     node_labels: dict[str, str] | None = None  # place only on nodes with these labels
+    webhook_secret: WebhookSecret | None = None
 
 
 class SessionView(msgspec.Struct, kw_only=True):
@@ -198,6 +211,7 @@ class SettingsPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pacing: p.PacingSettings | msgspec.UnsetType = msgspec.UNSET
     webhook_url: WebhookUrl | msgspec.UnsetType | None = msgspec.UNSET
     webhook_events: EventFilter | msgspec.UnsetType | None = msgspec.UNSET
+    webhook_secret: WebhookSecret | msgspec.UnsetType | None = msgspec.UNSET
 
 
 class PairCodeBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

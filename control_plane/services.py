@@ -24,7 +24,14 @@ from control_plane.session_index import SessionIndex
 from control_plane.settings import ControlPlaneSettings
 from control_plane.store import NodeDirectory, SessionStore
 from control_plane.tenants import TenantStore
-from node_agent.protocol import NODES_BUCKET, SESSIONS_BUCKET, TENANTS_BUCKET, ensure_jetstream
+from control_plane.webhooks.config import WebhookStore
+from node_agent.protocol import (
+    NODES_BUCKET,
+    SESSIONS_BUCKET,
+    TENANTS_BUCKET,
+    WEBHOOKS_BUCKET,
+    ensure_jetstream,
+)
 
 
 @dataclass(slots=True)
@@ -44,6 +51,7 @@ class Services:
     limiter: RateLimiter
     cache: ApiCache
     idempotency: Idempotency
+    webhooks: WebhookStore
 
 
 @contextlib.asynccontextmanager
@@ -56,7 +64,11 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
     )
     js = nc.jetstream()
     await ensure_jetstream(
-        js, events_max_age_s=settings.events_max_age_s, node_ttl_s=settings.node_ttl_s
+        js,
+        events_max_age_s=settings.events_max_age_s,
+        node_ttl_s=settings.node_ttl_s,
+        events_max_bytes=settings.events_max_bytes,
+        events_dedupe_window_s=settings.events_dedupe_window_s,
     )
     cache = valkey.Valkey.from_url(settings.valkey_url)
     hot = hot_client(settings.valkey_url, cache)
@@ -87,6 +99,7 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
             cache=ApiCache(cache, settings, hot),
             idempotency=Idempotency(hot, settings),
             fleet=fleet,
+            webhooks=WebhookStore(await js.key_value(WEBHOOKS_BUCKET)),
         )
     finally:
         await fleet.stop()

@@ -199,6 +199,8 @@ class Agent:
             js,
             events_max_age_s=self.settings.events_max_age_s,
             node_ttl_s=self.settings.lease_ttl_s,
+            events_max_bytes=self.settings.events_max_bytes,
+            events_dedupe_window_s=self.settings.events_dedupe_window_s,
         )
         self._nodes_kv = await js.key_value(NODES_BUCKET)
         self._sessions_kv = await js.key_value(SESSIONS_BUCKET)

@@ -26,6 +26,10 @@ TENANTS_BUCKET = "zf_tenants"
 EVENTS_STREAM = "ZF_EVENTS"
 EVENTS_SUBJECTS = "zf.events.>"
 DLQ_STREAM = "ZF_DLQ"
+DLQ_SUBJECTS = "zf.dlq.>"
+WEBHOOKS_BUCKET = "zf_webhooks"
+REDRIVE_STREAM = "ZF_WEBHOOK_REDRIVE"
+REDRIVE_SUBJECTS = "zf.webhooks.redrive.>"
 PLACEMENT_BUCKET = "zf_placement"
 LEASES_BUCKET = "zf_leases"
 DEVICE_STORE_BUCKET = "zf_device_store"
@@ -43,6 +47,21 @@ def heartbeat_subject(node_id: str) -> str:
 
 def event_subject(tenant: str, session_id: str, event_type: str) -> str:
     return f"zf.events.{tenant}.{session_id}.{event_type}"
+
+
+def dlq_subject(tenant: str, session_id: str) -> str:
+    """Dead letters of one session's webhook deliveries, in stream ``ZF_DLQ``."""
+    return f"zf.dlq.{tenant}.{session_id}"
+
+
+def redrive_subject(tenant: str) -> str:
+    """Dead letters sent back to the dispatcher, in stream ``ZF_WEBHOOK_REDRIVE``."""
+    return f"zf.webhooks.redrive.{tenant}"
+
+
+def api_subject(tenant: str, op: str) -> str:
+    """Commands for NATS-native clients: ``zf.api.<tenant>.<op>`` (request-reply)."""
+    return f"zf.api.{tenant}.{op}"
 
 
 class Op(enum.StrEnum):
@@ -397,6 +416,7 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     assignment: Assignment | None = None
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
+    webhook_secret: str | None = None
     node_labels: dict[str, str] | None = None  # placement constraint, e.g. {"region": "eu"}
     created_at: float = 0.0
     updated_at: float = 0.0
@@ -405,10 +425,21 @@ class SessionRecord(msgspec.Struct, kw_only=True):
 # -- JetStream layout ---------------------------------------------------------------------
 
 
-async def ensure_jetstream(js: Any, *, events_max_age_s: float, node_ttl_s: float) -> None:
-    """Create the stream and buckets of DESIGN §2 if missing. Idempotent; both processes
-    call it at start so either may come up first."""
-    from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+async def ensure_jetstream(
+    js: Any,
+    *,
+    events_max_age_s: float,
+    node_ttl_s: float,
+    events_max_bytes: int = -1,
+    events_dedupe_window_s: float = 120.0,
+) -> None:
+    """Create the streams and buckets of DESIGN §2 if missing, or bring their settings up
+    to date. Idempotent; both processes call it at start so either may come up first.
+
+    ``ZF_EVENTS`` keeps events by age and by size (oldest dropped first) and deduplicates
+    on ``Nats-Msg-Id`` within the window; direct gets serve the paged replay of
+    ``GET /v1/events`` without creating consumers."""
+    from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
     from nats.js.errors import BadRequestError
 
     streams = (
@@ -416,13 +447,25 @@ async def ensure_jetstream(js: Any, *, events_max_age_s: float, node_ttl_s: floa
             name=EVENTS_STREAM,
             subjects=[EVENTS_SUBJECTS],
             max_age=events_max_age_s,
-            duplicate_window=120.0,
+            max_bytes=events_max_bytes,
+            duplicate_window=events_dedupe_window_s,
             storage=StorageType.FILE,
+            allow_direct=True,
         ),
         StreamConfig(
             name=DLQ_STREAM,
-            subjects=["zf.dlq.>"],
+            subjects=[DLQ_SUBJECTS],
             max_age=30 * 86400.0,
+            duplicate_window=120.0,
+            storage=StorageType.FILE,
+            allow_direct=True,
+        ),
+        StreamConfig(
+            name=REDRIVE_STREAM,
+            subjects=[REDRIVE_SUBJECTS],
+            retention=RetentionPolicy.WORK_QUEUE,
+            max_age=30 * 86400.0,
+            duplicate_window=120.0,
             storage=StorageType.FILE,
         ),
     )
@@ -435,6 +478,7 @@ async def ensure_jetstream(js: Any, *, events_max_age_s: float, node_ttl_s: floa
         KeyValueConfig(bucket=NODES_BUCKET, ttl=node_ttl_s, history=1),
         KeyValueConfig(bucket=SESSIONS_BUCKET, history=5),
         KeyValueConfig(bucket=TENANTS_BUCKET, history=5),
+        KeyValueConfig(bucket=WEBHOOKS_BUCKET, history=5),
     )
     for bucket in buckets:
         try:

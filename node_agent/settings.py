@@ -34,6 +34,9 @@
 | ZAPFLEET_NEONIZE_GO_LOG_LEVEL | WARNING | level of whatsmeow logs allowed across the FFI |
 | ZAPFLEET_SIM_QR_FIRST_S / _NEXT_S | 60 / 20 | sim QR lifetimes (first / next codes) |
 | ZAPFLEET_SIM_READ_AFTER_S | 0.5 | sim recipients read a message after this long |
+| ZAPFLEET_EVENTS_MAX_AGE_S | 604800 | ZF_EVENTS keeps events 7 days (set alike on all processes) |
+| ZAPFLEET_EVENTS_MAX_BYTES | 10 GiB | ... and at most this many bytes, oldest first (-1: none) |
+| ZAPFLEET_EVENTS_DEDUPE_WINDOW_S | 120 | a re-published event id within this window is dropped |
 | ZAPFLEET_LOG_LEVEL / ZAPFLEET_LOG_FORMAT | INFO / json | logging |
 """
 
@@ -61,6 +64,8 @@ class AgentSettings(msgspec.Struct, kw_only=True):
     lease_ttl_s: float = 8.0
     device_backup_interval_s: float = 300.0
     events_max_age_s: float = 7 * 86400.0
+    events_max_bytes: int = 10 * 1024**3
+    events_dedupe_window_s: float = 120.0
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     max_media_bytes: int = 16 * 1024 * 1024
     media_timeout_s: float = 30.0

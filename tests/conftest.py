@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -192,28 +193,56 @@ def wait_for_node(base_url: str, node_id: str, agent: subprocess.Popen[bytes]) -
 
 
 class WebhookReceiver:
-    """A real HTTP server that records every JSON body POSTed to it."""
+    """A real HTTP server (HTTP/1.1 keep-alive) that records every JSON body POSTed to it.
 
-    def __init__(self) -> None:
+    Knobs: ``status`` (answer of every call), ``fail_next`` (the next N calls get 503),
+    ``fail_ratio`` (that share of calls, at random, get 503), ``delay_s`` (answer that
+    late), :meth:`go_down` / :meth:`come_up` (refuse connections, drop open ones).
+    ``max_active`` is the most calls it ever had in progress at once."""
+
+    def __init__(self, port: int | None = None) -> None:
         self.events: list[dict[str, Any]] = []
         self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.arrivals: list[float] = []  # time.time() of each recorded event
+        self.calls = 0  # every request, failed ones included
         self.fail_next = 0
+        self.fail_ratio = 0.0
         self.status = 200
+        self.delay_s = 0.0
+        self.down = False
+        self.active = 0
+        self.max_active = 0
+        self._random = random.Random(5)
         self._cond = threading.Condition()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
+                if receiver.down:
+                    self.close_connection = True
+                    return
                 with receiver._cond:
+                    receiver.active += 1
+                    receiver.max_active = max(receiver.max_active, receiver.active)
+                if receiver.delay_s:
+                    time.sleep(receiver.delay_s)
+                with receiver._cond:
+                    receiver.active -= 1
+                    receiver.calls += 1
                     status = receiver.status
                     if receiver.fail_next > 0:
                         receiver.fail_next -= 1
                         status = 503
+                    elif receiver.fail_ratio and receiver._random.random() < receiver.fail_ratio:
+                        status = 503
                     if 200 <= status < 300:
                         receiver.requests.append((dict(self.headers.items()), body))
                         receiver.events.append(json.loads(body))
+                        receiver.arrivals.append(time.time())
                         receiver._cond.notify_all()
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
@@ -222,10 +251,43 @@ class WebhookReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self._handler = Handler
+        self.server = ThreadingHTTPServer(("127.0.0.1", port or free_port()), Handler)
+        self.port = int(self.server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}/hook"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
+
+    def ids(self) -> set[str]:
+        with self._cond:
+            return {e["id"] for e in self.events}
+
+    def wait_for_ids(self, ids: set[str], timeout_s: float = 20) -> None:
+        """Wait until every id in ``ids`` has been received at least once."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                missing = ids - {e["id"] for e in self.events}
+                if not missing:
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"{len(missing)} of {len(ids)} events not delivered within {timeout_s} s"
+                    )
+                self._cond.wait(min(remaining, 0.5))
+
+    def go_down(self) -> None:
+        """Refuse new connections and drop requests on open ones."""
+        self.down = True
+        self.server.shutdown()
+        self.server.server_close()
+
+    def come_up(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler)
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+        self.down = False
 
     def wait_for(self, predicate: Any, timeout_s: float = 20) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
@@ -241,8 +303,9 @@ class WebhookReceiver:
                 self._cond.wait(remaining)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        if not self.down:
+            self.server.shutdown()
+            self.server.server_close()
 
 
 @pytest.fixture

@@ -95,6 +95,59 @@ IdempotencyKey = Annotated[
 ]
 
 
+async def queue_message(
+    services: Services,
+    principal: Principal,
+    session_id: str,
+    data: OutboundMessage,
+    idempotency_key: str | None = None,
+) -> tuple[bytes, bool]:
+    """Queue one message on the session's node: the JSON of its MessageAccepted, and
+    whether it is the replay of an earlier request with the same Idempotency-Key. The
+    REST endpoint and the NATS command ``message_send`` share it."""
+    recipient = normalize_recipient(data.to)
+    content = to_content(data)
+    _check_media(content, services.settings.max_media_bytes)
+    assignment = running(await load_record(services, principal, session_id))
+    store = services.idempotency
+    reserved: tuple[str, str] | None = None
+    if idempotency_key is not None:
+        storage_key = store.storage_key(
+            principal.tenant, session_id, idempotency.validate_key(idempotency_key)
+        )
+        digest = idempotency.body_digest(_encode(data))
+        replay = await store.reserve(storage_key, digest)
+        if replay is not None:
+            return replay.body, True
+        reserved = (storage_key, digest)
+        message_id = store.message_id(storage_key)
+    else:
+        message_id = "m_" + secrets.token_hex(10)
+    send = SendMessage(session_id=session_id, message_id=message_id, to=recipient, content=content)
+    try:
+        accepted = await services.agents.call(
+            assignment.node_id, Op.MESSAGE_SEND, send, SendAccepted
+        )
+    except (AgentCallError, AgentUnavailable) as exc:
+        if reserved is not None:
+            await store.release(reserved[0])
+        raise exc.to_problem() from None
+    except BaseException:
+        if reserved is not None:
+            await asyncio.shield(store.release(reserved[0]))
+        raise
+    body = _encode(
+        MessageAccepted(
+            message_id=accepted.message_id,
+            session_id=session_id,
+            queue_depth=accepted.queue_depth,
+        )
+    )
+    if reserved is not None:
+        await store.complete(reserved[0], reserved[1], 202, body)
+    return body, False
+
+
 class MessageController(Controller):
     path = "/v1/sessions/{session_id:str}"
     tags = ["messages"]
@@ -117,54 +170,9 @@ class MessageController(Controller):
         # dependency injection costs more per request than everything below (profiled)
         services: Services = request.app.state.services
         principal = await authenticate(request, services)
-        recipient = normalize_recipient(data.to)
-        content = to_content(data)
-        _check_media(content, services.settings.max_media_bytes)
-        assignment = running(await load_record(services, principal, session_id))
-        store = services.idempotency
-        reserved: tuple[str, str] | None = None
-        if idempotency_key is not None:
-            storage_key = store.storage_key(
-                principal.tenant, session_id, idempotency.validate_key(idempotency_key)
-            )
-            digest = idempotency.body_digest(_encode(data))
-            replay = await store.reserve(storage_key, digest)
-            if replay is not None:
-                return Response(
-                    replay.body,  # type: ignore[arg-type]
-                    status_code=replay.status,
-                    media_type=JSON,
-                    headers={"Idempotent-Replayed": "true"},
-                )
-            reserved = (storage_key, digest)
-            message_id = store.message_id(storage_key)
-        else:
-            message_id = "m_" + secrets.token_hex(10)
-        send = SendMessage(
-            session_id=session_id, message_id=message_id, to=recipient, content=content
-        )
-        try:
-            accepted = await services.agents.call(
-                assignment.node_id, Op.MESSAGE_SEND, send, SendAccepted
-            )
-        except (AgentCallError, AgentUnavailable) as exc:
-            if reserved is not None:
-                await store.release(reserved[0])
-            raise exc.to_problem() from None
-        except BaseException:
-            if reserved is not None:
-                await asyncio.shield(store.release(reserved[0]))
-            raise
-        body = _encode(
-            MessageAccepted(
-                message_id=accepted.message_id,
-                session_id=session_id,
-                queue_depth=accepted.queue_depth,
-            )
-        )
-        if reserved is not None:
-            await store.complete(reserved[0], reserved[1], 202, body)
-        return Response(body, status_code=202, media_type=JSON)  # type: ignore[arg-type]
+        body, replayed = await queue_message(services, principal, session_id, data, idempotency_key)
+        headers = {"Idempotent-Replayed": "true"} if replayed else None
+        return Response(body, status_code=202, media_type=JSON, headers=headers)  # type: ignore[arg-type]
 
     @get(
         "/messages",

@@ -16,6 +16,7 @@ from litestar.params import Parameter
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from control_plane.agents import AgentCallError, AgentUnavailable
+from control_plane.api.webhooks import ensure_event_patterns, ensure_safe_url
 from control_plane.auth import Principal, authenticate
 from control_plane.fleet import NoCapacity, PlacementConflict
 from control_plane.models import (
@@ -258,6 +259,9 @@ class SessionController(Controller):
         self, data: CreateSession, services: Services, principal: Principal
     ) -> SessionView:
         session_id = data.session_id or "s_" + secrets.token_hex(8)
+        if data.webhook_url:
+            await ensure_safe_url(services, data.webhook_url)
+        ensure_event_patterns(data.webhook_events)
         spec = SessionSpec(
             session_id=session_id,
             tenant=principal.tenant,
@@ -272,6 +276,7 @@ class SessionController(Controller):
             webhook_url=data.webhook_url,
             webhook_events=data.webhook_events,
             node_labels=data.node_labels,
+            webhook_secret=data.webhook_secret,
         )
         try:
             revision = await services.sessions.create(record)
@@ -540,6 +545,10 @@ class SessionController(Controller):
         self, session_id: str, data: SettingsPatch, services: Services, principal: Principal
     ) -> SessionSettings:
         await load_record(services, principal, session_id)
+        if isinstance(data.webhook_url, str):
+            await ensure_safe_url(services, data.webhook_url)
+        if isinstance(data.webhook_events, list):
+            ensure_event_patterns(data.webhook_events)
 
         def change(current: SessionRecord) -> None:
             if data.device_name is not msgspec.UNSET:
@@ -552,6 +561,8 @@ class SessionController(Controller):
                 current.webhook_url = data.webhook_url
             if data.webhook_events is not msgspec.UNSET:
                 current.webhook_events = data.webhook_events
+            if data.webhook_secret is not msgspec.UNSET:
+                current.webhook_secret = data.webhook_secret
 
         record = await update_record(services, session_id, change)
         assignment = live_assignment(record)

@@ -1,10 +1,29 @@
-"""Webhook delivery from stream ``ZF_EVENTS`` (DESIGN §8).
+"""Webhook delivery from stream ``ZF_EVENTS`` (DESIGN §8, docs/webhooks.md).
 
-A durable pull consumer (``webhooks``) feeds the dispatcher; any number of dispatchers
-share it. Each event goes to the session's webhook (or the global one) with bounded
-concurrency; a 2xx acks it, anything else NAKs it with exponential delay, and after the
-last attempt the event is copied to ``ZF_DLQ`` with the error before it is acked — so an
-event is always either delivered, pending retry, or dead-lettered, never lost.
+The durable consumer ``webhooks`` feeds any number of dispatchers (in every control-plane
+worker and in ``zapfleet webhooks`` processes); JetStream hands each event to one of them.
+For each event the dispatcher finds its destinations in memory (:mod:`.config`), signs
+the body (:mod:`.signing`) and POSTs it to each URL with bounded concurrency — globally
+(``webhook_concurrency``) and per destination (``webhook_concurrency_per_destination``).
+
+Outcomes, and why nothing is lost:
+
+- every URL answered 2xx → the event is acked;
+- a failure before the last attempt → NAK with delay ``base·2^(attempt-1)`` (capped):
+  JetStream redelivers it later, to whichever dispatcher asks first;
+- the last attempt failed, or the URL is refused by the SSRF guard → a dead letter per
+  failed URL is stored in ``ZF_DLQ`` (and confirmed by the stream) *before* the ack;
+- the dispatcher dies → nothing was acked; the event is redelivered after ``ack_wait``.
+
+So an event is always delivered, waiting for a retry, or dead-lettered. Delivery is
+at-least-once: receivers dedupe on the event id. With several URLs, the ones that
+already succeeded are remembered in-process and skipped on retries.
+
+An event that waited ``webhook_destination_wait_s`` for a slot of its destination (that
+destination is slower than its traffic) is put back for 1-3 s (NAK, not counted as an
+attempt: deferrals are tracked in-process), so one slow receiver cannot hold the buffer
+that every other destination needs. A fast destination never waits that long, so its
+events are never put back.
 """
 
 from __future__ import annotations
@@ -12,137 +31,437 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Final
 
-import httpx
 import msgspec
-from nats.errors import TimeoutError as NatsTimeout
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from control_plane.settings import ControlPlaneSettings
-from control_plane.store import SessionStore
-from node_agent.protocol import EVENTS_STREAM, EVENTS_SUBJECTS, Event
+from control_plane.webhooks import metrics
+from control_plane.webhooks.config import Target, Unknown, WebhookRegistry
+from control_plane.webhooks.consumer import PullConsumer, ensure_consumer
+from control_plane.webhooks.deadletters import DeadLetter, DeadLetterStore, RedriveJob
+from control_plane.webhooks.http import RequestError, WebhookClient
+from control_plane.webhooks.signing import (
+    ATTEMPT_HEADER,
+    EVENT_ID_HEADER,
+    EVENT_TYPE_HEADER,
+    sign,
+)
+from control_plane.webhooks.ssrf import AddressPolicy, UnsafeURLError, redact_url
+from node_agent.protocol import EVENTS_STREAM, REDRIVE_STREAM, Event
+from zapfleet import __version__
 
 log = logging.getLogger(__name__)
 
 CONSUMER = "webhooks"
-_event_decoder = msgspec.json.Decoder(Event)
+REDRIVE_CONSUMER = "webhooks-redrive"
+USER_AGENT = f"zapfleet-webhooks/{__version__}"
+_MEMORY = 100_000  # in-process notes (partial successes, deferrals) kept at most
 
 
-class DeadLetter(msgspec.Struct, kw_only=True):
-    event: Event
-    url: str | None
-    attempts: int
-    error: str
+class _Head(msgspec.Struct):
+    """What routing needs of an event; the payload is not decoded."""
+
+    id: str
+    type: str
+    tenant: str
+    session_id: str
     ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    error: str
+    permanent: bool
+    reason: str
+
+
+class _Deferred:
+    pass
+
+
+DEFERRED: Final = _Deferred()
+Outcome = Failure | _Deferred | None
+
+
+@dataclass(slots=True)
+class _Destination:
+    slots: asyncio.Semaphore
+    load: int = 0
+
+
+_head_decoder = msgspec.json.Decoder(_Head)
+_event_decoder = msgspec.json.Decoder(Event)
+_job_decoder = msgspec.json.Decoder(RedriveJob)
+
+
+def _unpack(msg: Msg, redrive: bool) -> tuple[Event | None, bytes, _Head, str | None]:
+    """(the event if decoded, the body to send, its head, the only URL of a redrive)."""
+    if not redrive:
+        return None, msg.data, _head_decoder.decode(msg.data), None
+    job = _job_decoder.decode(msg.data)
+    event = job.event
+    head = _Head(event.id, event.type, event.tenant, event.session_id, event.ts)
+    return event, msgspec.json.encode(event), head, job.url
+
+
+def ack_position(msg: Msg) -> tuple[str, int, int]:
+    """(stream, stream sequence, deliveries so far) of a JetStream message, read from its
+    reply subject — ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``
+    or the v2 form with domain and account hash — without building nats-py's Metadata."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:
+        return tokens[2], int(tokens[5]), int(tokens[4])
+    if len(tokens) >= 11:
+        return tokens[4], int(tokens[7]), int(tokens[6])
+    meta = msg.metadata
+    return meta.stream, meta.sequence.stream, meta.num_delivered
+
+
+def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
+    """Delay before attempt ``attempt + 1``: base·2^(attempt-1), capped, +0-10 % jitter."""
+    delay = min(max_s, base_s * 2.0 ** max(0, attempt - 1))
+    return delay * random.uniform(1.0, 1.1)
 
 
 class Dispatcher:
     def __init__(
-        self, js: JetStreamContext, sessions: SessionStore, settings: ControlPlaneSettings
+        self,
+        nc: NATS,
+        js: JetStreamContext,
+        settings: ControlPlaneSettings,
+        registry: WebhookRegistry | None = None,
     ) -> None:
+        self.nc = nc
         self.js = js
-        self.sessions = sessions
         self.settings = settings
-        self._stop = asyncio.Event()
+        self.registry = registry or WebhookRegistry(js, settings)
+        self._owns_registry = registry is None
+        self.dead_letters = DeadLetterStore(nc, js)
+        self.policy = AddressPolicy.from_settings(
+            settings.webhook_allow_private, settings.webhook_allowed_networks
+        )
         self._slots = asyncio.Semaphore(settings.webhook_concurrency)
-        self._http = httpx.AsyncClient(timeout=settings.webhook_timeout_s)
-        self._task: asyncio.Task[None] | None = None
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._destinations: dict[str, _Destination] = {}
+        self._held: dict[int, tuple[Msg, float]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._partial: OrderedDict[tuple[str, int], set[str]] = OrderedDict()
+        self._deferrals: OrderedDict[tuple[str, int], int] = OrderedDict()
+        self._consumers: list[PullConsumer] = []
+        self._http = WebhookClient(
+            self.policy,
+            user_agent=USER_AGENT,
+            connect_timeout_s=min(5.0, settings.webhook_timeout_s),
+        )
+        self._housekeeping: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="webhook-dispatcher")
+    # -- lifecycle ---------------------------------------------------------------------
 
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._inflight:
-            # unfinished deliveries are not acked: JetStream redelivers them
-            await asyncio.wait(self._inflight, timeout=self.settings.webhook_timeout_s)
-        await self._http.aclose()
-
-    async def run(self) -> None:
-        config = ConsumerConfig(
-            durable_name=CONSUMER,
+    def _consumer_config(self, durable: str) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.NEW,
-            ack_wait=self.settings.webhook_timeout_s + 20,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.settings.webhook_ack_wait_s,
             max_deliver=-1,
-            max_ack_pending=self.settings.webhook_concurrency * 40,
+            max_ack_pending=self.settings.webhook_max_ack_pending,
+            max_waiting=512,
         )
-        sub = await self.js.pull_subscribe(
-            EVENTS_SUBJECTS, durable=CONSUMER, stream=EVENTS_STREAM, config=config
+
+    async def start(self) -> None:
+        if self._owns_registry:
+            await self.registry.start()
+        await ensure_consumer(self.js, EVENTS_STREAM, self._consumer_config(CONSUMER))
+        await ensure_consumer(self.js, REDRIVE_STREAM, self._consumer_config(REDRIVE_CONSUMER))
+        self._consumers = [
+            PullConsumer(
+                self.nc,
+                EVENTS_STREAM,
+                CONSUMER,
+                on_message=lambda msg: self._accept(msg, redrive=False),
+                capacity=self._room,
+            ),
+            PullConsumer(
+                self.nc,
+                REDRIVE_STREAM,
+                REDRIVE_CONSUMER,
+                on_message=lambda msg: self._accept(msg, redrive=True),
+                capacity=lambda: min(self._room(), 64),
+                batch_max=64,
+            ),
+        ]
+        for consumer in self._consumers:
+            await consumer.start()
+        self._housekeeping = asyncio.create_task(self._keep_house(), name="webhook-housekeeping")
+        # read when scraped, not kept up to date per event (the last started dispatcher
+        # of a process is the one shown)
+        metrics.BUFFERED.set_function(lambda: len(self._held))
+        metrics.IN_FLIGHT.set_function(self._in_flight)
+        log.info(
+            "webhook dispatcher started",
+            extra={
+                "concurrency": self.settings.webhook_concurrency,
+                "per_destination": self.settings.webhook_concurrency_per_destination,
+                "max_attempts": self.settings.webhook_max_attempts,
+            },
         )
-        while not self._stop.is_set():
-            try:
-                batch = await sub.fetch(self.settings.webhook_concurrency, timeout=1.0)
-            except NatsTimeout:
-                continue
-            except Exception as exc:
-                log.warning("webhook fetch failed", extra={"error": repr(exc)})
-                await asyncio.sleep(0.5)
-                continue
-            for msg in batch:
-                await self._slots.acquire()
-                task = asyncio.create_task(self._handle(msg))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
 
-    async def _destination(self, event: Event) -> str | None:
-        found = await self.sessions.get(event.session_id)
-        if found is not None:
-            record = found[0]
-            if record.webhook_events and event.type not in record.webhook_events:
-                return None
-            if record.webhook_url:
-                return record.webhook_url
-        return self.settings.webhook_url
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop pulling, let deliveries in progress finish for ``grace_s``, and hand the
+        rest back to JetStream (NAK) so another dispatcher takes them at once."""
+        for consumer in self._consumers:
+            await consumer.stop()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace_s)
+        for task in list(self._tasks):
+            task.cancel()
+        for msg, _ in list(self._held.values()):
+            with contextlib.suppress(Exception):
+                await msg.nak()
+        self._held.clear()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        await self._http.close()
+        if self._owns_registry:
+            await self.registry.stop()
 
-    async def _handle(self, msg: object) -> None:
-        from nats.aio.msg import Msg
+    def _in_flight(self) -> int:
+        return self.settings.webhook_concurrency - self._slots._value
 
-        assert isinstance(msg, Msg)
+    def stats(self) -> dict[str, Any]:
+        return {
+            "buffered": len(self._held),
+            "in_flight": self._in_flight(),
+            "destinations": len(self._destinations),
+            "sessions_known": self.registry.sessions_known,
+        }
+
+    # -- intake ------------------------------------------------------------------------
+
+    def _room(self) -> int:
+        return max(0, self.settings.webhook_max_buffered - len(self._held))
+
+    def _accept(self, msg: Msg, redrive: bool) -> None:
+        self._held[id(msg)] = (msg, time.monotonic())
+        task = asyncio.create_task(self._handle(msg, redrive))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, msg: Msg, redrive: bool) -> None:
         try:
-            event = _event_decoder.decode(msg.data)
-            url = await self._destination(event)
-            if url is None:
-                await msg.ack()
-                return
-            attempt = msg.metadata.num_delivered
-            error = await self._post(url, msg.data)
-            if error is None:
-                await msg.ack()
-                return
-            if attempt >= self.settings.webhook_max_attempts:
-                letter = DeadLetter(
-                    event=event, url=url, attempts=attempt, error=error, ts=time.time()
-                )
-                await self.js.publish(
-                    f"zf.dlq.{event.tenant}.{event.session_id}",
-                    msgspec.json.encode(letter),
-                    headers={"Nats-Msg-Id": f"dlq-{event.id}"},
-                )
-                await msg.ack()
-                return
-            await msg.nak(delay=min(60.0, 2.0 ** (attempt - 1)))
+            await self._process(msg, redrive)
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("webhook handling failed; the event will be redelivered")
             with contextlib.suppress(Exception):
-                await msg.nak(delay=1.0)
+                await msg.nak(delay=self.settings.webhook_backoff_base_s)
         finally:
-            self._slots.release()
+            self._held.pop(id(msg), None)
+            for consumer in self._consumers:
+                consumer.wake()
 
-    async def _post(self, url: str, body: bytes) -> str | None:
-        try:
-            response = await self._http.post(
-                url, content=body, headers={"Content-Type": "application/json"}
+    # -- one event ---------------------------------------------------------------------
+
+    async def _process(self, msg: Msg, redrive: bool) -> None:
+        stream, sequence, delivered = ack_position(msg)
+        key = (stream, sequence)
+        event, body, head, only = _unpack(msg, redrive)
+        target = await self._target(head)
+        if target is None:
+            metrics.SKIPPED.inc()
+            await msg.ack()
+            return
+        urls = (only,) if only is not None and only in target.urls else target.urls
+        done = self._partial.pop(key, set())
+        pending = [url for url in urls if url not in done]
+        attempt = max(1, delivered - self._deferrals.get(key, 0))
+        if len(pending) == 1:
+            outcomes: list[Outcome] = [
+                await self._deliver(pending[0], body, head, target.secret, attempt)
+            ]
+        else:
+            outcomes = list(
+                await asyncio.gather(
+                    *(self._deliver(url, body, head, target.secret, attempt) for url in pending)
+                )
             )
-        except httpx.HTTPError as exc:
-            return f"{type(exc).__name__}: {exc}"
-        if 200 <= response.status_code < 300:
+        retry: list[tuple[str, Failure]] = []
+        dead: list[tuple[str, Failure]] = []
+        deferred = False
+        last_attempt = attempt >= self.settings.webhook_max_attempts
+        for url, outcome in zip(pending, outcomes, strict=True):
+            if outcome is None:
+                done.add(url)
+            elif isinstance(outcome, Failure):
+                (dead if outcome.permanent or last_attempt else retry).append((url, outcome))
+            else:
+                deferred = True
+        if dead:
+            full = event or _event_decoder.decode(body)
+            await self._bury(full, dead, attempt, target.level)
+            done.update(url for url, _ in dead)
+        if not retry and not deferred:
+            self._deferrals.pop(key, None)
+            await msg.ack()
+            return
+        if done:
+            self._note(self._partial, key, done)
+        if retry:
+            metrics.RETRIED.inc()
+            delay = backoff_delay(
+                attempt, self.settings.webhook_backoff_base_s, self.settings.webhook_backoff_max_s
+            )
+            await msg.nak(delay=delay)
+            return
+        metrics.DEFERRED.inc()
+        self._note(self._deferrals, key, self._deferrals.get(key, 0) + 1)
+        await msg.nak(delay=random.uniform(1.0, 3.0))
+
+    async def _target(self, head: _Head) -> Target | None:
+        found = self.registry.lookup(head.tenant, head.session_id, head.type)
+        if isinstance(found, Unknown):  # a session the KV watch has not shown yet
+            return await self.registry.target(head.tenant, head.session_id, head.type)
+        return found
+
+    async def _bury(
+        self, event: Event, dead: list[tuple[str, Failure]], attempt: int, level: str
+    ) -> None:
+        """Store one dead letter per failed URL; each is confirmed by the stream (raises
+        otherwise, and the event is retried instead of acked)."""
+        for url, failure in dead:
+            await self.dead_letters.add(
+                DeadLetter(
+                    event=event,
+                    url=url,
+                    attempts=attempt,
+                    error=failure.error,
+                    failed_at=time.time(),
+                    level=level,
+                )
+            )
+            metrics.DEAD_LETTERED.inc()
+            log.warning(
+                "webhook dead-lettered",
+                extra={
+                    "event_id": event.id,
+                    "url": redact_url(url),
+                    "attempts": attempt,
+                    "error": failure.error,
+                },
+            )
+
+    @staticmethod
+    def _note(memory: OrderedDict[tuple[str, int], Any], key: tuple[str, int], value: Any) -> None:
+        memory[key] = value
+        memory.move_to_end(key)
+        while len(memory) > _MEMORY:
+            memory.popitem(last=False)
+
+    async def _deliver(
+        self, url: str, body: bytes, head: _Head, secret: str | None, attempt: int
+    ) -> Outcome:
+        try:
+            origin = self._http.target(url).origin
+        except UnsafeURLError as exc:
+            metrics.FAILED.labels("refused").inc()
+            return Failure(str(exc), True, "refused")
+        destination = self._destinations.get(origin)
+        if destination is None:
+            destination = _Destination(
+                asyncio.Semaphore(self.settings.webhook_concurrency_per_destination)
+            )
+            self._destinations[origin] = destination
+        destination.load += 1
+        try:
+            if destination.slots.locked():  # no timer on the fast path
+                try:
+                    async with asyncio.timeout(self.settings.webhook_destination_wait_s):
+                        await destination.slots.acquire()
+                except TimeoutError:
+                    return DEFERRED
+            else:
+                await destination.slots.acquire()
+            try:
+                async with self._slots:
+                    return await self._post(url, body, head, secret, attempt)
+            finally:
+                destination.slots.release()
+        finally:
+            destination.load -= 1
+            if destination.load == 0:
+                self._destinations.pop(origin, None)
+
+    async def _post(
+        self, url: str, body: bytes, head: _Head, secret: str | None, attempt: int
+    ) -> Failure | None:
+        headers = {
+            "Content-Type": "application/json",
+            EVENT_ID_HEADER: head.id,
+            EVENT_TYPE_HEADER: head.type,
+            ATTEMPT_HEADER: str(attempt),
+        }
+        if secret:
+            headers.update(sign(secret, body))
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.settings.webhook_timeout_s):
+                status = await self._http.post(url, body, headers)
+        except UnsafeURLError as exc:
+            metrics.FAILED.labels("refused").inc()
+            return Failure(f"{exc} (SSRF guard)", True, "refused")
+        except TimeoutError:
+            metrics.FAILED.labels("timeout").inc()
+            return Failure(f"timeout after {self.settings.webhook_timeout_s} s", False, "timeout")
+        except RequestError as exc:
+            metrics.FAILED.labels("connection").inc()
+            return Failure(str(exc), False, "connection")
+        finally:
+            metrics.ATTEMPT_SECONDS.observe(time.perf_counter() - started)
+        if 200 <= status < 300:
+            metrics.DELIVERED.inc()
+            metrics.LATENCY.observe(max(0.0, time.time() - head.ts))
             return None
-        return f"HTTP {response.status_code}"
+        reason = (
+            "http_4xx" if 400 <= status < 500 else "http_5xx" if status >= 500 else "http_other"
+        )
+        metrics.FAILED.labels(reason).inc()
+        return Failure(f"HTTP {status}", False, reason)
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    async def _keep_house(self) -> None:
+        """Keep held events alive (``+WPI``) while they wait for a slot, and sample the
+        queue and dead-letter depth for the metrics."""
+        ack_wait = self.settings.webhook_ack_wait_s
+        interval = min(5.0, ack_wait / 4)
+        last_sample = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for ident, (msg, since) in list(self._held.items()):
+                if now - since > ack_wait / 2 and ident in self._held:
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
+                    self._held[ident] = (msg, now)
+            if now - last_sample >= 5.0:
+                last_sample = now
+                self._http.prune()
+                await self._sample()
+
+    async def _sample(self) -> None:
+        with contextlib.suppress(Exception):
+            info = await self.js.consumer_info(EVENTS_STREAM, CONSUMER, timeout=2)
+            metrics.QUEUED.set(info.num_pending + info.num_ack_pending)
+        with contextlib.suppress(Exception):
+            metrics.DLQ_DEPTH.set(await self.dead_letters.depth())

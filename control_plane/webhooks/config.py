@@ -1,0 +1,312 @@
+"""Where each event goes: webhook configuration at three levels, most specific first.
+
+1. **session** — ``webhook_url`` / ``webhook_events`` / ``webhook_secret`` of the session
+   record (KV ``zf_sessions``, set through the sessions API);
+2. **tenant** — one config per tenant in KV ``zf_webhooks`` key ``tenant.<tenant>``
+   (``PUT /v1/webhooks/config``): URL(s), event filter, secret, enabled;
+3. **global** — KV ``zf_webhooks`` key ``global`` (``PUT /v1/webhooks/global``, admin),
+   else the settings ``ZAPFLEET_WEBHOOK_URL`` / ``_SECRET`` / ``_EVENTS``.
+
+The first level that names a URL decides the destinations and the event filter; a tenant
+config with ``enabled: false`` stops tenant and global delivery for that tenant. The
+secret comes from the same level, else from the tenant config, else from the global one.
+
+The dispatcher never reads KV per event: :class:`WebhookRegistry` keeps every level in
+memory and follows both buckets with KV watches, so a change applies to the next event
+without a restart (and without touching the session, so no re-pairing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import msgspec
+from nats.js.client import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+
+from control_plane.settings import ControlPlaneSettings
+from node_agent.protocol import SESSIONS_BUCKET, WEBHOOKS_BUCKET, EventType, SessionRecord
+
+log = logging.getLogger(__name__)
+
+GLOBAL_KEY = "global"
+EVENT_TYPES = frozenset(t.value for t in EventType)
+MAX_URLS = 10
+
+
+class WebhookConfig(msgspec.Struct, kw_only=True):
+    """A tenant's (or the global) webhook configuration as stored in KV ``zf_webhooks``."""
+
+    urls: list[str]
+    events: list[str] | None = None
+    secret: str | None = None
+    enabled: bool = True
+    updated_at: float = 0.0
+
+
+def tenant_key(tenant: str) -> str:
+    return f"tenant.{tenant}"
+
+
+def validate_event_patterns(patterns: list[str] | None) -> list[str] | None:
+    """Event filter entries: an event type (``message.received``), a family
+    (``message.*``) or ``*``. Raises ValueError naming the first bad entry."""
+    if patterns is None:
+        return None
+    families = {t.split(".", 1)[0] for t in EVENT_TYPES}
+    for pattern in patterns:
+        if pattern == "*" or pattern in EVENT_TYPES:
+            continue
+        family, _, rest = pattern.partition(".")
+        if rest == "*" and family in families:
+            continue
+        known = ", ".join(sorted(EVENT_TYPES))
+        raise ValueError(
+            f"unknown event type {pattern!r}: use one of {known}, a family like 'message.*', or '*'"
+        )
+    return patterns
+
+
+class EventFilter:
+    """Matches event types against exact names and ``family.*`` patterns."""
+
+    __slots__ = ("_everything", "_exact", "_families")
+
+    def __init__(self, patterns: list[str] | None) -> None:
+        self._everything = not patterns or "*" in patterns
+        self._exact = frozenset(p for p in patterns or () if not p.endswith(".*"))
+        self._families = frozenset(p[:-2] for p in patterns or () if p.endswith(".*"))
+
+    def __call__(self, event_type: str) -> bool:
+        if self._everything or event_type in self._exact:
+            return True
+        return bool(self._families) and event_type.split(".", 1)[0] in self._families
+
+
+class Unknown:
+    """A session the registry has not seen (yet)."""
+
+
+UNKNOWN = Unknown()
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The destinations of one event."""
+
+    urls: tuple[str, ...]
+    secret: str | None
+    level: Literal["session", "tenant", "global"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Level:
+    urls: tuple[str, ...]
+    secret: str | None
+    accepts: EventFilter
+    enabled: bool = True
+
+    @classmethod
+    def of(cls, config: WebhookConfig) -> _Level:
+        return cls(tuple(config.urls), config.secret, EventFilter(config.events), config.enabled)
+
+
+@dataclass(frozen=True, slots=True)
+class _SessionHook:
+    tenant: str
+    level: _Level | None  # None: the session has no webhook of its own
+
+
+_config_decoder = msgspec.json.Decoder(WebhookConfig)
+_record_decoder = msgspec.json.Decoder(SessionRecord)
+
+
+def _session_hook(record: SessionRecord) -> _SessionHook:
+    level = None
+    if record.webhook_url:
+        level = _Level(
+            (record.webhook_url,), record.webhook_secret, EventFilter(record.webhook_events)
+        )
+    return _SessionHook(record.spec.tenant, level)
+
+
+class WebhookStore:
+    """Tenant and global webhook configs in KV ``zf_webhooks`` (REST reads and writes)."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    async def _get(self, key: str) -> WebhookConfig | None:
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None
+        return _config_decoder.decode(entry.value) if entry.value else None
+
+    async def _put(self, key: str, config: WebhookConfig) -> None:
+        config.updated_at = time.time()
+        await self.kv.put(key, msgspec.json.encode(config))
+
+    async def _delete(self, key: str) -> bool:
+        if await self._get(key) is None:
+            return False
+        await self.kv.delete(key)
+        return True
+
+    async def get_tenant(self, tenant: str) -> WebhookConfig | None:
+        return await self._get(tenant_key(tenant))
+
+    async def put_tenant(self, tenant: str, config: WebhookConfig) -> None:
+        await self._put(tenant_key(tenant), config)
+
+    async def delete_tenant(self, tenant: str) -> bool:
+        return await self._delete(tenant_key(tenant))
+
+    async def get_global(self) -> WebhookConfig | None:
+        return await self._get(GLOBAL_KEY)
+
+    async def put_global(self, config: WebhookConfig) -> None:
+        await self._put(GLOBAL_KEY, config)
+
+    async def delete_global(self) -> bool:
+        return await self._delete(GLOBAL_KEY)
+
+
+class WebhookRegistry:
+    """In-memory view of every webhook config, kept current by KV watches."""
+
+    def __init__(self, js: JetStreamContext, settings: ControlPlaneSettings) -> None:
+        self.js = js
+        self._settings_level: _Level | None = None
+        if settings.webhook_urls:
+            self._settings_level = _Level(
+                tuple(settings.webhook_urls),
+                settings.webhook_secret,
+                EventFilter(settings.webhook_events),
+            )
+        self._global: _Level | None = None
+        self._tenants: dict[str, _Level] = {}
+        self._sessions: dict[str, _SessionHook | None] = {}
+        self._sessions_kv: KeyValue | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        """Load both buckets and follow them; returns once the initial state is in."""
+        self._sessions_kv = await self.js.key_value(SESSIONS_BUCKET)
+        webhooks_kv = await self.js.key_value(WEBHOOKS_BUCKET)
+        loaded = [asyncio.Event(), asyncio.Event()]
+        self._tasks = [
+            asyncio.create_task(self._follow(webhooks_kv, self._apply_config, loaded[0])),
+            asyncio.create_task(self._follow(self._sessions_kv, self._apply_session, loaded[1])),
+        ]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in loaded)), timeout_s)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _follow(
+        self,
+        kv: KeyValue,
+        apply: Callable[[str, bytes | None], None],
+        loaded: asyncio.Event,
+    ) -> None:
+        while True:
+            watcher = None
+            try:
+                watcher = await kv.watchall()
+                async for entry in watcher:
+                    if entry is None:
+                        loaded.set()
+                        continue
+                    deleted = entry.operation in ("DEL", "PURGE")
+                    try:
+                        apply(entry.key, None if deleted else entry.value)
+                    except msgspec.DecodeError:
+                        log.warning("undecodable KV entry ignored", extra={"kv_key": entry.key})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("KV watch failed; restarting", extra={"error": repr(exc)})
+                await asyncio.sleep(1.0)
+            finally:
+                if watcher is not None:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _apply_config(self, key: str, value: bytes | None) -> None:
+        level = _Level.of(_config_decoder.decode(value)) if value else None
+        if key == GLOBAL_KEY:
+            self._global = level
+        elif key.startswith("tenant."):
+            tenant = key.removeprefix("tenant.")
+            if level is None:
+                self._tenants.pop(tenant, None)
+            else:
+                self._tenants[tenant] = level
+
+    def _apply_session(self, key: str, value: bytes | None) -> None:
+        self._sessions[key] = _session_hook(_record_decoder.decode(value)) if value else None
+
+    async def _session(self, session_id: str) -> _SessionHook | None:
+        try:
+            return self._sessions[session_id]
+        except KeyError:
+            pass
+        # Not seen by the watch yet (created a moment ago) or never existed: read once,
+        # remember the answer; the watch corrects it on the next change.
+        hook = None
+        assert self._sessions_kv is not None
+        with contextlib.suppress(KeyNotFoundError):
+            entry = await self._sessions_kv.get(session_id)
+            if entry.value:
+                hook = _session_hook(_record_decoder.decode(entry.value))
+        self._sessions.setdefault(session_id, hook)
+        return hook
+
+    def lookup(self, tenant: str, session_id: str, event_type: str) -> Target | Unknown | None:
+        """:meth:`target` from memory alone; UNKNOWN for a session not seen yet."""
+        hook = self._sessions.get(session_id, UNKNOWN)
+        if isinstance(hook, Unknown):
+            return UNKNOWN
+        return self._resolve(tenant, hook, event_type)
+
+    async def target(self, tenant: str, session_id: str, event_type: str) -> Target | None:
+        """The destinations of an event, or None when nobody wants it."""
+        return self._resolve(tenant, await self._session(session_id), event_type)
+
+    def _resolve(self, tenant: str, hook: _SessionHook | None, event_type: str) -> Target | None:
+        tenant_level = self._tenants.get(tenant)
+        global_level = self._global or self._settings_level
+        fallback_secret = (tenant_level.secret if tenant_level else None) or (
+            global_level.secret if global_level else None
+        )
+        if hook is not None and hook.level is not None:
+            if not hook.level.accepts(event_type):
+                return None
+            return Target(hook.level.urls, hook.level.secret or fallback_secret, "session")
+        if tenant_level is not None:
+            if not tenant_level.enabled or not tenant_level.urls:
+                return None
+            if not tenant_level.accepts(event_type):
+                return None
+            return Target(tenant_level.urls, tenant_level.secret or fallback_secret, "tenant")
+        if global_level is not None and global_level.enabled and global_level.urls:
+            if not global_level.accepts(event_type):
+                return None
+            return Target(global_level.urls, global_level.secret, "global")
+        return None
+
+    @property
+    def sessions_known(self) -> int:
+        return len(self._sessions)

@@ -1,0 +1,40 @@
+"""What the control plane runs beside its HTTP API for events: the webhook dispatcher
+(``ZAPFLEET_WEBHOOKS_IN_PROCESS``) and the NATS commands (``ZAPFLEET_NATS_COMMANDS``).
+A Litestar lifespan entered after the one that opens the services."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from litestar import Litestar
+
+from control_plane.services import Services
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.asynccontextmanager
+async def events_lifespan(app: Litestar) -> AsyncIterator[None]:
+    from control_plane.commands import serve_commands
+    from control_plane.webhooks.dispatcher import Dispatcher
+
+    services: Services = app.state.services
+    settings = services.settings
+    dispatcher = None
+    commands = None
+    if settings.webhooks_in_process:
+        dispatcher = Dispatcher(services.nc, services.js, settings)
+        await dispatcher.start()
+    app.state.dispatcher = dispatcher
+    if settings.nats_commands:
+        commands = await serve_commands(services)
+    try:
+        yield
+    finally:
+        if commands is not None:
+            with contextlib.suppress(Exception):
+                await commands.stop()
+        if dispatcher is not None:
+            await dispatcher.stop()

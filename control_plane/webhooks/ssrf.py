@@ -1,0 +1,147 @@
+"""SSRF guard for URLs the control plane calls on a user's behalf (webhooks, and media by
+URL): only http(s), and only to public addresses unless an operator allows more.
+
+A URL is refused when its host is, or resolves to, an address that is not globally
+routable — loopback, private (RFC 1918, ULA), link-local (cloud metadata lives at
+169.254.169.254), carrier-grade NAT, unspecified, reserved — or multicast. Settings
+can allow all of them (``webhook_allow_private``, for development) or some networks
+(``webhook_allowed_networks``, e.g. ``127.0.0.1/32`` in tests).
+
+The check runs twice: when a URL is configured (a clear 422 for the user) and at
+connect time (:mod:`.http` dials only addresses the policy allows), so a name that later
+resolves elsewhere (DNS rebinding) is refused too — the connection only ever goes to
+checked addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class UnsafeURLError(ValueError):
+    """The URL may not be called; the message says why, for the user."""
+
+
+def _describe(address: IPAddress) -> str:
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:
+        return "link-local"
+    if address.is_multicast:
+        return "multicast"
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_private:
+        return "private"
+    return "non-public"
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    allow_private: bool = False
+    allowed_networks: tuple[IPNetwork, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_settings(cls, allow_private: bool, allowed_networks: Iterable[str]) -> AddressPolicy:
+        return cls(
+            allow_private=allow_private,
+            allowed_networks=tuple(ipaddress.ip_network(n, strict=False) for n in allowed_networks),
+        )
+
+    def refusal(self, address: IPAddress) -> str | None:
+        """Why ``address`` may not be called, or None when it may."""
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if any(address in network for network in self.allowed_networks):
+            return None
+        if address.is_multicast:
+            return "multicast"
+        if address.is_global:
+            return None
+        if self.allow_private:
+            return None
+        return _describe(address)
+
+
+def split_url(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an http(s) URL, or UnsafeURLError saying what is wrong."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnsafeURLError(f"{url!r} is not a valid URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise UnsafeURLError(f"webhook URLs must use http or https, not {scheme or 'nothing'!r}")
+    host = parts.hostname
+    if not host:
+        raise UnsafeURLError(f"{url!r} has no host")
+    return scheme, host, port or (443 if scheme == "https" else 80)
+
+
+def ip_literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+async def resolve(host: str, port: int) -> list[IPAddress]:
+    """The addresses of ``host``; none when it does not resolve (now)."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError, ValueError):  # unknown, or not even a valid name
+        return []
+    return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+
+
+async def check_url(url: str, policy: AddressPolicy) -> None:
+    """Refuse (UnsafeURLError) a URL whose host is or resolves to a forbidden address.
+    Every resolved address must be allowed: one bad record is enough to refuse. A name
+    that does not resolve at all is accepted: DNS may be down for a moment, and the
+    connect-time guard checks it again at every delivery."""
+    _, host, port = split_url(url)
+    literal = ip_literal(host)
+    addresses = [literal] if literal is not None else await resolve(host, port)
+    for address in addresses:
+        reason = policy.refusal(address)
+        if reason is not None:
+            shown = host if literal is not None else f"{host} ({address})"
+            raise UnsafeURLError(
+                f"webhook URL {redact_url(url)!r} points to a {reason} address ({shown}); "
+                "such targets are refused to prevent server-side request forgery "
+                "(an operator can allow networks with ZAPFLEET_WEBHOOK_ALLOWED_NETWORKS)"
+            )
+
+
+def redact_url(url: str) -> str:
+    """The URL without user info or query, for logs and errors (both may hold secrets)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<invalid url>"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+__all__: list[Any] = [
+    "AddressPolicy",
+    "UnsafeURLError",
+    "check_url",
+    "ip_literal",
+    "redact_url",
+    "split_url",
+]

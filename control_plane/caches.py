@@ -31,6 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from prometheus_client import Counter
 
+from control_plane.resp import HotClient, ValkeyPyAdapter
 from control_plane.settings import ControlPlaneSettings
 from node_agent.protocol import EVENTS_STREAM
 
@@ -65,11 +66,16 @@ def _count(cache: str, hit: bool) -> None:
 
 
 class ApiCache:
-    def __init__(self, client: valkey.Valkey, settings: ControlPlaneSettings) -> None:
+    def __init__(
+        self,
+        client: valkey.Valkey,
+        settings: ControlPlaneSettings,
+        hot: HotClient | None = None,
+    ) -> None:
         self.client = client
+        self.hot = hot or ValkeyPyAdapter(client)
         self.settings = settings
         self.prefix = settings.cache_prefix + "c:"
-        self._set_if_generation = client.register_script(_SET_IF_GENERATION)
         self._status_ttl_ms = round(settings.cache_status_ttl_s * 1000)
         # a generation outlives the longest-lived value it guards
         self._generation_ttl_s = round(settings.cache_status_ttl_s * 2)
@@ -79,18 +85,25 @@ class ApiCache:
 
     # -- status ------------------------------------------------------------------------
 
+    def status_keys(self, session_id: str) -> tuple[str, str]:
+        """The keys of a session's cached status and of its generation."""
+        return self._key("status", session_id), self._key("gen", session_id)
+
+    @staticmethod
+    def count_status(hit: bool) -> None:
+        _count("status", hit)
+
     async def get_status(self, session_id: str) -> tuple[bytes | None, bytes]:
         """The cached status (or None) and the generation to pass to :meth:`put_status`."""
-        value, generation = await self.client.mget(
-            self._key("status", session_id), self._key("gen", session_id)
-        )
+        value, generation = await self.hot.execute("MGET", *self.status_keys(session_id))
         _count("status", value is not None)
         return value, generation or b"0"
 
     async def put_status(self, session_id: str, generation: bytes, value: bytes) -> bool:
-        stored = await self._set_if_generation(
-            keys=[self._key("status", session_id), self._key("gen", session_id)],
-            args=[generation, value, self._status_ttl_ms],
+        stored = await self.hot.evalsha(
+            _SET_IF_GENERATION,
+            list(self.status_keys(session_id)),
+            [generation, value, self._status_ttl_ms],
         )
         return bool(stored)
 
@@ -225,7 +238,7 @@ class CacheInvalidator:
         while True:
             try:
                 batch = await sub.fetch(100, timeout=1.0)
-            except NatsTimeout:
+            except (NatsTimeout, TimeoutError):
                 continue
             except asyncio.CancelledError:
                 raise

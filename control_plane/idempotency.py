@@ -20,9 +20,9 @@ import hashlib
 from typing import Literal
 
 import msgspec
-import valkey.asyncio as valkey
 
 from control_plane.problems import ProblemError
+from control_plane.resp import HotClient
 from control_plane.settings import ControlPlaneSettings
 
 HEADER = "idempotency-key"
@@ -60,10 +60,12 @@ def body_digest(body: bytes) -> str:
 
 
 class Idempotency:
-    def __init__(self, client: valkey.Valkey, settings: ControlPlaneSettings) -> None:
+    def __init__(self, client: HotClient, settings: ControlPlaneSettings) -> None:
         self.client = client
         self.prefix = settings.cache_prefix + "idem:"
         self.ttl_ms = round(settings.idempotency_ttl_s * 1000)
+        # a reservation whose request died (process killed mid-request) frees itself
+        self.pending_ttl_ms = round(max(30.0, settings.rpc_timeout_s * 6) * 1000)
 
     def storage_key(self, tenant: str, session_id: str, key: str) -> str:
         digest = hashlib.sha256(f"{tenant}\0{session_id}\0{key}".encode()).hexdigest()
@@ -77,7 +79,9 @@ class Idempotency:
         """Reserve the key; None if this request is the first, else the stored answer
         (or a 409 problem)."""
         pending = _encode(_Entry(state="pending", body=digest))
-        previous = await self.client.set(storage_key, pending, nx=True, px=self.ttl_ms, get=True)
+        previous = await self.client.execute(
+            "SET", storage_key, pending, "NX", "PX", self.pending_ttl_ms, "GET"
+        )
         if previous is None:
             return None
         entry = _decoder.decode(previous)
@@ -98,7 +102,7 @@ class Idempotency:
 
     async def complete(self, storage_key: str, digest: str, status: int, response: bytes) -> None:
         done = _Entry(state="done", body=digest, status=status, response=msgspec.Raw(response))
-        await self.client.set(storage_key, _encode(done), px=self.ttl_ms)
+        await self.client.execute("SET", storage_key, _encode(done), "PX", self.ttl_ms)
 
     async def release(self, storage_key: str) -> None:
-        await self.client.delete(storage_key)
+        await self.client.execute("DEL", storage_key)

@@ -19,6 +19,7 @@ from control_plane.fleet import Fleet
 from control_plane.idempotency import Idempotency
 from control_plane.keyring import Authenticator
 from control_plane.ratelimit import RateLimiter
+from control_plane.resp import HotClient, hot_client
 from control_plane.session_index import SessionIndex
 from control_plane.settings import ControlPlaneSettings
 from control_plane.store import NodeDirectory, SessionStore
@@ -35,6 +36,7 @@ class Services:
     nodes: NodeDirectory
     agents: AgentClient
     valkey: valkey.Valkey
+    hot: HotClient  # pipelined client of the request hot path
     fleet: Fleet
     index: SessionIndex
     tenants: TenantStore
@@ -57,6 +59,7 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
         js, events_max_age_s=settings.events_max_age_s, node_ttl_s=settings.node_ttl_s
     )
     cache = valkey.Valkey.from_url(settings.valkey_url)
+    hot = hot_client(settings.valkey_url, cache)
     sessions = SessionStore(await js.key_value(SESSIONS_BUCKET))
     agents = AgentClient(nc, settings.rpc_timeout_s)
     fleet = Fleet(settings=settings, nc=nc, js=js, sessions=sessions, agents=agents)
@@ -76,12 +79,13 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
             nodes=NodeDirectory(await js.key_value(NODES_BUCKET)),
             agents=agents,
             valkey=cache,
+            hot=hot,
             index=index,
             tenants=tenants,
             auth=auth,
-            limiter=RateLimiter(cache, settings),
-            cache=ApiCache(cache, settings),
-            idempotency=Idempotency(cache, settings),
+            limiter=RateLimiter(hot, settings),
+            cache=ApiCache(cache, settings, hot),
+            idempotency=Idempotency(hot, settings),
             fleet=fleet,
         )
     finally:
@@ -89,6 +93,8 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
         await auth.stop()
         await index.stop()
         # bounded: on shutdown NATS or Valkey may already be gone
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(hot.close(), 2)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(cache.aclose(), 2)
         with contextlib.suppress(Exception):

@@ -431,7 +431,9 @@ def test_the_metrics_list_of_the_playbooks_is_what_the_code_exports(
                         problems.append(f"{series}{{{label}}}: the code never sets {extra}")
     for name in sorted(set(families) - seen):
         problems.append(
-            f"{name} ({families[name].type}) is exported but not in {METRICS_LIST.name}"
+            f"{name} ({families[name].type}) is exported but not in {METRICS_LIST.name}: "
+            "list it there, show it on the dashboard (tests/test_playbooks.py wants every "
+            "listed metric on it) and alert on it where it matters"
         )
     assert problems == []
 

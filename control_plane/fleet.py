@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import random
 import time
@@ -87,7 +88,11 @@ _node = msgspec.json.Decoder(NodeInfo)
 class NodeState:
     node_id: str
     info: NodeInfo | None = None
-    seen_at: float = 0.0  # monotonic: when this process last saw a heartbeat
+    # monotonic: from when silence counts for failover (a heartbeat seen, or the moment
+    # this process began to look: never earlier, see refresh_seen)
+    seen_at: float = 0.0
+    # monotonic: when the last heartbeat was written, as far as known (placement only)
+    heard_at: float = -1e9
     heartbeat_revision: int = 0
     left: bool = False  # the agent deleted its heartbeat: an orderly stop
     placement: NodePlacement | None = None
@@ -142,6 +147,9 @@ class Fleet:
     _nodes_kv: KeyValue | None = None
     _placement_kv: KeyValue | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _queued: dict[str, list[tuple[str, asyncio.Future[bool]]]] = field(default_factory=dict)
+    _queued_count: dict[str, int] = field(default_factory=dict)
+    _flushing: set[str] = field(default_factory=set)
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -162,9 +170,10 @@ class Fleet:
             await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 10)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
@@ -181,7 +190,7 @@ class Fleet:
     async def _watch(
         self,
         kv: KeyValue,
-        handle: Callable[[str, bytes | None, str | None, int], None],
+        handle: Callable[[str, bytes | None, str | None, int, float], None],
         ready: asyncio.Event,
     ) -> None:
         while True:
@@ -191,7 +200,12 @@ class Fleet:
                     if entry is None:
                         ready.set()
                         continue
-                    handle(entry.key, entry.value, entry.operation, entry.revision or 0)
+                    age = 0.0
+                    created: object = entry.created
+                    if not ready.is_set() and isinstance(created, datetime.datetime):
+                        # an old value delivered at start: how old (server clock)
+                        age = max(0.0, time.time() - created.timestamp())
+                    handle(entry.key, entry.value, entry.operation, entry.revision or 0, age)
                     if not entry.delta:
                         ready.set()
             except asyncio.CancelledError:
@@ -206,7 +220,9 @@ class Fleet:
             state = self.nodes[node_id] = NodeState(node_id=node_id, seen_at=time.monotonic())
         return state
 
-    def _on_heartbeat(self, key: str, value: bytes | None, op: str | None, rev: int) -> None:
+    def _on_heartbeat(
+        self, key: str, value: bytes | None, op: str | None, rev: int, age_s: float = 0.0
+    ) -> None:
         state = self._state(key)
         if op in _DELETES:
             state.left = True
@@ -219,9 +235,12 @@ class Fleet:
             return
         state.heartbeat_revision = rev
         state.seen_at = time.monotonic()
+        state.heard_at = state.seen_at - age_s
         state.left = False
 
-    def _on_placement(self, key: str, value: bytes | None, op: str | None, rev: int) -> None:
+    def _on_placement(
+        self, key: str, value: bytes | None, op: str | None, rev: int, _age_s: float = 0.0
+    ) -> None:
         if op in _DELETES and not self.alive(key):
             self.nodes.pop(key, None)  # forgotten (see forget())
             return
@@ -237,7 +256,8 @@ class Fleet:
 
     def refresh_seen(self) -> None:
         """Count every node's silence from now (after this process was cut off itself,
-        e.g. when it becomes the active reconciler)."""
+        e.g. when it becomes the active reconciler). Failover waits longer; placement
+        (heard_at) does not take a silent node for a live one."""
         now = time.monotonic()
         for state in self.nodes.values():
             state.seen_at = max(state.seen_at, now)
@@ -267,7 +287,7 @@ class Fleet:
             state.info is not None
             and not state.left
             and not state.info.draining
-            and self.silent_s(state) <= self.lease_s(state)
+            and time.monotonic() - state.heard_at <= self.lease_s(state)
         )
 
     async def confirm_down(self, node_id: str) -> bool:
@@ -435,6 +455,37 @@ class Fleet:
 
         await self.update_placement(node_id, change)
 
+    async def _reserve_queued(self, node_id: str, session_id: str) -> bool:
+        """Take one slot, batched: the placements of this process that want the same node
+        at the same moment share one CAS instead of racing each other for the record."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queued.setdefault(node_id, []).append((session_id, future))
+        self._queued_count[node_id] = self._queued_count.get(node_id, 0) + 1
+        if node_id not in self._flushing:
+            self._flushing.add(node_id)
+            task = asyncio.create_task(self._flush_queued(node_id))
+            self._tasks.append(task)
+            task.add_done_callback(self._tasks.remove)
+        return await future
+
+    async def _flush_queued(self, node_id: str) -> None:
+        try:
+            while batch := self._queued.pop(node_id, []):
+                try:
+                    taken = set(await self.reserve_on(node_id, [s for s, _ in batch]))
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                finally:
+                    self._queued_count[node_id] -= len(batch)
+                for session_id, future in batch:
+                    if not future.done():
+                        future.set_result(session_id in taken)
+        finally:
+            self._flushing.discard(node_id)
+
     async def abandon(self, node_id: str, session_id: str) -> None:
         """Give back a slot taken for a placement that did not happen — unless the session
         is assigned there after all (slots are shared: two concurrent movers of the same
@@ -578,20 +629,18 @@ class Fleet:
             here = self.placement_of(old.node_id)
             if session_id in here.sessions and not here.excluded:
                 target = old.node_id
-        for attempt in range(100):
+        for _ in range(20):
             if target is not None:
                 break
-            best = self.candidates(record)
+            # slots promised to placements still queued count as taken: concurrent
+            # placements spread out instead of all choosing the same emptiest node
+            best = self.candidates(record, extra=self._queued_count)
             if not best:
                 raise NoCapacity(
                     f"no eligible node runs the {record.spec.engine} engine with free capacity"
                 )
-            # one CAS try: when another placement got there first, choose again on the
-            # fresh record (spreads concurrent placements instead of piling them up)
-            if await self.reserve_on(best[0].node_id, [session_id], attempts=1):
+            if await self._reserve_queued(best[0].node_id, session_id):
                 target = best[0].node_id
-            else:
-                await asyncio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 20)))
         if target is None:
             raise NoCapacity("could not take a slot: too much contention")
         assert target is not None

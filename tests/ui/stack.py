@@ -82,6 +82,9 @@ def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
                 "ZAPFLEET_HTTP_PORT": str(http_port),
                 "ZAPFLEET_DEFAULT_ENGINE": "sim",
                 "ZAPFLEET_WEBHOOK_ALLOW_PRIVATE": "true",
+                # dead letters within a second or two (the console's redrive test)
+                "ZAPFLEET_WEBHOOK_MAX_ATTEMPTS": "2",
+                "ZAPFLEET_WEBHOOK_BACKOFF_BASE_S": "0.2",
             },
             log_dir,
         )

@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
+from control_plane.allow_header import fix_allow_header
 from control_plane.api.messages import MessageController
 from control_plane.api.monitoring import MonitoringController
 from control_plane.api.nodes import NodeController
@@ -21,6 +22,7 @@ from control_plane.api.sessions import SessionController
 from control_plane.api.tenants import TenantController
 from control_plane.caches import CacheInvalidator
 from control_plane.hooks import before_send
+from control_plane.openapi_doc import complete as complete_openapi
 from control_plane.problems import EXCEPTION_HANDLERS
 from control_plane.security import SecurityHeadersMiddleware, cors_config
 from control_plane.services import get_services, open_services
@@ -67,14 +69,14 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
     ]
     if settings.ui_enabled:
         handlers.extend(ui_route_handlers())
-    return Litestar(
+    app = Litestar(
         route_handlers=handlers,
         middleware=[SecurityHeadersMiddleware],
         cors_config=cors_config(settings.cors_allow_origins),
         dependencies={"services": Provide(get_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
-        before_send=[before_send],
+        before_send=[before_send, fix_allow_header],
         request_max_body_size=settings.max_body_bytes,
         compression_config=compression(),
         openapi_config=OpenAPIConfig(
@@ -98,6 +100,8 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
         logging_config=None,  # our JSON logging (zapfleet._logging) stays in charge
         debug=False,
     )
+    complete_openapi(app.openapi_schema, metrics_public=settings.metrics_public)
+    return app
 
 
 API_DESCRIPTION = """Self-hosted WhatsApp gateway: sessions across many machines.

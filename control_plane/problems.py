@@ -6,6 +6,7 @@ can branch on it; ``title`` is constant per type; ``detail`` explains this occur
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
@@ -14,6 +15,8 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
 from node_agent.protocol import ErrorCode
+
+log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -108,7 +111,8 @@ def _errors_for(exc: HTTPException) -> list[dict[str, Any]] | None:
 
 def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
     if not isinstance(exc, HTTPException):
-        request.logger.exception("unhandled error")
+        # our logger: request.logger needs a Litestar logging_config, which we leave off
+        log.exception("unhandled error", extra={"path": request.url.path})
         exc = HTTPException(status_code=500, detail="internal error")
     status = exc.status_code
     code = _code_for(exc)

@@ -9,6 +9,9 @@ request every period/N. A refused request does not consume anything.
 Answers carry ``RateLimit-Limit``, ``RateLimit-Remaining``, ``RateLimit-Reset`` (seconds
 until the quota is full again) and ``RateLimit-Policy`` of the class closest to its limit;
 a refusal is 429 problem+json with ``Retry-After``.
+
+While Valkey is unreachable the same limits are enforced per worker process in memory
+(:class:`control_plane.valkey_guard.LocalGcra`, see that module for the whole policy).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from prometheus_client import Counter
 
 from control_plane.problems import ProblemError
 from control_plane.settings import ControlPlaneSettings
+from control_plane.valkey_guard import LocalGcra, ValkeyGuard
 
 CLASSES = ("messages", "sessions", "queries")
 SCOPE_KEY = "zf_rate"
@@ -78,7 +82,14 @@ def default_class(method: str) -> str:
 
 
 class RateLimiter:
-    def __init__(self, client: valkey.Valkey, settings: ControlPlaneSettings) -> None:
+    def __init__(
+        self,
+        client: valkey.Valkey,
+        settings: ControlPlaneSettings,
+        guard: ValkeyGuard | None = None,
+    ) -> None:
+        self.guard = guard or ValkeyGuard()
+        self.local = LocalGcra()
         self.enabled = settings.rate_limits_enabled
         self.prefix = settings.cache_prefix + "rl:"
         self._script = client.register_script(_GCRA)
@@ -120,9 +131,16 @@ class RateLimiter:
             f"{self.prefix}{rate_class}:{key_id}:{ip}",
             f"{self.prefix}global:{key_id}:{ip}",
         ]
-        allowed, index, remaining, retry_ms, reset_ms = await self._script(
-            keys=keys, args=self._argv[rate_class]
-        )
+        args = self._argv[rate_class]
+
+        async def in_valkey() -> tuple[int, int, int, int, int]:
+            answer = await self._script(keys=keys, args=args)
+            return answer[0], answer[1], answer[2], answer[3], answer[4]
+
+        answer = await self.guard.call("rate_limits", in_valkey, None)
+        if answer is None:  # degraded mode: this worker's memory
+            answer = self.local.check(keys, [(args[0], args[1]), (args[2], args[3])])
+        allowed, index, remaining, retry_ms, reset_ms = answer
         name = rate_class if index == 1 else "global"
         limit, period_ms = self._limits[name]
         headers = {

@@ -22,6 +22,7 @@ from control_plane.session_index import SessionIndex
 from control_plane.settings import ControlPlaneSettings
 from control_plane.store import NodeDirectory, SessionStore
 from control_plane.tenants import TenantStore
+from control_plane.valkey_guard import ValkeyGuard
 from node_agent.protocol import NODES_BUCKET, SESSIONS_BUCKET, TENANTS_BUCKET, ensure_jetstream
 
 
@@ -40,6 +41,7 @@ class Services:
     limiter: RateLimiter
     cache: ApiCache
     idempotency: Idempotency
+    valkey_guard: ValkeyGuard
 
 
 @contextlib.asynccontextmanager
@@ -54,7 +56,11 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
     await ensure_jetstream(
         js, events_max_age_s=settings.events_max_age_s, node_ttl_s=settings.node_ttl_s
     )
-    cache = valkey.Valkey.from_url(settings.valkey_url)
+    cache = valkey_client(settings)
+    guard = ValkeyGuard(settings.valkey_probe_interval_s)
+    api_cache = ApiCache(cache, settings, guard)
+    # invalidations missed during an outage: forget what may be stale once it is over
+    guard.on_recovery(api_cache.drop_volatile)
     sessions = SessionStore(await js.key_value(SESSIONS_BUCKET))
     tenants = TenantStore(await js.key_value(TENANTS_BUCKET))
     index = SessionIndex(sessions)
@@ -73,11 +79,13 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
             index=index,
             tenants=tenants,
             auth=auth,
-            limiter=RateLimiter(cache, settings),
-            cache=ApiCache(cache, settings),
-            idempotency=Idempotency(cache, settings),
+            limiter=RateLimiter(cache, settings, guard),
+            cache=api_cache,
+            idempotency=Idempotency(cache, settings, guard),
+            valkey_guard=guard,
         )
     finally:
+        await guard.close()
         await auth.stop()
         await index.stop()
         # bounded: on shutdown NATS or Valkey may already be gone
@@ -87,6 +95,24 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
             await asyncio.wait_for(nc.drain(), 3)
         if not nc.is_closed:
             await nc.close()
+
+
+def valkey_client(settings: ControlPlaneSettings) -> valkey.Valkey:
+    """Short timeouts (a request never waits long on Valkey: see valkey_guard), and one
+    retry on a connection error, so a pooled connection that a Valkey restart closed is
+    replaced transparently."""
+    from valkey.asyncio.retry import Retry
+    from valkey.backoff import NoBackoff
+    from valkey.exceptions import ConnectionError as ValkeyConnectionError
+
+    client: valkey.Valkey = valkey.Valkey.from_url(
+        settings.valkey_url,
+        socket_timeout=settings.valkey_timeout_s,
+        socket_connect_timeout=settings.valkey_timeout_s,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[ValkeyConnectionError],
+    )
+    return client
 
 
 def get_services(state: State) -> Services:

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import DeliverPolicy
 
 from node_agent.protocol import EVENTS_STREAM, Event
@@ -90,12 +91,8 @@ async def stream_events(
         while time.monotonic() < deadline:
             try:
                 msg = await sub.next_msg(timeout=idle_s)
-            except (TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeout):
                 break
-            except Exception as exc:  # nats' own TimeoutError
-                if "timeout" in type(exc).__name__.lower():
-                    break
-                raise
             events.append(msgspec.json.decode(msg.data, type=Event))
     finally:
         await sub.unsubscribe()

@@ -25,7 +25,7 @@ OUTAGE_S = 3.0
 BEFORE_S = 1.5
 
 
-async def test_valkey_restart_during_api_traffic_loses_nothing_and_recovers_alone(
+async def test_valkey_restart_during_api_traffic_loses_nothing_and_recovers_alone(  # noqa: PLR0915
     new_fleet: FleetFactory, report: Callable[..., None]
 ) -> None:
     fleet = new_fleet("valkey-drill")

@@ -18,12 +18,14 @@ from control_plane.allow_header import fix_allow_header
 from control_plane.api.messages import MessageController
 from control_plane.api.monitoring import MonitoringController
 from control_plane.api.nodes import NodeController
+from control_plane.api.nodes_admin import NodeAdminController
 from control_plane.api.sessions import SessionController
 from control_plane.api.tenants import TenantController
 from control_plane.caches import CacheInvalidator
 from control_plane.hooks import before_send
 from control_plane.openapi_doc import complete as complete_openapi
 from control_plane.problems import EXCEPTION_HANDLERS
+from control_plane.reconciler import Reconciler
 from control_plane.security import SecurityHeadersMiddleware, cors_config
 from control_plane.services import get_services, open_services
 from control_plane.settings import ControlPlaneSettings
@@ -45,10 +47,15 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
             if settings.webhooks_in_process:
                 dispatcher = Dispatcher(services.js, services.sessions, settings)
                 dispatcher.start()
+            reconciler = Reconciler(services.fleet) if settings.reconciler else None
+            if reconciler is not None:
+                reconciler.start()
             log.info("control plane ready")
             try:
                 yield
             finally:
+                if reconciler is not None:
+                    await reconciler.stop()
                 await invalidator.stop()
                 if dispatcher is not None:
                     await dispatcher.stop()
@@ -65,6 +72,7 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
         messages,
         TenantController,
         NodeController,
+        NodeAdminController,
         MonitoringController,
     ]
     if settings.ui_enabled:

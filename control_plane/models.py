@@ -52,6 +52,7 @@ class CreateSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     webhook_url: WebhookUrl | None = None
     webhook_events: EventFilter | None = None
     start: bool = True
+    node_labels: dict[str, str] | None = None  # place only on nodes with these labels
 
 
 class SessionView(msgspec.Struct, kw_only=True):
@@ -281,8 +282,20 @@ class KeyList(msgspec.Struct, kw_only=True):
     keys: list[KeyView]
 
 
+class NodeStatus(p.NodeInfo, kw_only=True):
+    """A node's last heartbeat as the control plane sees it, with placement's view:
+    ``state`` up (fresh heartbeat), silent (past its lease), down (declared down by the
+    reconciler, sessions moved) or left (stopped in order); ``cordoned`` and ``draining``
+    (operator flags, docs/failover.md); ``slots_used`` (sessions placed there)."""
+
+    state: Literal["up", "silent", "down", "left"] = "up"
+    cordoned: bool = False
+    slots_used: int = 0
+    silent_s: float = 0.0
+
+
 class NodeList(msgspec.Struct, kw_only=True):
-    nodes: list[p.NodeInfo]
+    nodes: list[NodeStatus]
 
 
 # -- monitoring ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from nats.js.client import JetStreamContext
 
 from control_plane.agents import AgentClient
 from control_plane.caches import ApiCache
+from control_plane.fleet import Fleet
 from control_plane.idempotency import Idempotency
 from control_plane.keyring import Authenticator
 from control_plane.ratelimit import RateLimiter
@@ -35,6 +36,7 @@ class Services:
     nodes: NodeDirectory
     agents: AgentClient
     valkey: valkey.Valkey
+    fleet: Fleet
     index: SessionIndex
     tenants: TenantStore
     auth: Authenticator
@@ -62,9 +64,13 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
     # invalidations missed during an outage: forget what may be stale once it is over
     guard.on_recovery(api_cache.drop_volatile)
     sessions = SessionStore(await js.key_value(SESSIONS_BUCKET))
+    agents = AgentClient(nc, settings.rpc_timeout_s)
+    fleet = Fleet(settings=settings, nc=nc, js=js, sessions=sessions, agents=agents)
+    await fleet.start()
     tenants = TenantStore(await js.key_value(TENANTS_BUCKET))
     index = SessionIndex(sessions)
     auth = Authenticator(tenants, settings.admin_key, settings.auth_cache_ttl_s)
+    fleet.on_written = index.note
     try:
         await index.start()
         await auth.start()
@@ -74,7 +80,7 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
             js=js,
             sessions=sessions,
             nodes=NodeDirectory(await js.key_value(NODES_BUCKET)),
-            agents=AgentClient(nc, settings.rpc_timeout_s),
+            agents=agents,
             valkey=cache,
             index=index,
             tenants=tenants,
@@ -82,9 +88,11 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
             limiter=RateLimiter(cache, settings, guard),
             cache=api_cache,
             idempotency=Idempotency(cache, settings, guard),
+            fleet=fleet,
             valkey_guard=guard,
         )
     finally:
+        await fleet.stop()
         await guard.close()
         await auth.stop()
         await index.stop()

@@ -14,6 +14,13 @@
 | ZAPFLEET_WEBHOOK_ALLOW_PRIVATE | false | allow loopback/private webhook targets (dev, tests) |
 | ZAPFLEET_WEBHOOKS_IN_PROCESS | true | run the webhook dispatcher inside the control plane |
 | ZAPFLEET_RPC_TIMEOUT_S | 5 | NATS request timeout towards agents |
+| ZAPFLEET_LEASE_TTL_S | 8 | node lease assumed for agents whose heartbeat does not state one |
+| ZAPFLEET_LEASE_MARGIN_S | 2 | a node is down after its lease + this margin of silence |
+| ZAPFLEET_RECONCILER | true | run a reconciler candidate (one acts at a time: KV lease) |
+| ZAPFLEET_RECONCILE_INTERVAL_S | 0.5 | how often the active reconciler looks at the fleet |
+| ZAPFLEET_LEADER_LEASE_S | 3 | reconciler leadership lease (whole seconds, >= 1) |
+| ZAPFLEET_AUDIT_INTERVAL_S | 15 | full audit of assignments and slots (orphans, drift) |
+| ZAPFLEET_MOVE_CONCURRENCY | 32 | sessions moved in parallel by failover, drain, rebalance |
 | ZAPFLEET_UI_ENABLED | true | serve the operator web UI at /ui (docs/ui.md) |
 | ZAPFLEET_CORS_ALLOW_ORIGINS | (none) | comma-separated browser origins allowed (none: denied) |
 | ZAPFLEET_LOG_LEVEL / ZAPFLEET_LOG_FORMAT | INFO / json | logging |
@@ -57,6 +64,13 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     rpc_timeout_s: float = 5.0
     events_max_age_s: float = 7 * 86400.0
     node_ttl_s: float = 10.0
+    lease_ttl_s: float = 8.0
+    lease_margin_s: float = 2.0
+    reconciler: bool = True
+    reconcile_interval_s: float = 0.5
+    leader_lease_s: int = 3
+    audit_interval_s: float = 15.0
+    move_concurrency: int = 32
     max_body_bytes: int = 1024 * 1024
     max_media_bytes: int = 16 * 1024 * 1024
     webhook_url: str | None = None
@@ -95,6 +109,10 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
             )
         if self.http_workers < 1:
             raise SettingsError("invalid setting ZAPFLEET_HTTP_WORKERS: must be >= 1")
+        if self.leader_lease_s < 1:
+            raise SettingsError("invalid setting ZAPFLEET_LEADER_LEASE_S: must be >= 1")
+        if self.lease_margin_s < 0:
+            raise SettingsError("invalid setting ZAPFLEET_LEASE_MARGIN_S: must be >= 0")
         for name in ("messages", "sessions", "queries", "global"):
             try:
                 self.rate(name)

@@ -28,8 +28,10 @@ from nats.micro.service import Service
 from prometheus_client import Gauge
 
 from node_agent import _system
+from node_agent.device_store import DeviceStore
 from node_agent.engines._base import Engine
 from node_agent.events import EventPublisher
+from node_agent.lease import AssignmentWatch, Lease, claim
 from node_agent.protocol import (
     NODES_BUCKET,
     SERVICE_NAME,
@@ -99,6 +101,8 @@ def make_engine(settings: AgentSettings, nc: NATS) -> Engine:
                 qr_first_s=settings.sim_qr_first_s,
                 qr_next_s=settings.sim_qr_next_s,
                 read_after_s=settings.sim_read_after_s,
+                keepalive_s=settings.sim_keepalive_s,
+                probe_timeout_s=settings.sim_probe_timeout_s,
             ),
         )
     from node_agent.engines.neonize import NeonizeEngine
@@ -121,8 +125,10 @@ class Agent:
         self._nodes_kv: KeyValue | None = None
         self._sessions_kv: KeyValue | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._last_lease_renewal = time.monotonic()
+        self.lease = Lease(settings.lease_ttl_s)
         self._fenced = False
+        self._assignments: AssignmentWatch | None = None
+        self._device_store: DeviceStore | None = None
         self._supervisor_config = SupervisorConfig(
             backoff_base_s=settings.backoff_base_s,
             backoff_max_s=settings.backoff_max_s,
@@ -169,11 +175,25 @@ class Agent:
         self.events.start()
         if self._engine is None:
             self._engine = make_engine(self.settings, self.nc)
+        # engines that can check the lease before each network action get the check
+        set_guard = getattr(self._engine, "set_lease_guard", None)
+        if set_guard is not None:
+            set_guard(self.lease.valid)
         await self.engine.start()
+        if self.engine.name == "neonize" and not self.settings.device_store_url:
+            self._device_store = await DeviceStore.open(js, self.settings.data_dir)
+            self._tasks.append(
+                asyncio.create_task(self._device_backup_loop(), name="device-backup")
+            )
         self.lag.start()
+        self._assignments = AssignmentWatch(
+            self._sessions_kv, self.node_id, self._running_epoch, self._stop_superseded
+        )
+        self._assignments.start()
         await self._serve()
         await self._heartbeat_once()
         self._tasks.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
+        self._tasks.append(asyncio.create_task(self._lease_loop(), name="lease"))
         await self._resume_assigned()
         log.info("agent ready", extra={"engine": self.engine.name})
 
@@ -294,16 +314,29 @@ class Agent:
 
     async def op_start(self, request: StartSession) -> SessionInfo:
         spec = request.spec
+        if not self.lease.valid():
+            raise AgentError(
+                ErrorCode.LEASE_EXPIRED,
+                f"node {self.node_id} lost its lease and runs no session until it renews it",
+                retry_after_s=self.settings.heartbeat_interval_s,
+            )
         existing = self.sessions.get(spec.session_id)
         if existing is not None and existing.state in LIVE_STATES:
             if existing.epoch == request.epoch:
                 return existing.info()
-            raise AgentError(
-                ErrorCode.SESSION_EXISTS,
-                f"session {spec.session_id} already runs here at epoch {existing.epoch}",
-            )
+            if existing.epoch > request.epoch:
+                raise AgentError(
+                    ErrorCode.SESSION_EXISTS,
+                    f"session {spec.session_id} already runs here at epoch {existing.epoch}",
+                )
         await self._check_epoch(spec.session_id, request.epoch)
+        if existing is not None and self.sessions.get(spec.session_id) is existing:
+            # a newer epoch of a session this node runs: the old run ends first
+            await existing.stop(f"superseded by epoch {request.epoch}")
+            self.sessions.pop(spec.session_id, None)
         self._admit()
+        if self._device_store is not None:
+            await self._device_store.restore(spec.session_id)
         if spec.engine != self.engine.name:
             raise AgentError(
                 ErrorCode.INVALID_REQUEST,
@@ -325,12 +358,17 @@ class Agent:
         supervisor = self._get(ref)
         await supervisor.stop()
         self.sessions.pop(ref.session_id, None)
+        if self._device_store is not None:
+            # the next node restores it: a drained session moves without re-pairing
+            await self._device_store.backup(ref.session_id)
         return supervisor.info()
 
     async def op_logout(self, ref: SessionRef) -> SessionInfo:
         supervisor = self._get(ref)
         await supervisor.logout()
         self.sessions.pop(ref.session_id, None)
+        if self._device_store is not None:
+            await self._device_store.forget(ref.session_id)
         return supervisor.info()
 
     async def op_restart(self, ref: SessionRef) -> SessionInfo:
@@ -422,6 +460,7 @@ class Agent:
             labels=self.settings.labels,
             started_at=self.started_at,
             ts=time.time(),
+            lease_ttl_s=self.settings.lease_ttl_s,
         )
 
     def _export_metrics(self, info: NodeInfo) -> None:
@@ -433,13 +472,19 @@ class Agent:
 
     async def _heartbeat_once(self) -> None:
         assert self._nodes_kv is not None
+        # after a freeze the lease may be gone: fence before renewing, never after
+        await self._enforce_lease()
         info = self.node_info()
         self._export_metrics(info)
         body = encode(info)
+        sent_at = self.lease.now()  # the lease counts from before the write, not after
         await self._nodes_kv.put(self.node_id, body)
+        self.lease.renewed(sent_at)
         await self.nc.publish(heartbeat_subject(self.node_id), body)
-        self._last_lease_renewal = time.monotonic()
-        self._fenced = False
+        if self._fenced:
+            self._fenced = False
+            log.warning("lease renewed after a fence: resuming what KV still assigns here")
+            self._tasks.append(asyncio.create_task(self._resume_assigned(), name="resume"))
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -448,38 +493,76 @@ class Agent:
                 await self._heartbeat_once()
             except Exception as exc:
                 log.warning("heartbeat failed", extra={"error": repr(exc)})
+
+    async def _lease_loop(self) -> None:
+        """Check the lease often, so a fence happens when the lease ends, not a heartbeat
+        period later (engines also check it before each network action)."""
+        interval = min(0.25, self.settings.heartbeat_interval_s / 4)
+        while True:
+            await asyncio.sleep(interval)
             await self._enforce_lease()
 
     async def _enforce_lease(self) -> None:
         """Cut off past the lease TTL, the control plane may have moved our sessions:
         stop them all so there are never two live sockets for one account."""
-        silent = time.monotonic() - self._last_lease_renewal
-        if silent <= self.settings.lease_ttl_s or self._fenced:
+        if self.lease.valid() or self._fenced:
             return
         self._fenced = True
+        silent = self.lease.silent_s()
         log.error("lease lost: stopping every session", extra={"silent_s": round(silent, 1)})
         for supervisor in list(self.sessions.values()):
-            await supervisor.stop("lease lost: node was cut off from NATS")
+            with contextlib.suppress(Exception):
+                await supervisor.stop("lease lost: node was cut off from NATS")
         self.sessions.clear()
 
+    def _running_epoch(self, session_id: str) -> int | None:
+        supervisor = self.sessions.get(session_id)
+        if supervisor is None or supervisor.state not in LIVE_STATES:
+            return None
+        return supervisor.epoch
+
+    async def _stop_superseded(self, session_id: str, reason: str) -> None:
+        supervisor = self.sessions.pop(session_id, None)
+        if supervisor is None:
+            return
+        log.warning("stopping a superseded session", extra={"session_id": session_id})
+        await supervisor.stop(reason)
+
     async def _resume_assigned(self) -> None:
-        """Start the sessions KV assigns to this node (after a crash or restart)."""
+        """Start the sessions KV assigns to this node (after a crash, a restart or a
+        fence). Each one is claimed first (new epoch by revision CAS), so a reconciler
+        moving it at the same moment and this agent never both run it."""
         assert self._sessions_kv is not None
         try:
             keys = await self._sessions_kv.keys()
         except Exception:  # nats-py raises NoKeysError on an empty bucket
             return
         for key in keys:
+            if key in self.sessions or not self.lease.valid():
+                continue
             record = await self._current_assignment(key)
             if record is None or record.desired != "running" or record.assignment is None:
                 continue
-            if record.assignment.node_id != self.node_id or key in self.sessions:
+            if record.assignment.node_id != self.node_id:
                 continue
             try:
-                await self.op_start(StartSession(spec=record.spec, epoch=record.assignment.epoch))
+                claimed = await claim(self._sessions_kv, key, self.node_id)
+                if claimed is None or claimed.assignment is None:
+                    continue
+                await self.op_start(StartSession(spec=claimed.spec, epoch=claimed.assignment.epoch))
             except AgentError as exc:
                 log.warning("could not resume session", extra={"session_id": key, "error": exc})
             await asyncio.sleep(self.settings.start_stagger_s)
+
+    async def _device_backup_loop(self) -> None:
+        """Periodic backup of the SQLite device stores of connected sessions."""
+        while True:
+            await asyncio.sleep(self.settings.device_backup_interval_s)
+            if self._device_store is None:
+                return
+            for session_id, supervisor in list(self.sessions.items()):
+                if supervisor.state is SessionState.CONNECTED:
+                    await self._device_store.backup(session_id)
 
     # -- shutdown ----------------------------------------------------------------------
 
@@ -488,12 +571,16 @@ class Agent:
         self.draining = True
         for task in self._tasks:
             task.cancel()
+        if self._assignments is not None:
+            await self._assignments.stop()
         if self._service is not None:
             with contextlib.suppress(Exception):
                 await self._service.stop()
         for supervisor in list(self.sessions.values()):
             with contextlib.suppress(Exception):
                 await supervisor.stop("agent shutting down")
+            if self._device_store is not None:
+                await self._device_store.backup(supervisor.session_id)
         if self._events is not None:
             await self.events.close()
         if self._engine is not None:

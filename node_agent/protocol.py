@@ -26,6 +26,10 @@ TENANTS_BUCKET = "zf_tenants"
 EVENTS_STREAM = "ZF_EVENTS"
 EVENTS_SUBJECTS = "zf.events.>"
 DLQ_STREAM = "ZF_DLQ"
+PLACEMENT_BUCKET = "zf_placement"
+LEASES_BUCKET = "zf_leases"
+DEVICE_STORE_BUCKET = "zf_device_store"
+SYSTEM_TENANT = "_system"  # tenant segment of node events: zf.events._system.<node_id>.node.*
 
 
 def agent_subject(node_id: str, op: str) -> str:
@@ -84,6 +88,7 @@ class ErrorCode(enum.StrEnum):
     DAILY_CAP_REACHED = "daily_cap_reached"
     ENGINE_ERROR = "engine_error"
     INTERNAL = "internal"
+    LEASE_EXPIRED = "lease_expired"
 
 
 class Ok(msgspec.Struct, Generic[T], tag="ok", tag_field="kind"):
@@ -325,6 +330,7 @@ class NodeInfo(msgspec.Struct, kw_only=True):
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     started_at: float = 0.0
     ts: float = 0.0
+    lease_ttl_s: float = 0.0  # the node's own lease; the reconciler waits this + its margin
 
 
 # -- events ------------------------------------------------------------------------------
@@ -390,6 +396,7 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     assignment: Assignment | None = None
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
+    node_labels: dict[str, str] | None = None  # placement constraint, e.g. {"region": "eu"}
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -429,4 +436,9 @@ async def ensure_jetstream(js: Any, *, events_max_age_s: float, node_ttl_s: floa
         KeyValueConfig(bucket=TENANTS_BUCKET, history=5),
     )
     for bucket in buckets:
-        await js.create_key_value(bucket)
+        try:
+            await js.create_key_value(bucket)
+        except BadRequestError:
+            # exists with another config (e.g. agents and control plane configured with
+            # different TTLs): use it as it is rather than fail at start
+            await js.key_value(bucket.bucket)

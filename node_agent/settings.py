@@ -11,7 +11,10 @@
 | ZAPFLEET_DEVICE_STORE_URL | (none) | PostgreSQL URL for a shared neonize device store |
 | ZAPFLEET_METRICS_PORT | 9470 | Prometheus endpoint (0 = off) |
 | ZAPFLEET_HEARTBEAT_INTERVAL_S | 2 | heartbeat period |
-| ZAPFLEET_LEASE_TTL_S | 10 | node lease; cut off longer than this, the agent stops its sessions |
+| ZAPFLEET_LEASE_TTL_S | 8 | node lease: cut off longer, the agent stops its sessions |
+| ZAPFLEET_DEVICE_BACKUP_INTERVAL_S | 300 | backup period of SQLite device stores (Object Store) |
+| ZAPFLEET_SIM_KEEPALIVE_S | 5 | sim: keepalive period (checks a socket is its account's only one) |
+| ZAPFLEET_SIM_PROBE_TIMEOUT_S | 0.25 | sim: how long a probe waits for another live socket |
 | ZAPFLEET_LABELS | (none) | k=v,k=v placement labels (e.g. region=eu) |
 | ZAPFLEET_LOG_LEVEL / ZAPFLEET_LOG_FORMAT | INFO / json | logging |
 """
@@ -37,7 +40,8 @@ class AgentSettings(msgspec.Struct, kw_only=True):
     metrics_port: int = 9470
     metrics_host: str = "127.0.0.1"
     heartbeat_interval_s: float = 2.0
-    lease_ttl_s: float = 10.0
+    lease_ttl_s: float = 8.0
+    device_backup_interval_s: float = 300.0
     events_max_age_s: float = 7 * 86400.0
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     max_media_bytes: int = 16 * 1024 * 1024
@@ -52,6 +56,8 @@ class AgentSettings(msgspec.Struct, kw_only=True):
     sim_qr_first_s: float = 60.0
     sim_qr_next_s: float = 20.0
     sim_read_after_s: float = 0.5
+    sim_keepalive_s: float = 5.0
+    sim_probe_timeout_s: float = 0.25
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 

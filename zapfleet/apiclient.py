@@ -11,6 +11,8 @@ zapfleet sessions qr ID           draw the pairing QR code in the terminal (--wa
                                   the rotations until a phone scans it)
 zapfleet nodes ls                 the nodes: capacity, sessions, draining
 zapfleet nodes drain NODE         move every session off NODE and exclude it from placement
+zapfleet nodes cordon NODE        no new sessions on NODE (uncordon: eligible again)
+zapfleet nodes rebalance          even out sessions between eligible nodes
 """
 
 from __future__ import annotations
@@ -244,14 +246,30 @@ def nodes_ls(api: Api, args: argparse.Namespace, out: TextIO) -> None:
     )
 
 
+def print_moves(result: Any, out: TextIO) -> None:
+    """A move report of drain/rebalance: counts, then each failure."""
+    moved, skipped, failed = (result.get(k, 0) for k in ("moved", "skipped", "failed"))
+    print(f"moved {moved}, skipped {skipped}, failed {failed}", file=out)
+    for item in result.get("results", []):
+        if item.get("result") == "failed":
+            print(f"  {item['session_id']}: {item.get('detail')}", file=out)
+
+
 def nodes_drain(api: Api, args: argparse.Namespace, out: TextIO) -> None:
     result = api.call("POST", f"/v1/nodes/{args.node_id}/drain")
-    moved = ""
-    if isinstance(result, dict):
-        count = result.get("sessions") or result.get("moved") or result.get("sessions_to_move")
-        if isinstance(count, int | list):
-            moved = f" ({count if isinstance(count, int) else len(count)} session(s) to move)"
-    print(f"draining {args.node_id}{moved}", file=out)
+    print(f"drained {args.node_id}: no new sessions until uncordoned", file=out)
+    print_moves(result, out)
+    if result.get("failed"):
+        raise CliError(f"{result['failed']} session(s) could not move")
+
+
+def nodes_flag(api: Api, args: argparse.Namespace, out: TextIO) -> None:
+    node = api.call("POST", f"/v1/nodes/{args.node_id}/{args.nodes_command}")
+    print(f"{node['node_id']}: {'cordoned' if node.get('cordoned') else 'eligible'}", file=out)
+
+
+def nodes_rebalance(api: Api, args: argparse.Namespace, out: TextIO) -> None:
+    print_moves(api.call("POST", "/v1/nodes/rebalance"), out)
 
 
 # -- parser ------------------------------------------------------------------------------
@@ -259,7 +277,7 @@ def nodes_drain(api: Api, args: argparse.Namespace, out: TextIO) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     try:
-        with Api(args.api_url, api_key(args.api_key)) as api:
+        with Api(args.api_url, api_key(args.api_key), getattr(args, "http_timeout", 15)) as api:
             args.handler(api, args, sys.stdout)
     except CliError as exc:
         fail(str(exc), exc.exit_code)
@@ -320,4 +338,15 @@ def add_node_commands(sub: Any) -> None:
     drain = cmds.add_parser("drain", help="move every session off a node; no new placements")
     drain.add_argument("node_id")
     _common(drain)
-    drain.set_defaults(handler=nodes_drain)
+    drain.set_defaults(handler=nodes_drain, http_timeout=600)
+    for name, text in (
+        ("cordon", "no new sessions on a node; its sessions stay"),
+        ("uncordon", "make a node eligible again (ends a drain too)"),
+    ):
+        flag = cmds.add_parser(name, help=text)
+        flag.add_argument("node_id")
+        _common(flag)
+        flag.set_defaults(handler=nodes_flag)
+    rebalance = cmds.add_parser("rebalance", help="even out sessions between eligible nodes")
+    _common(rebalance)
+    rebalance.set_defaults(handler=nodes_rebalance, http_timeout=600)

@@ -6,7 +6,7 @@ zapfleet agent            one node agent (one shard of sessions)
 zapfleet webhooks         a standalone webhook dispatcher
 zapfleet sim scan ID      act as a phone: scan the QR code of a sim session
 zapfleet sessions ...     ls | create | qr (QR in the terminal): HTTP API client
-zapfleet nodes ...        ls | drain: HTTP API client (admin key)
+zapfleet nodes ...        ls | cordon | uncordon | drain | rebalance (admin key)
 """
 
 from __future__ import annotations

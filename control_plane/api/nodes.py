@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Controller, get
 from litestar.di import Provide
 
+from control_plane.api.nodes_admin import node_statuses
 from control_plane.auth import Principal, require_admin
 from control_plane.models import NodeList
 from control_plane.services import Services
@@ -15,7 +16,6 @@ class NodeController(Controller):
     tags = ["nodes (admin)"]
     dependencies = {"principal": Provide(require_admin)}
 
-    @get("/", opt={"rate": "queries"}, summary="Every live node agent (from its heartbeat)")
+    @get("/", opt={"rate": "queries"}, summary="Every node agent: heartbeat and placement state")
     async def list_nodes(self, services: Services, principal: Principal) -> NodeList:
-        nodes = sorted(await services.nodes.list(), key=lambda n: n.node_id)
-        return NodeList(nodes=nodes)
+        return NodeList(nodes=node_statuses(services.fleet))

@@ -17,6 +17,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.auth import Principal, authenticate
+from control_plane.fleet import NoCapacity
 from control_plane.models import (
     CreateSession,
     PairCodeBody,
@@ -28,7 +29,6 @@ from control_plane.models import (
     SessionView,
     SettingsPatch,
 )
-from control_plane.placement import choose_node
 from control_plane.problems import ProblemError
 from control_plane.services import Services
 from control_plane.store import ConflictError
@@ -47,7 +47,6 @@ from node_agent.protocol import (
     SessionRef,
     SessionSpec,
     SessionState,
-    StartSession,
 )
 from node_agent.protocol import SessionList as AgentSessionList
 
@@ -171,32 +170,19 @@ async def update_record(services: Services, session_id: str, change: Any) -> Ses
 
 
 async def place(services: Services, record: SessionRecord) -> SessionInfo:
-    """Assign the session to the best node (epoch + 1, KV CAS) and start it there."""
-    session_id = record.spec.session_id
-    node = choose_node(await services.nodes.list(), record.spec.engine)
-    if node is None:
-        raise ProblemError(
-            503,
-            "no_capacity",
-            f"no eligible node runs the {record.spec.engine} engine with free capacity",
-            headers={"Retry-After": "5"},
-        )
-
-    def assign(current: SessionRecord) -> None:
-        epoch = current.assignment.epoch + 1 if current.assignment else 1
-        current.assignment = Assignment(node_id=node.node_id, epoch=epoch)
-        current.desired = "running"
-
-    record = await update_record(services, session_id, assign)
-    assert record.assignment is not None
-    await services.cache.invalidate_session(session_id)
-    return await call_agent(
-        services,
-        node.node_id,
-        Op.SESSION_START,
-        StartSession(spec=record.spec, epoch=record.assignment.epoch),
-        SessionInfo,
-    )
+    """Assign the session to the best node (slot by KV CAS, epoch + 1) and start it there
+    (control_plane/fleet.py)."""
+    try:
+        info = await services.fleet.place(record.spec.session_id)
+    except NoCapacity as exc:
+        raise ProblemError(503, "no_capacity", str(exc), headers={"Retry-After": "5"}) from None
+    except KeyNotFoundError:
+        raise not_found(record.spec.session_id) from None
+    except (AgentCallError, AgentUnavailable) as exc:
+        raise exc.to_problem() from None
+    finally:
+        await services.cache.invalidate_session(record.spec.session_id)
+    return info
 
 
 async def unplace(services: Services, record: SessionRecord, op: Op) -> SessionInfo | None:
@@ -224,6 +210,7 @@ async def unplace(services: Services, record: SessionRecord, op: Op) -> SessionI
                 raise exc.to_problem() from None
         except AgentUnavailable:
             pass
+        await services.fleet.release(assignment.node_id, [session_id])  # its slot is free
     await services.cache.invalidate_session(session_id)
     return info
 
@@ -282,6 +269,7 @@ class SessionController(Controller):
             desired="running" if data.start else "stopped",
             webhook_url=data.webhook_url,
             webhook_events=data.webhook_events,
+            node_labels=data.node_labels,
         )
         try:
             revision = await services.sessions.create(record)

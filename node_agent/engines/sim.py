@@ -22,6 +22,7 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
@@ -44,6 +45,7 @@ from node_agent.engines._base import (
     QrShown,
     Receipt,
 )
+from node_agent.engines.sim_presence import Presence
 from node_agent.protocol import (
     MessageContent,
     NumberStatus,
@@ -63,6 +65,8 @@ class SimConfig(msgspec.Struct, kw_only=True):
     qr_max_codes: int = 6
     connect_latency_s: float = 0.01
     read_after_s: float | None = 0.5
+    keepalive_s: float = 5.0  # presence probe period (sim_presence.py)
+    probe_timeout_s: float = 0.25
 
 
 class Faults(msgspec.Struct, kw_only=True):
@@ -130,6 +134,16 @@ async def inject_faults(nc: NATS, session_id: str, faults: Faults) -> None:
     await nc.request(f"zf.sim.fault.{session_id}", _encode(faults), timeout=5)
 
 
+async def seed_account(nc: NATS, session_id: str, phone: str) -> None:
+    """Link ``session_id`` to ``phone`` without a scan (tests, demos and benchmarks):
+    the session connects straight away when it starts, on any agent."""
+    from nats.js.api import KeyValueConfig
+
+    kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket=SIM_BUCKET, history=1))
+    await kv.put(f"acct.{session_id}", _encode(Account(phone=phone, paired_at=time.time())))
+    await kv.put(f"num.{phone}", session_id.encode())
+
+
 class SimEngine:
     name: Literal["sim"] = "sim"
 
@@ -137,6 +151,11 @@ class SimEngine:
         self.nc = nc
         self.config = config or SimConfig()
         self._kv: KeyValue | None = None
+        self.may_act: Callable[[], bool] = lambda: True
+
+    def set_lease_guard(self, may_act: Callable[[], bool]) -> None:
+        """The agent's lease check: a socket does nothing on the network without it."""
+        self.may_act = may_act
 
     @property
     def kv(self) -> KeyValue:
@@ -188,6 +207,15 @@ class SimSession:
         self._pair_phone: str | None = None
         self._online = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._presence = Presence(
+            engine.nc,
+            engine.kv,
+            spec.session_id,
+            may_act=engine.may_act,
+            on_kicked=self._kicked,
+            keepalive_s=engine.config.keepalive_s,
+            probe_timeout_s=engine.config.probe_timeout_s,
+        )
 
     @property
     def nc(self) -> NATS:
@@ -304,9 +332,10 @@ class SimSession:
 
     async def _go_online(self, phone: str) -> None:
         await asyncio.sleep(self.engine.config.connect_latency_s + self.faults.latency_ms / 1000)
-        if not self.nc.is_connected:
+        if not self.nc.is_connected or not self.engine.may_act():
             self.emit(Disconnected(reason="network unreachable"))
             return
+        await self._presence.claim(phone)
         self.phone = phone
         self._subs.append(await self.nc.subscribe(f"zf.sim.inbox.{phone}", cb=self._on_inbox))
         self._subs.append(await self.nc.subscribe(f"zf.sim.receipt.{phone}", cb=self._on_receipt))
@@ -315,13 +344,20 @@ class SimSession:
 
     async def _go_offline(self) -> None:
         self._online = False
+        await self._presence.release()
         await self._stop_pairing()
         subs, self._subs = self._subs, []
         for sub in subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    async def _kicked(self) -> None:
+        await self._go_offline()
+        self.emit(Disconnected(reason="stream replaced: another socket connected as this account"))
+
     async def _on_inbox(self, msg: Msg) -> None:
+        if not self.engine.may_act():
+            return  # a socket whose agent lost its lease takes nothing
         try:
             wire = msgspec.json.decode(msg.data, type=Wire)
         except msgspec.DecodeError:
@@ -378,7 +414,7 @@ class SimSession:
     # -- messaging ---------------------------------------------------------------------
 
     async def send(self, to: str, content: MessageContent, message_id: str) -> str:
-        if not self._online or self.phone is None:
+        if not self._online or self.phone is None or not self.engine.may_act():
             raise EngineError("not connected")
         if self.faults.latency_ms:
             await asyncio.sleep(self.faults.latency_ms / 1000)

@@ -19,7 +19,7 @@ from tests.conftest import ADMIN_KEY, ARTIFACTS, agent_env, spawn, stop_process,
 from zapfleet.devservers import ChildProcess, free_port, start_nats, start_valkey, wait_for_port
 
 QR_FIRST_S = 4.0
-QR_NEXT_S = 3.0
+QR_NEXT_S = 4.0
 
 
 @dataclass

@@ -1,0 +1,154 @@
+"""The node lease and the fencing of sessions on the agent side (DESIGN §4).
+
+An agent may run a session only while (a) its node lease is alive and (b) KV
+``zf_sessions`` assigns the session to this node at the epoch the agent runs it with.
+
+- :class:`Lease` — the lease is renewed by every heartbeat stored in KV ``zf_nodes``. The
+  renewal time is taken *before* the heartbeat is sent, so the agent's idea of its lease
+  never outlives the control plane's (which counts from when it saw the heartbeat).
+  :meth:`Lease.valid` is a monotonic-clock comparison, cheap enough for engines to call
+  before every network action: after a freeze (SIGSTOP, a stalled VM) a session must not
+  act before the agent had a chance to fence it.
+- :class:`AssignmentWatch` — watches ``zf_sessions`` and reports sessions whose record no
+  longer assigns them to this node at their epoch (moved elsewhere, newer epoch, deleted),
+  so the agent stops them even if it never lost its lease.
+- :func:`claim` — before (re)starting a session on its own (resume after a restart or
+  after a fence), the agent takes a new epoch with a revision compare-and-set. A
+  reconciler moving the session at the same moment does the same CAS on the same
+  revision: exactly one of them wins, so the session never starts on two nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from node_agent.protocol import Assignment, SessionRecord
+
+log = logging.getLogger(__name__)
+
+_record = msgspec.json.Decoder(SessionRecord)
+_DELETES = ("DEL", "PURGE")
+
+
+class Lease:
+    def __init__(self, ttl_s: float) -> None:
+        self.ttl_s = ttl_s
+        self._renewed_at = time.monotonic()
+
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()
+
+    def renewed(self, sent_at: float) -> None:
+        """A heartbeat sent at ``sent_at`` (monotonic) was stored."""
+        self._renewed_at = max(self._renewed_at, sent_at)
+
+    def silent_s(self) -> float:
+        return time.monotonic() - self._renewed_at
+
+    def valid(self) -> bool:
+        return self.silent_s() <= self.ttl_s
+
+
+def superseded(record: SessionRecord | None, node_id: str, epoch: int) -> str | None:
+    """Why a session running here at ``epoch`` must stop, or None if it may go on."""
+    if record is None:
+        return "session deleted"
+    # desired "stopped" alone is not a reason: the API stops (or logs out) the session on
+    # its node itself, and must not find it already gone (a logout would not happen)
+    assignment = record.assignment
+    if assignment is None:
+        return "session unassigned"
+    if assignment.node_id != node_id:
+        return f"session moved to {assignment.node_id}@{assignment.epoch}"
+    if assignment.epoch > epoch:
+        return f"superseded by epoch {assignment.epoch}"
+    return None
+
+
+class AssignmentWatch:
+    """Calls ``on_superseded(session_id, reason)`` for every change of ``zf_sessions`` that
+    takes a session away from this node. ``running(session_id)`` gives the epoch the
+    agent runs a session with (None if it does not run it)."""
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        node_id: str,
+        running: Callable[[str], int | None],
+        on_superseded: Callable[[str, str], Awaitable[None]],
+    ) -> None:
+        self.kv = kv
+        self.node_id = node_id
+        self.running = running
+        self.on_superseded = on_superseded
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="assignment-watch")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                watcher = await self.kv.watchall()
+                async for entry in watcher:
+                    if entry is None:  # end of the initial values
+                        continue
+                    await self._handle(entry.key, entry.value, entry.operation)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("assignment watch failed, restarting", extra={"error": repr(exc)})
+                await asyncio.sleep(1)
+
+    async def _handle(self, key: str, value: bytes | None, operation: str | None) -> None:
+        epoch = self.running(key)
+        if epoch is None:
+            return
+        record = None
+        if operation not in _DELETES and value:
+            try:
+                record = _record.decode(value)
+            except msgspec.DecodeError:
+                return
+        reason = superseded(record, self.node_id, epoch)
+        if reason is not None:
+            await self.on_superseded(key, reason)
+
+
+async def claim(kv: KeyValue, session_id: str, node_id: str) -> SessionRecord | None:
+    """Take a new epoch for a session KV assigns to this node, by revision CAS. Returns
+    the claimed record, or None when the session is not (any more) ours to run."""
+    for _ in range(5):
+        try:
+            entry = await kv.get(session_id)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        record = _record.decode(entry.value)
+        current = record.assignment
+        if record.desired != "running" or current is None or current.node_id != node_id:
+            return None
+        record.assignment = Assignment(node_id=node_id, epoch=current.epoch + 1)
+        record.updated_at = time.time()
+        try:
+            await kv.update(session_id, msgspec.json.encode(record), last=entry.revision)
+        except KeyWrongLastSequenceError:
+            continue  # changed under us: read again and decide again
+        return record
+    return None

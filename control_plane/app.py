@@ -32,11 +32,15 @@ from control_plane.settings import ControlPlaneSettings
 from control_plane.ui import ui_route_handlers
 from control_plane.webhooks.dispatcher import Dispatcher
 from zapfleet import __version__
+from zapfleet._logging import register_secret
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: ControlPlaneSettings) -> Litestar:
+    # in every worker process: these values are masked in any log line (zapfleet._logging)
+    register_secret(settings.admin_key)
+    register_secret(settings.webhook_secret)
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_services(settings) as services:

@@ -65,11 +65,11 @@ def openapi_document() -> dict[str, Any]:
     """The document the control plane serves at /schema/openapi.json, built in-process
     so that pytest can collect one test per operation (a test checks it is the one
     served)."""
-    from control_plane.app import create_app
-    from control_plane.settings import ControlPlaneSettings
-
     with warnings.catch_warnings():  # Litestar's deprecation notes, printed by the server too
         warnings.simplefilter("ignore", DeprecationWarning)
+        from control_plane.app import create_app
+        from control_plane.settings import ControlPlaneSettings
+
         app = create_app(ControlPlaneSettings(admin_key=ADMIN_KEY, default_engine="sim"))
     document: dict[str, Any] = app.openapi_schema.to_schema()
     return document

@@ -41,6 +41,7 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
     # in every worker process: these values are masked in any log line (zapfleet._logging)
     register_secret(settings.admin_key)
     register_secret(settings.webhook_secret)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_services(settings) as services:

@@ -97,7 +97,7 @@ UNICODE_TEXTS = [
     "e\u0301 combining",  # combining mark
     "\u202eevil.exe",  # bidi override
     "nul\u0000inside",  # NUL
-    "𝕏 astral plane",  # 4-byte UTF-8
+    "\U0001d54f astral plane",  # 4-byte UTF-8
     "\ufeffbom first",  # byte-order mark
     "Ω" * 4000,  # long, 2-byte characters
 ]

@@ -27,6 +27,7 @@ class Call:
     problem: str | None = None
     message_id: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    took: float = 0.0  # seconds until the answer
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Traffic:
                 message_id=body.get("message_id") if response.status_code == 202 else None,
                 headers=dict(response.headers),
             )
+        record.took = time.monotonic() - at
         self.calls.append(record)
         return record
 

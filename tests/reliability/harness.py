@@ -92,7 +92,7 @@ class Fleet:
 
     def admin(self, **kwargs: Any) -> httpx.AsyncClient:
         return httpx.AsyncClient(
-            base_url=self.base_url, headers=self.admin_headers, timeout=10, **kwargs
+            base_url=self.base_url, headers=self.admin_headers, **{"timeout": 10, **kwargs}
         )
 
     # -- servers -----------------------------------------------------------------------

@@ -24,7 +24,7 @@ from schemathesis.config import SchemathesisConfig
 from tests.conftest import ADMIN_KEY
 from tests.reliability.harness import Fleet
 
-MAX_EXAMPLES = int(os.environ.get("ZAPFLEET_SCHEMATHESIS_EXAMPLES", "20"))
+MAX_EXAMPLES = int(os.environ.get("ZAPFLEET_SCHEMATHESIS_EXAMPLES", "12"))
 # every answer must match the document; these need a stateful model of the API that a
 # schema alone cannot give (e.g. "a resource created is then readable"), so they stay off
 CHECKS = {

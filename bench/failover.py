@@ -176,6 +176,7 @@ async def run(root: Path) -> dict[str, Any]:
                     "ZAPFLEET_HTTP_PORT": str(http_port),
                     "ZAPFLEET_DEFAULT_ENGINE": "sim",
                     "ZAPFLEET_WEBHOOKS_IN_PROCESS": "false",
+                    "ZAPFLEET_RATE_LIMITS_ENABLED": "false",  # 150 creates in a burst
                 },
                 logs / "control-plane.log",
             )

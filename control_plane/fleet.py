@@ -211,6 +211,9 @@ class Fleet:
         state.left = False
 
     def _on_placement(self, key: str, value: bytes | None, op: str | None, rev: int) -> None:
+        if op in _DELETES and not self.alive(key):
+            self.nodes.pop(key, None)  # forgotten (see forget())
+            return
         state = self._state(key)
         if rev <= state.placement_revision:
             return
@@ -435,6 +438,15 @@ class Fleet:
             ):
                 return
         await self.release(node_id, [session_id])
+
+    async def forget(self, node_id: str) -> None:
+        """Drop a node that is gone for good (down, no sessions) from every view."""
+        state = self.nodes.get(node_id)
+        if state is None or self.alive(node_id) or self.placement_of(node_id).sessions:
+            return
+        with contextlib.suppress(KeyNotFoundError, KeyWrongLastSequenceError):
+            await self.placement_kv.delete(node_id, last=state.placement_revision or None)
+        self.nodes.pop(node_id, None)
 
     async def set_flags(self, node_id: str, **flags: bool) -> tuple[NodePlacement, bool]:
         """Set operator/reconciler flags; also returns whether this call changed them

@@ -18,7 +18,8 @@ Each tick (``ZAPFLEET_RECONCILE_INTERVAL_S``), the active reconciler:
 - marks a node **up** again when it heartbeats (``node.up``), and finishes drains left
   unfinished;
 - every ``ZAPFLEET_AUDIT_INTERVAL_S``, audits slots against assignments (a control
-  plane may die between two steps of a placement).
+  plane may die between two steps of a placement) and starts sessions a live node
+  should run but does not know (a start that failed after the assignment was written).
 
 On becoming active, and after a pause of its own loop longer than a lease, it counts
 every node's silence from that moment: a reconciler that was itself cut off must not
@@ -41,14 +42,16 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.fleet import Fleet, NodePlacement
-from node_agent.protocol import LEASES_BUCKET, SYSTEM_TENANT, EventType
+from node_agent.protocol import LEASES_BUCKET, SYSTEM_TENANT, Empty, EventType, Op, SessionList
 
 log = logging.getLogger(__name__)
 
 LEADER_KEY = "reconciler"
 AUDIT_GRACE_S = 30.0  # a slot or record younger than this may be a placement in flight
 DRAIN_STALL_S = 10.0  # a draining node whose record did not change for this long
+FORGET_AFTER_S = 24 * 3600.0  # a down node without sessions leaves the node list
 
 
 class Holder(msgspec.Struct, kw_only=True):
@@ -204,6 +207,8 @@ class Reconciler:
                 await self._node_alive(node_id, placement, state.placement is None)
                 continue
             if placement.down and not placement.sessions:
+                if fleet.silent_s(state) > FORGET_AFTER_S:
+                    await fleet.forget(node_id)
                 continue
             if not await fleet.confirm_down(node_id):
                 continue
@@ -312,3 +317,38 @@ class Reconciler:
 
             if await fleet.update_placement(node_id, change) is not None:
                 log.info("audit repaired slots", extra={"node": node_id})
+        for node_id, ids in assigned.items():
+            if fleet.alive(node_id):
+                await self._restart_missing(node_id, ids & settled)
+
+    async def _restart_missing(self, node_id: str, ids: set[str]) -> None:
+        """Sessions a live node should run but does not know (a start RPC that failed or
+        timed out): start them at their current epoch. Any state the node reports, even
+        FAILED or LOGGED_OUT, counts as known: only the node's absence of it is repaired."""
+        if not ids:
+            return
+        fleet = self.fleet
+        try:
+            listing = await fleet.agents.call(node_id, Op.SESSIONS_LIST, Empty(), SessionList)
+        except (AgentCallError, AgentUnavailable):
+            return
+        known = {s.session_id for s in listing.sessions}
+        for session_id in sorted(ids - known):
+            found = await fleet.sessions.get(session_id)
+            if found is None:
+                continue
+            record = found[0]
+            assignment = record.assignment
+            if record.desired != "running" or assignment is None or assignment.node_id != node_id:
+                continue
+            try:
+                await fleet.start_on(record)
+            except (AgentCallError, AgentUnavailable) as exc:
+                log.warning(
+                    "audit could not start a session",
+                    extra={"session_id": session_id, "node": node_id, "error": str(exc)},
+                )
+                continue
+            log.warning(
+                "audit started a session its node did not run", extra={"session_id": session_id}
+            )

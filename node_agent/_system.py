@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from pathlib import Path
 
 import psutil
@@ -31,12 +32,17 @@ def memory_limit_bytes() -> int:
 
 
 class LoopLagMonitor:
-    """Measures how late the event loop wakes a sleeper: the latency every task suffers."""
+    """Measures how late the event loop wakes a sleeper: the latency every task suffers.
 
-    def __init__(self, interval_s: float = 0.5) -> None:
+    ``recent_ms`` is the worst lag of the last ``window_s`` seconds (what heartbeats
+    report), ``max_ms`` the worst since start, ``last_ms`` the latest sample."""
+
+    def __init__(self, interval_s: float = 0.25, window_s: float = 5.0) -> None:
         self.interval_s = interval_s
+        self.window_s = window_s
         self.last_ms = 0.0
         self.max_ms = 0.0
+        self._samples: deque[tuple[float, float]] = deque()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -46,9 +52,17 @@ class LoopLagMonitor:
         while True:
             started = time.perf_counter()
             await asyncio.sleep(self.interval_s)
-            lag = max(0.0, (time.perf_counter() - started - self.interval_s) * 1000)
+            now = time.perf_counter()
+            lag = max(0.0, (now - started - self.interval_s) * 1000)
             self.last_ms = lag
             self.max_ms = max(self.max_ms, lag)
+            self._samples.append((now, lag))
+            while self._samples and self._samples[0][0] < now - self.window_s:
+                self._samples.popleft()
+
+    @property
+    def recent_ms(self) -> float:
+        return max((lag for _, lag in self._samples), default=self.last_ms)
 
     def stop(self) -> None:
         if self._task is not None:

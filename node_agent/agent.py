@@ -32,6 +32,7 @@ from node_agent.device_store import DeviceStore
 from node_agent.engines._base import Engine
 from node_agent.events import EventPublisher
 from node_agent.lease import AssignmentWatch, Lease, claim
+from node_agent.media import MediaError, MediaFetcher
 from node_agent.protocol import (
     NODES_BUCKET,
     SERVICE_NAME,
@@ -62,12 +63,21 @@ from node_agent.protocol import (
     ok,
 )
 from node_agent.settings import AgentSettings
-from node_agent.supervisor import LIVE_STATES, AgentError, SessionSupervisor, SupervisorConfig
+from node_agent.supervisor import (
+    LIVE_STATES,
+    AgentError,
+    SessionSupervisor,
+    SupervisorConfig,
+    media_of,
+)
 from zapfleet import __version__
 from zapfleet._logging import bind
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=msgspec.Struct)
+HOLDS_SLOT = LIVE_STATES | {SessionState.FAILED}
+# a start reply waits this long at most for the engine's connect call to return
+START_SETTLE_S = 0.25
 
 SESSIONS = Gauge("zapfleet_agent_sessions", "Sessions by state", ["state"])
 CAPACITY = Gauge("zapfleet_agent_capacity", "Maximum sessions of this agent")
@@ -105,9 +115,22 @@ def make_engine(settings: AgentSettings, nc: NATS) -> Engine:
                 probe_timeout_s=settings.sim_probe_timeout_s,
             ),
         )
-    from node_agent.engines.neonize import NeonizeEngine
+    from node_agent.engines.neonize import NeonizeConfig, NeonizeEngine
 
-    return NeonizeEngine(settings)
+    return NeonizeEngine(
+        NeonizeConfig(
+            data_dir=settings.data_dir,
+            device_store_url=settings.device_store_url,
+            max_sessions=settings.max_sessions,
+            executor_spare=settings.neonize_executor_spare,
+            dial_timeout_s=settings.neonize_dial_timeout_s,
+            start_hold_s=settings.neonize_start_hold_s,
+            start_stagger_s=settings.start_stagger_s,
+            stop_timeout_s=settings.neonize_stop_timeout_s,
+            go_log_level=settings.neonize_go_log_level,
+        ),
+        nc,
+    )
 
 
 class Agent:
@@ -135,6 +158,14 @@ class Agent:
             breaker_threshold=settings.breaker_threshold,
             breaker_cooldown_s=settings.breaker_cooldown_s,
             watchdog_interval_s=settings.watchdog_interval_s,
+            watchdog_timeout_s=settings.watchdog_timeout_s,
+            send_attempts=settings.send_attempts,
+            send_retry_delay_s=settings.send_retry_delay_s,
+        )
+        self.media = MediaFetcher(
+            max_bytes=settings.max_media_bytes,
+            timeout_s=settings.media_timeout_s,
+            allow_private=settings.media_allow_private,
         )
         CAPACITY.set(settings.max_sessions)
 
@@ -232,6 +263,15 @@ class Agent:
                 queue_group=f"zf-agent-{self.node_id}",
             )
 
+    @staticmethod
+    def _invalid(exc: msgspec.DecodeError) -> bytes:
+        """The error reply for a body that does not decode. An unknown message type is
+        its own code (the client can fall back); anything else is an invalid request."""
+        text = str(exc)
+        if "`$.content.type`" in text or text.endswith("`$.content`"):
+            return err(ErrorCode.UNSUPPORTED_MESSAGE, f"unsupported message type: {text}")
+        return err(ErrorCode.INVALID_REQUEST, text)
+
     def _rpc(
         self, request_type: type[R], handler: Callable[[R], Awaitable[msgspec.Struct]]
     ) -> Callable[[Request], Awaitable[None]]:
@@ -241,7 +281,7 @@ class Agent:
             try:
                 body = decoder.decode(request.data or b"{}")
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                await request.respond(err(ErrorCode.INVALID_REQUEST, str(exc)))
+                await request.respond(self._invalid(exc))
                 return
             try:
                 reply = ok(await handler(body))
@@ -257,7 +297,9 @@ class Agent:
     # -- admission and fencing ---------------------------------------------------------
 
     def _live_count(self) -> int:
-        return sum(1 for s in self.sessions.values() if s.state in LIVE_STATES)
+        """Sessions holding a slot: every one not STOPPED or LOGGED_OUT (a FAILED session
+        retries after its cool-down, so it keeps its slot)."""
+        return sum(1 for s in self.sessions.values() if s.state in HOLDS_SLOT)
 
     def _admit(self) -> None:
         if self.draining:
@@ -321,27 +363,28 @@ class Agent:
                 retry_after_s=self.settings.heartbeat_interval_s,
             )
         existing = self.sessions.get(spec.session_id)
-        if existing is not None and existing.state in LIVE_STATES:
+        if existing is not None and existing.state in HOLDS_SLOT:
             if existing.epoch == request.epoch:
-                return existing.info()
-            if existing.epoch > request.epoch:
+                return existing.info()  # idempotent: a retried start is a no-op
+            if request.epoch < existing.epoch:
                 raise AgentError(
-                    ErrorCode.SESSION_EXISTS,
-                    f"session {spec.session_id} already runs here at epoch {existing.epoch}",
+                    ErrorCode.STALE_EPOCH,
+                    f"epoch {request.epoch} is older than the running epoch {existing.epoch}",
                 )
         await self._check_epoch(spec.session_id, request.epoch)
-        if existing is not None and self.sessions.get(spec.session_id) is existing:
-            # a newer epoch of a session this node runs: the old run ends first
-            await existing.stop(f"superseded by epoch {request.epoch}")
-            self.sessions.pop(spec.session_id, None)
-        self._admit()
-        if self._device_store is not None:
-            await self._device_store.restore(spec.session_id)
         if spec.engine != self.engine.name:
             raise AgentError(
                 ErrorCode.INVALID_REQUEST,
                 f"this node runs the {self.engine.name} engine, not {spec.engine}",
             )
+        if existing is not None and self.sessions.get(spec.session_id) is existing:
+            # a newer epoch, or a STOPPED/LOGGED_OUT leftover: end the old one first so
+            # its timers can never bring a second socket up
+            self.sessions.pop(spec.session_id, None)
+            await existing.stop(f"superseded by epoch {request.epoch}")
+        self._admit()
+        if self._device_store is not None:
+            await self._device_store.restore(spec.session_id)
         supervisor = SessionSupervisor(
             spec,
             request.epoch,
@@ -349,9 +392,11 @@ class Agent:
             self.engine.open_session,
             self.events,
             self._supervisor_config,
+            media=self.media,
         )
         self.sessions[spec.session_id] = supervisor
         await supervisor.start()
+        await supervisor.settle(START_SETTLE_S)
         return supervisor.info()
 
     async def op_stop(self, ref: SessionRef) -> SessionInfo:
@@ -389,11 +434,18 @@ class Agent:
 
     async def op_qr(self, ref: SessionRef) -> Any:
         supervisor = self._get(ref)
-        if supervisor.state is not SessionState.PAIRING or supervisor.qr is None:
+        qr = supervisor.qr
+        if supervisor.state is not SessionState.PAIRING or qr is None:
             raise AgentError(
                 ErrorCode.NOT_PAIRING, f"session is {supervisor.state}, no QR code to show"
             )
-        return supervisor.qr
+        if qr.expires_at <= time.time():
+            raise AgentError(
+                ErrorCode.NOT_PAIRING,
+                "the QR code expired; the next one is on its way",
+                retry_after_s=1.0,
+            )
+        return qr
 
     async def op_pair_code(self, request: PairCodeRequest) -> PairCode:
         supervisor = self._get(SessionRef(session_id=request.session_id))
@@ -408,7 +460,17 @@ class Agent:
 
     async def op_configure(self, request: ConfigureSession) -> SessionInfo:
         supervisor = self._get(SessionRef(session_id=request.session_id))
-        supervisor.reconfigure(request.pacing)
+        pacing = request.pacing
+        if pacing is not None and (
+            pacing.rate_per_s <= 0
+            or pacing.burst < 1
+            or pacing.queue_size < 1
+            or pacing.daily_cap < 0
+            or pacing.min_gap_per_recipient_s < 0
+            or not 0 <= pacing.jitter <= 1
+        ):
+            raise AgentError(ErrorCode.INVALID_REQUEST, f"invalid pacing settings: {pacing}")
+        supervisor.reconfigure(pacing, request.device_name, request.proxy)
         return supervisor.info()
 
     async def op_list(self, _: Empty) -> SessionList:
@@ -417,14 +479,30 @@ class Agent:
     async def op_send(self, request: SendMessage) -> SendAccepted:
         supervisor = self._get(SessionRef(session_id=request.session_id))
         request.to = normalize_number(request.to)
-        depth = supervisor.enqueue(request)
+        if not request.message_id:
+            raise AgentError(ErrorCode.INVALID_REQUEST, "message_id is required")
+        media = media_of(request.content)
+        payload = None
+        if media is not None:
+            try:
+                payload = await self.media.accept(media)
+            except MediaError as exc:
+                raise AgentError(exc.code, exc.message) from None
+            if payload is not None:
+                media.base64 = None  # the queue keeps the decoded bytes, not the text
+        depth = supervisor.enqueue(request, payload)
         return SendAccepted(message_id=request.message_id, queue_depth=depth)
 
     async def op_check(self, request: CheckNumbers) -> NumberStatuses:
         supervisor = self._get(SessionRef(session_id=request.session_id))
+        if not request.numbers or len(request.numbers) > self.settings.max_check_numbers:
+            raise AgentError(
+                ErrorCode.INVALID_REQUEST,
+                f"check 1 to {self.settings.max_check_numbers} numbers per request",
+            )
+        numbers = [normalize_number(n) for n in request.numbers]
         if supervisor.state is not SessionState.CONNECTED:
             raise AgentError(ErrorCode.NOT_CONNECTED, f"session is {supervisor.state}")
-        numbers = [normalize_number(n) for n in request.numbers]
         try:
             results = await supervisor.engine.check_numbers(numbers)
         except Exception as exc:
@@ -455,7 +533,8 @@ class Agent:
             rss_bytes=_system.rss_bytes(),
             memory_limit_bytes=_system.memory_limit_bytes(),
             open_fds=_system.open_fds(),
-            loop_lag_ms=round(self.lag.last_ms, 2),
+            loop_lag_ms=round(self.lag.recent_ms, 2),
+            loop_lag_max_ms=round(self.lag.max_ms, 2),
             draining=self.draining,
             labels=self.settings.labels,
             started_at=self.started_at,
@@ -531,7 +610,8 @@ class Agent:
     async def _resume_assigned(self) -> None:
         """Start the sessions KV assigns to this node (after a crash, a restart or a
         fence). Each one is claimed first (new epoch by revision CAS), so a reconciler
-        moving it at the same moment and this agent never both run it."""
+        moving it at the same moment and this agent never both run it. Starts return at
+        once; the neonize engine staggers the dials behind its lock."""
         assert self._sessions_kv is not None
         try:
             keys = await self._sessions_kv.keys()
@@ -552,7 +632,6 @@ class Agent:
                 await self.op_start(StartSession(spec=claimed.spec, epoch=claimed.assignment.epoch))
             except AgentError as exc:
                 log.warning("could not resume session", extra={"session_id": key, "error": exc})
-            await asyncio.sleep(self.settings.start_stagger_s)
 
     async def _device_backup_loop(self) -> None:
         """Periodic backup of the SQLite device stores of connected sessions."""
@@ -575,16 +654,19 @@ class Agent:
             await self._assignments.stop()
         if self._service is not None:
             with contextlib.suppress(Exception):
-                await self._service.stop()
+                await asyncio.wait_for(self._service.stop(), 2)
         for supervisor in list(self.sessions.values()):
             with contextlib.suppress(Exception):
                 await supervisor.stop("agent shutting down")
             if self._device_store is not None:
                 await self._device_store.backup(supervisor.session_id)
         if self._events is not None:
-            await self.events.close()
+            # cut off from NATS, waiting for the buffer to drain would only delay the exit
+            connected = self._nc is not None and self._nc.is_connected
+            await self.events.close(limit_s=10.0 if connected else 1.0)
         if self._engine is not None:
             await self.engine.close()
+        await self.media.close()
         self.lag.stop()
         if self._nodes_kv is not None:
             with contextlib.suppress(Exception):

@@ -50,7 +50,7 @@ class BackupMeta(msgspec.Struct, kw_only=True):
 
 def device_path(data_dir: str | Path, session_id: str) -> Path:
     """Where the SQLite device store of a session lives on an agent."""
-    return Path(data_dir) / "devices" / f"{session_id}.db"
+    return Path(data_dir) / "neonize" / f"{session_id}.db"
 
 
 def _snapshot(source: Path) -> bytes:

@@ -2,8 +2,9 @@
 
 Sessions call :meth:`EventPublisher.emit`, which only appends to a bounded buffer. One
 task drains the buffer in order and publishes each event with ``Nats-Msg-Id`` = event id,
-so a retried publish is deduplicated by the stream. A failed publish stays at the head of
-the buffer and is retried with backoff; when the buffer is full the oldest *status* event
+so a retried publish is deduplicated by the stream. Up to ``window`` publishes are in
+flight at once (their order on one connection is kept). A failed publish stays at the
+head of the buffer and is retried with backoff; when the buffer is full the oldest *status* event
 is dropped first (a newer status supersedes it) and the drop is counted — messages and
 receipts are never the ones dropped.
 """
@@ -40,10 +41,14 @@ def new_event_id() -> str:
 
 
 class EventPublisher:
-    def __init__(self, js: JetStreamContext, node_id: str, max_buffer: int = 100_000) -> None:
+    def __init__(
+        self, js: JetStreamContext, node_id: str, max_buffer: int = 100_000, window: int = 64
+    ) -> None:
         self.js = js
         self.node_id = node_id
         self.max_buffer = max_buffer
+        self.window = window
+        self._inflight = 0
         self._buffer: deque[Event] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -78,7 +83,7 @@ class EventPublisher:
 
     def _drop_superseded_status(self) -> None:
         for index, queued in enumerate(self._buffer):
-            if queued.type is EventType.SESSION_STATUS:
+            if index >= self._inflight and queued.type is EventType.SESSION_STATUS:
                 del self._buffer[index]
                 EVENTS_DROPPED.inc()
                 log.warning("event buffer full: dropped a superseded status event")
@@ -93,25 +98,42 @@ class EventPublisher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            event = self._buffer[0]
+            # A window of publishes in flight at once (one connection keeps their order);
+            # those that fail stay at the head, in order, and are retried with backoff.
+            window = [self._buffer[i] for i in range(min(self.window, len(self._buffer)))]
+            self._inflight = len(window)
             try:
-                await self.js.publish(
-                    event_subject(event.tenant, event.session_id, event.type),
-                    encode(event),
-                    headers={"Nats-Msg-Id": event.id},
-                    timeout=5,
+                results = await asyncio.gather(
+                    *(self._publish(event) for event in window), return_exceptions=True
                 )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                EVENTS_FAILED.inc()
-                log.warning("event publish failed, retrying", extra={"error": repr(exc)})
+            finally:
+                self._inflight = 0
+            failed = [e for e, r in zip(window, results, strict=True) if r is not None]
+            for _ in window:
+                self._buffer.popleft()
+            self._buffer.extendleft(reversed(failed))
+            EVENTS_PUBLISHED.inc(len(window) - len(failed))
+            if failed:
+                EVENTS_FAILED.inc(len(failed))
+                error = next(r for r in results if r is not None)
+                if isinstance(error, asyncio.CancelledError):
+                    raise error
+                log.warning(
+                    "event publish failed, retrying",
+                    extra={"error": repr(error), "pending": len(self._buffer)},
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.05
-            self._buffer.popleft()
-            EVENTS_PUBLISHED.inc()
+
+    async def _publish(self, event: Event) -> None:
+        await self.js.publish(
+            event_subject(event.tenant, event.session_id, event.type),
+            encode(event),
+            headers={"Nats-Msg-Id": event.id},
+            timeout=5,
+        )
 
     async def flush(self, limit_s: float = 10.0) -> bool:
         """Wait until every buffered event is stored (used on orderly shutdown)."""

@@ -4,6 +4,10 @@ WhatsApp bans numbers that send too fast or too regularly. A :class:`Pacer` deci
 the next queued message may go: a token bucket (rate and burst), a minimum gap per
 recipient, random jitter on every wait, and a daily cap. It never drops anything; the
 bounded queue in front of it refuses new work instead (the caller answers 429).
+
+The token bucket is shared by every recipient of the session; the per-recipient gap is
+not, so the sender may pass over a message whose recipient must still wait and send a
+later one to somebody else (order per recipient is kept; see the supervisor).
 """
 
 from __future__ import annotations
@@ -58,26 +62,47 @@ class Pacer:
     def seconds_until_next_day(self) -> float:
         return DAY_S - (self._wall_clock() % DAY_S)
 
-    def cap_reached(self) -> bool:
-        return self.settings.enabled and self.sent_today >= self.settings.daily_cap
+    def remaining_today(self) -> int | None:
+        """Messages that may still go out today (None = no cap: pacing disabled)."""
+        if not self.settings.enabled:
+            return None
+        return max(0, self.settings.daily_cap - self.sent_today)
 
-    def delay_for(self, recipient: str) -> float:
-        """Seconds to wait before a message to ``recipient`` may go (0 = now)."""
+    def cap_reached(self) -> bool:
+        remaining = self.remaining_today()
+        return remaining is not None and remaining <= 0
+
+    # -- waits (without jitter) ----------------------------------------------------------
+
+    def token_wait(self) -> float:
+        """Seconds until the bucket holds a token (0 = now); the daily cap counts too."""
         if not self.settings.enabled:
             return 0.0
         if self.cap_reached():
             return self.seconds_until_next_day()
-        now = self._clock()
-        self._refill(now)
-        wait = 0.0
-        if self._tokens < 1.0:
-            wait = (1.0 - self._tokens) / self.settings.rate_per_s
+        self._refill(self._clock())
+        if self._tokens >= 1.0:
+            return 0.0
+        return (1.0 - self._tokens) / self.settings.rate_per_s
+
+    def recipient_wait(self, recipient: str) -> float:
+        """Seconds until ``recipient`` may receive the next message (0 = now)."""
+        if not self.settings.enabled:
+            return 0.0
         last = self._last_sent_to.get(recipient)
-        if last is not None:
-            wait = max(wait, last + self.settings.min_gap_per_recipient_s - now)
+        if last is None:
+            return 0.0
+        return max(0.0, last + self.settings.min_gap_per_recipient_s - self._clock())
+
+    def jittered(self, wait: float) -> float:
+        """A wait lengthened by up to ``jitter`` (never shortened below the configured pace)."""
         if wait <= 0:
             return 0.0
-        return wait * (1.0 + self._rng.uniform(0.0, self.settings.jitter))
+        return wait * (1.0 + self._rng.uniform(0.0, max(0.0, self.settings.jitter)))
+
+    def delay_for(self, recipient: str) -> float:
+        """Seconds to wait before a message to ``recipient`` may go (0 = now), jittered."""
+        return self.jittered(max(self.token_wait(), self.recipient_wait(recipient)))
 
     def record_sent(self, recipient: str) -> None:
         """Account one message that went out now."""

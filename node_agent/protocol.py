@@ -331,6 +331,7 @@ class NodeInfo(msgspec.Struct, kw_only=True):
     started_at: float = 0.0
     ts: float = 0.0
     lease_ttl_s: float = 0.0  # the node's own lease; the reconciler waits this + its margin
+    loop_lag_max_ms: float = 0.0
 
 
 # -- events ------------------------------------------------------------------------------

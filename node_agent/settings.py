@@ -16,6 +16,24 @@
 | ZAPFLEET_SIM_KEEPALIVE_S | 5 | sim: keepalive period (checks a socket is its account's only one) |
 | ZAPFLEET_SIM_PROBE_TIMEOUT_S | 0.25 | sim: how long a probe waits for another live socket |
 | ZAPFLEET_LABELS | (none) | k=v,k=v placement labels (e.g. region=eu) |
+| ZAPFLEET_MAX_MEDIA_BYTES | 16777216 | largest media (base64 or URL) a message may carry |
+| ZAPFLEET_MEDIA_TIMEOUT_S | 30 | media URL download timeout |
+| ZAPFLEET_MEDIA_ALLOW_PRIVATE | false | allow media URLs on loopback/private hosts (tests) |
+| ZAPFLEET_START_STAGGER_S | 0.05 | pause between two neonize dials (staggered starts) |
+| ZAPFLEET_MAX_CHECK_NUMBERS | 500 | largest batch of one contacts check |
+| ZAPFLEET_BACKOFF_BASE_S / _MAX_S | 2 / 300 | reconnect backoff (full jitter above base) |
+| ZAPFLEET_BREAKER_THRESHOLD | 5 | consecutive failures that open the circuit breaker |
+| ZAPFLEET_BREAKER_COOLDOWN_S | 600 | how long the breaker stays open (reset by RPC) |
+| ZAPFLEET_WATCHDOG_INTERVAL_S / _TIMEOUT_S | 30 / 10 | liveness probe of CONNECTED sessions |
+| ZAPFLEET_SEND_ATTEMPTS | 3 | engine send attempts before a message is acked `failed` |
+| ZAPFLEET_SEND_RETRY_DELAY_S | 1 | pause before a retry (times the attempt number) |
+| ZAPFLEET_NEONIZE_DIAL_TIMEOUT_S | 30 | a dial silent this long is abandoned (never cancelled) |
+| ZAPFLEET_NEONIZE_START_HOLD_S | 0.5 | longest a start holds the neonize lock for the dial |
+| ZAPFLEET_NEONIZE_STOP_TIMEOUT_S | 10 | longest a neonize Stop may hold the lock |
+| ZAPFLEET_NEONIZE_EXECUTOR_SPARE | 32 | executor threads beyond one per session |
+| ZAPFLEET_NEONIZE_GO_LOG_LEVEL | WARNING | level of whatsmeow logs allowed across the FFI |
+| ZAPFLEET_SIM_QR_FIRST_S / _NEXT_S | 60 / 20 | sim QR lifetimes (first / next codes) |
+| ZAPFLEET_SIM_READ_AFTER_S | 0.5 | sim recipients read a message after this long |
 | ZAPFLEET_LOG_LEVEL / ZAPFLEET_LOG_FORMAT | INFO / json | logging |
 """
 
@@ -45,13 +63,25 @@ class AgentSettings(msgspec.Struct, kw_only=True):
     events_max_age_s: float = 7 * 86400.0
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     max_media_bytes: int = 16 * 1024 * 1024
+    media_timeout_s: float = 30.0
+    media_allow_private: bool = False
     start_stagger_s: float = 0.05
+    max_check_numbers: int = 500
     # state machine (DESIGN §3)
     backoff_base_s: float = 2.0
     backoff_max_s: float = 300.0
     breaker_threshold: int = 5
     breaker_cooldown_s: float = 600.0
     watchdog_interval_s: float = 30.0
+    watchdog_timeout_s: float = 10.0
+    send_attempts: int = 3
+    send_retry_delay_s: float = 1.0
+    # neonize engine (NEONIZE.md)
+    neonize_dial_timeout_s: float = 30.0
+    neonize_start_hold_s: float = 0.5
+    neonize_stop_timeout_s: float = 10.0
+    neonize_executor_spare: int = 32
+    neonize_go_log_level: str = "WARNING"
     # sim engine
     sim_qr_first_s: float = 60.0
     sim_qr_next_s: float = 20.0
@@ -71,6 +101,15 @@ class AgentSettings(msgspec.Struct, kw_only=True):
             raise SettingsError("invalid setting ZAPFLEET_MAX_SESSIONS: must be >= 1")
         if not 0 < self.memory_threshold <= 1:
             raise SettingsError("invalid setting ZAPFLEET_MEMORY_THRESHOLD: must be in (0, 1]")
+        if self.backoff_base_s <= 0 or self.backoff_max_s < self.backoff_base_s:
+            raise SettingsError(
+                "invalid setting ZAPFLEET_BACKOFF_BASE_S/ZAPFLEET_BACKOFF_MAX_S: "
+                "need 0 < base <= max"
+            )
+        if self.breaker_threshold < 1:
+            raise SettingsError("invalid setting ZAPFLEET_BREAKER_THRESHOLD: must be >= 1")
+        if self.send_attempts < 1:
+            raise SettingsError("invalid setting ZAPFLEET_SEND_ATTEMPTS: must be >= 1")
         if self.lease_ttl_s < 2 * self.heartbeat_interval_s:
             raise SettingsError(
                 "invalid setting ZAPFLEET_LEASE_TTL_S: must be at least twice "

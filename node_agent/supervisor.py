@@ -36,18 +36,25 @@ from node_agent.engines._base import (
     Receipt,
 )
 from node_agent.events import EventPublisher
+from node_agent.media import MediaError, MediaFetcher, MediaPayload
 from node_agent.pacing import Pacer
 from node_agent.protocol import (
+    AudioContent,
+    DocumentContent,
     ErrorCode,
     EventType,
+    ImageContent,
+    MessageContent,
     MessageRecord,
     PacingSettings,
     QrCode,
+    ReactionContent,
     SendMessage,
     SessionInfo,
     SessionSpec,
     SessionState,
     TextContent,
+    VideoContent,
 )
 from zapfleet._logging import bind
 
@@ -79,7 +86,13 @@ class SupervisorConfig(msgspec.Struct, kw_only=True):
     breaker_threshold: int = 5
     breaker_cooldown_s: float = 600.0
     watchdog_interval_s: float = 30.0
+    watchdog_timeout_s: float = 10.0
     history_size: int = 200
+    send_attempts: int = 3
+    send_retry_delay_s: float = 1.0
+    max_queued_media_bytes: int = 64 * 1024 * 1024
+    # how far the sender looks past a message whose recipient must still wait
+    lookahead: int = 64
 
 
 class AgentError(Exception):
@@ -96,6 +109,19 @@ class AgentError(Exception):
 class _Outbound:
     request: SendMessage
     queued_at: float
+    media: MediaPayload | None = None
+    attempts: int = 0
+
+    @property
+    def media_bytes(self) -> int:
+        return self.media.size if self.media is not None else 0
+
+
+def media_of(content: MessageContent) -> Any:
+    """The :class:`~node_agent.protocol.Media` of media content, else None."""
+    if isinstance(content, ImageContent | DocumentContent | AudioContent | VideoContent):
+        return content.media
+    return None
 
 
 class SessionSupervisor:
@@ -108,12 +134,14 @@ class SessionSupervisor:
         events: EventPublisher,
         config: SupervisorConfig,
         on_state: Callable[[SessionSupervisor, SessionState, SessionState], None] | None = None,
+        media: MediaFetcher | None = None,
     ) -> None:
         self.spec = spec
         self.epoch = epoch
         self.node_id = node_id
         self.events = events
         self.config = config
+        self.media = media
         self._on_state = on_state
         self.state = SessionState.STOPPED
         self.reason: str | None = None
@@ -125,15 +153,18 @@ class SessionSupervisor:
         self.pacer = Pacer(spec.pacing)
         self.history: deque[MessageRecord] = deque(maxlen=config.history_size)
         self._queue: deque[_Outbound] = deque()
+        self._queued_media_bytes = 0
         self._queued_ids: OrderedDict[str, None] = OrderedDict()
-        self._engine_ids: OrderedDict[str, str] = OrderedDict()
-        self._queue_signal = asyncio.Event()
+        self._engine_ids: OrderedDict[str, str] = OrderedDict()  # engine id -> our id
+        self._our_ids: OrderedDict[str, str] = OrderedDict()  # our id -> engine id
+        self._wake = asyncio.Event()
         self._connected = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._reconnect_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None  # a sleeping retry timer
+        self._connect_task: asyncio.Task[None] | None = None  # an attempt in flight
         self._engine = open_engine_session(spec, self._on_engine_event)
         self._sender: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._ending = False  # stop/logout under way: no event may revive the session
 
     # -- identity ----------------------------------------------------------------------
 
@@ -164,51 +195,95 @@ class SessionSupervisor:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Begin the session. Returns at once (state STARTING): the engine connects in
+        the background, so an RPC never waits for a dial or for the engine's lock."""
         bind(tenant=self.tenant, session_id=self.session_id, node_id=self.node_id)
         self._sender = asyncio.create_task(self._send_loop(), name=f"send:{self.session_id}")
         self._watchdog = asyncio.create_task(self._watch(), name=f"watch:{self.session_id}")
-        await self._connect()
+        self._begin_connect(fresh=True)
 
-    async def _connect(self) -> None:
+    async def settle(self, timeout_s: float) -> None:
+        """Wait (bounded, never cancelling) for the connect attempt in flight to return,
+        so a reply reflects what the engine did at once (a sim session is PAIRING)."""
+        task = self._connect_task
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=timeout_s)
+
+    def _begin_connect(self, *, fresh: bool = False) -> None:
+        """One connect attempt in the background (after closing the previous socket
+        unless ``fresh``). At most one attempt is in flight."""
+        self._cancel_connect()
         self._set_state(SessionState.STARTING)
+        self._connect_task = asyncio.create_task(
+            self._connect(fresh), name=f"connect:{self.session_id}"
+        )
+
+    async def _connect(self, fresh: bool) -> None:
+        if not fresh:
+            with contextlib.suppress(Exception):
+                await self._engine.disconnect()
         try:
             await self._engine.connect()
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
             log.warning("connect failed", extra={"error": repr(exc)})
             self._on_failure(f"connect failed: {exc}")
 
+    def _cancel_connect(self) -> asyncio.Task[None] | None:
+        task, self._connect_task = self._connect_task, None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            return task
+        return None
+
+    async def _end_connect(self) -> None:
+        task = self._cancel_connect()
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
     async def stop(self, reason: str = "stopped") -> None:
-        """Close the socket and end every task; queued messages stay reported as queued."""
+        """Close the socket and end every task. Messages still queued are reported as
+        failed (``message.ack`` status ``failed``): accepted work is never lost silently."""
+        self._ending = True
         self._cancel_reconnect()
-        for task in (self._sender, self._watchdog, *self._tasks):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
+        await self._end_connect()
+        self._stop_tasks()
+        self._connected.clear()
         with contextlib.suppress(Exception):
             await self._engine.disconnect()
-        self._connected.clear()
         self._set_state(SessionState.STOPPED, reason)
+        self._fail_queued(f"session stopped before sending: {reason}")
 
     async def logout(self) -> None:
+        """Unlink the device. An engine that cannot reach WhatsApp still forgets the
+        pairing locally (the phone may then show a stale linked device)."""
+        self._ending = True
         self._cancel_reconnect()
-        await self._engine.logout()
-        self.phone = None
+        await self._end_connect()
+        self._stop_tasks()
         self._connected.clear()
+        try:
+            await self._engine.logout()
+        except Exception as exc:
+            log.warning("engine logout failed; pairing forgotten locally", extra={"error": exc})
+        self.phone = None
+        self.qr = None
         self._set_state(SessionState.LOGGED_OUT, "logged out by request")
         self.events.emit(EventType.SESSION_LOGGED_OUT, self.tenant, self.session_id, {})
-        await self.stop_tasks()
+        self._fail_queued("session logged out before sending")
 
-    async def stop_tasks(self) -> None:
+    def _stop_tasks(self) -> None:
         for task in (self._sender, self._watchdog):
-            if task is not None:
+            if task is not None and task is not asyncio.current_task():
                 task.cancel()
 
     async def reconnect(self) -> None:
-        """Force a reconnect now (API "force reconnect")."""
+        """Force a reconnect now (API "force reconnect"); returns once it has begun."""
         self._cancel_reconnect()
-        with contextlib.suppress(Exception):
-            await self._engine.disconnect()
         self._connected.clear()
-        await self._connect()
+        self._begin_connect()
 
     async def reset_breaker(self) -> None:
         self.failures = 0
@@ -216,26 +291,53 @@ class SessionSupervisor:
         if self.state in (SessionState.FAILED, SessionState.RECONNECTING):
             await self.reconnect()
 
-    def reconfigure(self, pacing: PacingSettings | None) -> None:
+    def reconfigure(
+        self,
+        pacing: PacingSettings | None,
+        device_name: str | None = None,
+        proxy: str | None = None,
+    ) -> None:
+        """New pacing applies now; device name and proxy at the next connect."""
         if pacing is not None:
             self.spec.pacing = pacing
             self.pacer.reconfigure(pacing)
+            self._wake.set()
+        if device_name is not None:
+            self.spec.device_name = device_name
+        if proxy is not None:
+            self.spec.proxy = proxy or None
 
     # -- state machine -----------------------------------------------------------------
 
-    def _set_state(self, state: SessionState, reason: str | None = None) -> None:
+    def _set_state(self, state: SessionState, reason: str | None = None, **extra: object) -> None:
         previous = self.state
         if previous is state and reason == self.reason:
             return
         self.state = state
         self.reason = reason
         self.since = time.time()
-        log.info("session state", extra={"state": state, "previous": previous, "reason": reason})
+        log.info(
+            "session state",
+            extra={
+                "session_id": self.session_id,
+                "tenant": self.tenant,
+                "state": state,
+                "previous": previous,
+                "reason": reason,
+            },
+        )
         self.events.emit(
             EventType.SESSION_STATUS,
             self.tenant,
             self.session_id,
-            {"state": state, "previous": previous, "reason": reason, "epoch": self.epoch},
+            {
+                "state": state,
+                "previous": previous,
+                "reason": reason,
+                "epoch": self.epoch,
+                "attempt": self.failures,
+                **extra,
+            },
         )
         if self._on_state is not None:
             self._on_state(self, previous, state)
@@ -247,9 +349,8 @@ class SessionSupervisor:
             log.exception("engine event handler failed", extra={"event": type(event).__name__})
 
     def _handle_engine_event(self, event: EngineEvent) -> None:
-        if self.state in (SessionState.STOPPED, SessionState.LOGGED_OUT) and not isinstance(
-            event, Receipt | Inbound
-        ):
+        ended = self._ending or self.state in (SessionState.STOPPED, SessionState.LOGGED_OUT)
+        if ended and not isinstance(event, Receipt | Inbound):
             return
         match event:
             case QrShown(code=code, expires_at=expires_at):
@@ -268,41 +369,51 @@ class SessionSupervisor:
                     EventType.SESSION_PAIRED, self.tenant, self.session_id, {"phone": phone}
                 )
             case Connected(phone=phone):
+                self._cancel_reconnect()  # the engine may have recovered by itself
                 self.phone = phone or self.phone
                 self.qr = None
                 self.failures = 0
                 self.breaker_open_until = None
                 self._connected.set()
                 self._set_state(SessionState.CONNECTED)
-            case Disconnected(reason=reason):
+            case Disconnected(reason=reason, fatal=fatal):
                 self._connected.clear()
-                self._on_failure(reason)
+                self.qr = None
+                self._on_failure(reason, fatal=fatal)
             case LoggedOut(reason=reason):
                 self._connected.clear()
                 self._cancel_reconnect()
                 self.phone = None
+                self.qr = None
                 self._set_state(SessionState.LOGGED_OUT, reason)
                 self.events.emit(
                     EventType.SESSION_LOGGED_OUT, self.tenant, self.session_id, {"reason": reason}
                 )
+                self._stop_tasks()
+                self._fail_queued("session logged out before sending")
             case Inbound():
                 self._on_inbound(event)
             case Receipt():
                 self._on_receipt(event)
 
-    def _on_failure(self, reason: str) -> None:
+    def _on_failure(self, reason: str, *, fatal: bool = False) -> None:
+        if self._ending:
+            return
         self.failures += 1
         self._set_state(SessionState.DISCONNECTED, reason)
-        if self.failures >= self.config.breaker_threshold:
+        if fatal or self.failures >= self.config.breaker_threshold:
             self.breaker_open_until = time.time() + self.config.breaker_cooldown_s
+            why = "a fatal error" if fatal else f"{self.failures} consecutive failures"
             self._set_state(
                 SessionState.FAILED,
-                f"circuit open after {self.failures} consecutive failures: {reason}",
+                f"circuit open after {why}: {reason}",
+                retry_in_s=self.config.breaker_cooldown_s,
             )
             self._schedule_reconnect(self.config.breaker_cooldown_s)
             return
-        self._set_state(SessionState.RECONNECTING, reason)
-        self._schedule_reconnect(self.backoff_delay(self.failures))
+        delay = self.backoff_delay(self.failures)
+        self._set_state(SessionState.RECONNECTING, reason, retry_in_s=round(delay, 3))
+        self._schedule_reconnect(delay)
 
     def backoff_delay(self, attempt: int) -> float:
         """Exponential backoff with full jitter above the base: base .. min(max, base*2^n)."""
@@ -313,14 +424,14 @@ class SessionSupervisor:
 
     def _schedule_reconnect(self, delay: float) -> None:
         self._cancel_reconnect()
+        if self._ending:
+            return
         RECONNECTS.inc()
 
         async def later() -> None:
             await asyncio.sleep(delay)
             self._reconnect_task = None
-            with contextlib.suppress(Exception):
-                await self._engine.disconnect()
-            await self._connect()
+            self._begin_connect()
 
         self._reconnect_task = asyncio.create_task(later(), name=f"reconnect:{self.session_id}")
 
@@ -335,7 +446,9 @@ class SessionSupervisor:
             if self.state is not SessionState.CONNECTED:
                 continue
             try:
-                alive = await asyncio.wait_for(self._engine.ping(), timeout=10)
+                alive = await asyncio.wait_for(
+                    self._engine.ping(), timeout=self.config.watchdog_timeout_s
+                )
             except Exception:
                 alive = False
             if not alive and self.state is SessionState.CONNECTED:
@@ -344,29 +457,36 @@ class SessionSupervisor:
 
     # -- messages ----------------------------------------------------------------------
 
-    def enqueue(self, request: SendMessage) -> int:
-        """Accept one message into the bounded queue; raises AgentError when it cannot."""
+    def enqueue(self, request: SendMessage, media: MediaPayload | None = None) -> int:
+        """Accept one message into the bounded queue; raises AgentError when it cannot.
+        ``media`` carries inline media already decoded (see :mod:`node_agent.media`)."""
         if self.state in (SessionState.LOGGED_OUT, SessionState.STOPPED):
             raise AgentError(ErrorCode.NOT_CONNECTED, f"session is {self.state}")
         if request.message_id in self._queued_ids:
             return len(self._queue)
-        if self.pacer.cap_reached():
+        remaining = self.pacer.remaining_today()
+        if remaining is not None and len(self._queue) >= remaining:
             raise AgentError(
                 ErrorCode.DAILY_CAP_REACHED,
-                f"daily cap of {self.spec.pacing.daily_cap} messages reached",
+                f"daily cap of {self.spec.pacing.daily_cap} messages reached "
+                f"({self.pacer.sent_today} sent, {len(self._queue)} queued)",
                 retry_after_s=round(self.pacer.seconds_until_next_day(), 1),
             )
-        if len(self._queue) >= self.spec.pacing.queue_size:
-            retry = max(1.0, len(self._queue) / max(self.spec.pacing.rate_per_s, 0.001) / 10)
+        size = media.size if media is not None else 0
+        if len(self._queue) >= self.spec.pacing.queue_size or (
+            size and self._queued_media_bytes + size > self.config.max_queued_media_bytes
+        ):
             raise AgentError(
                 ErrorCode.QUEUE_FULL,
-                f"send queue is full ({len(self._queue)} messages)",
-                retry_after_s=round(retry, 1),
+                f"send queue is full ({len(self._queue)} messages, "
+                f"{self._queued_media_bytes} bytes of media)",
+                retry_after_s=round(self._retry_after(), 1),
             )
-        self._queue.append(_Outbound(request, time.time()))
+        self._queue.append(_Outbound(request, time.time(), media))
+        self._queued_media_bytes += size
         self._remember(self._queued_ids, request.message_id, None)
         QUEUE_DEPTH.inc()
-        self._queue_signal.set()
+        self._wake.set()
         self.events.emit(
             EventType.MESSAGE_QUEUED,
             self.tenant,
@@ -375,51 +495,106 @@ class SessionSupervisor:
         )
         return len(self._queue)
 
+    def _retry_after(self) -> float:
+        """When a full queue will have room: a tenth of it drained at the paced rate."""
+        pacing = self.spec.pacing
+        rate = pacing.rate_per_s if pacing.enabled else 100.0
+        return max(1.0, min(300.0, len(self._queue) / 10 / max(rate, 0.001)))
+
     @staticmethod
     def _remember(store: OrderedDict[str, Any], key: str, value: Any, limit: int = 10_000) -> None:
         store[key] = value
         if len(store) > limit:
             store.popitem(last=False)
 
+    def _pick(self) -> tuple[_Outbound | None, float]:
+        """The next message allowed to go now, or (None, seconds to wait). Order per
+        recipient is kept; a recipient still inside its minimum gap does not hold back
+        messages to others queued behind it."""
+        token_wait = self.pacer.token_wait()
+        if token_wait > 0:
+            return None, self.pacer.jittered(token_wait)
+        seen: set[str] = set()
+        shortest = float("inf")
+        for index, item in enumerate(self._queue):
+            if index >= self.config.lookahead:
+                break
+            to = item.request.to
+            if to in seen:
+                continue
+            seen.add(to)
+            wait = self.pacer.recipient_wait(to)
+            if wait <= 0:
+                return item, 0.0
+            shortest = min(shortest, wait)
+        return None, self.pacer.jittered(shortest)
+
     async def _send_loop(self) -> None:
         while True:
             if not self._queue:
-                self._queue_signal.clear()
-                await self._queue_signal.wait()
+                self._wake.clear()
+                await self._wake.wait()
                 continue
             await self._connected.wait()
-            item = self._queue[0]
-            delay = self.pacer.delay_for(item.request.to)
-            if delay > 0:
-                await asyncio.sleep(delay)
+            item, wait = self._pick()
+            if item is None:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=wait)
                 continue
-            await self._send_one(item)
+            try:
+                await self._send_one(item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let one message end the sender
+                log.exception("send failed unexpectedly")
+                self._finish_failed(item, ErrorCode.INTERNAL, f"internal error: {exc!r}")
+
+    def _dequeue(self, item: _Outbound) -> None:
+        with contextlib.suppress(ValueError):
+            self._queue.remove(item)
+            self._queued_media_bytes -= item.media_bytes
+            QUEUE_DEPTH.dec()
 
     async def _send_one(self, item: _Outbound) -> None:
         request = item.request
+        content = request.content
+        media = item.media
+        remote = media_of(content)
+        if media is None and remote is not None:
+            if self.media is None:
+                self._finish_failed(item, ErrorCode.MEDIA_UNAVAILABLE, "no media fetcher")
+                return
+            try:
+                media = await self.media.fetch(remote)
+            except MediaError as exc:
+                self._finish_failed(item, exc.code, exc.message)
+                return
+        if isinstance(content, ReactionContent) and content.message_id in self._our_ids:
+            content = ReactionContent(
+                message_id=self._our_ids[content.message_id], emoji=content.emoji
+            )
         started = time.perf_counter()
+        item.attempts += 1
         try:
-            engine_id = await self._engine.send(request.to, request.content, request.message_id)
+            engine_id = await self._engine.send(request.to, content, request.message_id, media)
         except EngineError as exc:
             if not self._connected.is_set():
-                return  # stays at the head of the queue until the session is back
-            self._queue.popleft()
-            QUEUE_DEPTH.dec()
-            SENDS.labels("failed").inc()
-            self._record(request, "failed")
-            self.events.emit(
-                EventType.MESSAGE_ACK,
-                self.tenant,
-                self.session_id,
-                {"message_id": request.message_id, "status": "failed", "error": str(exc)},
-            )
+                item.attempts -= 1  # not its fault: it waits for the session to come back
+                return
+            if item.attempts < self.config.send_attempts:
+                SENDS.labels("retried").inc()
+                log.info("send failed, will retry", extra={"error": str(exc)})
+                await asyncio.sleep(self.config.send_retry_delay_s * item.attempts)
+                return
+            self._finish_failed(item, ErrorCode.ENGINE_ERROR, str(exc))
             return
         SEND_SECONDS.observe(time.perf_counter() - started)
-        self._queue.popleft()
-        QUEUE_DEPTH.dec()
+        self._dequeue(item)
         SENDS.labels("sent").inc()
         self.pacer.record_sent(request.to)
         self._remember(self._engine_ids, engine_id, request.message_id)
+        self._remember(self._our_ids, request.message_id, engine_id)
         self._record(request, "sent")
         self.events.emit(
             EventType.MESSAGE_SENT,
@@ -433,6 +608,22 @@ class SessionSupervisor:
                 "queued_ms": round((time.time() - item.queued_at) * 1000, 1),
             },
         )
+
+    def _finish_failed(self, item: _Outbound, code: ErrorCode, error: str) -> None:
+        request = item.request
+        self._dequeue(item)
+        SENDS.labels("failed").inc()
+        self._record(request, "failed")
+        self.events.emit(
+            EventType.MESSAGE_ACK,
+            self.tenant,
+            self.session_id,
+            {"message_id": request.message_id, "status": "failed", "code": code, "error": error},
+        )
+
+    def _fail_queued(self, reason: str) -> None:
+        for item in list(self._queue):
+            self._finish_failed(item, ErrorCode.NOT_CONNECTED, reason)
 
     def _record(self, request: SendMessage, status: str) -> None:
         content = request.content
@@ -476,9 +667,10 @@ class SessionSupervisor:
 
     def _on_receipt(self, event: Receipt) -> None:
         message_id = self._engine_ids.get(event.message_id, event.message_id)
-        for record in self.history:
-            if record.message_id == message_id:
-                record.status = event.status
+        for record in reversed(self.history):
+            if record.message_id == message_id and record.direction == "out":
+                if _ACK_RANK.get(event.status, 0) >= _ACK_RANK.get(record.status, 0):
+                    record.status = event.status
                 break
         self.events.emit(
             EventType.MESSAGE_ACK,
@@ -501,6 +693,10 @@ class SessionSupervisor:
     @property
     def engine(self) -> EngineSession:
         return self._engine
+
+
+# receipts may arrive out of order (read before delivered): history keeps the furthest
+_ACK_RANK = {"failed": 0, "sent": 1, "server": 2, "delivered": 3, "read": 4}
 
 
 def _content_type(request: SendMessage) -> str:

@@ -34,12 +34,15 @@ from node_agent.engines.sim import SIM_BUCKET, SimConfig, SimEngine, seed_accoun
 from node_agent.engines.sim_presence import violations
 from node_agent.protocol import (
     EVENTS_STREAM,
+    SESSIONS_BUCKET,
+    Assignment,
     Empty,
     Err,
     Event,
     Ok,
     Op,
     SessionList,
+    SessionRecord,
     SessionSpec,
     agent_subject,
     encode,
@@ -361,6 +364,105 @@ async def test_a_frozen_agent_fences_itself_and_no_account_ever_has_two_sockets(
     cluster.wait_nodes_up()
 
 
+class TcpProxy:
+    """A TCP relay between one agent and nats-server that the test can cut: a real
+    network partition of that agent alone (its process keeps running)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.cut = False
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self.cut:
+            client_w.close()
+            return
+        server_r, server_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers |= {client_w, server_w}
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+
+        await asyncio.gather(pipe(client_r, server_w), pipe(server_r, client_w))
+        self._writers -= {client_w, server_w}
+
+    def partition(self) -> None:
+        self.cut = True
+        for writer in list(self._writers):
+            writer.close()
+
+    async def stop(self) -> None:
+        self.partition()
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_an_agent_cut_off_from_nats_stops_its_sessions_by_itself(
+    cluster: Cluster, api: httpx.AsyncClient, cnc: NATS
+) -> None:
+    cluster.ensure_agents()
+    proxy = TcpProxy(int(cluster.nats_url.rsplit(":", 1)[1]))
+    await proxy.start()
+    cut_off = "fo-d"
+    env = agent_env(
+        f"nats://127.0.0.1:{proxy.port}",
+        cut_off,
+        cluster.root / cut_off,
+        ZAPFLEET_HEARTBEAT_INTERVAL_S=str(HEARTBEAT_S),
+        ZAPFLEET_LEASE_TTL_S=str(LEASE_S),
+        ZAPFLEET_SIM_KEEPALIVE_S="0.5",
+        ZAPFLEET_LABELS="zone=d",
+    )
+    agent = spawn(f"{cut_off}-partition", ["agent"], env, LOG_DIR)
+    try:
+        await asyncio.to_thread(cluster.wait_nodes_up, (*NODES, cut_off))
+        # labels steer placement: zone=d exists only on fo-d, zone=mars nowhere
+        mars = await api.post(
+            "/v1/sessions", json={"session_id": "on-mars", "node_labels": {"zone": "mars"}}
+        )
+        assert mars.status_code == 503, mars.text
+        for node_id in NODES:
+            await api.post(f"/v1/nodes/{node_id}/cordon")
+        ids = await create_connected(api, cnc, "cut", 9, first_phone=600)
+        for node_id in NODES:
+            await api.post(f"/v1/nodes/{node_id}/uncordon")
+        assert {b["node_id"] for b in (await views(api, ids)).values()} == {cut_off}
+        before = await sim_violations(cnc)
+
+        proxy.partition()
+        after = await wait_all(
+            api,
+            ids,
+            lambda b: b["state"] == "CONNECTED" and b["node_id"] in NODES,
+            timeout_s=FAILOVER_BOUND_S + 10,
+        )
+        log = (LOG_DIR / f"{cut_off}-partition.log").read_text()
+        assert "lease lost: stopping every session" in log, "the agent did not fence itself"
+        assert all(b["epoch"] == 2 for b in after.values())
+
+        proxy.cut = False  # the network heals: the agent comes back with no stale session
+        await asyncio.to_thread(cluster.wait_nodes_up, (*NODES, cut_off))
+        await asyncio.sleep(4 * HEARTBEAT_S)
+        assert (await agent_sessions(cnc, cut_off)).sessions == []
+        assert await sim_violations(cnc) == before
+    finally:
+        stop_process(agent)  # an orderly stop: the node leaves placement at once
+        await proxy.stop()
+
+
 async def test_drain_moves_every_session_without_re_pairing_and_keeps_the_node_out(
     cluster: Cluster, api: httpx.AsyncClient, cnc: NATS
 ) -> None:
@@ -458,6 +560,27 @@ def test_the_cli_lists_and_cordons_nodes(cluster: Cluster) -> None:
     assert cli("cordon", NODES[1]).strip() == f"{NODES[1]}: cordoned"
     assert "cordoned" in next(line for line in cli("ls").splitlines() if NODES[1] in line)
     assert cli("uncordon", NODES[1]).strip() == f"{NODES[1]}: eligible"
+
+
+async def test_the_audit_starts_a_session_its_live_node_does_not_run(
+    cluster: Cluster, api: httpx.AsyncClient, cnc: NATS
+) -> None:
+    """A control plane wrote the assignment, then died before its start RPC."""
+    cluster.ensure_agents()
+    node = NODES[1]
+    await seed_account(cnc, "orphan", phone(500))
+    long_ago = time.time() - 120  # settled: no placement of it is in flight
+    record = SessionRecord(
+        spec=SessionSpec(session_id="orphan", tenant="default", engine="sim"),
+        assignment=Assignment(node_id=node, epoch=1),
+        created_at=long_ago,
+        updated_at=long_ago,
+    )
+    kv = await cnc.jetstream().key_value(SESSIONS_BUCKET)
+    await kv.create("orphan", encode(record))
+    body = (await wait_all(api, ["orphan"], lambda b: b["state"] == "CONNECTED", 20))["orphan"]
+    assert (body["node_id"], body["epoch"]) == (node, 1)
+    assert cluster.placement()[node]["slots_used"] >= 1
 
 
 # -- concurrency -------------------------------------------------------------------------

@@ -52,6 +52,16 @@ def cmd_agent(_: argparse.Namespace) -> None:
     from node_agent.agent import run_agent
 
     uvloop.run(run_agent(settings))
+    if settings.engine == "neonize":
+        # Sessions are stopped and events flushed by now. Threads the Go glue pinned for
+        # good (a dial that never returns, an ended pairing) would keep the interpreter
+        # from exiting while it joins its executor threads: leave without joining them.
+        import logging
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def cmd_control_plane(_: argparse.Namespace) -> None:
@@ -150,6 +160,57 @@ def cmd_sim_scan(args: argparse.Namespace) -> None:
     print(line)
     if not line.startswith("scanned"):
         raise SystemExit(1)
+
+
+async def sim_link(nats_url: str, session_id: str, code: str, phone: str) -> str:
+    """Type a phone pairing code (from ``session_pair_code``) on the sim phone."""
+    import nats
+
+    from node_agent.engines.sim import link
+
+    nc = await nats.connect(nats_url)
+    try:
+        result = await link(nc, code, phone, session_id=session_id)
+    finally:
+        await nc.close()
+    return "linked: session paired with " + phone if result.ok else f"refused: {result.error}"
+
+
+def cmd_sim_link(args: argparse.Namespace) -> None:
+    line = asyncio.run(sim_link(args.nats_url, args.session_id, args.code, args.phone))
+    print(line)
+    if not line.startswith("linked"):
+        raise SystemExit(1)
+
+
+async def sim_fault(nats_url: str, session_id: str, faults: object) -> None:
+    import nats
+
+    from node_agent.engines.sim import Faults, inject_faults
+
+    assert isinstance(faults, Faults)
+    nc = await nats.connect(nats_url)
+    try:
+        await inject_faults(nc, session_id, faults)
+    finally:
+        await nc.close()
+
+
+def cmd_sim_fault(args: argparse.Namespace) -> None:
+    from node_agent.engines.sim import Faults
+
+    faults = Faults(
+        latency_ms=args.latency_ms,
+        send_failure_rate=args.send_failure_rate,
+        disconnect=args.disconnect,
+        zombie=args.zombie,
+        fail_connects=args.fail_connects,
+    )
+    try:
+        asyncio.run(sim_fault(args.nats_url, args.session_id, faults))
+    except Exception as exc:
+        _die(f"cannot reach session {args.session_id}: {exc!r}")
+    print(f"faults set on {args.session_id}: {faults}")
 
 
 # -- up ----------------------------------------------------------------------------------
@@ -382,6 +443,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--nats-url", default=os.environ.get("ZAPFLEET_NATS_URL", "nats://127.0.0.1:4222")
     )
     scan.set_defaults(func=cmd_sim_scan)
+    nats_default = os.environ.get("ZAPFLEET_NATS_URL", "nats://127.0.0.1:4222")
+    link_cmd = sim.add_parser("link", help="enter a phone pairing code on the sim phone")
+    link_cmd.add_argument("session_id")
+    link_cmd.add_argument("code", help="the code from session_pair_code (ABCD-EFGH)")
+    link_cmd.add_argument("--phone", required=True, help="the number the code was issued for")
+    link_cmd.add_argument("--nats-url", default=nats_default)
+    link_cmd.set_defaults(func=cmd_sim_link)
+    fault = sim.add_parser("fault", help="inject faults into a sim session")
+    fault.add_argument("session_id")
+    fault.add_argument("--latency-ms", type=float, default=0.0)
+    fault.add_argument("--send-failure-rate", type=float, default=0.0)
+    fault.add_argument("--disconnect", action="store_true", help="drop the socket (reported)")
+    fault.add_argument("--zombie", action="store_true", help="drop it silently")
+    fault.add_argument("--fail-connects", type=int, default=0, help="refuse the next N connects")
+    fault.add_argument("--nats-url", default=nats_default)
+    fault.set_defaults(func=cmd_sim_fault)
 
     from zapfleet.apiclient import add_node_commands, add_session_commands
 

@@ -12,6 +12,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from node_agent.media import MediaPayload
 from node_agent.protocol import MessageContent, NumberStatus, SessionSpec
 
 
@@ -29,7 +30,12 @@ class Connected(msgspec.Struct, frozen=True):
 
 
 class Disconnected(msgspec.Struct, frozen=True):
+    """The socket is gone. ``fatal``: reconnecting now would not help or would do harm
+    (stream replaced by another device, temporary ban, client outdated) — the supervisor
+    opens the circuit breaker at once instead of retrying."""
+
     reason: str
+    fatal: bool = False
 
 
 class LoggedOut(msgspec.Struct, frozen=True):
@@ -73,8 +79,15 @@ class EngineSession(Protocol):
     async def logout(self) -> None:
         """Unlink the device and forget the pairing."""
 
-    async def send(self, to: str, content: MessageContent, message_id: str) -> str:
-        """Send now (pacing happened before). Returns the engine's message id."""
+    async def send(
+        self,
+        to: str,
+        content: MessageContent,
+        message_id: str,
+        media: MediaPayload | None = None,
+    ) -> str:
+        """Send now (pacing happened before). ``media`` holds the bytes of media content
+        (already fetched and size-checked). Returns the engine's message id."""
 
     async def check_numbers(self, numbers: list[str]) -> list[NumberStatus]: ...
 

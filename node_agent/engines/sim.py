@@ -46,6 +46,7 @@ from node_agent.engines._base import (
     Receipt,
 )
 from node_agent.engines.sim_presence import Presence
+from node_agent.media import MediaPayload
 from node_agent.protocol import (
     MessageContent,
     NumberStatus,
@@ -70,9 +71,16 @@ class SimConfig(msgspec.Struct, kw_only=True):
 
 
 class Faults(msgspec.Struct, kw_only=True):
+    """Injected faults: ``latency_ms`` on connects and sends, a ``send_failure_rate``,
+    ``disconnect`` (drop the socket now, reported), ``zombie`` (drop it silently: the
+    session still looks connected — the watchdog must notice) and ``fail_connects``
+    (refuse the next N connects)."""
+
     latency_ms: float = 0.0
     send_failure_rate: float = 0.0
     disconnect: bool = False
+    zombie: bool = False
+    fail_connects: int = 0
 
 
 class LinkRequest(msgspec.Struct, kw_only=True):
@@ -225,11 +233,19 @@ class SimSession:
 
     async def connect(self) -> None:
         await self._ensure_fault_sub()
+        if self.faults.fail_connects > 0:
+            self.faults.fail_connects -= 1
+            self._spawn(self._refuse_connect())
+            return
         account = await self.engine.account(self.spec.session_id)
         if account is None:
             await self._start_pairing()
             return
         self._spawn(self._go_online(account.phone))
+
+    async def _refuse_connect(self) -> None:
+        await asyncio.sleep(self.engine.config.connect_latency_s)
+        self.emit(Disconnected(reason="connection refused (injected)"))
 
     async def disconnect(self) -> None:
         await self._go_offline()
@@ -410,10 +426,19 @@ class SimSession:
             self.faults.disconnect = False
             await self._go_offline()
             self.emit(Disconnected(reason="connection reset (injected)"))
+        if self.faults.zombie and self._online:
+            self.faults.zombie = False
+            await self._go_offline()  # and say nothing: only the watchdog can tell
 
     # -- messaging ---------------------------------------------------------------------
 
-    async def send(self, to: str, content: MessageContent, message_id: str) -> str:
+    async def send(
+        self,
+        to: str,
+        content: MessageContent,
+        message_id: str,
+        media: MediaPayload | None = None,
+    ) -> str:
         if not self._online or self.phone is None or not self.engine.may_act():
             raise EngineError("not connected")
         if self.faults.latency_ms:
@@ -423,13 +448,22 @@ class SimSession:
         if not await self.engine.is_registered(to):
             raise EngineError(f"{to} is not on WhatsApp")
         engine_id = "SIM" + secrets.token_hex(8).upper()
+        body: dict[str, Any] = msgspec.to_builtins(content)
+        if media is not None:
+            # the simulated network carries a description of the media, not its bytes
+            body["media"] = {
+                "size": media.size,
+                "sha256": media.sha256(),
+                "mimetype": media.mimetype,
+                "filename": media.filename,
+            }
         wire = Wire(
             id=engine_id,
             sender=self.phone,
             type=type(content).__struct_config__.tag,  # type: ignore[arg-type]
             ts=time.time(),
             text=content.text if isinstance(content, TextContent) else None,
-            content=msgspec.to_builtins(content),
+            content=body,
         )
         self._spawn(self._deliver(to, wire))
         return engine_id
@@ -454,7 +488,14 @@ class SimSession:
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # the network went away under a background step (delivery, receipt): the
+            # simulated server drops it, like a real one losing a connection
+            log.info("sim background step failed", extra={"error": repr(task.exception())})
 
 
 __all__ = ["Faults", "LoggedOut", "SimConfig", "SimEngine", "SimSession", "inject_faults", "link"]

@@ -192,3 +192,36 @@ def test_a_tenant_key_sees_only_its_sessions_and_no_nodes(
         ),
     )
     b.screenshot("tenant-sessions")
+
+
+def test_an_operator_drains_a_node_and_makes_it_eligible_again(
+    browser: Browser, ui_stack: UiStack
+) -> None:
+    b = browser
+    node = ui_stack.node_id
+    row_css = f"#nodes-rows tr[data-node='{node}']"
+    with httpx.Client(base_url=ui_stack.base_url, headers=ui_stack.headers) as api:
+        created = api.post("/v1/sessions", json={"session_id": "ui-drain", "engine": "sim"})
+        assert created.status_code == 201, created.text
+    try:
+        sign_in(b, ui_stack)
+        b.find("#nav a[data-page='nodes']").click()
+        drain = b.wait_visible(f"{row_css} button[data-action='drain']")
+        drain.click()
+        assert drain.text == "Confirm drain"  # a second click is needed
+        drain.click()
+        b.wait_for("the node to show DRAINING", lambda: "DRAINING" in b.find(row_css).text)
+        b.screenshot("drained")
+        # the only node of this stack: its sessions had nowhere to go and stay where they are
+        with httpx.Client(base_url=ui_stack.base_url, headers=ui_stack.headers) as api:
+            assert api.get("/v1/sessions/ui-drain").json()["node_id"] == node
+        assert "moved 0" in b.wait_visible("#toast").text  # no capacity elsewhere
+        b.wait_visible(f"{row_css} button[data-action='undrain']").click()
+        b.wait_for(
+            "the node to be eligible again",
+            lambda: "DRAINING" not in b.find(row_css).text and "UP" in b.find(row_css).text,
+        )
+        b.screenshot("eligible-again")
+    finally:
+        with httpx.Client(base_url=ui_stack.base_url, headers=ui_stack.headers) as api:
+            api.post(f"/v1/nodes/{node}/uncordon")

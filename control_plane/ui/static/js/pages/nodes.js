@@ -19,7 +19,7 @@ function capacityBar(n) {
   return h(
     "div",
     { class: "capacity", title: `${used} of ${cap}` },
-    h("div", { class: `capacity-fill${pct >= 85 ? " hot" : ""}`, style: null, dataset: { pct: String(pct) } }),
+    h("div", { class: `capacity-fill${pct >= 85 ? " hot" : ""}`, dataset: { pct: String(pct) } }),
     h("span", {}, `${used} / ${cap}`),
   );
 }
@@ -58,8 +58,9 @@ function nodeActions(n, available, refresh) {
         }
         button.disabled = true;
         try {
-          await post(`/v1/nodes/${enc(n.node_id)}/${action}`);
-          toast(`${ACTIONS[action]} ${n.node_id}: requested`);
+          const result = await post(`/v1/nodes/${enc(n.node_id)}/${action}`);
+          const counts = result && "moved" in result ? `: moved ${result.moved}, skipped ${result.skipped}, failed ${result.failed}` : ": done";
+          toast(`${ACTIONS[action]} ${n.node_id}${counts}`);
           refresh();
         } catch (err) {
           toast(`${ACTIONS[action]} failed: ${err.message}`, "error");
@@ -121,7 +122,7 @@ export function mount(view, { me }) {
             h(
               "tr",
               { dataset: { node: n.node_id } },
-              h("td", {}, n.node_id),
+              h("td", { class: "nowrap" }, n.node_id),
               h("td", {}, flags(n)),
               h("td", {}, n.engine || "–"),
               h("td", {}, capacityBar(n)),
@@ -130,7 +131,7 @@ export function mount(view, { me }) {
               h("td", { class: "num" }, n.loop_lag_ms !== undefined ? `${Number(n.loop_lag_ms).toFixed(1)} ms` : "–"),
               h("td", {}, n.version || "–"),
               h("td", {}, ago(n.ts)),
-              h("td", { class: "actions" }, nodeActions(n, available, refresh)),
+              h("td", { class: "row-actions" }, nodeActions(n, available, refresh)),
             ),
           ),
         );

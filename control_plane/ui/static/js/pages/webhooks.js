@@ -2,7 +2,7 @@
 // their retries) with redrive, one or all. The endpoints are looked up in the server's
 // OpenAPI document, so the page follows the API as it grows.
 
-import { del, enc, features, get, listOf, post } from "../api.js";
+import { del, enc, features, get, listOf, post, request } from "../api.js";
 import { ago, h, poll, replace, toast } from "../dom.js";
 
 const POLL_MS = 5000;
@@ -20,6 +20,8 @@ function webhookConfigCard(f) {
     replace(body, h("p", { class: "muted" }, "This server has no webhook configuration API; set ZAPFLEET_WEBHOOK_URL or a per-session webhook URL."));
     return { card, refresh: async () => {} };
   }
+  const form = tenantConfigForm(f, () => refresh());
+  if (form) card.append(form);
   const refresh = async () => {
     const config = await get(path);
     const hooks = listOf(config, "webhooks", "destinations");
@@ -46,6 +48,8 @@ function webhookConfigCard(f) {
           ),
         ),
       );
+    } else if (config && Array.isArray(config.webhooks)) {
+      replace(body, h("p", { class: "muted" }, "No webhook is configured for your events."));
     } else {
       replace(body, h("pre", { class: "mono" }, JSON.stringify(config, null, 2)));
     }
@@ -53,7 +57,43 @@ function webhookConfigCard(f) {
   return { card, refresh };
 }
 
-function deadLetterCard(f) {
+// The caller's own (tenant) webhook, when the server lets it be set: PUT/DELETE <config>.
+function tenantConfigForm(f, onSaved) {
+  const path = f.find("PUT", (p) => /^\/v1\/webhooks?\/config$/.test(p));
+  if (!path) return null;
+  const urls = h("input", { id: "webhook-urls", name: "urls", required: true, placeholder: "https://example.com/hook, https://…", autocomplete: "off" });
+  const events = h("input", { id: "webhook-events", name: "events", placeholder: "all, or e.g. message.received, session.status", autocomplete: "off" });
+  const secret = h("input", { id: "webhook-secret", name: "secret", type: "password", placeholder: "unchanged if empty", autocomplete: "new-password" });
+  const result = h("p", { class: "muted", id: "webhook-form-result" });
+  const split = (text) => text.split(",").map((t) => t.trim()).filter(Boolean);
+  const form = h(
+    "form",
+    { id: "webhook-form" },
+    h("h3", {}, "Webhook of this tenant"),
+    h("div", { class: "grid" }, h("label", {}, "URLs (comma-separated)", urls), h("label", {}, "Events", events), h("label", {}, "Signing secret", secret)),
+    h("div", { class: "actions" }, h("button", { type: "submit", class: "primary", id: "webhook-save" }, "Save")),
+    result,
+  );
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { urls: split(urls.value) };
+    if (split(events.value).length) body.events = split(events.value);
+    if (secret.value) body.secret = secret.value;
+    try {
+      await request("PUT", path, body);
+      secret.value = "";
+      result.textContent = "Saved: it applies at once, no restart and no re-pairing.";
+      result.classList.remove("error");
+      onSaved();
+    } catch (err) {
+      result.textContent = `Not saved: ${err.message}`;
+      result.classList.add("error");
+    }
+  });
+  return form;
+}
+
+function deadLetterCard(f, me) {
   const listPath = f.find("GET", (p) => isDlq(p) && !p.includes("{}"));
   const body = h("div", { id: "dead-letters" }, h("p", { class: "muted" }, "Loading…"));
   const head = h("div", { class: "card-head" }, h("h2", {}, "Dead letters"));
@@ -65,6 +105,8 @@ function deadLetterCard(f) {
   const redriveOne = f.find("POST", (p) => isDlq(p) && p.includes("{}") && /redrive|retry/.test(p));
   const redriveAll = f.find("POST", (p) => isDlq(p) && !p.includes("{}") && /redrive|retry/.test(p));
   const purge = f.has("DELETE", listPath) ? listPath : null;
+  // the admin key sees the dead letters of every tenant
+  const scope = me && me.is_admin ? "?all_tenants=true" : "";
   let refresh = async () => {};
   const act = async (label, call) => {
     try {
@@ -76,7 +118,7 @@ function deadLetterCard(f) {
     }
   };
   const tools = h("div", { class: "actions" });
-  if (redriveAll) tools.append(h("button", { type: "button", id: "redrive-all", onclick: () => act("Redrive all", () => post(redriveAll)) }, "Redrive all"));
+  if (redriveAll) tools.append(h("button", { type: "button", id: "redrive-all", onclick: () => act("Redrive all", () => post(redriveAll + scope)) }, "Redrive all"));
   if (purge) {
     const button = h("button", { type: "button", class: "danger", id: "purge-dlq" }, "Purge");
     button.addEventListener("click", () => {
@@ -87,13 +129,13 @@ function deadLetterCard(f) {
       }
       button.dataset.armed = "";
       button.textContent = "Purge";
-      act("Purge", () => del(purge));
+      act("Purge", () => del(purge + scope));
     });
     tools.append(button);
   }
   head.append(tools);
   refresh = async () => {
-    const letters = listOf(await get(listPath), "dead_letters", "letters", "entries");
+    const letters = listOf(await get(listPath + scope), "dead_letters", "letters", "entries");
     if (!letters.length) {
       replace(body, h("p", { class: "muted" }, "No dead letters: every delivery succeeded or is still being retried."));
       return;
@@ -118,13 +160,13 @@ function deadLetterCard(f) {
               h("td", {}, event.session_id || d.session_id || "–"),
               h("td", { class: "mono" }, d.url || d.destination || "–"),
               h("td", { class: "num" }, String(d.attempts ?? "–")),
-              h("td", {}, d.last_error || d.error || "–"),
+              h("td", { class: "wrap" }, d.last_error || d.error || "–"),
               h("td", {}, ago(d.failed_at || d.ts)),
               h(
                 "td",
                 {},
                 redriveOne
-                  ? h("button", { type: "button", dataset: { action: "redrive" }, onclick: () => act("Redrive", () => post(fill(redriveOne, id))) }, "Redrive")
+                  ? h("button", { type: "button", dataset: { action: "redrive" }, onclick: () => act("Redrive", () => post(fill(redriveOne, id) + scope)) }, "Redrive")
                   : null,
               ),
             );
@@ -136,7 +178,7 @@ function deadLetterCard(f) {
   return { card, refresh: () => refresh() };
 }
 
-export function mount(view) {
+export function mount(view, { me }) {
   const holder = h("div", { class: "stack" }, h("p", { class: "muted" }, "Loading…"));
   replace(view, holder);
   let stop = () => {};
@@ -144,7 +186,7 @@ export function mount(view) {
   features().then((f) => {
     if (!alive) return;
     const config = webhookConfigCard(f);
-    const dlq = deadLetterCard(f);
+    const dlq = deadLetterCard(f, me);
     replace(holder, config.card, dlq.card);
     config.refresh().catch((err) => toast(`Cannot read webhooks: ${err.message}`, "error"));
     stop = poll(() => dlq.refresh(), POLL_MS);

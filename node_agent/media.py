@@ -1,0 +1,228 @@
+"""Media for outbound messages: inline base64 or a URL, always size-limited.
+
+Base64 is checked and decoded when the message is accepted, so an oversize or malformed
+payload is refused at once (``MEDIA_TOO_LARGE`` / ``INVALID_REQUEST``) and the queue holds
+bytes, not text. A URL is checked when accepted (scheme, and the URL guard) and fetched
+just before sending, streamed with a byte limit; a fetch that fails turns the message
+into a ``failed`` ack carrying the error code.
+
+The URL guard is pluggable. The default refuses loopback, private, link-local and other
+non-global addresses (SSRF) unless ``allow_private`` is set; it resolves the host once
+and checks every address. (The fetch resolves again, so a rebinding DNS server can still
+race it; the shared SSRF policy of issue 9 is where that belongs.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+import msgspec
+
+from node_agent.protocol import ErrorCode, Media
+
+INLINE_DECODE_IN_THREAD_BYTES = 256 * 1024
+MAX_REDIRECTS = 3
+
+
+class MediaError(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class UnresolvableHost(MediaError):
+    """The URL's host does not resolve (now): refused when fetching, not when accepting —
+    DNS may well answer by the time the message is sent."""
+
+
+class MediaPayload(msgspec.Struct, kw_only=True):
+    """Media bytes ready for an engine."""
+
+    data: bytes
+    mimetype: str
+    filename: str | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+UrlGuard = Callable[[str], Awaitable[None]]
+
+
+def sniff_mimetype(data: bytes) -> str:
+    """The MIME type of ``data`` by its magic bytes (libmagic when present)."""
+    try:
+        import magic
+
+        return str(magic.from_buffer(data[:8192], mime=True))
+    except Exception:  # libmagic missing or unreadable data
+        return "application/octet-stream"
+
+
+def _address_is_public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def default_url_guard(allow_private: bool) -> UrlGuard:
+    async def guard(url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise MediaError(ErrorCode.INVALID_REQUEST, f"media URL must be http(s): {url!r}")
+        if allow_private:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(
+                parts.hostname, parts.port or 443, type=socket.SOCK_STREAM
+            )
+        except OSError as exc:
+            raise UnresolvableHost(
+                ErrorCode.MEDIA_UNAVAILABLE, f"cannot resolve {parts.hostname}: {exc}"
+            ) from None
+        for info in infos:
+            if not _address_is_public(str(info[4][0])):
+                raise MediaError(
+                    ErrorCode.MEDIA_UNAVAILABLE,
+                    f"media URL host {parts.hostname} resolves to a non-public address "
+                    "(allow it with ZAPFLEET_MEDIA_ALLOW_PRIVATE)",
+                )
+
+    return guard
+
+
+class MediaFetcher:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        timeout_s: float = 30.0,
+        allow_private: bool = False,
+        guard: UrlGuard | None = None,
+    ) -> None:
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.guard = guard or default_url_guard(allow_private)
+        self._client: httpx.AsyncClient | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                follow_redirects=False,
+                timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)),
+                headers={"User-Agent": "zapfleet-agent media fetcher"},
+            )
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _too_large(self, size: int) -> MediaError:
+        return MediaError(
+            ErrorCode.MEDIA_TOO_LARGE,
+            f"media is {size} bytes, the limit is {self.max_bytes} bytes",
+        )
+
+    async def accept(self, media: Media) -> MediaPayload | None:
+        """Check media when a message is accepted. Inline media is decoded now and
+        returned; URL media is checked (not fetched) and ``None`` is returned."""
+        if (media.url is None) == (media.base64 is None):
+            raise MediaError(
+                ErrorCode.INVALID_REQUEST, "media needs exactly one of 'url' or 'base64'"
+            )
+        if media.url is not None:
+            with contextlib.suppress(UnresolvableHost):
+                await self.guard(media.url)
+            return None
+        text = media.base64 or ""
+        if "," in text[:200] and text.startswith("data:"):
+            text = text.split(",", 1)[1]  # a data: URL is accepted too
+        estimate = len(text) * 3 // 4
+        if estimate - 3 > self.max_bytes:
+            raise self._too_large(estimate)
+        if len(text) > INLINE_DECODE_IN_THREAD_BYTES:
+            data = await asyncio.to_thread(_decode_base64, text)
+        else:
+            data = _decode_base64(text)
+        if len(data) > self.max_bytes:
+            raise self._too_large(len(data))
+        if not data:
+            raise MediaError(ErrorCode.INVALID_REQUEST, "media is empty")
+        mimetype = media.mimetype
+        if not mimetype:
+            mimetype = await asyncio.to_thread(sniff_mimetype, data)
+        return MediaPayload(data=data, mimetype=mimetype, filename=media.filename)
+
+    async def fetch(self, media: Media) -> MediaPayload:
+        """Download URL media (guarded, redirect by redirect, size-limited)."""
+        if media.url is None:
+            raise MediaError(ErrorCode.INVALID_REQUEST, "media has no URL")
+        url = media.url
+        for _ in range(MAX_REDIRECTS + 1):
+            await self.guard(url)
+            try:
+                async with self._http().stream("GET", url) as response:
+                    if response.is_redirect and "location" in response.headers:
+                        url = urljoin(url, response.headers["location"])
+                        continue
+                    if response.status_code != 200:
+                        raise MediaError(
+                            ErrorCode.MEDIA_UNAVAILABLE,
+                            f"media URL answered HTTP {response.status_code}",
+                        )
+                    declared = response.headers.get("content-length")
+                    if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                        raise self._too_large(int(declared))
+                    chunks: list[bytes] = []
+                    size = 0
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        if size > self.max_bytes:
+                            raise self._too_large(size)
+                        chunks.append(chunk)
+                    header_type = response.headers.get("content-type", "").split(";")[0].strip()
+            except httpx.HTTPError as exc:
+                raise MediaError(
+                    ErrorCode.MEDIA_UNAVAILABLE, f"media download failed: {exc!r}"
+                ) from None
+            data = b"".join(chunks)
+            if not data:
+                raise MediaError(ErrorCode.MEDIA_UNAVAILABLE, "media URL returned no content")
+            mimetype = media.mimetype or ""
+            if mimetype in ("", "application/octet-stream"):
+                generic = header_type in ("", "application/octet-stream")
+                mimetype = await asyncio.to_thread(sniff_mimetype, data) if generic else header_type
+            filename = media.filename or urlsplit(url).path.rsplit("/", 1)[-1] or None
+            return MediaPayload(data=data, mimetype=mimetype, filename=filename)
+        raise MediaError(ErrorCode.MEDIA_UNAVAILABLE, f"more than {MAX_REDIRECTS} redirects")
+
+
+def _decode_base64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        try:  # tolerate line breaks and URL-safe alphabets, but nothing else
+            cleaned = "".join(text.split())
+            return base64.b64decode(cleaned.replace("-", "+").replace("_", "/"), validate=True)
+        except (binascii.Error, ValueError):
+            raise MediaError(
+                ErrorCode.INVALID_REQUEST, "media.base64 is not valid base64"
+            ) from None

@@ -38,6 +38,7 @@ AGENT_ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.DAILY_CAP_REACHED: 429,
     ErrorCode.ENGINE_ERROR: 502,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.STORAGE_UNAVAILABLE: 503,
     ErrorCode.LEASE_EXPIRED: 503,
 }
 

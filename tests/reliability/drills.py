@@ -101,9 +101,11 @@ async def stream_events(
     return events
 
 
-async def sent_message_ids(nc: NATS, tenant: str, session_id: str) -> Counter[str]:
+async def sent_message_ids(
+    nc: NATS, tenant: str, session_id: str, idle_s: float = 0.5
+) -> Counter[str]:
     """How many ``message.sent`` events the stream holds per message id of a session."""
-    events = await stream_events(nc, f"zf.events.{tenant}.{session_id}.message.sent")
+    events = await stream_events(nc, f"zf.events.{tenant}.{session_id}.message.sent", idle_s=idle_s)
     return Counter(str(e.data.get("message_id")) for e in events)
 
 

@@ -94,6 +94,17 @@ class NodeState:
     placement_revision: int = 0
 
 
+def placed_on(record: SessionRecord | None) -> str | None:
+    """The node a record wants its session running on (None: gone, stopped, unassigned)."""
+    if record is None or record.desired != "running" or record.assignment is None:
+        return None
+    return record.assignment.node_id
+
+
+class PlacementConflict(Exception):
+    """Another placement of the same session won the race."""
+
+
 class PlacementContention(Exception):
     """A node's placement record kept changing under every attempt to update it."""
 
@@ -428,16 +439,12 @@ class Fleet:
         """Give back a slot taken for a placement that did not happen — unless the session
         is assigned there after all (slots are shared: two concurrent movers of the same
         session may have reserved the same one, and the winner needs it)."""
+        if placed_on(await self.record(session_id)) != node_id:
+            await self.release(node_id, [session_id])
+
+    async def record(self, session_id: str) -> SessionRecord | None:
         found = await self.sessions.get(session_id)
-        if found is not None:
-            record = found[0]
-            if (
-                record.desired == "running"
-                and record.assignment is not None
-                and record.assignment.node_id == node_id
-            ):
-                return
-        await self.release(node_id, [session_id])
+        return found[0] if found is not None else None
 
     async def forget(self, node_id: str) -> None:
         """Drop a node that is gone for good (down, no sessions) from every view."""
@@ -467,17 +474,22 @@ class Fleet:
     # -- assignment --------------------------------------------------------------------
 
     async def assign(
-        self, session_id: str, node_id: str, expected: Assignment | Literal["any"] | None
+        self,
+        session_id: str,
+        node_id: str,
+        expected: Assignment | None,
+        *,
+        require_running: bool = True,
     ) -> SessionRecord | None:
         """Bump the epoch and assign to ``node_id`` by CAS, only if the record still has
-        the ``expected`` assignment. None when it changed (someone else acted)."""
+        the ``expected`` assignment (and, for moves, is still meant to run). None when it
+        changed: someone else acted."""
 
         def change(record: SessionRecord) -> None:
-            if expected != "any":
-                if record.assignment != expected:
-                    raise _Stale(f"assignment is now {record.assignment}")
-                if record.desired != "running":
-                    raise _Stale("session is stopped")
+            if record.assignment != expected:
+                raise _Stale(f"assignment is now {record.assignment}")
+            if require_running and record.desired != "running":
+                raise _Stale("session is stopped")
             epoch = record.assignment.epoch + 1 if record.assignment else 1
             record.assignment = Assignment(node_id=node_id, epoch=epoch)
             record.desired = "running"
@@ -557,10 +569,9 @@ class Fleet:
     async def place(self, session_id: str) -> SessionInfo:
         """Assign a session to the best node (epoch + 1) and start it there. A session
         already placed on a live, eligible node restarts there."""
-        found = await self.sessions.get(session_id)
-        if found is None:
+        record = await self.record(session_id)
+        if record is None:
             raise KeyNotFoundError
-        record = found[0]
         old = record.assignment
         target: str | None = None
         if old is not None and self.alive(old.node_id):
@@ -588,10 +599,14 @@ class Fleet:
             # never two sockets: the old run ends before the new one starts
             with contextlib.suppress(AgentUnavailable):
                 await self.stop_on(old.node_id, session_id, old.epoch)
-        placed = await self.assign(session_id, target, "any")
+        # precondition: still the assignment read above, so of two control planes placing
+        # the same session at once exactly one wins (the other gets PlacementConflict)
+        placed = await self.assign(session_id, target, old, require_running=False)
         if placed is None:
             await self.abandon(target, session_id)
-            raise KeyNotFoundError
+            if await self.record(session_id) is None:
+                raise KeyNotFoundError
+            raise PlacementConflict(f"session {session_id} was placed by someone else meanwhile")
         if old is not None and old.node_id != target:
             await self.release(old.node_id, [session_id])
         return await self.start_on(placed)
@@ -602,17 +617,11 @@ class Fleet:
         """Records assigned to ``node_id`` among its slots; slots of sessions that are
         not (any more) running there are released."""
         ids = list(self.placement_of(node_id).sessions)
-        found = await asyncio.gather(*(self.sessions.get(i) for i in ids))
+        found = await asyncio.gather(*(self.record(i) for i in ids))
         mine: list[tuple[SessionRecord, Assignment]] = []
         stale: list[str] = []
-        for session_id, item in zip(ids, found, strict=True):
-            record = item[0] if item else None
-            if (
-                record is None
-                or record.desired != "running"
-                or record.assignment is None
-                or record.assignment.node_id != node_id
-            ):
+        for session_id, record in zip(ids, found, strict=True):
+            if record is None or record.assignment is None or placed_on(record) != node_id:
                 stale.append(session_id)
                 continue
             mine.append((record, record.assignment))

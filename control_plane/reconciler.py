@@ -43,7 +43,7 @@ from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, KeyWrong
 from nats.js.kv import KeyValue
 
 from control_plane.agents import AgentCallError, AgentUnavailable
-from control_plane.fleet import Fleet, NodePlacement
+from control_plane.fleet import Fleet, NodePlacement, placed_on
 from node_agent.protocol import LEASES_BUCKET, SYSTEM_TENANT, Empty, EventType, Op, SessionList
 
 log = logging.getLogger(__name__)
@@ -283,8 +283,9 @@ class Reconciler:
             session_id = record.spec.session_id
             if now - record.updated_at > AUDIT_GRACE_S:
                 settled.add(session_id)
-            if record.desired == "running" and record.assignment is not None:
-                assigned.setdefault(record.assignment.node_id, set()).add(session_id)
+            node_id = placed_on(record)
+            if node_id is not None:
+                assigned.setdefault(node_id, set()).add(session_id)
         for node_id in set(assigned) - set(fleet.nodes):
             fleet._state(node_id)  # known from now on: silent until it heartbeats
         for node_id in list(fleet.nodes):
@@ -295,15 +296,8 @@ class Reconciler:
             if not missing and not stale:
                 continue
             # read again: the snapshot may be older than a move that happened meanwhile
-            fresh = await asyncio.gather(*(fleet.sessions.get(s) for s in missing | stale))
-            here = {
-                found[0].spec.session_id
-                for found in fresh
-                if found is not None
-                and found[0].desired == "running"
-                and found[0].assignment is not None
-                and found[0].assignment.node_id == node_id
-            }
+            fresh = await asyncio.gather(*(fleet.record(s) for s in missing | stale))
+            here = {r.spec.session_id for r in fresh if r is not None and placed_on(r) == node_id}
             add, drop = missing & here, stale - here
 
             def change(record: NodePlacement, add: set[str] = add, drop: set[str] = drop) -> bool:
@@ -334,12 +328,8 @@ class Reconciler:
             return
         known = {s.session_id for s in listing.sessions}
         for session_id in sorted(ids - known):
-            found = await fleet.sessions.get(session_id)
-            if found is None:
-                continue
-            record = found[0]
-            assignment = record.assignment
-            if record.desired != "running" or assignment is None or assignment.node_id != node_id:
+            record = await fleet.record(session_id)
+            if record is None or placed_on(record) != node_id:
                 continue
             try:
                 await fleet.start_on(record)

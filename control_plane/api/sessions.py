@@ -17,7 +17,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.auth import Principal, authenticate
-from control_plane.fleet import NoCapacity
+from control_plane.fleet import NoCapacity, PlacementConflict
 from control_plane.models import (
     CreateSession,
     PairCodeBody,
@@ -176,6 +176,8 @@ async def place(services: Services, record: SessionRecord) -> SessionInfo:
         info = await services.fleet.place(record.spec.session_id)
     except NoCapacity as exc:
         raise ProblemError(503, "no_capacity", str(exc), headers={"Retry-After": "5"}) from None
+    except PlacementConflict as exc:
+        raise ProblemError(409, "conflict", str(exc), headers={"Retry-After": "1"}) from None
     except KeyNotFoundError:
         raise not_found(record.spec.session_id) from None
     except (AgentCallError, AgentUnavailable) as exc:

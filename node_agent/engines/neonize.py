@@ -202,6 +202,11 @@ class NeonizeEngine:
         self._client_cls: type[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.may_act: Callable[[], bool] = lambda: True
+
+    def set_lease_guard(self, may_act: Callable[[], bool]) -> None:
+        """The agent's lease check: without a lease no dial and no send (docs/failover.md)."""
+        self.may_act = may_act
 
     async def start(self) -> None:
         root = logging.getLogger()
@@ -411,6 +416,8 @@ class NeonizeSession:
         from neonize.proto.waCompanionReg.WAWebProtobufsCompanionReg_pb2 import DeviceProps
 
         engine = self.engine
+        if not engine.may_act():
+            raise EngineError("the node lease is gone: no dial until the agent renews it")
         gen = await self._usable_generation()
         self._active = True
         gen.attempt += 1
@@ -569,7 +576,7 @@ class NeonizeSession:
 
     def _online(self) -> _Generation:
         gen = self._gen
-        if gen is None or not gen.link_up or not gen.registered:
+        if gen is None or not gen.link_up or not gen.registered or not self.engine.may_act():
             raise EngineError("not connected")
         return gen
 

@@ -194,7 +194,7 @@ def wait_for_node(base_url: str, node_id: str, agent: subprocess.Popen[bytes]) -
 class WebhookReceiver:
     """A real HTTP server that records every JSON body POSTed to it."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         self.events: list[dict[str, Any]] = []
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.fail_next = 0
@@ -222,7 +222,7 @@ class WebhookReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 return None
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port or free_port()), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()

@@ -41,7 +41,7 @@ async def authenticate(request: Request[Any, Any, Any], services: Services) -> P
         )
     principal = await services.auth.verify(key, request.headers.get(TENANT_HEADER))
     limiter = services.limiter
-    if limiter.enabled:
+    if limiter.enabled and not request.route_handler.opt.get("rate_in_handler"):
         await limiter.check(request, principal.key_id)
     return principal
 

@@ -34,6 +34,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from prometheus_client import Counter
 
+from control_plane.resp import HotClient, ValkeyPyAdapter
 from control_plane.settings import ControlPlaneSettings
 from control_plane.valkey_guard import ValkeyGuard
 from node_agent.protocol import EVENTS_STREAM
@@ -73,13 +74,14 @@ class ApiCache:
         self,
         client: valkey.Valkey,
         settings: ControlPlaneSettings,
+        hot: HotClient | None = None,
         guard: ValkeyGuard | None = None,
     ) -> None:
         self.client = client
-        self.settings = settings
+        self.hot = hot or ValkeyPyAdapter(client)
         self.guard = guard or ValkeyGuard()
+        self.settings = settings
         self.prefix = settings.cache_prefix + "c:"
-        self._set_if_generation = client.register_script(_SET_IF_GENERATION)
         self._status_ttl_ms = round(settings.cache_status_ttl_s * 1000)
         # a generation outlives the longest-lived value it guards
         self._generation_ttl_s = round(settings.cache_status_ttl_s * 2)
@@ -89,11 +91,19 @@ class ApiCache:
 
     # -- status ------------------------------------------------------------------------
 
+    def status_keys(self, session_id: str) -> tuple[str, str]:
+        """The keys of a session's cached status and of its generation."""
+        return self._key("status", session_id), self._key("gen", session_id)
+
+    @staticmethod
+    def count_status(hit: bool) -> None:
+        _count("status", hit)
+
     async def get_status(self, session_id: str) -> tuple[bytes | None, bytes]:
         """The cached status (or None) and the generation to pass to :meth:`put_status`."""
-        keys = (self._key("status", session_id), self._key("gen", session_id))
+        keys = self.status_keys(session_id)
         value, generation = await self.guard.call(
-            "cache", lambda: self.client.mget(*keys), [None, None]
+            "cache", lambda: self.hot.execute("MGET", *keys), [None, None]
         )
         _count("status", value is not None)
         return value, generation or b"0"
@@ -101,9 +111,10 @@ class ApiCache:
     async def put_status(self, session_id: str, generation: bytes, value: bytes) -> bool:
         stored = await self.guard.call(
             "cache",
-            lambda: self._set_if_generation(
-                keys=[self._key("status", session_id), self._key("gen", session_id)],
-                args=[generation, value, self._status_ttl_ms],
+            lambda: self.hot.evalsha(
+                _SET_IF_GENERATION,
+                list(self.status_keys(session_id)),
+                [generation, value, self._status_ttl_ms],
             ),
             0,
         )
@@ -269,7 +280,7 @@ class CacheInvalidator:
         while True:
             try:
                 batch = await sub.fetch(100, timeout=1.0)
-            except NatsTimeout:
+            except (NatsTimeout, TimeoutError):
                 continue
             except asyncio.CancelledError:
                 raise

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import random
 import time
@@ -87,7 +88,11 @@ _node = msgspec.json.Decoder(NodeInfo)
 class NodeState:
     node_id: str
     info: NodeInfo | None = None
-    seen_at: float = 0.0  # monotonic: when this process last saw a heartbeat
+    # monotonic: from when silence counts for failover (a heartbeat seen, or the moment
+    # this process began to look: never earlier, see refresh_seen)
+    seen_at: float = 0.0
+    # monotonic: when the last heartbeat was written, as far as known (placement only)
+    heard_at: float = -1e9
     heartbeat_revision: int = 0
     left: bool = False  # the agent deleted its heartbeat: an orderly stop
     placement: NodePlacement | None = None
@@ -181,7 +186,7 @@ class Fleet:
     async def _watch(
         self,
         kv: KeyValue,
-        handle: Callable[[str, bytes | None, str | None, int], None],
+        handle: Callable[[str, bytes | None, str | None, int, float], None],
         ready: asyncio.Event,
     ) -> None:
         while True:
@@ -191,7 +196,12 @@ class Fleet:
                     if entry is None:
                         ready.set()
                         continue
-                    handle(entry.key, entry.value, entry.operation, entry.revision or 0)
+                    age = 0.0
+                    created: object = entry.created
+                    if not ready.is_set() and isinstance(created, datetime.datetime):
+                        # an old value delivered at start: how old (server clock)
+                        age = max(0.0, time.time() - created.timestamp())
+                    handle(entry.key, entry.value, entry.operation, entry.revision or 0, age)
                     if not entry.delta:
                         ready.set()
             except asyncio.CancelledError:
@@ -206,7 +216,9 @@ class Fleet:
             state = self.nodes[node_id] = NodeState(node_id=node_id, seen_at=time.monotonic())
         return state
 
-    def _on_heartbeat(self, key: str, value: bytes | None, op: str | None, rev: int) -> None:
+    def _on_heartbeat(
+        self, key: str, value: bytes | None, op: str | None, rev: int, age_s: float = 0.0
+    ) -> None:
         state = self._state(key)
         if op in _DELETES:
             state.left = True
@@ -219,9 +231,12 @@ class Fleet:
             return
         state.heartbeat_revision = rev
         state.seen_at = time.monotonic()
+        state.heard_at = state.seen_at - age_s
         state.left = False
 
-    def _on_placement(self, key: str, value: bytes | None, op: str | None, rev: int) -> None:
+    def _on_placement(
+        self, key: str, value: bytes | None, op: str | None, rev: int, _age_s: float = 0.0
+    ) -> None:
         if op in _DELETES and not self.alive(key):
             self.nodes.pop(key, None)  # forgotten (see forget())
             return
@@ -237,7 +252,8 @@ class Fleet:
 
     def refresh_seen(self) -> None:
         """Count every node's silence from now (after this process was cut off itself,
-        e.g. when it becomes the active reconciler)."""
+        e.g. when it becomes the active reconciler). Failover waits longer; placement
+        (heard_at) does not take a silent node for a live one."""
         now = time.monotonic()
         for state in self.nodes.values():
             state.seen_at = max(state.seen_at, now)
@@ -267,7 +283,7 @@ class Fleet:
             state.info is not None
             and not state.left
             and not state.info.draining
-            and self.silent_s(state) <= self.lease_s(state)
+            and time.monotonic() - state.heard_at <= self.lease_s(state)
         )
 
     async def confirm_down(self, node_id: str) -> bool:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from litestar.types import Message, Scope
 
 from control_plane.metrics import REQUESTS
 from control_plane.ratelimit import add_rate_headers
 
 _STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+_children: dict[tuple[str, int], Any] = {}  # (route, status) -> counter child: no label lookup
 
 
 async def before_send(message: Message, scope: Scope) -> None:
@@ -15,5 +18,9 @@ async def before_send(message: Message, scope: Scope) -> None:
         return
     await add_rate_headers(message, scope)
     route = scope.get("path_template") or "unmatched"
-    status = _STATUS_CLASS.get(message["status"] // 100, "other")
-    REQUESTS.labels(route, status).inc()
+    key = (route, message["status"])
+    child = _children.get(key)
+    if child is None:
+        status = _STATUS_CLASS.get(message["status"] // 100, "other")
+        child = _children[key] = REQUESTS.labels(route, status)
+    child.inc()

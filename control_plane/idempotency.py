@@ -13,9 +13,7 @@ A request that fails releases its key, so the client may retry it. The message i
 derived from (tenant, session, key), so even a retry after a lost answer cannot queue a
 message twice: the agent dedupes on the message id.
 
-A reservation lives ``PENDING_TTL_S`` until its request completes: a control plane that
-dies (or loses Valkey) between the two never leaves a key "in progress" for a day. While
-Valkey is unreachable, sends with a key answer 503 ``idempotency_unavailable``
+While Valkey is unreachable, sends with a key answer 503 ``idempotency_unavailable``
 (:mod:`control_plane.valkey_guard`): without the stored digest a reused key with another
 body could not be refused.
 """
@@ -26,15 +24,14 @@ import hashlib
 from typing import Literal
 
 import msgspec
-import valkey.asyncio as valkey
 
 from control_plane.problems import ProblemError
+from control_plane.resp import HotClient
 from control_plane.settings import ControlPlaneSettings
 from control_plane.valkey_guard import ValkeyGuard
 
 HEADER = "idempotency-key"
 MAX_KEY_LENGTH = 255
-PENDING_TTL_S = 30.0
 
 
 class _Entry(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -69,16 +66,14 @@ def body_digest(body: bytes) -> str:
 
 class Idempotency:
     def __init__(
-        self,
-        client: valkey.Valkey,
-        settings: ControlPlaneSettings,
-        guard: ValkeyGuard | None = None,
+        self, client: HotClient, settings: ControlPlaneSettings, guard: ValkeyGuard | None = None
     ) -> None:
         self.guard = guard or ValkeyGuard()
         self.client = client
         self.prefix = settings.cache_prefix + "idem:"
         self.ttl_ms = round(settings.idempotency_ttl_s * 1000)
-        self.pending_ttl_ms = min(self.ttl_ms, round(PENDING_TTL_S * 1000))
+        # a reservation whose request died (process killed mid-request) frees itself
+        self.pending_ttl_ms = round(max(30.0, settings.rpc_timeout_s * 6) * 1000)
 
     def storage_key(self, tenant: str, session_id: str, key: str) -> str:
         digest = hashlib.sha256(f"{tenant}\0{session_id}\0{key}".encode()).hexdigest()
@@ -94,8 +89,8 @@ class Idempotency:
         pending = _encode(_Entry(state="pending", body=digest))
         previous = await self.guard.require(
             "idempotency",
-            lambda: self.client.set(
-                storage_key, pending, nx=True, px=self.pending_ttl_ms, get=True
+            lambda: self.client.execute(
+                "SET", storage_key, pending, "NX", "PX", self.pending_ttl_ms, "GET"
             ),
         )
         if previous is None:
@@ -119,12 +114,12 @@ class Idempotency:
     async def complete(self, storage_key: str, digest: str, status: int, response: bytes) -> None:
         done = _Entry(state="done", body=digest, status=status, response=msgspec.Raw(response))
         # the message is queued whatever happens here: a lost write only makes the key
-        # reusable after PENDING_TTL_S (a retry then maps to the same message id)
+        # reusable once the reservation expires (a retry then maps to the same message id)
         await self.guard.call(
             "idempotency",
-            lambda: self.client.set(storage_key, _encode(done), px=self.ttl_ms),
+            lambda: self.client.execute("SET", storage_key, _encode(done), "PX", self.ttl_ms),
             None,
         )
 
     async def release(self, storage_key: str) -> None:
-        await self.guard.call("idempotency", lambda: self.client.delete(storage_key), 0)
+        await self.guard.call("idempotency", lambda: self.client.execute("DEL", storage_key), 0)

@@ -119,8 +119,11 @@ def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Respons
         # msgspec lets this through for invalid UTF-8 inside a string (e.g. a surrogate)
         exc = ProblemError(400, "malformed_json", f"the request body is not valid UTF-8: {exc}")
     if not isinstance(exc, HTTPException):
-        # our logger: request.logger needs a Litestar logging_config, which we leave off
-        log.exception("unhandled error", extra={"path": request.url.path})
+        log.error(
+            "unhandled error",
+            exc_info=(type(exc), exc, exc.__traceback__),
+            extra={"path": request.url.path},
+        )
         exc = HTTPException(status_code=500, detail="internal error")
     status = exc.status_code
     code = _code_for(exc)

@@ -20,12 +20,12 @@ import ipaddress
 import math
 from typing import Any
 
-import valkey.asyncio as valkey
 from litestar import Request
 from litestar.types import Message, Scope
 from prometheus_client import Counter
 
 from control_plane.problems import ProblemError
+from control_plane.resp import HotClient
 from control_plane.settings import ControlPlaneSettings
 from control_plane.valkey_guard import LocalGcra, ValkeyGuard
 
@@ -36,17 +36,19 @@ REFUSED = Counter(
     "zapfleet_api_rate_limited_total", "Requests refused by a rate limit", ["rate_class"]
 )
 
-# KEYS: one per limit; ARGV: limit_1, period_ms_1, limit_2, period_ms_2, ...
-# Returns {allowed (0/1), index of the reported limit (1-based), remaining, retry_ms, reset_ms}
+# KEYS: one per limit, then keys to read when allowed; ARGV: n_limits, then limit_1,
+# period_ms_1, limit_2, period_ms_2, ...
+# Returns {allowed (0/1), index of the reported limit (1-based), remaining, retry_ms,
+# reset_ms, values of the read keys...}: a cached read shares the round trip of its limit.
 _GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = #KEYS
+local n = tonumber(ARGV[1])
 local new_tats = {}
 local deny_i, deny_retry = 0, 0
 for i = 1, n do
-  local limit = tonumber(ARGV[2 * i - 1])
-  local period = tonumber(ARGV[2 * i])
+  local limit = tonumber(ARGV[2 * i])
+  local period = tonumber(ARGV[2 * i + 1])
   local step = period / limit
   local tat = tonumber(redis.call('GET', KEYS[i])) or now
   if tat < now then tat = now end
@@ -63,8 +65,8 @@ if deny_i > 0 then
 end
 local best_i, best_remaining, best_reset = 1, nil, 0
 for i = 1, n do
-  local limit = tonumber(ARGV[2 * i - 1])
-  local period = tonumber(ARGV[2 * i])
+  local limit = tonumber(ARGV[2 * i])
+  local period = tonumber(ARGV[2 * i + 1])
   local step = period / limit
   local ttl = math.ceil(new_tats[i] - now)
   redis.call('SET', KEYS[i], string.format('%.3f', new_tats[i]), 'PX', ttl + 1000)
@@ -73,7 +75,11 @@ for i = 1, n do
     best_i, best_remaining, best_reset = i, remaining, ttl
   end
 end
-return {1, best_i, best_remaining, 0, best_reset}
+local result = {1, best_i, best_remaining, 0, best_reset}
+for i = n + 1, #KEYS do
+  result[#result + 1] = redis.call('GET', KEYS[i])
+end
+return result
 """
 
 
@@ -83,16 +89,13 @@ def default_class(method: str) -> str:
 
 class RateLimiter:
     def __init__(
-        self,
-        client: valkey.Valkey,
-        settings: ControlPlaneSettings,
-        guard: ValkeyGuard | None = None,
+        self, client: HotClient, settings: ControlPlaneSettings, guard: ValkeyGuard | None = None
     ) -> None:
         self.guard = guard or ValkeyGuard()
         self.local = LocalGcra()
         self.enabled = settings.rate_limits_enabled
         self.prefix = settings.cache_prefix + "rl:"
-        self._script = client.register_script(_GCRA)
+        self.client = client
         self._limits: dict[str, tuple[int, int]] = {}
         for name in (*CLASSES, "global"):
             limit, period_s = settings.rate(name)
@@ -100,7 +103,7 @@ class RateLimiter:
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
         # ARGV per class, built once
         global_limit = self._limits["global"]
-        self._argv = {name: [*self._limits[name], *global_limit] for name in CLASSES}
+        self._argv = {name: [2, *self._limits[name], *global_limit] for name in CLASSES}
 
     def client_ip(self, request: Request[Any, Any, Any]) -> str:
         """The peer address, or — when the peer is a trusted proxy — the right-most
@@ -124,23 +127,26 @@ class RateLimiter:
             return False
         return any(ip in network for network in self._trusted)
 
-    async def check(self, request: Request[Any, Any, Any], key_id: str) -> None:
+    async def check(
+        self, request: Request[Any, Any, Any], key_id: str, reads: tuple[str, ...] = ()
+    ) -> list[bytes | None]:
+        """Count this request against its class and the global limit (or raise 429);
+        returns the values of ``reads`` fetched in the same round trip."""
         rate_class = request.route_handler.opt.get("rate") or default_class(request.method)
         ip = self.client_ip(request)
         keys = [
             f"{self.prefix}{rate_class}:{key_id}:{ip}",
             f"{self.prefix}global:{key_id}:{ip}",
+            *reads,
         ]
-        args = self._argv[rate_class]
-
-        async def in_valkey() -> tuple[int, int, int, int, int]:
-            answer = await self._script(keys=keys, args=args)
-            return answer[0], answer[1], answer[2], answer[3], answer[4]
-
-        answer = await self.guard.call("rate_limits", in_valkey, None)
-        if answer is None:  # degraded mode: this worker's memory
-            answer = self.local.check(keys, [(args[0], args[1]), (args[2], args[3])])
-        allowed, index, remaining, retry_ms, reset_ms = answer
+        argv = self._argv[rate_class]
+        reply = await self.guard.call(
+            "rate_limits", lambda: self.client.evalsha(_GCRA, keys, argv), None
+        )
+        if reply is None:  # degraded mode: this worker's memory, and no cached reads
+            local = self.local.check(keys[:2], [(argv[1], argv[2]), (argv[3], argv[4])])
+            reply = [*local, *([None] * len(reads))]
+        allowed, index, remaining, retry_ms, reset_ms = reply[:5]
         name = rate_class if index == 1 else "global"
         limit, period_ms = self._limits[name]
         headers = {
@@ -161,6 +167,7 @@ class RateLimiter:
                 headers=headers,
             )
         request.scope["state"][SCOPE_KEY] = headers
+        return list(reply[5:])
 
 
 async def add_rate_headers(message: Message, scope: Scope) -> None:

@@ -77,7 +77,13 @@ def cors_config(allow_origins: Sequence[str]) -> CORSConfig | None:
     return CORSConfig(
         allow_origins=origins,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
-        allow_headers=["Authorization", "X-API-Key", "Content-Type", "Idempotency-Key"],
+        allow_headers=[
+            "Authorization",
+            "X-API-Key",
+            "Content-Type",
+            "Idempotency-Key",
+            "X-Tenant-Id",
+        ],
         expose_headers=["Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"],
         allow_credentials=False,
         max_age=600,

@@ -19,6 +19,7 @@ from control_plane.fleet import Fleet
 from control_plane.idempotency import Idempotency
 from control_plane.keyring import Authenticator
 from control_plane.ratelimit import RateLimiter
+from control_plane.resp import HotClient, hot_client
 from control_plane.session_index import SessionIndex
 from control_plane.settings import ControlPlaneSettings
 from control_plane.store import NodeDirectory, SessionStore
@@ -36,6 +37,7 @@ class Services:
     nodes: NodeDirectory
     agents: AgentClient
     valkey: valkey.Valkey
+    hot: HotClient  # pipelined client of the request hot path
     fleet: Fleet
     index: SessionIndex
     tenants: TenantStore
@@ -59,8 +61,9 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
         js, events_max_age_s=settings.events_max_age_s, node_ttl_s=settings.node_ttl_s
     )
     cache = valkey_client(settings)
+    hot = hot_client(settings.valkey_url, cache)
     guard = ValkeyGuard(settings.valkey_probe_interval_s)
-    api_cache = ApiCache(cache, settings, guard)
+    api_cache = ApiCache(cache, settings, hot, guard)
     # invalidations missed during an outage: forget what may be stale once it is over
     guard.on_recovery(api_cache.drop_volatile)
     sessions = SessionStore(await js.key_value(SESSIONS_BUCKET))
@@ -82,21 +85,24 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
             nodes=NodeDirectory(await js.key_value(NODES_BUCKET)),
             agents=agents,
             valkey=cache,
+            hot=hot,
             index=index,
             tenants=tenants,
             auth=auth,
-            limiter=RateLimiter(cache, settings, guard),
+            limiter=RateLimiter(hot, settings, guard),
             cache=api_cache,
-            idempotency=Idempotency(cache, settings, guard),
-            fleet=fleet,
+            idempotency=Idempotency(hot, settings, guard),
             valkey_guard=guard,
+            fleet=fleet,
         )
     finally:
-        await fleet.stop()
         await guard.close()
+        await fleet.stop()
         await auth.stop()
         await index.stop()
         # bounded: on shutdown NATS or Valkey may already be gone
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(hot.close(), 2)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(cache.aclose(), 2)
         with contextlib.suppress(Exception):

@@ -31,7 +31,7 @@ from node_agent import _system
 from node_agent.device_store import DeviceStore
 from node_agent.engines._base import Engine
 from node_agent.events import EventPublisher
-from node_agent.lease import AssignmentWatch, Lease, claim
+from node_agent.lease import AssignmentWatch, Lease, assigned_to, claim
 from node_agent.media import MediaError, MediaFetcher
 from node_agent.outbox import Outbox
 from node_agent.protocol import (
@@ -656,24 +656,22 @@ class Agent:
         once; the neonize engine staggers the dials behind its lock."""
         assert self._sessions_kv is not None
         try:
-            keys = await self._sessions_kv.keys()
-        except Exception:  # nats-py raises NoKeysError on an empty bucket
+            keys = await assigned_to(self._sessions_kv, self.node_id)
+        except Exception as exc:  # NATS trouble: the reconciler's audit starts them later
+            log.warning("could not list the sessions to resume", extra={"error": repr(exc)})
             return
         for key in keys:
             if key in self.sessions or not self.lease.valid():
-                continue
-            record = await self._current_assignment(key)
-            if record is None or record.desired != "running" or record.assignment is None:
-                continue
-            if record.assignment.node_id != self.node_id:
                 continue
             try:
                 claimed = await claim(self._sessions_kv, key, self.node_id)
                 if claimed is None or claimed.assignment is None:
                     continue
                 await self.op_start(StartSession(spec=claimed.spec, epoch=claimed.assignment.epoch))
-            except AgentError as exc:
-                log.warning("could not resume session", extra={"session_id": key, "error": exc})
+            except Exception as exc:  # one session, or NATS for a moment: never the agent
+                log.warning(
+                    "could not resume session", extra={"session_id": key, "error": repr(exc)}
+                )
 
     async def _device_backup_loop(self) -> None:
         """Periodic backup of the SQLite device stores of connected sessions."""

@@ -130,6 +130,31 @@ class AssignmentWatch:
             await self.on_superseded(key, reason)
 
 
+async def assigned_to(kv: KeyValue, node_id: str) -> list[str]:
+    """Ids of the sessions ``zf_sessions`` wants running on ``node_id``: one pass over the
+    bucket's current values (a watch), not one read per key."""
+    watcher = await kv.watchall()
+    found: list[str] = []
+    try:
+        async for entry in watcher:
+            if entry is None:
+                break
+            if entry.operation in _DELETES or not entry.value:
+                if not entry.delta:
+                    break
+                continue
+            with contextlib.suppress(msgspec.DecodeError):
+                record = _record.decode(entry.value)
+                assignment = record.assignment
+                if record.desired == "running" and assignment and assignment.node_id == node_id:
+                    found.append(entry.key)
+            if not entry.delta:
+                break
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return found
+
+
 async def claim(kv: KeyValue, session_id: str, node_id: str) -> SessionRecord | None:
     """Take a new epoch for a session KV assigns to this node, by revision CAS. Returns
     the claimed record, or None when the session is not (any more) ours to run."""

@@ -3,6 +3,7 @@ cache clear and GC (admin only), nodes list, compression and the OpenAPI documen
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -63,8 +64,12 @@ async def test_cache_clear_forces_a_miss_and_gc_runs(
 ) -> None:
     session_id = unique("clr")
     await admin.post("/v1/sessions", json={"session_id": session_id})
-    await admin.get(f"/v1/sessions/{session_id}/status")
-    assert (await admin.get(f"/v1/sessions/{session_id}/status")).headers["x-cache"] == "hit"
+    for _ in range(200):  # until the session settles in PAIRING and its status is cached
+        status = await admin.get(f"/v1/sessions/{session_id}/status")
+        if status.json()["state"] == "PAIRING" and status.headers["x-cache"] == "hit":
+            break
+        await asyncio.sleep(0.05)
+    assert status.headers["x-cache"] == "hit"
     cleared = await admin.post("/monitoring/cache/clear", params={"cache": "status"})
     assert cleared.status_code == 200 and cleared.json()["deleted"] >= 1
     assert (await admin.get(f"/v1/sessions/{session_id}/status")).headers["x-cache"] == "miss"

@@ -474,6 +474,7 @@ async def test_an_agent_cut_off_from_nats_stops_its_sessions_by_itself(
         )
         log = (LOG_DIR / f"{cut_off}-partition.log").read_text()
         assert "lease lost: stopping every session" in log, "the agent did not fence itself"
+        assert agent.poll() is None, "a partition must not kill the agent"
         assert all(b["epoch"] == 2 for b in after.values())
 
         proxy.cut = False  # the network heals: the agent comes back with no stale session

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 import msgspec
@@ -51,7 +52,7 @@ def node_status(fleet: Fleet, node_id: str) -> NodeStatus | None:
         state=status,
         cordoned=placement.cordoned,
         slots_used=len(placement.sessions),
-        silent_s=round(fleet.silent_s(state), 2),
+        silent_s=round(time.monotonic() - state.heard_at, 2),
     )
 
 

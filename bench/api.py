@@ -1,0 +1,455 @@
+"""`just bench api`: sends per second through the whole control plane, against bare Litestar.
+
+One run on this machine: nats-server, valkey-server, one sim agent, the control plane on
+granian (``ZAPFLEET_HTTP_WORKERS``, uvloop) and the load generator (wrk, installed with
+apt when missing and possible; a Python generator otherwise) all share the same cores.
+
+- **sends**: ``POST /v1/sessions/{id}/messages`` with a tenant key — auth, rate limits
+  (GCRA in Valkey, limits set high enough never to refuse), recipient validation, session
+  lookup, NATS request to the agent (sim engine, pacing off) and back — at rising
+  concurrency; ``peak_sends_per_s`` is the best throughput with no errors.
+- **p99 at half peak**: the same sends paced (wrk ``delay()``) to half of the peak rate.
+- **bare Litestar**: a JSON POST endpoint with the same body decoding on the same granian
+  settings, in the same run: ``ratio_vs_bare`` = peak sends / bare peak.
+- **cached status**: ``GET /v1/sessions/{id}/status`` served from the Valkey cache.
+
+Writes docs/benchmarks/api.json and api.png. Bounded: about two minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench._report import figure, write_json
+from zapfleet.devservers import free_port, start_nats, start_valkey, wait_for_port
+
+ADMIN_KEY = "bench-admin-key-0123456789abcdef"
+DURATION_S = float(os.environ.get("ZAPFLEET_BENCH_DURATION_S", "5"))
+CONCURRENCY = [
+    int(c) for c in os.environ.get("ZAPFLEET_BENCH_CONCURRENCY", "8,16,32,64,128").split(",")
+]
+WORKERS = int(os.environ.get("ZAPFLEET_BENCH_HTTP_WORKERS", "1"))
+SENDERS = 4
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Run:
+    concurrency: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    delay_ms: float = 0.0
+
+
+@dataclass
+class Stack:
+    base_url: str
+    key: str = ""
+    sessions: list[str] = field(default_factory=list)
+    recipient: str = ""
+
+
+def ensure_wrk() -> str | None:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (
+            ["apt-get", "install", "-y", "-q", "wrk"],
+            ["apt-get", "update", "-q"],
+            ["apt-get", "install", "-y", "-q", "wrk"],
+        ):
+            subprocess.run(cmd, env=env, capture_output=True, check=False)
+            if shutil.which("wrk"):
+                break
+    return shutil.which("wrk")
+
+
+# -- processes -----------------------------------------------------------------------------
+
+
+def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = open(log, "wb")  # noqa: SIM115
+    return subprocess.Popen(
+        args, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, cwd=ROOT,
+    )  # fmt: skip
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def _wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited ({process.returncode}) before {url} was ready")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout_s} s")
+
+
+@contextlib.contextmanager
+def processes(root: Path) -> Iterator[tuple[str, str, str]]:
+    """NATS, Valkey, a sim agent and the control plane; yields (api url, nats url, bare url)."""
+    nats = start_nats(root / "nats", log_path=root / "nats.log")
+    valkey = start_valkey(root / "valkey", log_path=root / "valkey.log")
+    nats_url = f"nats://127.0.0.1:{nats.port}"
+    http_port, bare_port = free_port(), free_port()
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        children.append(
+            _spawn(
+                [sys.executable, "-m", "zapfleet", "agent"],
+                {
+                    "ZAPFLEET_NATS_URL": nats_url,
+                    "ZAPFLEET_NODE_ID": "bench-1",
+                    "ZAPFLEET_ENGINE": "sim",
+                    "ZAPFLEET_DATA_DIR": str(root / "agent"),
+                    "ZAPFLEET_METRICS_PORT": "0",
+                    "ZAPFLEET_LOG_LEVEL": "WARNING",
+                },
+                root / "agent.log",
+            )
+        )
+        limit = "100000000/60"
+        api = _spawn(
+            [sys.executable, "-m", "zapfleet", "control-plane"],
+            {
+                "ZAPFLEET_NATS_URL": nats_url,
+                "ZAPFLEET_VALKEY_URL": f"valkey://127.0.0.1:{valkey.port}/0",
+                "ZAPFLEET_ADMIN_KEY": ADMIN_KEY,
+                "ZAPFLEET_HTTP_PORT": str(http_port),
+                "ZAPFLEET_HTTP_WORKERS": str(WORKERS),
+                "ZAPFLEET_DEFAULT_ENGINE": "sim",
+                "ZAPFLEET_LOG_LEVEL": "WARNING",
+                "ZAPFLEET_UI_ENABLED": "false",
+                **{f"ZAPFLEET_RATE_{c}": limit for c in ("MESSAGES", "SESSIONS", "QUERIES")},
+                "ZAPFLEET_RATE_GLOBAL": limit,
+            },
+            root / "control-plane.log",
+        )
+        children.append(api)
+        bare = _spawn(
+            [sys.executable, "-m", "bench.bare_app", str(bare_port), str(WORKERS)],
+            {},
+            root / "bare.log",
+        )
+        children.append(bare)
+        base_url = f"http://127.0.0.1:{http_port}"
+        wait_for_port(http_port, 60, None)
+        _wait_http(f"{base_url}/monitoring/ready", api)
+        wait_for_port(bare_port, 60, bare)
+        yield base_url, nats_url, f"http://127.0.0.1:{bare_port}"
+    finally:
+        for child in reversed(children):
+            _stop(child)
+        valkey.stop()
+        nats.stop()
+
+
+async def prepare(base_url: str, nats_url: str) -> Stack:
+    """A tenant and key; SENDERS connected sessions with pacing off; a recipient that is
+    on WhatsApp but offline (its session stopped), like most recipients of bulk sends."""
+    import nats
+
+    from node_agent.engines.sim import link
+
+    stack = Stack(base_url=base_url)
+    admin = {"X-API-Key": ADMIN_KEY}
+    async with httpx.AsyncClient(base_url=base_url, headers=admin, timeout=30) as client:
+        for _ in range(100):  # the agent's first heartbeat
+            if (await client.get("/v1/nodes")).json()["nodes"]:
+                break
+            await asyncio.sleep(0.1)
+        await client.post("/v1/tenants", json={"tenant_id": "bench"})
+        stack.key = (await client.post("/v1/tenants/bench/keys", json={})).json()["key"]
+    nc = await nats.connect(nats_url)
+    pacing = {"enabled": False, "queue_size": 10_000_000, "daily_cap": 1_000_000_000}
+    headers = {"X-API-Key": stack.key}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as client:
+        names = [f"s{i}" for i in range(SENDERS)] + ["recipient"]
+        for index, session_id in enumerate(names):
+            created = await client.post(
+                "/v1/sessions", json={"session_id": session_id, "pacing": pacing}
+            )
+            assert created.status_code == 201, created.text
+            for _ in range(200):
+                qr = await client.get(f"/v1/sessions/{session_id}/qr")
+                if qr.status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            phone = f"1555090{index:04d}"
+            assert (await link(nc, qr.json()["qr"], phone)).ok
+            for _ in range(200):
+                status = await client.get(f"/v1/sessions/{session_id}/status")
+                if status.json()["state"] == "CONNECTED":
+                    break
+                await asyncio.sleep(0.05)
+            if session_id == "recipient":
+                stack.recipient = "+" + phone
+                await client.post(f"/v1/sessions/{session_id}/stop")
+            else:
+                stack.sessions.append(session_id)
+    await nc.close()
+    return stack
+
+
+# -- load generation --------------------------------------------------------------------------
+
+_WRK_SCRIPT = """
+local paths = {}
+local body = ""
+local delay_ms = 0
+local counter = 0
+function init(args)
+  body = args[1]
+  delay_ms = tonumber(args[2])
+  for i = 3, #args do paths[#paths + 1] = args[i] end
+end
+function request()
+  counter = counter + 1
+  local path = paths[(counter % #paths) + 1]
+  return wrk.format(wrk.method, path, wrk.headers, body)
+end
+function delay()
+  if delay_ms > 0 then return delay_ms end
+  return 0
+end
+"""
+
+
+def _ms(text: str) -> float:
+    match = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not match:
+        return float("nan")
+    value, unit = float(match.group(1)), match.group(2)
+    return {"us": value / 1000, "ms": value, "s": value * 1000}[unit]
+
+
+def load(
+    url: str,
+    *,
+    method: str,
+    paths: list[str],
+    headers: dict[str, str],
+    body: str,
+    concurrency: int,
+    duration_s: float,
+    delay_ms: float = 0.0,
+) -> Run:
+    """wrk when installed, else the Python load generator of bench/_loadgen.py."""
+    if TOOLS["wrk"] is not None:
+        return wrk(
+            url, method=method, paths=paths, headers=headers, body=body,
+            concurrency=concurrency, duration_s=duration_s, delay_ms=delay_ms,
+        )  # fmt: skip
+    from bench import _loadgen
+
+    if body:
+        headers = {**headers, "Content-Type": "application/json"}
+    rate, p50, p99, errors = _loadgen.run(
+        url, method, paths, headers, body, concurrency, duration_s, delay_ms
+    )
+    return Run(concurrency, round(rate, 1), round(p50, 2), round(p99, 2), errors, delay_ms)
+
+
+def wrk(
+    url: str,
+    *,
+    method: str,
+    paths: list[str],
+    headers: dict[str, str],
+    body: str,
+    concurrency: int,
+    duration_s: float,
+    delay_ms: float = 0.0,
+) -> Run:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(_WRK_SCRIPT.replace("wrk.method", f'"{method}"'))
+    args = [
+        "wrk", "-t", "1", "-c", str(concurrency), "-d", f"{max(1, round(duration_s))}s",
+        "--latency", "--timeout", "5s", "-s", script.name,
+    ]  # fmt: skip
+    for name, value in headers.items():
+        args += ["-H", f"{name}: {value}"]
+    args += [url, "--", body or "", str(delay_ms), *paths]
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    os.unlink(script.name)
+    out = done.stdout
+    if "Requests/sec" not in out:
+        raise RuntimeError(f"wrk failed: {done.stdout}\n{done.stderr}")
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    distribution = out.split("Latency Distribution", 1)[-1]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", distribution).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", distribution).group(1))  # type: ignore[union-attr]
+    errors = 0
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if non_2xx:
+        errors += int(non_2xx.group(1))
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    if socket_errors:
+        errors += sum(int(x) for x in socket_errors.groups())
+    return Run(concurrency, round(rate, 1), round(p50, 2), round(p99, 2), errors, delay_ms)
+
+
+def send_load(stack: Stack, concurrency: int, delay_ms: float = 0.0) -> Run:
+    body = json.dumps({"type": "text", "to": stack.recipient, "text": "benchmark message"})
+    return load(
+        stack.base_url,
+        method="POST",
+        paths=[f"/v1/sessions/{s}/messages" for s in stack.sessions],
+        headers={"X-API-Key": stack.key, "Content-Type": "application/json"},
+        body=body,
+        concurrency=concurrency,
+        duration_s=DURATION_S,
+        delay_ms=delay_ms,
+    )
+
+
+def bare_load(url: str, stack: Stack, concurrency: int) -> Run:
+    body = json.dumps({"type": "text", "to": stack.recipient, "text": "benchmark message"})
+    return load(
+        url,
+        method="POST",
+        paths=["/bare/messages"],
+        headers={"Content-Type": "application/json"},
+        body=body,
+        concurrency=concurrency,
+        duration_s=DURATION_S,
+    )
+
+
+def status_load(stack: Stack, concurrency: int) -> Run:
+    return load(
+        stack.base_url,
+        method="GET",
+        paths=[f"/v1/sessions/{s}/status" for s in stack.sessions],
+        headers={"X-API-Key": stack.key},
+        body="",
+        concurrency=concurrency,
+        duration_s=DURATION_S,
+    )
+
+
+# -- the benchmark ----------------------------------------------------------------------------
+
+
+TOOLS: dict[str, str | None] = {"wrk": None}
+
+
+def main() -> None:
+    TOOLS["wrk"] = ensure_wrk()
+    if TOOLS["wrk"] is None:
+        print("wrk is not installed and could not be: using the Python load generator")
+    with (
+        tempfile.TemporaryDirectory(prefix="zapfleet-bench-") as tmp,
+        processes(Path(tmp)) as (
+            base_url,
+            nats_url,
+            bare_url,
+        ),
+    ):
+        stack = asyncio.run(prepare(base_url, nats_url))
+        print(f"stack ready: {len(stack.sessions)} sender sessions, workers={WORKERS}", flush=True)
+        send_load(stack, 16)  # warm up: caches, connections, JIT-less but lazy imports
+        sends = []
+        for concurrency in CONCURRENCY:
+            run = send_load(stack, concurrency)
+            print(f"sends  c={concurrency:<4} {run}", flush=True)
+            sends.append(run)
+        clean = [r for r in sends if r.errors == 0] or sends
+        peak = max(clean, key=lambda r: r.requests_per_s)
+        half_rate = peak.requests_per_s / 2
+        paced_c = 32
+        half = send_load(stack, paced_c, delay_ms=round(paced_c / half_rate * 1000, 2))
+        print(f"sends  at half peak {half}", flush=True)
+        bare_load(bare_url, stack, 16)
+        bares = [bare_load(bare_url, stack, c) for c in CONCURRENCY]
+        for run in bares:
+            print(f"bare   c={run.concurrency:<4} {run}", flush=True)
+        bare_peak = max(bares, key=lambda r: r.requests_per_s)
+        status_load(stack, 16)
+        statuses = [status_load(stack, c) for c in (32, 64)]
+        status_peak = max(statuses, key=lambda r: r.requests_per_s)
+        print(f"status peak {status_peak}", flush=True)
+
+    results: dict[str, Any] = {
+        "peak_sends_per_s": peak.requests_per_s,
+        "peak_concurrency": peak.concurrency,
+        "p99_ms_at_peak": peak.p99_ms,
+        "p99_ms_at_half_peak": half.p99_ms,
+        "half_peak_measured_rate": half.requests_per_s,
+        "bare_litestar_req_per_s": bare_peak.requests_per_s,
+        "ratio_vs_bare": round(peak.requests_per_s / bare_peak.requests_per_s, 3),
+        "cached_status_req_per_s": status_peak.requests_per_s,
+        "http_workers": WORKERS,
+        "load_generator": "wrk -t1 (same machine)" if TOOLS["wrk"] else "bench/_loadgen.py",
+        "duration_s_per_point": DURATION_S,
+        "sends": [vars(r) for r in sends],
+        "bare": [vars(r) for r in bares],
+        "status": [vars(r) for r in statuses],
+        "note": (
+            "everything (load generator, NATS, Valkey, agent, control plane) shares this "
+            "machine's cores; numbers measured while other work runs are pessimistic"
+        ),
+    }
+    write_json("api", results)
+    plot(sends, bares)
+
+
+def plot(sends: list[Run], bares: list[Run]) -> None:
+    plt, path = figure("api")
+    fig, left = plt.subplots(figsize=(8, 4.5))
+    xs = [r.concurrency for r in sends]
+    left.plot(xs, [r.requests_per_s for r in sends], "o-", label="sends/s (full path)")
+    left.plot(
+        [r.concurrency for r in bares], [r.requests_per_s for r in bares], "s--",
+        label="bare Litestar req/s",
+    )  # fmt: skip
+    left.set_xscale("log", base=2)
+    left.set_xlabel("concurrent connections")
+    left.set_ylabel("requests per second")
+    right = left.twinx()
+    right.plot(xs, [r.p99_ms for r in sends], "^:", color="tab:red", label="sends p99 ms")
+    right.set_ylabel("p99 latency (ms)")
+    lines = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    labels = left.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
+    left.legend(lines, labels, loc="upper left")
+    left.set_title("zapfleet control plane: sends through NATS to a sim agent")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -24,7 +24,7 @@ from control_plane.api.tenants import TenantController
 from control_plane.caches import CacheInvalidator
 from control_plane.hooks import before_send
 from control_plane.openapi_doc import complete as complete_openapi
-from control_plane.problems import EXCEPTION_HANDLERS
+from control_plane.problems import EXCEPTION_HANDLERS, SMALL_ANSWERS
 from control_plane.reconciler import Reconciler
 from control_plane.security import SecurityHeadersMiddleware, cors_config
 from control_plane.services import get_services, open_services
@@ -129,11 +129,16 @@ a 429 carries `Retry-After`. Sends accept an `Idempotency-Key`. See docs/api.md.
 
 def compression() -> CompressionConfig:
     """brotli when the module is installed (it is a dependency), gzip otherwise; both
-    only for bodies over 1 KiB and only when the client accepts them."""
+    only for bodies over 1 KiB and only when the client accepts them. Routes whose
+    answers are always small (sends, status) skip the middleware altogether."""
     try:
         import brotli  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:
-        return CompressionConfig(backend="gzip", minimum_size=1024)
+        return CompressionConfig(backend="gzip", minimum_size=1024, exclude_opt_key=SMALL_ANSWERS)
     return CompressionConfig(
-        backend="brotli", minimum_size=1024, brotli_gzip_fallback=True, brotli_quality=4
+        backend="brotli",
+        minimum_size=1024,
+        brotli_gzip_fallback=True,
+        brotli_quality=4,
+        exclude_opt_key=SMALL_ANSWERS,
     )

@@ -147,6 +147,9 @@ class Fleet:
     _nodes_kv: KeyValue | None = None
     _placement_kv: KeyValue | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _queued: dict[str, list[tuple[str, asyncio.Future[bool]]]] = field(default_factory=dict)
+    _queued_count: dict[str, int] = field(default_factory=dict)
+    _flushing: set[str] = field(default_factory=set)
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -167,9 +170,10 @@ class Fleet:
             await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 10)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
@@ -451,6 +455,37 @@ class Fleet:
 
         await self.update_placement(node_id, change)
 
+    async def _reserve_queued(self, node_id: str, session_id: str) -> bool:
+        """Take one slot, batched: the placements of this process that want the same node
+        at the same moment share one CAS instead of racing each other for the record."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queued.setdefault(node_id, []).append((session_id, future))
+        self._queued_count[node_id] = self._queued_count.get(node_id, 0) + 1
+        if node_id not in self._flushing:
+            self._flushing.add(node_id)
+            task = asyncio.create_task(self._flush_queued(node_id))
+            self._tasks.append(task)
+            task.add_done_callback(self._tasks.remove)
+        return await future
+
+    async def _flush_queued(self, node_id: str) -> None:
+        try:
+            while batch := self._queued.pop(node_id, []):
+                try:
+                    taken = set(await self.reserve_on(node_id, [s for s, _ in batch]))
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                finally:
+                    self._queued_count[node_id] -= len(batch)
+                for session_id, future in batch:
+                    if not future.done():
+                        future.set_result(session_id in taken)
+        finally:
+            self._flushing.discard(node_id)
+
     async def abandon(self, node_id: str, session_id: str) -> None:
         """Give back a slot taken for a placement that did not happen — unless the session
         is assigned there after all (slots are shared: two concurrent movers of the same
@@ -594,20 +629,18 @@ class Fleet:
             here = self.placement_of(old.node_id)
             if session_id in here.sessions and not here.excluded:
                 target = old.node_id
-        for attempt in range(100):
+        for _ in range(20):
             if target is not None:
                 break
-            best = self.candidates(record)
+            # slots promised to placements still queued count as taken: concurrent
+            # placements spread out instead of all choosing the same emptiest node
+            best = self.candidates(record, extra=self._queued_count)
             if not best:
                 raise NoCapacity(
                     f"no eligible node runs the {record.spec.engine} engine with free capacity"
                 )
-            # one CAS try: when another placement got there first, choose again on the
-            # fresh record (spreads concurrent placements instead of piling them up)
-            if await self.reserve_on(best[0].node_id, [session_id], attempts=1):
+            if await self._reserve_queued(best[0].node_id, session_id):
                 target = best[0].node_id
-            else:
-                await asyncio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 20)))
         if target is None:
             raise NoCapacity("could not take a slot: too much contention")
         assert target is not None

@@ -19,6 +19,8 @@ from node_agent.protocol import ErrorCode
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+# route opt: answers always under 1 KiB, the compression middleware is skipped
+SMALL_ANSWERS = "small_answers"
 
 AGENT_ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INVALID_REQUEST: 422,

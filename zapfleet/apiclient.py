@@ -329,7 +329,7 @@ def add_session_commands(sub: Any) -> None:
 
 
 def add_node_commands(sub: Any) -> None:
-    nodes = sub.add_parser("nodes", help="list and drain nodes (HTTP API, admin key)")
+    nodes = sub.add_parser("nodes", help="list, cordon, drain, rebalance nodes (admin key)")
     cmds = nodes.add_subparsers(dest="nodes_command", required=True)
     ls = cmds.add_parser("ls", help="nodes: capacity, sessions, draining")
     ls.add_argument("--json", action="store_true", help="print the API's JSON")

@@ -25,7 +25,7 @@ from control_plane.models import (
     OutboundMessage,
     to_content,
 )
-from control_plane.problems import ProblemError
+from control_plane.problems import SMALL_ANSWERS, ProblemError
 from control_plane.services import Services
 from node_agent.protocol import (
     CheckNumbers,
@@ -40,7 +40,7 @@ from node_agent.protocol import (
     SendMessage,
 )
 
-MESSAGES = {"rate": "messages"}
+MESSAGES = {"rate": "messages", SMALL_ANSWERS: True}
 JSON = MediaType.JSON
 _encode = msgspec.json.encode
 _status_decoder = msgspec.json.Decoder(NumberStatus)

@@ -29,7 +29,7 @@ from control_plane.models import (
     SessionView,
     SettingsPatch,
 )
-from control_plane.problems import ProblemError
+from control_plane.problems import SMALL_ANSWERS, ProblemError
 from control_plane.services import Services
 from control_plane.store import ConflictError
 from node_agent.protocol import (
@@ -417,7 +417,7 @@ class SessionController(Controller):
     @get(
         "/{session_id:str}/status",
         # the rate limit and the cache read share one Valkey round trip (see below)
-        opt={**QUERIES, "rate_in_handler": True},
+        opt={**QUERIES, "rate_in_handler": True, SMALL_ANSWERS: True},
         summary="The session's state, from the status cache (header X-Cache: hit|miss)",
     )
     async def status(

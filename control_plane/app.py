@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
+from control_plane.allow_header import fix_allow_header
 from control_plane.api.events import EventController
 from control_plane.api.messages import MessageController
 from control_plane.api.monitoring import MonitoringController
@@ -24,6 +25,7 @@ from control_plane.api.tenants import TenantController
 from control_plane.api.webhooks import WebhookController
 from control_plane.caches import CacheInvalidator
 from control_plane.hooks import before_send
+from control_plane.openapi_doc import complete as complete_openapi
 from control_plane.problems import EXCEPTION_HANDLERS, SMALL_ANSWERS
 from control_plane.reconciler import Reconciler
 from control_plane.security import SecurityHeadersMiddleware, cors_config
@@ -32,11 +34,16 @@ from control_plane.settings import ControlPlaneSettings
 from control_plane.ui import ui_route_handlers
 from control_plane.webhooks.lifespan import events_lifespan
 from zapfleet import __version__
+from zapfleet._logging import register_secret
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: ControlPlaneSettings) -> Litestar:
+    # in every worker process: these values are masked in any log line (zapfleet._logging)
+    register_secret(settings.admin_key)
+    register_secret(settings.webhook_secret)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_services(settings) as services:
@@ -73,14 +80,14 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
     ]
     if settings.ui_enabled:
         handlers.extend(ui_route_handlers())
-    return Litestar(
+    app = Litestar(
         route_handlers=handlers,
         middleware=[SecurityHeadersMiddleware],
         cors_config=cors_config(settings.cors_allow_origins),
         dependencies={"services": Provide(get_services, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan, events_lifespan],
-        before_send=[before_send],
+        before_send=[before_send, fix_allow_header],
         request_max_body_size=settings.max_body_bytes,
         compression_config=compression(),
         openapi_config=OpenAPIConfig(
@@ -104,6 +111,8 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
         logging_config=None,  # our JSON logging (zapfleet._logging) stays in charge
         debug=False,
     )
+    complete_openapi(app.openapi_schema, metrics_public=settings.metrics_public)
+    return app
 
 
 API_DESCRIPTION = """Self-hosted WhatsApp gateway: sessions across many machines.

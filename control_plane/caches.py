@@ -15,6 +15,9 @@ reply can never overwrite a newer state with an older one.
 Events reach the caches through the JetStream durable consumer ``zf-api-cache`` on
 ``zf.events.*.*.session.>``, shared by every control-plane worker and replica (each event
 is handled once). Hits and misses are counted in ``zapfleet_api_cache_requests_total``.
+
+While Valkey is unreachable every look-up is a miss and nothing is written; when it is
+back, status, QR and history entries are dropped once (:mod:`control_plane.valkey_guard`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from prometheus_client import Counter
 
 from control_plane.resp import HotClient, ValkeyPyAdapter
 from control_plane.settings import ControlPlaneSettings
+from control_plane.valkey_guard import ValkeyGuard
 from node_agent.protocol import EVENTS_STREAM
 
 log = logging.getLogger(__name__)
@@ -71,9 +75,11 @@ class ApiCache:
         client: valkey.Valkey,
         settings: ControlPlaneSettings,
         hot: HotClient | None = None,
+        guard: ValkeyGuard | None = None,
     ) -> None:
         self.client = client
         self.hot = hot or ValkeyPyAdapter(client)
+        self.guard = guard or ValkeyGuard()
         self.settings = settings
         self.prefix = settings.cache_prefix + "c:"
         self._status_ttl_ms = round(settings.cache_status_ttl_s * 1000)
@@ -95,37 +101,51 @@ class ApiCache:
 
     async def get_status(self, session_id: str) -> tuple[bytes | None, bytes]:
         """The cached status (or None) and the generation to pass to :meth:`put_status`."""
-        value, generation = await self.hot.execute("MGET", *self.status_keys(session_id))
+        keys = self.status_keys(session_id)
+        value, generation = await self.guard.call(
+            "cache", lambda: self.hot.execute("MGET", *keys), [None, None]
+        )
         _count("status", value is not None)
         return value, generation or b"0"
 
     async def put_status(self, session_id: str, generation: bytes, value: bytes) -> bool:
-        stored = await self.hot.evalsha(
-            _SET_IF_GENERATION,
-            list(self.status_keys(session_id)),
-            [generation, value, self._status_ttl_ms],
+        stored = await self.guard.call(
+            "cache",
+            lambda: self.hot.evalsha(
+                _SET_IF_GENERATION,
+                list(self.status_keys(session_id)),
+                [generation, value, self._status_ttl_ms],
+            ),
+            0,
         )
         return bool(stored)
 
     # -- QR ----------------------------------------------------------------------------
 
     async def get_qr(self, session_id: str) -> bytes | None:
-        value: bytes | None = await self.client.get(self._key("qr", session_id))
+        value: bytes | None = await self.guard.call(
+            "cache", lambda: self.client.get(self._key("qr", session_id)), None
+        )
         _count("qr", value is not None)
         return value
 
     async def put_qr(self, session_id: str, value: bytes, ttl_s: float) -> None:
         ttl_ms = round(min(self.settings.cache_qr_ttl_s, ttl_s) * 1000)
         if ttl_ms > 0:
-            await self.client.set(self._key("qr", session_id), value, px=ttl_ms)
+            await self.guard.call(
+                "cache",
+                lambda: self.client.set(self._key("qr", session_id), value, px=ttl_ms),
+                None,
+            )
 
     # -- numbers -----------------------------------------------------------------------
 
     async def get_numbers(self, tenant: str, numbers: list[str]) -> list[bytes | None]:
         if not numbers:
             return []
-        values: list[bytes | None] = await self.client.mget(
-            [self._key("num", tenant, n) for n in numbers]
+        keys = [self._key("num", tenant, n) for n in numbers]
+        values: list[bytes | None] = await self.guard.call(
+            "cache", lambda: self.client.mget(keys), [None] * len(numbers)
         )
         for value in values:
             _count("numbers", value is not None)
@@ -134,6 +154,9 @@ class ApiCache:
     async def put_numbers(self, tenant: str, results: list[tuple[str, bool, bytes]]) -> None:
         if not results:
             return
+        await self.guard.call("cache", lambda: self._put_numbers(tenant, results), None)
+
+    async def _put_numbers(self, tenant: str, results: list[tuple[str, bool, bytes]]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
             for number, on_whatsapp, value in results:
                 ttl = (
@@ -147,13 +170,19 @@ class ApiCache:
     # -- history -----------------------------------------------------------------------
 
     async def get_history(self, session_id: str, limit: int) -> bytes | None:
-        value: bytes | None = await self.client.hget(  # type: ignore[misc]
-            self._key("hist", session_id), str(limit)
+        key = self._key("hist", session_id)
+        value: bytes | None = await self.guard.call(
+            "cache",
+            lambda: self.client.hget(key, str(limit)),  # type: ignore[arg-type,return-value]
+            None,
         )
         _count("history", value is not None)
         return value
 
     async def put_history(self, session_id: str, limit: int, value: bytes) -> None:
+        await self.guard.call("cache", lambda: self._put_history(session_id, limit, value), None)
+
+    async def _put_history(self, session_id: str, limit: int, value: bytes) -> None:
         key = self._key("hist", session_id)
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(key, str(limit), value)  # type: ignore[arg-type]
@@ -163,7 +192,11 @@ class ApiCache:
     # -- invalidation ------------------------------------------------------------------
 
     async def invalidate_session(self, session_id: str, *, qr: bool = True) -> None:
-        """Forget what is cached of a session and bump its status generation."""
+        """Forget what is cached of a session and bump its status generation (when Valkey
+        is unreachable, :meth:`drop_volatile` runs once it is back)."""
+        await self.guard.call("cache", lambda: self._invalidate_session(session_id, qr), None)
+
+    async def _invalidate_session(self, session_id: str, qr: bool) -> None:
         gen = self._key("gen", session_id)
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.incr(gen)
@@ -174,10 +207,19 @@ class ApiCache:
             await pipe.execute()
 
     async def invalidate_qr(self, session_id: str) -> None:
-        await self.client.delete(self._key("qr", session_id))
+        await self.guard.call("cache", lambda: self.client.delete(self._key("qr", session_id)), 0)
+
+    async def drop_volatile(self) -> int:
+        """Drop status, QR and history entries: after an outage of Valkey, some of them
+        may have missed their invalidation. Number checks stay (they expire by TTL)."""
+        return sum([await self._clear(cache) for cache in ("status", "qr", "history")])
 
     async def clear(self, cache: str | None = None) -> int:
-        """Delete every cached entry (or those of one cache); returns how many."""
+        """Delete every cached entry (or those of one cache); returns how many (503 while
+        Valkey is unreachable)."""
+        return await self.guard.require("cache", lambda: self._clear(cache))
+
+    async def _clear(self, cache: str | None) -> int:
         names = {"numbers": "num", "history": "hist"}
         pattern = self.prefix + (names.get(cache, cache) + ":*" if cache else "*")
         deleted = 0

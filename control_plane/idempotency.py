@@ -12,6 +12,10 @@ for ``ZAPFLEET_IDEMPOTENCY_TTL_S``. Then:
 A request that fails releases its key, so the client may retry it. The message id is
 derived from (tenant, session, key), so even a retry after a lost answer cannot queue a
 message twice: the agent dedupes on the message id.
+
+While Valkey is unreachable, sends with a key answer 503 ``idempotency_unavailable``
+(:mod:`control_plane.valkey_guard`): without the stored digest a reused key with another
+body could not be refused.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import msgspec
 from control_plane.problems import ProblemError
 from control_plane.resp import HotClient
 from control_plane.settings import ControlPlaneSettings
+from control_plane.valkey_guard import ValkeyGuard
 
 HEADER = "idempotency-key"
 MAX_KEY_LENGTH = 255
@@ -60,7 +65,10 @@ def body_digest(body: bytes) -> str:
 
 
 class Idempotency:
-    def __init__(self, client: HotClient, settings: ControlPlaneSettings) -> None:
+    def __init__(
+        self, client: HotClient, settings: ControlPlaneSettings, guard: ValkeyGuard | None = None
+    ) -> None:
+        self.guard = guard or ValkeyGuard()
         self.client = client
         self.prefix = settings.cache_prefix + "idem:"
         self.ttl_ms = round(settings.idempotency_ttl_s * 1000)
@@ -79,8 +87,11 @@ class Idempotency:
         """Reserve the key; None if this request is the first, else the stored answer
         (or a 409 problem)."""
         pending = _encode(_Entry(state="pending", body=digest))
-        previous = await self.client.execute(
-            "SET", storage_key, pending, "NX", "PX", self.pending_ttl_ms, "GET"
+        previous = await self.guard.require(
+            "idempotency",
+            lambda: self.client.execute(
+                "SET", storage_key, pending, "NX", "PX", self.pending_ttl_ms, "GET"
+            ),
         )
         if previous is None:
             return None
@@ -102,7 +113,13 @@ class Idempotency:
 
     async def complete(self, storage_key: str, digest: str, status: int, response: bytes) -> None:
         done = _Entry(state="done", body=digest, status=status, response=msgspec.Raw(response))
-        await self.client.execute("SET", storage_key, _encode(done), "PX", self.ttl_ms)
+        # the message is queued whatever happens here: a lost write only makes the key
+        # reusable once the reservation expires (a retry then maps to the same message id)
+        await self.guard.call(
+            "idempotency",
+            lambda: self.client.execute("SET", storage_key, _encode(done), "PX", self.ttl_ms),
+            None,
+        )
 
     async def release(self, storage_key: str) -> None:
-        await self.client.execute("DEL", storage_key)
+        await self.guard.call("idempotency", lambda: self.client.execute("DEL", storage_key), 0)

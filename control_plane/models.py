@@ -55,12 +55,24 @@ ProxyUrl = Annotated[
 DeviceName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
+class Pacing(p.PacingSettings, kw_only=True, forbid_unknown_fields=True):
+    """:class:`node_agent.protocol.PacingSettings` with the bounds the API accepts."""
+
+    enabled: bool = True
+    rate_per_s: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 1.0
+    burst: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 5
+    min_gap_per_recipient_s: Annotated[float, msgspec.Meta(ge=0, le=86_400)] = 5.0
+    jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.3
+    daily_cap: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 1000
+    queue_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
+
+
 class CreateSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     session_id: SessionId | None = None
     engine: p.EngineName | None = None
     device_name: DeviceName = "zapfleet"
     proxy: ProxyUrl | None = None
-    pacing: p.PacingSettings | None = None
+    pacing: Pacing | None = None
     webhook_url: WebhookUrl | None = None
     webhook_events: EventFilter | None = None
     start: bool = True
@@ -116,6 +128,8 @@ class VideoMessage(p.VideoContent, kw_only=True, forbid_unknown_fields=True):
 
 class LocationMessage(p.LocationContent, kw_only=True, forbid_unknown_fields=True):
     to: PhoneNumber
+    latitude: Annotated[float, msgspec.Meta(ge=-90, le=90)]
+    longitude: Annotated[float, msgspec.Meta(ge=-180, le=180)]
 
 
 class ContactMessage(p.ContactContent, kw_only=True, forbid_unknown_fields=True):
@@ -208,7 +222,7 @@ class SettingsPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     device_name: DeviceName | msgspec.UnsetType = msgspec.UNSET
     proxy: ProxyUrl | msgspec.UnsetType | None = msgspec.UNSET
-    pacing: p.PacingSettings | msgspec.UnsetType = msgspec.UNSET
+    pacing: Pacing | msgspec.UnsetType = msgspec.UNSET
     webhook_url: WebhookUrl | msgspec.UnsetType | None = msgspec.UNSET
     webhook_events: EventFilter | msgspec.UnsetType | None = msgspec.UNSET
     webhook_secret: WebhookSecret | msgspec.UnsetType | None = msgspec.UNSET

@@ -40,6 +40,7 @@ AGENT_ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.DAILY_CAP_REACHED: 429,
     ErrorCode.ENGINE_ERROR: 502,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.STORAGE_UNAVAILABLE: 503,
     ErrorCode.LEASE_EXPIRED: 503,
 }
 
@@ -113,6 +114,12 @@ def _errors_for(exc: HTTPException) -> list[dict[str, Any]] | None:
 
 
 def problem_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    if isinstance(exc, RecursionError) and "deserializ" in str(exc):
+        # msgspec's JSON decoder refuses nesting deeper than the interpreter's stack
+        exc = ProblemError(400, "malformed_json", "the request body is nested too deeply")
+    elif isinstance(exc, UnicodeDecodeError):
+        # msgspec lets this through for invalid UTF-8 inside a string (e.g. a surrogate)
+        exc = ProblemError(400, "malformed_json", f"the request body is not valid UTF-8: {exc}")
     if not isinstance(exc, HTTPException):
         log.error(
             "unhandled error",

@@ -9,6 +9,9 @@ request every period/N. A refused request does not consume anything.
 Answers carry ``RateLimit-Limit``, ``RateLimit-Remaining``, ``RateLimit-Reset`` (seconds
 until the quota is full again) and ``RateLimit-Policy`` of the class closest to its limit;
 a refusal is 429 problem+json with ``Retry-After``.
+
+While Valkey is unreachable the same limits are enforced per worker process in memory
+(:class:`control_plane.valkey_guard.LocalGcra`, see that module for the whole policy).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from prometheus_client import Counter
 from control_plane.problems import ProblemError
 from control_plane.resp import HotClient
 from control_plane.settings import ControlPlaneSettings
+from control_plane.valkey_guard import LocalGcra, ValkeyGuard
 
 CLASSES = ("messages", "sessions", "queries")
 SCOPE_KEY = "zf_rate"
@@ -84,7 +88,11 @@ def default_class(method: str) -> str:
 
 
 class RateLimiter:
-    def __init__(self, client: HotClient, settings: ControlPlaneSettings) -> None:
+    def __init__(
+        self, client: HotClient, settings: ControlPlaneSettings, guard: ValkeyGuard | None = None
+    ) -> None:
+        self.guard = guard or ValkeyGuard()
+        self.local = LocalGcra()
         self.enabled = settings.rate_limits_enabled
         self.prefix = settings.cache_prefix + "rl:"
         self.client = client
@@ -131,7 +139,13 @@ class RateLimiter:
             f"{self.prefix}global:{key_id}:{ip}",
             *reads,
         ]
-        reply = await self.client.evalsha(_GCRA, keys, self._argv[rate_class])
+        argv = self._argv[rate_class]
+        reply = await self.guard.call(
+            "rate_limits", lambda: self.client.evalsha(_GCRA, keys, argv), None
+        )
+        if reply is None:  # degraded mode: this worker's memory, and no cached reads
+            local = self.local.check(keys[:2], [(argv[1], argv[2]), (argv[3], argv[4])])
+            reply = [*local, *([None] * len(reads))]
         allowed, index, remaining, retry_ms, reset_ms = reply[:5]
         name = rate_class if index == 1 else "global"
         limit, period_ms = self._limits[name]

@@ -24,6 +24,7 @@ from control_plane.session_index import SessionIndex
 from control_plane.settings import ControlPlaneSettings
 from control_plane.store import NodeDirectory, SessionStore
 from control_plane.tenants import TenantStore
+from control_plane.valkey_guard import ValkeyGuard
 from control_plane.webhooks.config import WebhookStore
 from node_agent.protocol import (
     NODES_BUCKET,
@@ -52,6 +53,7 @@ class Services:
     cache: ApiCache
     idempotency: Idempotency
     webhooks: WebhookStore
+    valkey_guard: ValkeyGuard
 
 
 @contextlib.asynccontextmanager
@@ -70,8 +72,12 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
         events_max_bytes=settings.events_max_bytes,
         events_dedupe_window_s=settings.events_dedupe_window_s,
     )
-    cache = valkey.Valkey.from_url(settings.valkey_url)
+    cache = valkey_client(settings)
     hot = hot_client(settings.valkey_url, cache)
+    guard = ValkeyGuard(settings.valkey_probe_interval_s)
+    api_cache = ApiCache(cache, settings, hot, guard)
+    # invalidations missed during an outage: forget what may be stale once it is over
+    guard.on_recovery(api_cache.drop_volatile)
     sessions = SessionStore(await js.key_value(SESSIONS_BUCKET))
     agents = AgentClient(nc, settings.rpc_timeout_s)
     fleet = Fleet(settings=settings, nc=nc, js=js, sessions=sessions, agents=agents)
@@ -95,13 +101,15 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
             index=index,
             tenants=tenants,
             auth=auth,
-            limiter=RateLimiter(hot, settings),
-            cache=ApiCache(cache, settings, hot),
-            idempotency=Idempotency(hot, settings),
+            limiter=RateLimiter(hot, settings, guard),
+            cache=api_cache,
+            idempotency=Idempotency(hot, settings, guard),
+            valkey_guard=guard,
             fleet=fleet,
             webhooks=WebhookStore(await js.key_value(WEBHOOKS_BUCKET)),
         )
     finally:
+        await guard.close()
         await fleet.stop()
         await auth.stop()
         await index.stop()
@@ -114,6 +122,24 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
             await asyncio.wait_for(nc.drain(), 3)
         if not nc.is_closed:
             await nc.close()
+
+
+def valkey_client(settings: ControlPlaneSettings) -> valkey.Valkey:
+    """Short timeouts (a request never waits long on Valkey: see valkey_guard), and one
+    retry on a connection error, so a pooled connection that a Valkey restart closed is
+    replaced transparently."""
+    from valkey.asyncio.retry import Retry
+    from valkey.backoff import NoBackoff
+    from valkey.exceptions import ConnectionError as ValkeyConnectionError
+
+    client: valkey.Valkey = valkey.Valkey.from_url(
+        settings.valkey_url,
+        socket_timeout=settings.valkey_timeout_s,
+        socket_connect_timeout=settings.valkey_timeout_s,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[ValkeyConnectionError],
+    )
+    return client
 
 
 def get_services(state: State) -> Services:

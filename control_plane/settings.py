@@ -4,6 +4,8 @@
 |---|---|---|
 | ZAPFLEET_NATS_URL | nats://127.0.0.1:4222 | comma-separated NATS URLs |
 | ZAPFLEET_VALKEY_URL | valkey://127.0.0.1:6379/0 | Valkey (caches, rate limits, idempotency) |
+| ZAPFLEET_VALKEY_TIMEOUT_S | 2 | Valkey connect and command timeout (then degraded mode) |
+| ZAPFLEET_VALKEY_PROBE_INTERVAL_S | 1 | in degraded mode, Valkey is tried again after this long |
 | ZAPFLEET_ADMIN_KEY | (required) | admin API key: manages tenants and keys |
 | ZAPFLEET_HTTP_HOST / ZAPFLEET_HTTP_PORT | 127.0.0.1 / 8080 | listen address |
 | ZAPFLEET_HTTP_WORKERS | 1 | granian worker processes |
@@ -70,6 +72,8 @@ from zapfleet._env import SettingsError
 class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     nats_url: str = "nats://127.0.0.1:4222"
     valkey_url: str = "valkey://127.0.0.1:6379/0"
+    valkey_timeout_s: float = 2.0
+    valkey_probe_interval_s: float = 1.0
     admin_key: str = ""
     http_host: str = "127.0.0.1"
     http_port: int = 8080

@@ -8,7 +8,12 @@ import time
 from collections.abc import Callable
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import (
+    InvalidKeyError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoKeysError,
+)
 from nats.js.kv import KeyValue
 
 from node_agent.protocol import NodeInfo, SessionRecord
@@ -29,7 +34,7 @@ class SessionStore:
     async def get(self, session_id: str) -> tuple[SessionRecord, int] | None:
         try:
             entry = await self.kv.get(session_id)
-        except KeyNotFoundError:
+        except (KeyNotFoundError, InvalidKeyError):  # no KV key can have this name
             return None
         if not entry.value:
             return None

@@ -22,7 +22,7 @@ import time
 from typing import Annotated
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 KEY_PREFIX = "zf_"
@@ -135,7 +135,7 @@ class TenantStore:
     async def get_tenant(self, tenant_id: str) -> TenantRecord | None:
         try:
             entry = await self.kv.get(tenant_kv_key(tenant_id))
-        except KeyNotFoundError:
+        except (KeyNotFoundError, InvalidKeyError):  # no KV key can have this name
             return None
         return _tenant_decoder.decode(entry.value) if entry.value else None
 
@@ -169,7 +169,7 @@ class TenantStore:
     async def get_key(self, key_id: str) -> ApiKeyRecord | None:
         try:
             entry = await self.kv.get(key_kv_key(key_id))
-        except KeyNotFoundError:
+        except (KeyNotFoundError, InvalidKeyError):  # no KV key can have this name
             return None
         return _key_decoder.decode(entry.value) if entry.value else None
 

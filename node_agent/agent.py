@@ -33,6 +33,7 @@ from node_agent.engines._base import Engine
 from node_agent.events import EventPublisher
 from node_agent.lease import AssignmentWatch, Lease, assigned_to, claim
 from node_agent.media import MediaError, MediaFetcher
+from node_agent.outbox import Outbox
 from node_agent.protocol import (
     NODES_BUCKET,
     SERVICE_NAME,
@@ -144,6 +145,7 @@ class Agent:
         self.lag = _system.LoopLagMonitor()
         self._nc: NATS | None = None
         self._events: EventPublisher | None = None
+        self._outbox: Outbox | None = None
         self._service: Service | None = None
         self._nodes_kv: KeyValue | None = None
         self._sessions_kv: KeyValue | None = None
@@ -205,6 +207,9 @@ class Agent:
         self._nodes_kv = await js.key_value(NODES_BUCKET)
         self._sessions_kv = await js.key_value(SESSIONS_BUCKET)
         self._events = EventPublisher(js, self.node_id)
+        if self.settings.outbox:
+            self._outbox = await Outbox.open(js)
+            self.events.on_stored = self._outbox.on_stored
         self.events.start()
         if self._engine is None:
             self._engine = make_engine(self.settings, self.nc)
@@ -398,6 +403,7 @@ class Agent:
         )
         self.sessions[spec.session_id] = supervisor
         await supervisor.start()
+        await self._restore_outbox(supervisor)
         await supervisor.settle(START_SETTLE_S)
         return supervisor.info()
 
@@ -492,8 +498,44 @@ class Agent:
                 raise AgentError(exc.code, exc.message) from None
             if payload is not None:
                 media.base64 = None  # the queue keeps the decoded bytes, not the text
-        depth = supervisor.enqueue(request, payload)
+        if self._outbox is not None:
+            try:  # durable before we say "queued" (node_agent/outbox.py)
+                await self._outbox.put(request, payload)
+            except Exception as exc:
+                raise AgentError(
+                    ErrorCode.STORAGE_UNAVAILABLE,
+                    f"the message could not be stored durably: {exc!r}",
+                    retry_after_s=1.0,
+                ) from None
+        try:
+            depth = supervisor.enqueue(request, payload)
+        except AgentError:
+            if self._outbox is not None:
+                with contextlib.suppress(Exception):
+                    await self._outbox.forget(request.session_id, request.message_id)
+            raise
         return SendAccepted(message_id=request.message_id, queue_depth=depth)
+
+    async def _restore_outbox(self, supervisor: SessionSupervisor) -> None:
+        """Queue first what was accepted for this session but never sent (the agent that
+        accepted it died, or the session moved here)."""
+        if self._outbox is None:
+            return
+        try:
+            pending = await self._outbox.pending(supervisor.session_id)
+        except Exception as exc:
+            log.warning("outbox unreadable; accepted messages wait", extra={"error": repr(exc)})
+            return
+        for request, payload in pending:
+            try:
+                supervisor.enqueue(request, payload)
+            except AgentError as exc:
+                log.warning(
+                    "could not re-queue an accepted message",
+                    extra={"message_id": request.message_id, "error": exc.message},
+                )
+        if pending:
+            log.info("re-queued accepted messages from the outbox", extra={"count": len(pending)})
 
     async def op_check(self, request: CheckNumbers) -> NumberStatuses:
         supervisor = self._get(SessionRef(session_id=request.session_id))

@@ -17,6 +17,7 @@ import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from nats.js.client import JetStreamContext
@@ -54,6 +55,8 @@ class EventPublisher:
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        # called with each event once it is stored in the stream (node_agent/outbox.py)
+        self.on_stored: Callable[[Event], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="event-publisher")
@@ -109,6 +112,10 @@ class EventPublisher:
             finally:
                 self._inflight = 0
             failed = [e for e, r in zip(window, results, strict=True) if r is not None]
+            if self.on_stored is not None:
+                for event, result in zip(window, results, strict=True):
+                    if result is None:
+                        self.on_stored(event)
             for _ in window:
                 self._buffer.popleft()
             self._buffer.extendleft(reversed(failed))

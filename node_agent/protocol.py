@@ -108,6 +108,7 @@ class ErrorCode(enum.StrEnum):
     ENGINE_ERROR = "engine_error"
     INTERNAL = "internal"
     LEASE_EXPIRED = "lease_expired"
+    STORAGE_UNAVAILABLE = "storage_unavailable"  # JetStream could not store the message
 
 
 class Ok(msgspec.Struct, Generic[T], tag="ok", tag_field="kind"):

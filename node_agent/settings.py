@@ -16,6 +16,7 @@
 | ZAPFLEET_SIM_KEEPALIVE_S | 5 | sim: keepalive period (checks a socket is its account's only one) |
 | ZAPFLEET_SIM_PROBE_TIMEOUT_S | 0.25 | sim: how long a probe waits for another live socket |
 | ZAPFLEET_LABELS | (none) | k=v,k=v placement labels (e.g. region=eu) |
+| ZAPFLEET_OUTBOX | true | accepted sends are kept in KV zf_outbox until sent (survive kill -9) |
 | ZAPFLEET_MAX_MEDIA_BYTES | 16777216 | largest media (base64 or URL) a message may carry |
 | ZAPFLEET_MEDIA_TIMEOUT_S | 30 | media URL download timeout |
 | ZAPFLEET_MEDIA_ALLOW_PRIVATE | false | allow media URLs on loopback/private hosts (tests) |
@@ -68,6 +69,7 @@ class AgentSettings(msgspec.Struct, kw_only=True):
     events_dedupe_window_s: float = 120.0
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     max_media_bytes: int = 16 * 1024 * 1024
+    outbox: bool = True
     media_timeout_s: float = 30.0
     media_allow_private: bool = False
     start_stagger_s: float = 0.05

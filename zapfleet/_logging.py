@@ -1,14 +1,25 @@
 """Structured JSON-lines logging shared by every zapfleet process.
 
 Context (tenant, session, node ids) rides in :data:`log_context`, a ContextVar, so every
-line emitted inside a session's task carries its ids without passing them around. Secrets
-never reach the output: known secret fields are masked by name.
+line emitted inside a session's task carries its ids without passing them around.
+
+Secrets never reach the output (docs/security.md, "Secrets"):
+
+- fields named like a secret (``authorization``, ``x-api-key``, ``secret``, ...) are masked,
+  at any depth of nested mappings (a logged ``headers`` dict, say);
+- in every string (the message, field values, exception text) ``Bearer <token>``,
+  ``Authorization:``/``X-API-Key:`` header values and zapfleet keys
+  (``zf_<key_id>_<secret>``; the key id stays, it is public) and passwords in URLs are
+  masked;
+- values registered with :func:`register_secret` (the admin key, webhook secrets) are
+  masked wherever they appear.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -22,14 +33,76 @@ log_context: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
 )
 
 _SECRET_KEYS = frozenset(
-    {"authorization", "x-api-key", "api_key", "key", "secret", "admin_key", "password", "token"}
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "api_key",
+        "apikey",
+        "key",
+        "secret",
+        "admin_key",
+        "webhook_secret",
+        "password",
+        "token",
+        "cookie",
+        "set-cookie",
+    }
 )
+_SECRET_PATTERNS = (
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{4,}"), r"\1 ***"),
+    (
+        re.compile(
+            r"""(?i)((?:proxy-)?authorization|x-api-key)(['"]?\s*[:=,]\s*['"]?)[^\s'",}]+"""
+        ),
+        r"\1\2***",
+    ),
+    (re.compile(r"\b(zf_[0-9a-f]{16}_)[A-Za-z0-9_-]+"), r"\1***"),
+    # passwords in URLs (proxies, device-store and Valkey URLs): scheme://user:***@host
+    (re.compile(r"(://[^/\s:@]+:)[^@\s/]+@"), r"\1***@"),
+)
+_registered: set[str] = set()
+_registered_re: list[re.Pattern[str]] = []  # one compiled alternation, once registered
 _RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 _encoder = msgspec.json.Encoder()
 
 
-def scrub(fields: dict[str, Any]) -> dict[str, Any]:
-    return {k: ("***" if k.lower() in _SECRET_KEYS else v) for k, v in fields.items()}
+def register_secret(value: str | None) -> None:
+    """Mask this exact value in every log line of the process from now on."""
+    if not value or len(value) < 8 or value in _registered:
+        return
+    _registered.add(value)
+    alternatives = sorted(_registered, key=len, reverse=True)
+    _registered_re[:] = [re.compile("|".join(re.escape(v) for v in alternatives))]
+
+
+def scrub_text(text: str) -> str:
+    for registered in _registered_re:
+        text = registered.sub("***", text)
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _scrub_value(value: Any, depth: int) -> Any:
+    if isinstance(value, str):
+        return scrub_text(value)
+    if depth > 4:
+        return value
+    if isinstance(value, Mapping):
+        return scrub(dict(value), depth + 1)
+    if isinstance(value, list | tuple):
+        return [_scrub_value(v, depth + 1) for v in value]
+    if isinstance(value, BaseException):
+        return scrub_text(repr(value))
+    return value
+
+
+def scrub(fields: dict[str, Any], depth: int = 0) -> dict[str, Any]:
+    return {
+        k: ("***" if str(k).lower() in _SECRET_KEYS else _scrub_value(v, depth))
+        for k, v in fields.items()
+    }
 
 
 class JsonFormatter(logging.Formatter):
@@ -38,13 +111,13 @@ class JsonFormatter(logging.Formatter):
             "ts": round(record.created, 3),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": scrub_text(record.getMessage()),
         }
         line.update(log_context.get())
         extra = {k: v for k, v in record.__dict__.items() if k not in _RESERVED}
         line.update(scrub(extra))
         if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
+            line["exc"] = scrub_text(self.formatException(record.exc_info))
         return _encoder.encode(line).decode()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from typing import Annotated, Any
 
@@ -67,10 +68,28 @@ def normalize_recipient(raw: str) -> str:
     return normalized
 
 
+_UNSAFE_IN_NAMES = re.compile(r"[\x00-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
+MAX_FILENAME = 255
+
+
+def safe_filename(name: str | None) -> str | None:
+    """The last path component of a media file name, without control or bidi-override
+    characters, at most 255 characters; None if nothing is left. A file name is only
+    metadata shown to the recipient, but engines and operators may use it as a path."""
+    if name is None:
+        return None
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = _UNSAFE_IN_NAMES.sub("", base).strip()
+    if base in ("", ".", ".."):
+        return None
+    return base[:MAX_FILENAME]
+
+
 def _check_media(content: MessageContent, max_bytes: int) -> None:
     media: Media | None = getattr(content, "media", None)
     if media is None:
         return
+    media.filename = safe_filename(media.filename)
     if (media.url is None) == (media.base64 is None):
         raise ProblemError(422, "invalid_media", "media needs exactly one of 'url' and 'base64'")
     if media.url is not None and not media.url.startswith(("http://", "https://")):

@@ -112,7 +112,10 @@ class MonitoringController(Controller):
     async def health(self) -> Health:
         return Health(status="ok")
 
-    @get("/monitoring/ready", summary="Readiness: NATS and Valkey reachable")
+    @get(
+        "/monitoring/ready",
+        summary="Readiness: NATS reachable (503 if not); Valkey down is 200 'degraded'",
+    )
     async def ready(self, services: Services) -> Response[Health]:
         checks = {"nats": "ok" if services.nc.is_connected else "disconnected"}
         try:
@@ -121,9 +124,12 @@ class MonitoringController(Controller):
         except Exception as exc:
             checks["valkey"] = f"error: {type(exc).__name__}"
         healthy = all(v == "ok" for v in checks.values())
+        # NATS is what serving needs; without Valkey the API serves in degraded mode
+        # (control_plane/valkey_guard.py), so it stays in the load balancer
+        ready = checks["nats"] == "ok"
         return Response(
             Health(status="ok" if healthy else "degraded", checks=checks),
-            status_code=200 if healthy else 503,
+            status_code=200 if ready else 503,
         )
 
     @get(

@@ -1,6 +1,6 @@
 """`just bench webhooks`: webhook delivery throughput, loss under errors, latency.
 
-Real processes: a nats-server, one standalone dispatcher (`zapfleet webhooks`, default
+Real processes: a nats-server, standalone dispatchers (`zapfleet webhooks`, default
 concurrency 25 / 10 per destination) and a receiver (bench/_webhook_receiver.py on
 granian, one worker). The bench process publishes events to ZF_EVENTS as agents do
 (`Nats-Msg-Id` = event id) and reads what the receiver got.
@@ -8,8 +8,9 @@ granian, one worker). The bench process publishes events to ZF_EVENTS as agents 
 Phases:
 1. baseline: the dispatcher's own HTTP client (25 concurrent, keep-alive) POSTs straight
    to the receiver, no NATS: the ceiling of this machine for this receiver;
-2. throughput: 20,000 events stored first, then the dispatcher starts; deliveries/s from
-   the first to the last delivery;
+2. throughput: 20,000 events stored first, then the dispatchers start; deliveries/s from
+   the first to the last delivery — with one process (and its CPU time per delivery),
+   then with two sharing the consumer (one per core: ``deliveries_per_s``);
 3. 30 % errors: the receiver answers 503 to 30 % of calls (at random); 10,000 events;
    retries back off from 0.05 s (capped at 0.5 s: the bench measures the dispatcher, not
    the backoff policy) for up to 20 attempts, so that "lost" means lost, not "retrying";
@@ -60,7 +61,7 @@ LATENCY_RATE = 500
 LATENCY_SECONDS = 10
 BASELINE_REQUESTS = 10_000
 CONCURRENCY = 25
-DISPATCHERS = int(os.environ.get("ZF_BENCH_DISPATCHERS", "1"))
+DISPATCHERS = int(os.environ.get("ZF_BENCH_DISPATCHERS", "2"))  # one per core
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -192,34 +193,50 @@ class Bench:
         self.nc = nc
         self.receiver = receiver
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.others: list[subprocess.Popen[bytes]] = []  # receiver, nats-server
 
-    def dispatchers(self, name: str, **env: str) -> list[subprocess.Popen[bytes]]:
+    def dispatchers(self, name: str, count: int = 1, **env: str) -> list[subprocess.Popen[bytes]]:
         started = [
             spawn(
                 [sys.executable, "-m", "zapfleet", "webhooks"],
                 dispatcher_env(self.nats_url, **env),
                 self.workdir / f"{name}-{n}.log",
             )
-            for n in range(DISPATCHERS)
+            for n in range(count)
         ]
         self.processes += started
         return started
 
-    async def throughput(self) -> dict[str, Any]:
-        """A backlog of stored events, then the dispatchers start."""
+    async def throughput(self, count: int) -> dict[str, Any]:
+        """A backlog of stored events, then ``count`` dispatcher processes start; with one,
+        the latency at 500 events/s is measured after."""
         await self.receiver.reset()
         ids = await publish(self.nc, THROUGHPUT_EVENTS)
-        dispatchers = self.dispatchers("dispatcher")
+        dispatchers = self.dispatchers(f"dispatcher-x{count}", count)
         started = await self.receiver.wait_for(1, 60)  # first delivery: setup is done
         cpu_before = sum(cpu_seconds(d) for d in dispatchers)
+        others_before = [cpu_seconds(p) for p in self.others]
         stats = await self.receiver.wait_for(THROUGHPUT_EVENTS, 120)
         cpu_used = sum(cpu_seconds(d) for d in dispatchers) - cpu_before
+        others = [
+            1e6 * (cpu_seconds(p) - before) / max(1, stats["unique"] - started["unique"])
+            for p, before in zip(self.others, others_before, strict=True)
+        ]
+        print(f"  CPU µs per delivery of receiver, nats-server: {others}", flush=True)
         cpu_us = 1e6 * cpu_used / max(1, stats["unique"] - started["unique"])
         rate = stats["unique"] / max(1e-9, stats["last"] - stats["first"])
         lost = len(set(ids) - set(stats["ids"]))
-        print(f"throughput: {rate:.0f}/s, lost {lost}, CPU {cpu_us:.0f} µs/delivery", flush=True)
+        print(
+            f"throughput with {count} dispatcher(s): {rate:.0f}/s, lost {lost}, "
+            f"CPU {cpu_us:.0f} µs/delivery",
+            flush=True,
+        )
+        if count > 1:
+            for dispatcher in dispatchers:
+                stop(dispatcher)
+            return {"deliveries_per_s": round(rate), "_lost": lost}
 
-        # latency at 500/s with the same dispatchers, on an idle stream
+        # latency at 500/s with the same dispatcher, on an idle stream
         await self.receiver.reset()
         ids = await publish(self.nc, LATENCY_RATE * LATENCY_SECONDS, pace_per_s=LATENCY_RATE)
         stats = await self.receiver.wait_for(len(ids), 60)
@@ -230,7 +247,7 @@ class Bench:
         for dispatcher in dispatchers:
             stop(dispatcher)
         return {
-            "deliveries_per_s": round(rate),
+            "deliveries_per_s_one_process": round(rate),
             "p99_delivery_ms_at_500_per_s": round(p99, 1),
             "p50_delivery_ms_at_500_per_s": round(p50, 1),
             "dispatcher_cpu_us_per_delivery": round(cpu_us),
@@ -245,6 +262,7 @@ class Bench:
         ids = await publish(self.nc, ERROR_EVENTS)
         self.dispatchers(
             "dispatcher-errors",
+            DISPATCHERS,
             ZAPFLEET_WEBHOOK_BACKOFF_BASE_S="0.05",
             ZAPFLEET_WEBHOOK_BACKOFF_MAX_S="0.5",
             ZAPFLEET_WEBHOOK_MAX_ATTEMPTS="20",
@@ -280,6 +298,7 @@ async def run(workdir: Path) -> dict[str, Any]:
     receiver = Receiver(port)
     bench = Bench(workdir, nats_url, nc, receiver)
     bench.processes.append(receiver_process)
+    bench.others = [receiver_process, server.process]
     try:
         wait_for_port(port, 30, receiver_process)
         js = nc.jetstream()
@@ -292,17 +311,18 @@ async def run(workdir: Path) -> dict[str, Any]:
         await receiver.reset()
         raw_per_s = await baseline(receiver)
         print(f"  {raw_per_s:.0f} POST/s", flush=True)
-        fast = await bench.throughput()
+        one = await bench.throughput(1)
+        several = await bench.throughput(DISPATCHERS)
         errors = await bench.with_errors()
         dlq = await js.stream_info("ZF_DLQ")
         return {
-            "deliveries_per_s": fast["deliveries_per_s"],
+            "deliveries_per_s": several["deliveries_per_s"],
             "deliveries_per_s_30pct_errors": errors["deliveries_per_s_30pct_errors"],
-            "lost_events": fast.pop("_lost") + errors.pop("_lost"),
-            **fast,
+            "lost_events": one.pop("_lost") + several.pop("_lost") + errors.pop("_lost"),
+            **one,
             **errors,
             "baseline_raw_post_per_s": round(raw_per_s),
-            "ratio_vs_raw_post": round(fast["deliveries_per_s"] / raw_per_s, 3),
+            "ratio_vs_raw_post": round(several["deliveries_per_s"] / raw_per_s, 3),
             "dead_letters": dlq.state.messages,
             "events": {
                 "throughput": THROUGHPUT_EVENTS,
@@ -311,9 +331,11 @@ async def run(workdir: Path) -> dict[str, Any]:
             },
             "dispatchers": DISPATCHERS,
             "setup": (
-                f"1 nats-server, {DISPATCHERS} `zapfleet webhooks` process(es) (concurrency "
-                "25, 10 per destination), 1 receiver (granian, 1 worker) and the publisher, "
-                "all on this machine (shared with other work: see machine.load_avg_1m); "
+                f"1 nats-server, `zapfleet webhooks` processes sharing the consumer "
+                f"({DISPATCHERS} for deliveries_per_s and the error phase, 1 for "
+                "deliveries_per_s_one_process and the latency; concurrency 25, 10 per "
+                "destination each), 1 receiver (granian, 1 worker) and the publisher, all on "
+                "this 2-core machine, shared with other work (see machine.load_avg_1m); "
                 "signed deliveries (HMAC-SHA256)"
             ),
         }
@@ -328,16 +350,23 @@ async def run(workdir: Path) -> dict[str, Any]:
 def plot(results: dict[str, Any]) -> None:
     plt, path = figure("webhooks")
     fig, (bars, cdf) = plt.subplots(1, 2, figsize=(11, 4.2))
-    labels = ["raw POST\n(no NATS)", "dispatcher", "dispatcher,\n30 % errors"]
+    several = results["dispatchers"]
+    labels = [
+        "raw POST\n(no NATS)",
+        "1 dispatcher",
+        f"{several} dispatchers",
+        f"{several} dispatchers,\n30 % errors",
+    ]
     values = [
         results["baseline_raw_post_per_s"],
+        results["deliveries_per_s_one_process"],
         results["deliveries_per_s"],
         results["deliveries_per_s_30pct_errors"],
     ]
-    bars.bar(labels, values, color=["#9aa5b1", "#2f6fde", "#e0803a"])
+    bars.bar(labels, values, color=["#9aa5b1", "#7fa8ee", "#2f6fde", "#e0803a"])
     bars.axhline(2000, color="black", linestyle="--", linewidth=1, label="target 2,000/s")
     bars.set_ylabel("deliveries per second")
-    bars.set_title("Throughput (one dispatcher process)")
+    bars.set_title(f"Throughput (load avg {os.getloadavg()[0]:.1f} on 2 cores)")
     bars.legend()
     latencies = sorted(results["_latencies_ms"])
     shares = [(i + 1) / len(latencies) for i in range(len(latencies))]

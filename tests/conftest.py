@@ -150,7 +150,7 @@ def stack(
             "ZAPFLEET_ADMIN_KEY": ADMIN_KEY,
             "ZAPFLEET_HTTP_PORT": str(http_port),
             "ZAPFLEET_DEFAULT_ENGINE": "sim",
-            "ZAPFLEET_WEBHOOK_ALLOW_PRIVATE": "true",
+            "ZAPFLEET_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
             # the whole suite shares this API: limits high enough never to interfere
             # (tests/test_api_limits.py runs its own control plane with tight limits)
             **{f"ZAPFLEET_RATE_{c}": "1000000/60" for c in LIMIT_CLASSES},

@@ -194,6 +194,7 @@ class WebhookRegistry:
         self._global: _Level | None = None
         self._tenants: dict[str, _Level] = {}
         self._sessions: dict[str, _SessionHook | None] = {}
+        self._reading: dict[str, asyncio.Future[_SessionHook | None]] = {}
         self._sessions_kv: KeyValue | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -263,16 +264,24 @@ class WebhookRegistry:
             return self._sessions[session_id]
         except KeyError:
             pass
-        # Not seen by the watch yet (created a moment ago) or never existed: read once,
-        # remember the answer; the watch corrects it on the next change.
+        # Not seen by the watch yet (created a moment ago) or never existed: read once
+        # (concurrent events of the session share the read), remember the answer; the
+        # watch corrects it on the next change.
+        pending = self._reading.get(session_id)
+        if pending is None:
+            pending = asyncio.ensure_future(self._read_session(session_id))
+            self._reading[session_id] = pending
+            pending.add_done_callback(lambda _: self._reading.pop(session_id, None))
+        return await asyncio.shield(pending)
+
+    async def _read_session(self, session_id: str) -> _SessionHook | None:
         hook = None
         assert self._sessions_kv is not None
         with contextlib.suppress(KeyNotFoundError):
             entry = await self._sessions_kv.get(session_id)
             if entry.value:
                 hook = _session_hook(_record_decoder.decode(entry.value))
-        self._sessions.setdefault(session_id, hook)
-        return hook
+        return self._sessions.setdefault(session_id, hook)
 
     def lookup(self, tenant: str, session_id: str, event_type: str) -> Target | Unknown | None:
         """:meth:`target` from memory alone; UNKNOWN for a session not seen yet."""

@@ -101,8 +101,16 @@ class PullConsumer:
                 await self._sub.unsubscribe()
 
     def wake(self) -> None:
-        """Tell the puller that room was freed."""
-        self._wakeup.set()
+        """Tell the puller that room was freed (it wakes only when enough was)."""
+        if not self._wakeup.is_set() and self._wanted():
+            self._wakeup.set()
+
+    def _wanted(self) -> int:
+        """How many messages to ask for now: 0 until a quarter of a batch is free."""
+        capacity = self._capacity()
+        room = capacity - self._outstanding
+        threshold = max(1, min(self.batch_max, capacity) // 4)
+        return min(room, self.batch_max) if room >= threshold else 0
 
     @property
     def outstanding(self) -> int:
@@ -134,10 +142,8 @@ class PullConsumer:
                 self._outstanding -= int(stale[0])
             if self._outstanding > 0 and now - self._last_activity > 3 * self.heartbeat_s:
                 self._reset()
-            room = self._capacity() - self._outstanding
-            threshold = max(1, min(self.batch_max, self._capacity()) // 4)
-            if room >= threshold and self.nc.is_connected:
-                batch = min(room, self.batch_max)
+            batch = self._wanted()
+            if batch and self.nc.is_connected:
                 request = {"batch": batch, "expires": expires_ns, "idle_heartbeat": heartbeat_ns}
                 try:
                     await self.nc.publish(subject, json.dumps(request).encode(), reply=self._inbox)

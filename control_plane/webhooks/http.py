@@ -144,12 +144,21 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     # use
-    def request(self, data: bytes) -> asyncio.Future[int]:
+    def request(self, data: bytes, timeout_s: float) -> asyncio.Future[int]:
+        """Send one request; the future gets the status, or TimeoutError after
+        ``timeout_s`` (one timer, cheaper than an asyncio.timeout block per request)."""
         assert self.transport is not None
         self.answered = False
-        self._status = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        status = self._status = loop.create_future()
+        timer = loop.call_later(timeout_s, self._expire, status)
+        status.add_done_callback(lambda _: timer.cancel())
         self.transport.write(data)
-        return self._status
+        return status
+
+    def _expire(self, status: asyncio.Future[int]) -> None:
+        if not status.done():
+            status.set_exception(TimeoutError())
 
     def _fail(self, error: Exception) -> None:
         if self._status is not None and not self._status.done():
@@ -201,9 +210,12 @@ class WebhookClient:
             raise known
         return known
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+    async def post(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float = 10.0
+    ) -> int:
         """POST ``body``; the response status. Raises UnsafeURLError (never retry),
-        RequestError or TimeoutError — callers bound the time with asyncio.timeout."""
+        RequestError, or TimeoutError when connecting took longer than the connect
+        timeout or the answer longer than ``timeout_s``."""
         target = self.target(url)
         text = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
         if text.count("\n") != len(headers) or text.count("\r") != len(headers):
@@ -223,18 +235,21 @@ class WebhookClient:
                 connection.close()
                 continue
             try:
-                return await self._exchange(connection, data)
+                return await self._exchange(connection, data, timeout_s)
             except RequestError:
                 if connection.answered:
                     raise
                 # the receiver closed this idle connection before reading: once more, fresh
                 break
-        return await self._exchange(await self._connect(target, pool), data)
+        started = time.monotonic()
+        connection = await self._connect(target, pool)
+        remaining = timeout_s - (time.monotonic() - started)
+        return await self._exchange(connection, data, max(0.001, remaining))
 
     @staticmethod
-    async def _exchange(connection: _Connection, data: bytes) -> int:
+    async def _exchange(connection: _Connection, data: bytes, timeout_s: float) -> int:
         try:
-            return await connection.request(data)
+            return await connection.request(data, timeout_s)
         except BaseException:  # failed, timed out or cancelled: the connection is spent
             connection.close()
             raise

@@ -1,7 +1,7 @@
 """`just bench webhooks`: webhook delivery throughput, loss under errors, latency.
 
 Real processes: a nats-server, standalone dispatchers (`zapfleet webhooks`, default
-concurrency 25 / 10 per destination) and a receiver (bench/_webhook_receiver.py on
+concurrency 25 / 20 per destination) and a receiver (bench/_webhook_receiver.py on
 granian, one worker). The bench process publishes events to ZF_EVENTS as agents do
 (`Nats-Msg-Id` = event id) and reads what the receiver got.
 
@@ -333,7 +333,7 @@ async def run(workdir: Path) -> dict[str, Any]:
             "setup": (
                 f"1 nats-server, `zapfleet webhooks` processes sharing the consumer "
                 f"({DISPATCHERS} for deliveries_per_s and the error phase, 1 for "
-                "deliveries_per_s_one_process and the latency; concurrency 25, 10 per "
+                "deliveries_per_s_one_process and the latency; concurrency 25, 20 per "
                 "destination each), 1 receiver (granian, 1 worker) and the publisher, all on "
                 "this 2-core machine, shared with other work (see machine.load_avg_1m); "
                 "signed deliveries (HMAC-SHA256)"

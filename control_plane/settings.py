@@ -23,7 +23,7 @@
 | ZAPFLEET_WEBHOOK_MAX_ATTEMPTS | 8 | attempts before an event goes to ZF_DLQ |
 | ZAPFLEET_WEBHOOK_BACKOFF_BASE_S / _MAX_S | 1 / 60 | retry delay: base·2^(attempt-1), capped |
 | ZAPFLEET_WEBHOOK_CONCURRENCY | 25 | deliveries in flight per dispatcher process |
-| ZAPFLEET_WEBHOOK_CONCURRENCY_PER_DESTINATION | 10 | ... and per destination (scheme, host, port) |
+| ZAPFLEET_WEBHOOK_CONCURRENCY_PER_DESTINATION | 20 | ... and per destination (scheme, host, port) |
 | ZAPFLEET_WEBHOOK_MAX_BUFFERED | 1000 | events one dispatcher holds (in flight + waiting) |
 | ZAPFLEET_WEBHOOK_DESTINATION_WAIT_S | 5 | an event waiting longer for its destination goes back |
 | ZAPFLEET_WEBHOOK_ACK_WAIT_S | 30 | an event a dead dispatcher held is redelivered after this |
@@ -104,7 +104,7 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     webhook_backoff_base_s: float = 1.0
     webhook_backoff_max_s: float = 60.0
     webhook_concurrency: int = 25
-    webhook_concurrency_per_destination: int = 10
+    webhook_concurrency_per_destination: int = 20
     webhook_max_buffered: int = 1000
     webhook_destination_wait_s: float = 5.0
     webhook_ack_wait_s: float = 30.0

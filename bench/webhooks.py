@@ -86,9 +86,15 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
-    """User + system CPU time of a running child (Linux /proc)."""
-    fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a running child and its own children (granian workers)."""
+    import psutil
+
+    parent = psutil.Process(process.pid)
+    total = 0.0
+    for each in [parent, *parent.children(recursive=True)]:
+        times = each.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -222,7 +228,8 @@ class Bench:
             1e6 * (cpu_seconds(p) - before) / max(1, stats["unique"] - started["unique"])
             for p, before in zip(self.others, others_before, strict=True)
         ]
-        print(f"  CPU µs per delivery of receiver, nats-server: {others}", flush=True)
+        receiver_us, nats_us = others
+        print(f"  CPU per delivery: receiver {receiver_us:.0f} µs, nats {nats_us:.0f} µs")
         cpu_us = 1e6 * cpu_used / max(1, stats["unique"] - started["unique"])
         rate = stats["unique"] / max(1e-9, stats["last"] - stats["first"])
         lost = len(set(ids) - set(stats["ids"]))
@@ -248,6 +255,8 @@ class Bench:
             stop(dispatcher)
         return {
             "deliveries_per_s_one_process": round(rate),
+            "receiver_cpu_us_per_delivery": round(receiver_us),
+            "nats_server_cpu_us_per_delivery": round(nats_us),
             "p99_delivery_ms_at_500_per_s": round(p99, 1),
             "p50_delivery_ms_at_500_per_s": round(p50, 1),
             "dispatcher_cpu_us_per_delivery": round(cpu_us),
@@ -389,7 +398,9 @@ def main() -> None:
     workdir = ROOT / "test-artifacts" / "bench-webhooks"  # logs stay for a look afterwards
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
+    load_at_start = round(os.getloadavg()[0], 2)
     results = asyncio.run(run(workdir))
+    results["load_avg_1m_at_start"] = load_at_start
     plot(results)
     results.pop("_latencies_ms")
     write_json("webhooks", results)

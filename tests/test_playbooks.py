@@ -582,6 +582,7 @@ def test_metric_catalogue_is_the_contract() -> None:
         "STOPPED",
     ]
     assert catalogue["zapfleet_api_cache_requests_total"]["labels"]["result"] == ["hit", "miss"]
+    assert catalogue["zapfleet_webhook_dlq_depth"]["type"] == "gauge"
     # tests/test_monitoring_contract.py checks this list against what the code registers
     for name, spec in catalogue.items():
         assert spec["type"] in {"counter", "gauge", "histogram"}, name
@@ -611,6 +612,9 @@ def test_alert_rules_use_only_catalogued_metrics(rendered: Rendered) -> None:
     # The alerts that matter most are there.
     for metric in (
         "zapfleet_api_requests_total",
+        "zapfleet_webhook_failed_total",
+        "zapfleet_webhook_dead_lettered_total",
+        "zapfleet_webhook_dlq_depth",
         "zapfleet_agent_sessions",
         "zapfleet_agent_reconnects_total",
         "zapfleet_agent_events_publish_failed_total",

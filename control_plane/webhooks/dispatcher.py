@@ -118,11 +118,11 @@ def ack_position(msg: Msg) -> tuple[str, int, int]:
     """(stream, stream sequence, deliveries so far) of a JetStream message, read from its
     reply subject — ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``
     or the v2 form with domain and account hash — without building nats-py's Metadata."""
-    tokens = (msg.reply or "").split(".")
-    if len(tokens) == 9:
-        return tokens[2], int(tokens[5]), int(tokens[4])
-    if len(tokens) >= 11:
-        return tokens[4], int(tokens[7]), int(tokens[6])
+    parts = (msg.reply or "").split(".")
+    if len(parts) == 9:
+        return parts[2], int(parts[5]), int(parts[4])
+    if len(parts) >= 11:
+        return parts[4], int(parts[7]), int(parts[6])
     meta = msg.metadata
     return meta.stream, meta.sequence.stream, meta.num_delivered
 

@@ -28,7 +28,6 @@ async def test_webhook_receiver_down_then_back_gets_every_event(
 ) -> None:
     receiver = WebhookReceiver()
     url = receiver.url
-    port = receiver.server.server_address[1]
     fleet = new_fleet("webhook-drill", ZAPFLEET_WEBHOOK_BACKOFF_MAX_S="5")
     await fleet.start()
     nc = await fleet.nats_client()
@@ -53,14 +52,15 @@ async def test_webhook_receiver_down_then_back_gets_every_event(
             for n in range(1, 5):
                 await send(n)
             before = list(receiver.events)
-            receiver.close()  # down: connections refused
+            # down: new connections refused and requests on kept-alive ones dropped
+            receiver.go_down()
             down_at = time.monotonic()
             sent = 5
             while time.monotonic() - down_at < DOWN_S:
                 await send(sent)
                 sent += 1
                 await asyncio.sleep(max(0.2, DOWN_S / 40))
-            receiver = WebhookReceiver(port=port)  # back, same address
+            receiver.come_up()  # back, same address
             up_at = time.monotonic()
             for n in range(sent, sent + 5):
                 await send(n)

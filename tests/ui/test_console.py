@@ -9,6 +9,7 @@ import sys
 
 import httpx
 
+from tests.conftest import WebhookReceiver
 from tests.ui.browser import Browser
 from tests.ui.stack import QR_FIRST_S, QR_NEXT_S, UiStack
 
@@ -225,3 +226,47 @@ def test_an_operator_drains_a_node_and_makes_it_eligible_again(
     finally:
         with httpx.Client(base_url=ui_stack.base_url, headers=ui_stack.headers) as api:
             api.post(f"/v1/nodes/{node}/uncordon")
+
+
+def test_dead_letters_are_listed_and_redriven_from_the_console(
+    browser: Browser, ui_stack: UiStack, webhook_receiver: WebhookReceiver
+) -> None:
+    webhook_receiver.status = 503  # the receiver is down: every attempt fails
+    with httpx.Client(base_url=ui_stack.base_url, headers=ui_stack.headers) as api:
+        created = api.post(
+            "/v1/sessions",
+            json={
+                "session_id": "ui-dlq",
+                "engine": "sim",
+                "webhook_url": webhook_receiver.url,
+                "webhook_events": ["session.status"],
+            },
+        )
+        assert created.status_code == 201, created.text
+    b = browser
+    sign_in(b, ui_stack)
+    b.find("#nav a[data-page='webhooks']").click()
+    b.wait_for(
+        "the session's webhook in the overview",
+        lambda: "session:ui-dlq" in b.find("#webhook-config").text,
+    )
+    rows = b.wait_for(
+        "dead letters of ui-dlq",
+        lambda: [r for r in b.find_all("#dead-letters tr[data-letter]") if "ui-dlq" in r.text],
+        timeout_s=30,
+    )
+    assert "session.status" in rows[0].text
+    b.screenshot("dead-letters")
+
+    webhook_receiver.status = 200  # the receiver is back
+    b.find("#redrive-all").click()
+    delivered = webhook_receiver.wait_for(
+        lambda e: e["session_id"] == "ui-dlq" and e["type"] == "session.status"
+    )
+    assert delivered["tenant"]
+    b.wait_for(
+        "the dead letters of ui-dlq to be gone",
+        lambda: not any("ui-dlq" in r.text for r in b.find_all("#dead-letters tr[data-letter]")),
+        timeout_s=20,
+    )
+    b.screenshot("redriven")

@@ -146,6 +146,7 @@ class Agent:
         self._nc: NATS | None = None
         self._events: EventPublisher | None = None
         self._outbox: Outbox | None = None
+        self._restoring: set[asyncio.Task[None]] = set()
         self._service: Service | None = None
         self._nodes_kv: KeyValue | None = None
         self._sessions_kv: KeyValue | None = None
@@ -403,7 +404,10 @@ class Agent:
         )
         self.sessions[spec.session_id] = supervisor
         await supervisor.start()
-        await self._restore_outbox(supervisor)
+        if self._outbox is not None:  # in the background: a start never waits on it
+            task = asyncio.create_task(self._restore_outbox(supervisor), name="outbox-restore")
+            self._restoring.add(task)
+            task.add_done_callback(self._restoring.discard)
         await supervisor.settle(START_SETTLE_S)
         return supervisor.info()
 

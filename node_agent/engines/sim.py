@@ -445,7 +445,15 @@ class SimSession:
             await asyncio.sleep(self.faults.latency_ms / 1000)
         if self.faults.send_failure_rate and random.random() < self.faults.send_failure_rate:
             raise EngineError("send failed (injected)")
-        if not await self.engine.is_registered(to):
+        try:
+            registered = await self.engine.is_registered(to)
+        except Exception as exc:
+            # the simulated network (NATS) is unreachable: the socket is gone, like a real
+            # one losing its connection; the message waits in the queue for the reconnect
+            self._online = False
+            self.emit(Disconnected(reason=f"network unreachable: {exc!r}"))
+            raise EngineError("network unreachable") from None
+        if not registered:
             raise EngineError(f"{to} is not on WhatsApp")
         engine_id = "SIM" + secrets.token_hex(8).upper()
         body: dict[str, Any] = msgspec.to_builtins(content)

@@ -484,3 +484,45 @@ async def test_idempotency_key_reuse_with_another_body_is_409(catalog: Catalog) 
     assert_problem(conflict, 409, "idempotency_conflict")
     assert elsewhere.status_code == 202
     assert elsewhere.json()["message_id"] != accepted.json()["message_id"]
+
+
+# -- SSRF through media URLs ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:4222/",  # loopback: NATS itself
+        "http://localhost/secret.png",  # a name that resolves to loopback
+        "http://169.254.169.254/latest/meta-data/",  # cloud metadata (link-local)
+        "http://[::1]/x.png",  # IPv6 loopback
+        "http://[::ffff:127.0.0.1]/x.png",  # IPv4-mapped IPv6
+        "http://10.0.0.1/x.png",  # private
+        "http://0.0.0.0/x.png",  # unspecified
+    ],
+    ids=["loopback", "localhost", "metadata", "ipv6-loopback", "mapped", "private", "unspecified"],
+)
+async def test_media_urls_to_internal_addresses_are_refused_before_any_request(
+    catalog: Catalog, url: str
+) -> None:
+    """Fetching media by URL is guarded like webhooks: the host is resolved and every
+    address must be public, checked when the message is accepted (and again for each
+    redirect when fetched). Nothing is queued, so nothing is ever fetched."""
+    async with catalog.client(catalog.acme) as api:
+        response = await api.post(
+            messages(catalog.acme.session_id),
+            json={"type": "image", "to": "+15550700002", "media": {"url": url}},
+        )
+    assert_problem(response, 422, "media_unavailable")
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "gopher://127.0.0.1:6379/_INFO", "ftp://x/y"]
+)
+async def test_media_urls_of_other_schemes_are_refused(catalog: Catalog, url: str) -> None:
+    async with catalog.client(catalog.acme) as api:
+        response = await api.post(
+            messages(catalog.acme.session_id),
+            json={"type": "image", "to": "+15550700002", "media": {"url": url}},
+        )
+    assert response.status_code == 422, response.text

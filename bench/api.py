@@ -202,7 +202,7 @@ async def prepare(base_url: str, nats_url: str) -> Stack:
         await client.post("/v1/tenants", json={"tenant_id": "bench"})
         stack.key = (await client.post("/v1/tenants/bench/keys", json={})).json()["key"]
     nc = await nats.connect(nats_url)
-    pacing = {"enabled": False, "queue_size": 10_000_000, "daily_cap": 1_000_000_000}
+    pacing = {"enabled": False, "queue_size": 100_000, "daily_cap": 10_000_000}
     headers = {"X-API-Key": stack.key}
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as client:
         names = [f"s{i}" for i in range(SENDERS)] + ["recipient"]

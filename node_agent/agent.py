@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -32,7 +33,7 @@ from node_agent.device_store import DeviceStore
 from node_agent.engines._base import Engine
 from node_agent.events import EventPublisher
 from node_agent.lease import AssignmentWatch, Lease, assigned_to, claim
-from node_agent.media import MediaError, MediaFetcher
+from node_agent.media import MediaError, MediaFetcher, MediaPayload
 from node_agent.outbox import Outbox
 from node_agent.protocol import (
     NODES_BUCKET,
@@ -77,6 +78,19 @@ from zapfleet._logging import bind
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=msgspec.Struct)
 HOLDS_SLOT = LIVE_STATES | {SessionState.FAILED}
+# ops whose requests may be served side by side: sends (in arrival order per session, see
+# op_send) and reads; lifecycle ops stay one at a time
+CONCURRENT_OPS = frozenset(
+    {
+        Op.MESSAGE_SEND,
+        Op.SESSION_STATUS,
+        Op.SESSION_QR,
+        Op.SESSIONS_LIST,
+        Op.CONTACTS_CHECK,
+        Op.HISTORY_LIST,
+        Op.NODE_INFO,
+    }
+)
 # a start reply waits this long at most for the engine's connect call to return
 START_SETTLE_S = 0.25
 
@@ -87,6 +101,7 @@ OPEN_FDS = Gauge("zapfleet_agent_open_fds", "Open file descriptors")
 RSS = Gauge("zapfleet_agent_rss_bytes", "Resident memory")
 
 
+@functools.lru_cache(maxsize=65_536)  # bulk sends repeat recipients; parsing is costly
 def normalize_number(raw: str) -> str:
     """E.164 digits without '+', or AgentError(INVALID_NUMBER)."""
     text = raw.strip()
@@ -148,6 +163,9 @@ class Agent:
         self._outbox: Outbox | None = None
         self._restoring: set[asyncio.Task[None]] = set()
         self._service: Service | None = None
+        self._rpc_tasks: set[asyncio.Task[None]] = set()
+        # per session, the accept of its newest send: the next one enqueues after it
+        self._accept_tail: dict[str, asyncio.Future[None]] = {}
         self._nodes_kv: KeyValue | None = None
         self._sessions_kv: KeyValue | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -267,7 +285,7 @@ class Agent:
             await group.add_endpoint(
                 name=op.value,
                 subject=op.value,
-                handler=self._rpc(request_type, handler),
+                handler=self._rpc(request_type, handler, concurrent=op in CONCURRENT_OPS),
                 queue_group=f"zf-agent-{self.node_id}",
             )
 
@@ -281,11 +299,22 @@ class Agent:
         return err(ErrorCode.INVALID_REQUEST, text)
 
     def _rpc(
-        self, request_type: type[R], handler: Callable[[R], Awaitable[msgspec.Struct]]
+        self,
+        request_type: type[R],
+        handler: Callable[[R], Awaitable[msgspec.Struct]],
+        *,
+        concurrent: bool = False,
     ) -> Callable[[Request], Awaitable[None]]:
+        """The endpoint of one op. nats.micro awaits an endpoint's handler before it takes
+        the next request of that endpoint, so a lifecycle op (start, stop, logout...) is
+        served one at a time, in order. A ``concurrent`` op is served in a task of its
+        own instead: one send waiting for its outbox write must not hold up the next
+        (measured: sends were capped at ~550/s by that wait). At most
+        ``rpc_max_inflight`` run at once; past that the endpoint waits, which pushes back
+        on NATS instead of piling up tasks."""
         decoder = msgspec.json.Decoder(request_type)
 
-        async def endpoint(request: Request) -> None:
+        async def serve(request: Request) -> None:
             try:
                 body = decoder.decode(request.data or b"{}")
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -298,7 +327,24 @@ class Agent:
             except Exception as exc:
                 log.exception("rpc handler failed", extra={"op": request.subject})
                 reply = err(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}")
-            await request.respond(reply)
+            with contextlib.suppress(Exception):  # the connection is gone: the caller times out
+                await request.respond(reply)
+
+        if not concurrent:
+            return serve
+        slots = asyncio.Semaphore(self.settings.rpc_max_inflight)
+
+        async def serve_and_release(request: Request) -> None:
+            try:
+                await serve(request)
+            finally:
+                slots.release()
+
+        async def endpoint(request: Request) -> None:
+            await slots.acquire()
+            task = asyncio.create_task(serve_and_release(request))
+            self._rpc_tasks.add(task)
+            task.add_done_callback(self._rpc_tasks.discard)
 
         return endpoint
 
@@ -493,6 +539,32 @@ class Agent:
         request.to = normalize_number(request.to)
         if not request.message_id:
             raise AgentError(ErrorCode.INVALID_REQUEST, "message_id is required")
+        # sends are served concurrently (Agent._rpc): their media and outbox writes
+        # overlap, but each enqueues only after the one that arrived before it, so a
+        # session sends in the order its messages were accepted
+        session_id = request.session_id
+        previous = self._accept_tail.get(session_id)
+        accepted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._accept_tail[session_id] = accepted
+        try:
+            payload = await self._store_send(request)
+            if previous is not None:
+                await asyncio.shield(previous)
+            try:
+                depth = supervisor.enqueue(request, payload)
+            except AgentError:
+                if self._outbox is not None:
+                    self._outbox.forget(session_id, request.message_id)
+                raise
+        finally:
+            accepted.set_result(None)
+            if self._accept_tail.get(session_id) is accepted:
+                del self._accept_tail[session_id]
+        return SendAccepted(message_id=request.message_id, queue_depth=depth)
+
+    async def _store_send(self, request: SendMessage) -> MediaPayload | None:
+        """Fetch or decode the media, then write the send to the outbox: durable before
+        the agent says "queued" (node_agent/outbox.py)."""
         media = media_of(request.content)
         payload = None
         if media is not None:
@@ -503,7 +575,7 @@ class Agent:
             if payload is not None:
                 media.base64 = None  # the queue keeps the decoded bytes, not the text
         if self._outbox is not None:
-            try:  # durable before we say "queued" (node_agent/outbox.py)
+            try:
                 await self._outbox.put(request, payload)
             except Exception as exc:
                 raise AgentError(
@@ -511,14 +583,7 @@ class Agent:
                     f"the message could not be stored durably: {exc!r}",
                     retry_after_s=1.0,
                 ) from None
-        try:
-            depth = supervisor.enqueue(request, payload)
-        except AgentError:
-            if self._outbox is not None:
-                with contextlib.suppress(Exception):
-                    await self._outbox.forget(request.session_id, request.message_id)
-            raise
-        return SendAccepted(message_id=request.message_id, queue_depth=depth)
+        return payload
 
     async def _restore_outbox(self, supervisor: SessionSupervisor) -> None:
         """Queue first what was accepted for this session but never sent (the agent that
@@ -701,6 +766,8 @@ class Agent:
         if self._service is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._service.stop(), 2)
+        if self._rpc_tasks:  # requests already taken get their answer
+            await asyncio.wait(list(self._rpc_tasks), timeout=5)
         for supervisor in list(self.sessions.values()):
             with contextlib.suppress(Exception):
                 await supervisor.stop("agent shutting down")
@@ -710,6 +777,8 @@ class Agent:
             # cut off from NATS, waiting for the buffer to drain would only delay the exit
             connected = self._nc is not None and self._nc.is_connected
             await self.events.close(limit_s=10.0 if connected else 1.0)
+        if self._outbox is not None:
+            await self._outbox.close(limit_s=3.0 if self.nc.is_connected else 0.5)
         if self._engine is not None:
             await self.engine.close()
         await self.media.close()

@@ -36,6 +36,9 @@ EVENTS_DROPPED = Counter(
 )
 
 
+ACK_TIMEOUT_S = 5.0
+
+
 def new_event_id() -> str:
     # time-ordered prefix keeps ids sortable by creation; the random tail keeps them unique
     return f"{time.time_ns():x}{secrets.token_hex(6)}"
@@ -43,7 +46,7 @@ def new_event_id() -> str:
 
 class EventPublisher:
     def __init__(
-        self, js: JetStreamContext, node_id: str, max_buffer: int = 100_000, window: int = 64
+        self, js: JetStreamContext, node_id: str, max_buffer: int = 100_000, window: int = 256
     ) -> None:
         self.js = js
         self.node_id = node_id
@@ -106,9 +109,7 @@ class EventPublisher:
             window = [self._buffer[i] for i in range(min(self.window, len(self._buffer)))]
             self._inflight = len(window)
             try:
-                results = await asyncio.gather(
-                    *(self._publish(event) for event in window), return_exceptions=True
-                )
+                results = await self._publish_window(window)
             finally:
                 self._inflight = 0
             failed = [e for e, r in zip(window, results, strict=True) if r is not None]
@@ -134,13 +135,37 @@ class EventPublisher:
                 continue
             delay = 0.05
 
-    async def _publish(self, event: Event) -> None:
-        await self.js.publish(
-            event_subject(event.tenant, event.session_id, event.type),
-            encode(event),
-            headers={"Nats-Msg-Id": event.id},
-            timeout=5,
-        )
+    async def _publish_window(self, window: list[Event]) -> list[BaseException | None]:
+        """Publish a window of events at once; per event, None once the stream stored
+        it, else why not. One reply subscription serves all the acks (nats-py's
+        publish_async): no task and no timer per event, which a request each costs."""
+        acks: list[asyncio.Future[Any]] = []
+        results: list[BaseException | None] = [None] * len(window)
+        try:
+            for event in window:
+                acks.append(
+                    await self.js.publish_async(
+                        event_subject(event.tenant, event.session_id, event.type),
+                        encode(event),
+                        headers={"Nats-Msg-Id": event.id},
+                    )
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # not even handed to the connection: retried as a whole
+            for ack in acks:
+                ack.cancel()
+            return [exc] * len(window)
+        _, late = await asyncio.wait(acks, timeout=ACK_TIMEOUT_S)
+        for index, ack in enumerate(acks):
+            if ack in late:
+                ack.cancel()
+                results[index] = TimeoutError(f"no ack from ZF_EVENTS in {ACK_TIMEOUT_S} s")
+            elif ack.cancelled():
+                results[index] = ConnectionError("the publish was abandoned")
+            else:
+                results[index] = ack.exception()
+        return results
 
     async def flush(self, limit_s: float = 10.0) -> bool:
         """Wait until every buffered event is stored (used on orderly shutdown)."""

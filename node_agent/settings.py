@@ -74,6 +74,8 @@ class AgentSettings(msgspec.Struct, kw_only=True):
     media_allow_private: bool = False
     start_stagger_s: float = 0.05
     max_check_numbers: int = 500
+    # sends and reads served at once (node_agent/agent.py: Agent._rpc)
+    rpc_max_inflight: int = 512
     # state machine (DESIGN §3)
     backoff_base_s: float = 2.0
     backoff_max_s: float = 300.0
@@ -115,6 +117,8 @@ class AgentSettings(msgspec.Struct, kw_only=True):
             )
         if self.breaker_threshold < 1:
             raise SettingsError("invalid setting ZAPFLEET_BREAKER_THRESHOLD: must be >= 1")
+        if self.rpc_max_inflight < 1:
+            raise SettingsError("invalid setting ZAPFLEET_RPC_MAX_INFLIGHT: must be >= 1")
         if self.send_attempts < 1:
             raise SettingsError("invalid setting ZAPFLEET_SEND_ATTEMPTS: must be >= 1")
         if self.lease_ttl_s < 2 * self.heartbeat_interval_s:

@@ -1,0 +1,133 @@
+"""The outbox (node_agent/outbox.py), on a real nats-server: an accepted send is stored
+before the agent answers, forgotten once its end is known, and purged from the stream by
+sequence — never an entry that is still pending. Sends served side by side keep the
+order in which they arrived."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+
+from nats.aio.client import Client as NATS
+
+from node_agent.outbox import OUTBOX_BUCKET, Outbox
+from node_agent.protocol import (
+    ImageContent,
+    Media,
+    MessageContent,
+    Op,
+    SendAccepted,
+    SendMessage,
+    TextContent,
+)
+from tests.agent_support import (
+    AgentClient,
+    EventLog,
+    phone,
+    running_agent,
+    sim_settings,
+    unique,
+)
+
+STREAM = f"KV_{OUTBOX_BUCKET}"
+
+
+async def stored_entries(nc: NATS, session_id: str) -> int:
+    """Messages the outbox stream still holds for one session."""
+    info = await nc.jetstream().stream_info(
+        STREAM, subjects_filter=f"$KV.{OUTBOX_BUCKET}.{session_id}.*"
+    )
+    return sum((info.state.subjects or {}).values())
+
+
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"x" * 200_000).decode()
+
+
+def send(session_id: str, to: str, text: str, *, image: bool = False) -> SendMessage:
+    content: MessageContent = TextContent(text=text)
+    if image:  # stored in the object store first: slower to accept than a text
+        content = ImageContent(media=Media(base64=PNG), caption=text)
+    return SendMessage(session_id=session_id, message_id=unique("m"), to=to, content=content)
+
+
+async def test_a_purge_removes_what_is_done_below_the_oldest_pending_entry(nc: NATS) -> None:
+    outbox = await Outbox.open(nc.jetstream())
+    session = unique("s")
+    first, second, third = (send(session, "15550100001", f"n{i}") for i in range(3))
+    try:
+        for message in (first, second, third):
+            await outbox.put(message, None)
+        assert await stored_entries(nc, session) == 3
+
+        # the two newer ones are done, the oldest is not: nothing can be purged yet,
+        # and a restart of the session here queues only the one still pending
+        outbox.forget(session, second.message_id)
+        outbox.forget(session, third.message_id)
+        await outbox.purge()
+        assert await stored_entries(nc, session) == 3
+        pending = await outbox.pending(session)
+        assert [m.message_id for m, _ in pending] == [first.message_id]
+
+        outbox.forget(session, first.message_id)
+        await outbox.purge()
+        assert await stored_entries(nc, session) == 0
+        assert await outbox.pending(session) == []
+    finally:
+        await outbox.close()
+
+
+async def test_a_new_outbox_restores_what_another_agent_left(nc: NATS) -> None:
+    """The agent that accepted the messages died; the next one starts from KV alone."""
+    session = unique("s")
+    first = await Outbox.open(nc.jetstream())
+    messages = [send(session, "15550100002", f"n{i}") for i in range(3)]
+    for message in messages:
+        await first.put(message, None)
+    await first.close()
+
+    second = await Outbox.open(nc.jetstream())
+    try:
+        pending = await second.pending(session)
+        assert [m.message_id for m, _ in pending] == [m.message_id for m in messages]
+        for message in messages:
+            second.forget(session, message.message_id)
+        await second.purge()
+        assert await stored_entries(nc, session) == 0
+    finally:
+        await second.close()
+
+
+async def test_sends_served_side_by_side_are_sent_in_arrival_order_and_leave_the_outbox(
+    nats_url: str, nc: NATS, tmp_path: Path
+) -> None:
+    events = EventLog()
+    await events.start(nc, "t")
+    settings = sim_settings(nats_url, tmp_path)
+    try:
+        async with running_agent(settings):
+            agent = AgentClient(nc, settings.node_id)
+            alice, bob = unique("alice"), unique("bob")
+            bob_phone = phone()
+            for session_id, number in ((alice, phone()), (bob, bob_phone)):
+                await agent.start(session_id)
+                await agent.pair(session_id, number)
+
+            # requests published back to back on one connection arrive in this order
+            messages = [send(alice, bob_phone, f"n{i}", image=i % 5 == 0) for i in range(60)]
+            accepted = await asyncio.gather(
+                *(agent.call(Op.MESSAGE_SEND, m, SendAccepted) for m in messages)
+            )
+            assert [a.message_id for a in accepted] == [m.message_id for m in messages]
+
+            sent = await events.wait_count(
+                lambda e: e.session_id == alice and e.type == "message.sent", 60, timeout_s=20
+            )
+            assert [e.data["message_id"] for e in sent] == [m.message_id for m in messages]
+
+            deadline = asyncio.get_running_loop().time() + 10
+            while await stored_entries(nc, alice) and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+            assert await stored_entries(nc, alice) == 0
+    finally:
+        await events.stop()

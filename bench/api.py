@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,13 @@ CONCURRENCY = [
 WORKERS = int(os.environ.get("ZAPFLEET_BENCH_HTTP_WORKERS", "1"))
 SENDERS = 4
 ROOT = Path(__file__).resolve().parent.parent
+# the issue's targets for 2 cores (docs/benchmarks.md says which hold on this machine)
+TARGETS = {
+    "peak_sends_per_s": 5000,
+    "p99_ms_at_half_peak": 25,
+    "ratio_vs_bare": 0.20,
+    "cached_status_req_per_s": 10000,
+}
 
 
 @dataclass
@@ -62,6 +70,8 @@ class Run:
     p99_ms: float
     errors: int
     delay_ms: float = 0.0
+    cpu_us_per_send: dict[str, int] = field(default_factory=dict)
+    cpu_cores_busy: float = 0.0
 
 
 @dataclass
@@ -337,18 +347,58 @@ def wrk(
     return Run(concurrency, round(rate, 1), round(p50, 2), round(p99, 2), errors, delay_ms)
 
 
+ROLES = {
+    "zapfleet agent": "agent",
+    "zapfleet control-plane": "control_plane",
+    "nats-server": "nats_server",
+    "valkey": "valkey_server",
+}
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time so far of each part of the stack (by command line), and of the load
+    generator (children of this process that have exited)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = dict.fromkeys([*ROLES.values(), "load_generator"], 0.0)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        role = next((r for marker, r in ROLES.items() if marker in command), None)
+        if role is not None:
+            used[role] += (int(fields[11]) + int(fields[12])) / ticks
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used["load_generator"] = children.ru_utime + children.ru_stime
+    return used
+
+
 def send_load(stack: Stack, concurrency: int, delay_ms: float = 0.0) -> Run:
+    """Sends at one concurrency (best of REPEATS); each run records the CPU each part of
+    the stack spent per send, and how many of the machine's cores were busy."""
     body = json.dumps({"type": "text", "to": stack.recipient, "text": "benchmark message"})
-    return load(
-        stack.base_url,
-        method="POST",
-        paths=[f"/v1/sessions/{s}/messages" for s in stack.sessions],
-        headers={"X-API-Key": stack.key, "Content-Type": "application/json"},
-        body=body,
-        concurrency=concurrency,
-        duration_s=DURATION_S,
-        delay_ms=delay_ms,
-    )
+    runs = []
+    for _ in range(max(1, REPEATS)):
+        before, started = cpu_seconds(), time.monotonic()
+        run = load_once(
+            stack.base_url,
+            method="POST",
+            paths=[f"/v1/sessions/{s}/messages" for s in stack.sessions],
+            headers={"X-API-Key": stack.key, "Content-Type": "application/json"},
+            body=body,
+            concurrency=concurrency,
+            duration_s=DURATION_S,
+            delay_ms=delay_ms,
+        )
+        after, elapsed = cpu_seconds(), time.monotonic() - started
+        sends = max(1.0, run.requests_per_s * DURATION_S)
+        run.cpu_us_per_send = {r: round((after[r] - before[r]) / sends * 1e6) for r in after}
+        run.cpu_cores_busy = round(sum(after[r] - before[r] for r in after) / elapsed, 2)
+        runs.append(run)
+    return max(runs, key=lambda r: (r.errors == 0, r.requests_per_s))
 
 
 def bare_load(url: str, stack: Stack, concurrency: int) -> Run:
@@ -447,6 +497,17 @@ def main() -> None:
         "bare_litestar_req_per_s": bare_peak.requests_per_s,
         "ratio_vs_bare": round(peak.requests_per_s / bare_peak.requests_per_s, 3),
         "cached_status_req_per_s": status_peak.requests_per_s,
+        "cpu_us_per_send_at_peak": peak.cpu_us_per_send,
+        "cpu_cores_busy_at_peak": peak.cpu_cores_busy,
+        "targets": TARGETS,
+        "met": {
+            "peak_sends_per_s": peak.requests_per_s >= TARGETS["peak_sends_per_s"],
+            "p99_ms_at_half_peak": half.p99_ms <= TARGETS["p99_ms_at_half_peak"],
+            "ratio_vs_bare": peak.requests_per_s / bare_peak.requests_per_s
+            >= TARGETS["ratio_vs_bare"],
+            "cached_status_req_per_s": status_peak.requests_per_s
+            >= TARGETS["cached_status_req_per_s"],
+        },
         "http_workers": WORKERS,
         "webhook_dispatcher": "not in the API process (ZAPFLEET_WEBHOOKS_IN_PROCESS=false)",
         "load_generator": "wrk -t1 (same machine)" if TOOLS["wrk"] else "bench/_loadgen.py",

@@ -34,6 +34,7 @@ from control_plane.settings import ControlPlaneSettings
 from control_plane.ui import ui_route_handlers
 from control_plane.webhooks.lifespan import events_lifespan
 from zapfleet import __version__
+from zapfleet._gc import settle_after_startup
 from zapfleet._logging import register_secret
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
             reconciler = Reconciler(services.fleet) if settings.reconciler else None
             if reconciler is not None:
                 reconciler.start()
+            settle_after_startup()
             log.info("control plane ready")
             try:
                 yield

@@ -73,6 +73,7 @@ from node_agent.supervisor import (
     media_of,
 )
 from zapfleet import __version__
+from zapfleet._gc import settle_after_startup
 from zapfleet._logging import bind
 
 log = logging.getLogger(__name__)
@@ -807,6 +808,7 @@ async def run_agent(settings: AgentSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await agent.start()
+    settle_after_startup()
     await stop.wait()
     log.info("agent stopping")
     await agent.drain_and_stop()

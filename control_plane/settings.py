@@ -20,7 +20,7 @@
 | ZAPFLEET_WEBHOOK_ALLOWED_NETWORKS | (none) | CIDRs allowed despite the SSRF guard |
 | ZAPFLEET_WEBHOOKS_IN_PROCESS | true | run the webhook dispatcher inside the control plane |
 | ZAPFLEET_WEBHOOK_TIMEOUT_S | 10 | timeout of one delivery (connect + response) |
-| ZAPFLEET_WEBHOOK_MAX_ATTEMPTS | 8 | attempts before an event goes to ZF_DLQ |
+| ZAPFLEET_WEBHOOK_MAX_ATTEMPTS | 10 | attempts before an event goes to ZF_DLQ (~4 min) |
 | ZAPFLEET_WEBHOOK_BACKOFF_BASE_S / _MAX_S | 1 / 60 | retry delay: base·2^(attempt-1), capped |
 | ZAPFLEET_WEBHOOK_CONCURRENCY | 25 | deliveries in flight per dispatcher process |
 | ZAPFLEET_WEBHOOK_CONCURRENCY_PER_DESTINATION | 20 | ... and per destination (scheme, host, port) |
@@ -100,7 +100,9 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     webhook_allowed_networks: list[str] = msgspec.field(default_factory=list)
     webhooks_in_process: bool = True
     webhook_timeout_s: float = 10.0
-    webhook_max_attempts: int = 8
+    # 1+2+4+...+60 s: ten attempts span about four minutes, so a receiver that is down
+    # for two (a deploy, a reboot) gets everything without a redrive
+    webhook_max_attempts: int = 10
     webhook_backoff_base_s: float = 1.0
     webhook_backoff_max_s: float = 60.0
     webhook_concurrency: int = 25

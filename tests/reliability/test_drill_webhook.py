@@ -2,10 +2,11 @@
 sends and receives messages, then comes back.
 
 Every event the session produced — before, during and after the outage — reaches the
-receiver: by the dispatcher's retries, or, if an outage outlasts every attempt, from the
-dead letters by one redrive. The outage is ``ZAPFLEET_DRILL_WEBHOOK_DOWN_S`` seconds
-(20 in the suite; docs/security.md has a 120-second run). Backoff is capped at 5 s here
-so the receiver's return is noticed quickly; the attempts stay at their default.
+receiver by the dispatcher's retries alone: no dead letter, no redrive, no human. The
+outage lasts two minutes, as the issue asks (``ZAPFLEET_DRILL_WEBHOOK_DOWN_S`` changes
+it). The attempts stay at their default (10); backoff is capped at 30 s instead of 60 s,
+so the retries still span 151 s (more than the outage) and the return is noticed within
+half a minute.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tests.reliability.conftest import FleetFactory
 from tests.reliability.drills import stream_events
 from tests.reliability.harness import NO_PACING, until
 
-DOWN_S = float(os.environ.get("ZAPFLEET_DRILL_WEBHOOK_DOWN_S", "20"))
+DOWN_S = float(os.environ.get("ZAPFLEET_DRILL_WEBHOOK_DOWN_S", "120"))
 
 
 async def test_webhook_receiver_down_then_back_gets_every_event(
@@ -28,7 +29,7 @@ async def test_webhook_receiver_down_then_back_gets_every_event(
 ) -> None:
     receiver = WebhookReceiver()
     url = receiver.url
-    fleet = new_fleet("webhook-drill", ZAPFLEET_WEBHOOK_BACKOFF_MAX_S="5")
+    fleet = new_fleet("webhook-drill", ZAPFLEET_WEBHOOK_BACKOFF_MAX_S="30")
     await fleet.start()
     nc = await fleet.nats_client()
     spec = {"pacing": NO_PACING, "webhook_url": url}
@@ -71,26 +72,21 @@ async def test_webhook_receiver_down_then_back_gets_every_event(
                 if e.session_id in ("alice", "bob") and e.ts >= since
             }
             delivered: set[str] = {str(e.get("id")) for e in before}
-            redriven = 0
 
             def all_delivered() -> bool:
                 delivered.update(str(e.get("id")) for e in receiver.events)
                 return wanted <= delivered
 
-            try:
-                await until(all_delivered, 60, "every event delivered after the outage")
-            except AssertionError:
-                # an outage longer than every attempt: the rest are dead letters
-                redrive = await api.post("/v1/webhooks/dead-letters/redrive", json={})
-                assert redrive.status_code in (200, 201), redrive.text
-                redriven = int(redrive.json().get("redriven", 0))
-                await until(all_delivered, 60, "every event delivered after a redrive")
+            await until(all_delivered, 60, "every event delivered after the outage")
             recovery_s = time.monotonic() - up_at
+            dead = await api.get("/v1/webhooks/dead-letters")
+            assert dead.status_code == 200, dead.text
+            dead_letters = len(dead.json()["dead_letters"])
     finally:
         receiver.close()
         await nc.close()
     per_event: dict[str, int] = {}
-    for event in before + receiver.events:
+    for event in receiver.events:  # every delivery, before the outage too
         per_event[str(event.get("id"))] = per_event.get(str(event.get("id")), 0) + 1
     report(
         "webhook_receiver_down",
@@ -98,7 +94,8 @@ async def test_webhook_receiver_down_then_back_gets_every_event(
         events=len(wanted),
         delivered=len(wanted & delivered),
         lost=len(wanted - delivered),
-        redriven_from_dead_letters=redriven,
+        dead_letters=dead_letters,
         delivered_twice=sum(1 for c in per_event.values() if c > 1),
         recovery_s=round(recovery_s, 2),
     )
+    assert dead_letters == 0, f"{dead_letters} events were dead-lettered"

@@ -40,7 +40,6 @@ from nats.aio.client import Client as NATS
 from bench._report import figure, write_json
 from control_plane.webhooks.config import WebhookConfig
 from control_plane.webhooks.http import WebhookClient
-from control_plane.webhooks.ssrf import AddressPolicy
 from node_agent.events import new_event_id
 from node_agent.protocol import (
     WEBHOOKS_BUCKET,
@@ -51,6 +50,7 @@ from node_agent.protocol import (
     event_subject,
 )
 from zapfleet.devservers import free_port, start_nats, wait_for_port
+from zapfleet.ssrf import AddressPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"

@@ -21,8 +21,8 @@ from control_plane.webhooks.config import MAX_URLS, WebhookConfig, validate_even
 from control_plane.webhooks.deadletters import DeadLetter, DeadLetterStore
 from control_plane.webhooks.http import parse_target
 from control_plane.webhooks.signing import new_secret
-from control_plane.webhooks.ssrf import AddressPolicy, UnsafeURLError, check_url, redact_url
 from node_agent.protocol import Event
+from zapfleet.ssrf import AddressPolicy, UnsafeURLError, check_url, redact_url
 
 AllTenants = Annotated[
     bool,

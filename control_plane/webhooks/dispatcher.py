@@ -55,9 +55,9 @@ from control_plane.webhooks.signing import (
     EVENT_TYPE_HEADER,
     sign,
 )
-from control_plane.webhooks.ssrf import AddressPolicy, UnsafeURLError, redact_url
 from node_agent.protocol import EVENTS_STREAM, REDRIVE_STREAM, Event
 from zapfleet import __version__
+from zapfleet.ssrf import AddressPolicy, UnsafeURLError, redact_url
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
-from control_plane.webhooks.ssrf import AddressPolicy, UnsafeURLError, ip_literal, resolve
+from zapfleet.ssrf import AddressPolicy, UnsafeURLError, ip_literal, resolve
 
 MAX_BODY = 1024 * 1024
 DNS_TTL_S = 30.0

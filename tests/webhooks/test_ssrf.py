@@ -8,7 +8,7 @@ import ipaddress
 import pytest
 
 from control_plane.webhooks.http import WebhookClient, parse_target
-from control_plane.webhooks.ssrf import AddressPolicy, UnsafeURLError, check_url
+from zapfleet.ssrf import AddressPolicy, UnsafeURLError, check_url
 
 STRICT = AddressPolicy.from_settings(False, [])
 TESTS = AddressPolicy.from_settings(False, ["127.0.0.1/32"])

@@ -1,16 +1,18 @@
-"""SSRF guard for URLs the control plane calls on a user's behalf (webhooks, and media by
-URL): only http(s), and only to public addresses unless an operator allows more.
+"""SSRF guard for URLs zapfleet calls on a user's behalf — webhooks (control plane) and
+media by URL (node agent), one policy for both: only http(s), and only to public
+addresses unless an operator allows more.
 
 A URL is refused when its host is, or resolves to, an address that is not globally
 routable — loopback, private (RFC 1918, ULA), link-local (cloud metadata lives at
 169.254.169.254), carrier-grade NAT, unspecified, reserved — or multicast. Settings
-can allow all of them (``webhook_allow_private``, for development) or some networks
-(``webhook_allowed_networks``, e.g. ``127.0.0.1/32`` in tests).
+can allow all of them (``ZAPFLEET_WEBHOOK_ALLOW_PRIVATE``, ``ZAPFLEET_MEDIA_ALLOW_PRIVATE``,
+for development) or some networks (``ZAPFLEET_WEBHOOK_ALLOWED_NETWORKS``, e.g.
+``127.0.0.1/32`` in tests).
 
-The check runs twice: when a URL is configured (a clear 422 for the user) and at
-connect time (:mod:`.http` dials only addresses the policy allows), so a name that later
-resolves elsewhere (DNS rebinding) is refused too — the connection only ever goes to
-checked addresses.
+Webhooks are checked twice: when a URL is configured (a clear 422 for the user) and at
+connect time (``control_plane/webhooks/http.py`` dials only addresses the policy
+allows), so a name that later resolves elsewhere (DNS rebinding) is refused too. Media
+URLs are checked before each request and each redirect (``node_agent/media.py``).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ class AddressPolicy:
         return _describe(address)
 
 
-def split_url(url: str) -> tuple[str, str, int]:
+def split_url(url: str, what: str = "webhook URL") -> tuple[str, str, int]:
     """(scheme, host, port) of an http(s) URL, or UnsafeURLError saying what is wrong."""
     try:
         parts = urlsplit(url)
@@ -81,7 +83,7 @@ def split_url(url: str) -> tuple[str, str, int]:
         raise UnsafeURLError(f"{url!r} is not a valid URL: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        raise UnsafeURLError(f"webhook URLs must use http or https, not {scheme or 'nothing'!r}")
+        raise UnsafeURLError(f"a {what} must use http or https, not {scheme or 'nothing'!r}")
     host = parts.hostname
     if not host:
         raise UnsafeURLError(f"{url!r} has no host")
@@ -105,12 +107,19 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
     return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
 
 
-async def check_url(url: str, policy: AddressPolicy) -> None:
-    """Refuse (UnsafeURLError) a URL whose host is or resolves to a forbidden address.
-    Every resolved address must be allowed: one bad record is enough to refuse. A name
-    that does not resolve at all is accepted: DNS may be down for a moment, and the
-    connect-time guard checks it again at every delivery."""
-    _, host, port = split_url(url)
+async def check_url(
+    url: str,
+    policy: AddressPolicy,
+    *,
+    what: str = "webhook URL",
+    allow_setting: str = "ZAPFLEET_WEBHOOK_ALLOWED_NETWORKS",
+) -> list[IPAddress]:
+    """Refuse (UnsafeURLError) a URL whose host is or resolves to a forbidden address,
+    else return the addresses it resolved to. Every resolved address must be allowed: one
+    bad record is enough to refuse. A name that does not resolve at all passes (no
+    addresses): the caller decides — webhooks accept it (DNS may be down for a moment,
+    and the connect-time guard checks every delivery), media fails the fetch."""
+    _, host, port = split_url(url, what)
     literal = ip_literal(host)
     addresses = [literal] if literal is not None else await resolve(host, port)
     for address in addresses:
@@ -118,10 +127,11 @@ async def check_url(url: str, policy: AddressPolicy) -> None:
         if reason is not None:
             shown = host if literal is not None else f"{host} ({address})"
             raise UnsafeURLError(
-                f"webhook URL {redact_url(url)!r} points to a {reason} address ({shown}); "
+                f"{what} {redact_url(url)!r} points to a {reason} address ({shown}); "
                 "such targets are refused to prevent server-side request forgery "
-                "(an operator can allow networks with ZAPFLEET_WEBHOOK_ALLOWED_NETWORKS)"
+                f"(an operator can allow them with {allow_setting})"
             )
+    return addresses
 
 
 def redact_url(url: str) -> str:

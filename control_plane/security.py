@@ -11,11 +11,14 @@ from a CDN, so it gets no CSP from here.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from litestar.config.cors import CORSConfig
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+STARTED = "zapfleet.started"  # scope key read by control_plane/hooks.py
 
 UI_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
@@ -46,7 +49,8 @@ def headers_for(path: str) -> list[tuple[bytes, bytes]]:
 
 class SecurityHeadersMiddleware:
     """Pure ASGI middleware: appends the security headers to ``http.response.start``
-    unless the handler set them itself."""
+    unless the handler set them itself. Being the outermost layer, it also notes when the
+    request arrived (for the duration histogram of control_plane/hooks.py)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -55,6 +59,7 @@ class SecurityHeadersMiddleware:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
+        scope[STARTED] = time.perf_counter()  # type: ignore[literal-required]
         extra = headers_for(scope["path"])
 
         async def send_with_headers(message: Message) -> None:

@@ -4,6 +4,7 @@ cache clear and GC (admin only), nodes list, compression and the OpenAPI documen
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 
 import httpx
@@ -29,6 +30,11 @@ async def test_health_ready_and_prometheus_need_no_key(stack: Stack) -> None:
         text = (await client.get("/metrics")).text
     assert 'zapfleet_api_requests_total{route="/v1/sessions",status="4xx"}' in text
     assert "zapfleet_api_cache_requests_total" in text
+    # and timed: the request lands in one bucket of the route's duration histogram
+    count = re.search(
+        r'zapfleet_api_request_duration_seconds_count\{route="/v1/sessions"\} (\S+)', text
+    )
+    assert count is not None and float(count.group(1)) >= 1, text[:2000]
 
 
 async def test_json_metrics_cover_system_cache_webhooks_and_instances(

@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
-from zapfleet.ssrf import AddressPolicy, UnsafeURLError, ip_literal, resolve
+from zapfleet.ssrf import AddressPolicy, UnsafeURLError, ip_literal, resolve, split_url
 
 MAX_BODY = 1024 * 1024
 DNS_TTL_S = 30.0
@@ -61,19 +61,9 @@ def _clean(value: str, what: str) -> str:
 
 
 def parse_target(url: str, user_agent: str) -> Target:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise UnsafeURLError(f"{url!r} is not a valid URL: {exc}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise UnsafeURLError(f"webhook URLs must use http or https, not {scheme or 'nothing'!r}")
-    host = parts.hostname
-    if not host:
-        raise UnsafeURLError(f"{url!r} has no host")
+    scheme, host, port = split_url(url)
+    parts = urlsplit(url)
     tls = scheme == "https"
-    port = port or (443 if tls else 80)
     path = _clean(parts.path or "/", "path") + (
         "?" + _clean(parts.query, "query") if parts.query else ""
     )

@@ -642,8 +642,19 @@ class NeonizeSession:
         self._report(Receipt(message_id=engine_id, status="server", peer=to))
         return engine_id
 
-    async def _upload(self, gen: _Generation, media: MediaPayload, kind: Any) -> Any:
-        return await self._call(gen.client.upload(media.data, kind))
+    async def _uploaded(self, gen: _Generation, media: MediaPayload, kind: Any) -> dict[str, Any]:
+        """Upload the bytes to WhatsApp's media servers: the fields every media message
+        (image, video, audio, document) carries about them."""
+        up = await self._call(gen.client.upload(media.data, kind))
+        return {
+            "URL": up.url,
+            "directPath": up.DirectPath,
+            "fileEncSHA256": up.FileEncSHA256,
+            "fileLength": up.FileLength,
+            "fileSHA256": up.FileSHA256,
+            "mediaKey": up.MediaKey,
+            "mimetype": media.mimetype,
+        }
 
     async def _build(
         self, gen: _Generation, jid: Any, content: MessageContent, media: MediaPayload | None
@@ -686,63 +697,25 @@ class NeonizeSession:
         if media is None:
             raise EngineError("media content without media bytes")
         if isinstance(content, ImageContent):
-            up = await self._upload(gen, media, MediaType.MediaImage)
+            fields = await self._uploaded(gen, media, MediaType.MediaImage)
             thumbnail = await asyncio.to_thread(_jpeg_thumbnail, media.data)
             return e2e.Message(
                 imageMessage=e2e.ImageMessage(
-                    URL=up.url,
-                    directPath=up.DirectPath,
-                    fileEncSHA256=up.FileEncSHA256,
-                    fileLength=up.FileLength,
-                    fileSHA256=up.FileSHA256,
-                    mediaKey=up.MediaKey,
-                    mimetype=media.mimetype,
-                    caption=content.caption,
-                    JPEGThumbnail=thumbnail,
+                    **fields, caption=content.caption, JPEGThumbnail=thumbnail
                 )
             )
         if isinstance(content, VideoContent):
-            up = await self._upload(gen, media, MediaType.MediaVideo)
-            return e2e.Message(
-                videoMessage=e2e.VideoMessage(
-                    URL=up.url,
-                    directPath=up.DirectPath,
-                    fileEncSHA256=up.FileEncSHA256,
-                    fileLength=up.FileLength,
-                    fileSHA256=up.FileSHA256,
-                    mediaKey=up.MediaKey,
-                    mimetype=media.mimetype,
-                    caption=content.caption,
-                )
-            )
+            fields = await self._uploaded(gen, media, MediaType.MediaVideo)
+            return e2e.Message(videoMessage=e2e.VideoMessage(**fields, caption=content.caption))
         if isinstance(content, AudioContent):
-            up = await self._upload(gen, media, MediaType.MediaAudio)
-            return e2e.Message(
-                audioMessage=e2e.AudioMessage(
-                    URL=up.url,
-                    directPath=up.DirectPath,
-                    fileEncSHA256=up.FileEncSHA256,
-                    fileLength=up.FileLength,
-                    fileSHA256=up.FileSHA256,
-                    mediaKey=up.MediaKey,
-                    mimetype=media.mimetype,
-                    PTT=content.voice_note,
-                )
-            )
+            fields = await self._uploaded(gen, media, MediaType.MediaAudio)
+            return e2e.Message(audioMessage=e2e.AudioMessage(**fields, PTT=content.voice_note))
         if isinstance(content, DocumentContent):
-            up = await self._upload(gen, media, MediaType.MediaDocument)
+            fields = await self._uploaded(gen, media, MediaType.MediaDocument)
+            name = media.filename or "document"
             return e2e.Message(
                 documentMessage=e2e.DocumentMessage(
-                    URL=up.url,
-                    directPath=up.DirectPath,
-                    fileEncSHA256=up.FileEncSHA256,
-                    fileLength=up.FileLength,
-                    fileSHA256=up.FileSHA256,
-                    mediaKey=up.MediaKey,
-                    mimetype=media.mimetype,
-                    caption=content.caption,
-                    fileName=media.filename or "document",
-                    title=media.filename or "document",
+                    **fields, caption=content.caption, fileName=name, title=name
                 )
             )
         raise EngineError(f"unsupported content {type(content).__name__}")

@@ -592,7 +592,7 @@ class Agent:
         if self._outbox is None:
             return
         try:
-            pending = await self._outbox.pending(supervisor.session_id)
+            pending = await self._outbox.pending(supervisor.session_id, supervisor.spec.tenant)
         except Exception as exc:
             log.warning("outbox unreadable; accepted messages wait", extra={"error": repr(exc)})
             return

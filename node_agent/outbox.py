@@ -27,9 +27,17 @@ import contextlib
 import hashlib
 import logging
 import time
+from datetime import UTC, datetime
 
 import msgspec
-from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    ObjectStoreConfig,
+    StorageType,
+)
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
@@ -37,7 +45,7 @@ from nats.js.object_store import ObjectStore
 from prometheus_client import Counter
 
 from node_agent.media import MediaPayload
-from node_agent.protocol import Event, EventType, SendMessage
+from node_agent.protocol import EVENTS_STREAM, Event, EventType, SendMessage, event_subject
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,15 @@ class OutboxEntry(msgspec.Struct, kw_only=True):
 
 
 _decoder = msgspec.json.Decoder(OutboxEntry)
+_event_decoder = msgspec.json.Decoder(Event)
+CLOCK_MARGIN_S = 5.0  # entries carry the agent's clock, the stream the server's
+FIRST_EVENT_TIMEOUT_S = 2.0
+
+
+def _ends_message(event: Event) -> bool:
+    return event.type is EventType.MESSAGE_SENT or (
+        event.type is EventType.MESSAGE_ACK and event.data.get("status") == "failed"
+    )
 
 
 def entry_key(session_id: str, message_id: str) -> str:
@@ -111,8 +128,11 @@ class Outbox:
         if sequence > self._newest.get(session_id, 0):
             self._newest[session_id] = sequence
 
-    async def pending(self, session_id: str) -> list[tuple[SendMessage, MediaPayload | None]]:
-        """What a starting session must queue first, oldest first."""
+    async def pending(
+        self, session_id: str, tenant: str
+    ) -> list[tuple[SendMessage, MediaPayload | None]]:
+        """What a starting session must queue first, oldest first: its entries, less those
+        whose end is already in ZF_EVENTS (purges lag by up to ``purge_interval_s``)."""
         await self.purge()
         done = self._done.get(session_id, set())
         entries: list[tuple[OutboxEntry, str]] = []
@@ -128,6 +148,18 @@ class Outbox:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
         entries.sort(key=lambda item: item[0].queued_at)
+        if entries:
+            try:
+                ended = await self._ended(tenant, session_id, since=entries[0][0].queued_at)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # better sent twice than never
+                log.warning("outbox: events unreadable, restoring all", extra={"error": repr(exc)})
+                ended = set()
+            for entry, _ in entries:
+                if entry.request.message_id in ended:
+                    self.forget(session_id, entry.request.message_id)
+            entries = [item for item in entries if item[0].request.message_id not in ended]
         restored: list[tuple[SendMessage, MediaPayload | None]] = []
         for entry, key in entries:
             payload = None
@@ -146,6 +178,36 @@ class Outbox:
             restored.append((entry.request, payload))
         RESTORED.inc(len(restored))
         return restored
+
+    async def _ended(self, tenant: str, session_id: str, since: float) -> set[str]:
+        """Ids of the session's messages whose ending event (sent, or failed) ZF_EVENTS
+        stored since ``since`` (less a margin for clocks): read once per restore."""
+        start = datetime.fromtimestamp(since - CLOCK_MARGIN_S, tz=UTC)
+        subscription = await self._js.subscribe(
+            event_subject(tenant, session_id, "message.*"),
+            stream=EVENTS_STREAM,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start),
+        )
+        ended: set[str] = set()
+        try:
+            # every restored entry was announced by a message.queued event, so the read
+            # normally starts at once; it ends with the message nothing follows
+            while True:
+                try:
+                    msg = await subscription.next_msg(timeout=FIRST_EVENT_TIMEOUT_S)
+                except NatsTimeout:
+                    break
+                event = _event_decoder.decode(msg.data)
+                message_id = event.data.get("message_id")
+                if _ends_message(event) and isinstance(message_id, str):
+                    ended.add(message_id)
+                if not msg.metadata.num_pending:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        return ended
 
     def forget(self, session_id: str, message_id: str) -> None:
         """The message is done: its entry goes with the session's next purge."""
@@ -166,11 +228,8 @@ class Outbox:
 
     def on_stored(self, event: Event) -> None:
         """EventPublisher hook: an event that ends a message makes its entry obsolete."""
-        ended = event.type is EventType.MESSAGE_SENT or (
-            event.type is EventType.MESSAGE_ACK and event.data.get("status") == "failed"
-        )
         message_id = event.data.get("message_id")
-        if ended and isinstance(message_id, str):
+        if _ends_message(event) and isinstance(message_id, str):
             self.forget(event.session_id, message_id)
 
     async def _purge_loop(self) -> None:

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from pathlib import Path
 
+import pytest
 from nats.aio.client import Client as NATS
 
+from node_agent.events import new_event_id
 from node_agent.outbox import OUTBOX_BUCKET, Outbox
 from node_agent.protocol import (
+    Event,
+    EventType,
     ImageContent,
     Media,
     MessageContent,
@@ -20,6 +25,9 @@ from node_agent.protocol import (
     SendAccepted,
     SendMessage,
     TextContent,
+    encode,
+    ensure_jetstream,
+    event_subject,
 )
 from tests.agent_support import (
     AgentClient,
@@ -51,6 +59,11 @@ def send(session_id: str, to: str, text: str, *, image: bool = False) -> SendMes
     return SendMessage(session_id=session_id, message_id=unique("m"), to=to, content=content)
 
 
+@pytest.fixture(autouse=True)
+async def event_stream(nc: NATS) -> None:
+    await ensure_jetstream(nc.jetstream(), events_max_age_s=3600, node_ttl_s=10)
+
+
 async def test_a_purge_removes_what_is_done_below_the_oldest_pending_entry(nc: NATS) -> None:
     outbox = await Outbox.open(nc.jetstream())
     session = unique("s")
@@ -66,13 +79,13 @@ async def test_a_purge_removes_what_is_done_below_the_oldest_pending_entry(nc: N
         outbox.forget(session, third.message_id)
         await outbox.purge()
         assert await stored_entries(nc, session) == 3
-        pending = await outbox.pending(session)
+        pending = await outbox.pending(session, "t")
         assert [m.message_id for m, _ in pending] == [first.message_id]
 
         outbox.forget(session, first.message_id)
         await outbox.purge()
         assert await stored_entries(nc, session) == 0
-        assert await outbox.pending(session) == []
+        assert await outbox.pending(session, "t") == []
     finally:
         await outbox.close()
 
@@ -88,7 +101,7 @@ async def test_a_new_outbox_restores_what_another_agent_left(nc: NATS) -> None:
 
     second = await Outbox.open(nc.jetstream())
     try:
-        pending = await second.pending(session)
+        pending = await second.pending(session, "t")
         assert [m.message_id for m, _ in pending] == [m.message_id for m in messages]
         for message in messages:
             second.forget(session, message.message_id)
@@ -96,6 +109,40 @@ async def test_a_new_outbox_restores_what_another_agent_left(nc: NATS) -> None:
         assert await stored_entries(nc, session) == 0
     finally:
         await second.close()
+
+
+async def test_a_restore_skips_messages_whose_end_is_already_stored(nc: NATS) -> None:
+    """The agent died after a message was sent (its ``message.sent`` stored) but before
+    the purge removed its entry: the next agent must not send it again."""
+    js = nc.jetstream()
+    session = unique("s")
+    first = await Outbox.open(js)
+    messages = [send(session, "15550100003", f"n{i}") for i in range(3)]
+    for message in messages:
+        await first.put(message, None)
+    for message, event_type, data in (
+        (messages[0], EventType.MESSAGE_SENT, {}),
+        (messages[1], EventType.MESSAGE_ACK, {"status": "server"}),  # not an end
+        (messages[2], EventType.MESSAGE_ACK, {"status": "failed"}),
+    ):
+        event = Event(
+            id=new_event_id(),
+            type=event_type,
+            tenant="t",
+            session_id=session,
+            ts=time.time(),
+            data={"message_id": message.message_id, **data},
+            node_id="dead-node",
+        )
+        await js.publish(event_subject("t", session, event_type), encode(event))
+
+    second = await Outbox.open(js)
+    try:
+        pending = await second.pending(session, "t")
+        assert [m.message_id for m, _ in pending] == [messages[1].message_id]
+    finally:
+        await second.close()
+        await first.close()
 
 
 async def test_sends_served_side_by_side_are_sent_in_arrival_order_and_leave_the_outbox(

@@ -9,15 +9,15 @@ The send queue of a session lives in memory; the outbox is its durable shadow in
   ``failed`` — is stored in ``ZF_EVENTS`` (so a crash can never lose both the message and
   the news of what became of it). Forgetting is in memory; every ``purge_interval_s`` one
   stream purge per session removes its entries below the oldest one still pending (a
-  purge by sequence: no tombstones, and one request per session instead of one per
-  message — measured, a purge per message was a fifth of the agent's NATS work);
+  purge by sequence: no tombstone per message, and one request per session and round
+  instead of one per message);
 - a session that starts — its agent restarted, or it moved to another node — queues what
   its outbox still holds first, oldest first.
 
 Delivery is at-least-once: a crash after the engine sent a message but before its
-entry was purged sends it again after the restart (at most ``purge_interval_s`` of sends,
-plus those that finished while an older message of the session was still retrying).
-Entries expire after ``ttl_s`` (7 days).
+``message.sent`` was stored sends it again after the restart. Entries the purge has not
+removed yet are no duplicate risk: a restore reads the session's ending events since its
+oldest entry and skips what already ended. Entries expire after ``ttl_s`` (7 days).
 """
 
 from __future__ import annotations

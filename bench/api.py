@@ -8,7 +8,11 @@ apt when missing and possible; a Python generator otherwise) all share the same 
   (GCRA in Valkey, limits set high enough never to refuse), recipient validation, session
   lookup, NATS request to the agent (sim engine, pacing off) and back — at rising
   concurrency; ``peak_sends_per_s`` is the best throughput with no errors.
-- **p99 at half peak**: the same sends paced (wrk ``delay()``) to half of the peak rate.
+- **p99 at half peak**: the same sends paced to half of the peak rate: 32 connections,
+  each waiting an exponentially distributed think time (wrk ``delay()``) between its
+  requests, so arrivals are close to a Poisson process.
+- **CPU per send**: each part of the stack's CPU time over a run divided by its sends
+  (``cpu_us_per_send``), and the cores busy meanwhile: where the two cores go.
 - **bare Litestar**: a JSON POST endpoint with the same body decoding on the same granian
   settings, in the same run: ``ratio_vs_bare`` = peak sends / bare peak.
 - **cached status**: ``GET /v1/sessions/{id}/status`` served from the Valkey cache.
@@ -260,7 +264,9 @@ function request()
   return wrk.format(wrk.method, path, wrk.headers, body)
 end
 function delay()
-  if delay_ms > 0 then return delay_ms end
+  -- exponential think times (mean delay_ms): arrivals close to a Poisson process, not
+  -- the synchronized bursts of every connection waking after the same fixed pause
+  if delay_ms > 0 then return math.floor(-math.log(1 - math.random()) * delay_ms) end
   return 0
 end
 """

@@ -22,6 +22,7 @@
 | ZAPFLEET_MEDIA_ALLOW_PRIVATE | false | allow media URLs on loopback/private hosts (tests) |
 | ZAPFLEET_START_STAGGER_S | 0.05 | pause between two neonize dials (staggered starts) |
 | ZAPFLEET_MAX_CHECK_NUMBERS | 500 | largest batch of one contacts check |
+| ZAPFLEET_RPC_MAX_INFLIGHT | 512 | sends and reads served at once (lifecycle ops: one at a time) |
 | ZAPFLEET_BACKOFF_BASE_S / _MAX_S | 2 / 300 | reconnect backoff (full jitter above base) |
 | ZAPFLEET_BREAKER_THRESHOLD | 5 | consecutive failures that open the circuit breaker |
 | ZAPFLEET_BREAKER_COOLDOWN_S | 600 | how long the breaker stays open (reset by RPC) |

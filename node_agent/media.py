@@ -9,9 +9,9 @@ into a ``failed`` ack carrying the error code.
 The URL guard is pluggable. The default is the SSRF policy webhooks use
 (:mod:`zapfleet.ssrf`): it refuses loopback, private, link-local and other non-global
 addresses unless ``allow_private`` is set, resolving the host and checking every address,
-before the request and before each redirect. (The fetch resolves again, so a rebinding
-DNS server can still race it; webhooks close that gap by dialing only checked addresses,
-media by URL does not yet — docs/security.md, known gaps.)
+before the request and before each redirect — and the request then connects to the
+address it checked (Host header and TLS SNI keep the name), so a DNS server that answers
+differently a moment later (rebinding) cannot redirect the fetch inside the network.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ class MediaPayload(msgspec.Struct, kw_only=True):
         return hashlib.sha256(self.data).hexdigest()
 
 
-UrlGuard = Callable[[str], Awaitable[None]]
+# checks a URL (MediaError when refused) and returns the address to dial: the one it
+# checked, so a name cannot resolve elsewhere between check and connect; None = by name
+UrlGuard = Callable[[str], Awaitable[str | None]]
 
 
 def sniff_mimetype(data: bytes) -> str:
@@ -76,16 +78,17 @@ def sniff_mimetype(data: bytes) -> str:
 
 def default_url_guard(allow_private: bool) -> UrlGuard:
     """The SSRF policy webhooks use too (zapfleet/ssrf.py): http(s) only, and only hosts
-    whose every address is public, unless ZAPFLEET_MEDIA_ALLOW_PRIVATE."""
+    whose every address is public, unless ZAPFLEET_MEDIA_ALLOW_PRIVATE. Returns the
+    first checked address: the fetch dials it (and no other)."""
     policy = AddressPolicy(allow_private=allow_private)
 
-    async def guard(url: str) -> None:
+    async def guard(url: str) -> str | None:
         try:
             _, host, _ = split_url(url, "media URL")
         except UnsafeURLError as exc:  # not even an http(s) URL: the request is wrong
             raise MediaError(ErrorCode.INVALID_REQUEST, str(exc)) from None
         if allow_private:
-            return
+            return None  # development: any address, dialed by name
         try:
             addresses = await check_url(
                 url, policy, what="media URL", allow_setting="ZAPFLEET_MEDIA_ALLOW_PRIVATE"
@@ -94,8 +97,23 @@ def default_url_guard(allow_private: bool) -> UrlGuard:
             raise MediaError(ErrorCode.MEDIA_UNAVAILABLE, str(exc)) from None
         if not addresses:
             raise UnresolvableHost(ErrorCode.MEDIA_UNAVAILABLE, f"cannot resolve {host}")
+        return str(addresses[0])
 
     return guard
+
+
+def pinned_request(
+    url: str, address: str | None
+) -> tuple[httpx.URL, dict[str, str], dict[str, str]]:
+    """(URL, headers, extensions) of a GET that connects to ``address`` while asking for
+    ``url``: the Host header keeps the name, and TLS sends it as SNI and checks the
+    certificate against it (httpcore's ``sni_hostname``)."""
+    target = httpx.URL(url)
+    if address is None:
+        return target, {}, {}
+    headers = {"Host": target.netloc.decode("ascii")}
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    return target.copy_with(host=address), headers, extensions
 
 
 class MediaFetcher:
@@ -168,9 +186,12 @@ class MediaFetcher:
             raise MediaError(ErrorCode.INVALID_REQUEST, "media has no URL")
         url = media.url
         for _ in range(MAX_REDIRECTS + 1):
-            await self.guard(url)
+            address = await self.guard(url)
+            target, headers, extensions = pinned_request(url, address)
             try:
-                async with self._http().stream("GET", url) as response:
+                async with self._http().stream(
+                    "GET", target, headers=headers, extensions=extensions
+                ) as response:
                     if response.is_redirect and "location" in response.headers:
                         url = urljoin(url, response.headers["location"])
                         continue

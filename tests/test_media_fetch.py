@@ -1,0 +1,113 @@
+"""Media by URL (node_agent/media.py) against a real HTTP server: the fetch connects to
+the address the SSRF guard checked — never to what the name resolves to a moment later
+(DNS rebinding) — while the server still sees the name, and every redirect hop is
+checked and pinned again."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from node_agent.media import MediaError, MediaFetcher, UrlGuard, default_url_guard
+from node_agent.protocol import ErrorCode, Media
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"p" * 500
+# .invalid never resolves (RFC 6761): only a pinned connection can reach the server
+NAME = "media.invalid"
+
+
+class Server:
+    def __init__(self) -> None:
+        self.hosts: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.hosts.append(self.headers.get("Host", ""))
+                if self.path == "/moved":
+                    self.send_response(302)
+                    self.send_header("Location", "/pic.png")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(PNG)))
+                self.end_headers()
+                self.wfile.write(PNG)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return None
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.http.server_address[1])
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    running = Server()
+    yield running
+    running.close()
+
+
+def pinned_to(address: str, asked: list[str]) -> UrlGuard:
+    async def guard(url: str) -> str:
+        asked.append(url)
+        return address
+
+    return guard
+
+
+async def test_the_fetch_connects_to_the_checked_address_and_keeps_the_name(
+    server: Server,
+) -> None:
+    asked: list[str] = []
+    fetcher = MediaFetcher(max_bytes=10_000, guard=pinned_to("127.0.0.1", asked))
+    try:
+        url = f"http://{NAME}:{server.port}/pic.png"
+        payload = await fetcher.fetch(Media(url=url))
+    finally:
+        await fetcher.close()
+    assert payload.data == PNG
+    assert payload.mimetype == "image/png"
+    assert asked == [url]
+    assert server.hosts == [f"{NAME}:{server.port}"]
+
+
+async def test_each_redirect_hop_is_checked_and_pinned_again(server: Server) -> None:
+    asked: list[str] = []
+    fetcher = MediaFetcher(max_bytes=10_000, guard=pinned_to("127.0.0.1", asked))
+    try:
+        payload = await fetcher.fetch(Media(url=f"http://{NAME}:{server.port}/moved"))
+    finally:
+        await fetcher.close()
+    assert payload.data == PNG
+    assert asked == [
+        f"http://{NAME}:{server.port}/moved",
+        f"http://{NAME}:{server.port}/pic.png",
+    ]
+    assert server.hosts == [f"{NAME}:{server.port}"] * 2
+
+
+async def test_the_default_guard_returns_the_public_address_it_checked() -> None:
+    guard = default_url_guard(allow_private=False)
+    assert await guard("http://93.184.216.34/pic.png") == "93.184.216.34"
+    assert await guard("https://[2606:2800:220:1:248:1893:25c8:1946]/x") == (
+        "2606:2800:220:1:248:1893:25c8:1946"
+    )
+    with pytest.raises(MediaError) as refused:
+        await guard("http://127.0.0.1/pic.png")
+    assert refused.value.code == ErrorCode.MEDIA_UNAVAILABLE
+    with pytest.raises(MediaError) as wrong:
+        await guard("ftp://93.184.216.34/pic.png")
+    assert wrong.value.code == ErrorCode.INVALID_REQUEST
+    # development setting: anything goes, dialed by name
+    assert await default_url_guard(allow_private=True)("http://127.0.0.1/x") is None

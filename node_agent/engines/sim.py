@@ -56,6 +56,8 @@ from node_agent.protocol import (
 
 log = logging.getLogger(__name__)
 
+DIRECTORY_REFRESH_S = 30.0
+
 SIM_BUCKET = "zf_sim"
 QR_PREFIX = "SIM1"
 
@@ -184,29 +186,37 @@ class SimEngine:
 
     async def _follow_directory(self) -> None:
         """Mirror the registered numbers (``num.*``) into memory. A number missing here
-        is still looked up in KV, so a watch that lags or dies only costs speed."""
+        is still looked up in KV, so a watch that lags or dies only costs speed. A watch
+        whose consumer vanished (a NATS restart) would go quiet, not fail, and keep
+        numbers that were logged out since: it is rebuilt every DIRECTORY_REFRESH_S."""
         while True:
             watcher = None
+            failed = False
             try:
-                watcher = await self.kv.watch("num.*")
-                async for entry in watcher:
-                    if entry is None:
-                        continue  # the initial values are all in
-                    phone = entry.key.removeprefix("num.")
-                    if entry.value and entry.operation is None:
-                        self._registered.add(phone)
-                    else:
-                        self._registered.discard(phone)
+                async with asyncio.timeout(DIRECTORY_REFRESH_S):
+                    watcher = await self.kv.watch("num.*")
+                    async for entry in watcher:
+                        if entry is None:
+                            continue  # the initial values are all in
+                        phone = entry.key.removeprefix("num.")
+                        if entry.value and entry.operation is None:
+                            self._registered.add(phone)
+                        else:
+                            self._registered.discard(phone)
+            except TimeoutError:
+                pass  # the periodic rebuild
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                failed = True
                 log.debug("sim directory watch restarts", extra={"error": repr(exc)})
             finally:
                 self._registered.clear()
                 if watcher is not None:
                     with contextlib.suppress(Exception):
                         await watcher.stop()  # type: ignore[no-untyped-call]
-            await asyncio.sleep(1.0)
+            if failed:
+                await asyncio.sleep(1.0)
 
     def open_session(self, spec: SessionSpec, emit: Emit) -> SimSession:
         return SimSession(self, spec, emit)

@@ -21,6 +21,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import ssl
 from collections.abc import Awaitable, Callable
 from urllib.parse import urljoin, urlsplit
 
@@ -124,8 +125,10 @@ class MediaFetcher:
         timeout_s: float = 30.0,
         allow_private: bool = False,
         guard: UrlGuard | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.max_bytes = max_bytes
+        self.verify = verify  # certificate checks (an SSLContext with an extra CA in tests)
         self.timeout_s = timeout_s
         self.guard = guard or default_url_guard(allow_private)
         self._client: httpx.AsyncClient | None = None
@@ -136,6 +139,7 @@ class MediaFetcher:
                 follow_redirects=False,
                 timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)),
                 headers={"User-Agent": "zapfleet-agent media fetcher"},
+                verify=self.verify,
             )
         return self._client
 

@@ -5,11 +5,13 @@ checked and pinned again."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import trustme
 
 from node_agent.media import MediaError, MediaFetcher, UrlGuard, default_url_guard
 from node_agent.protocol import ErrorCode, Media
@@ -20,8 +22,9 @@ NAME = "media.invalid"
 
 
 class Server:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.hosts: list[str] = []
+        self.server_names: list[str | None] = []
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,6 +46,13 @@ class Server:
                 return None
 
         self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+
+            def note_sni(_: ssl.SSLObject, name: str, __: ssl.SSLContext) -> None:
+                self.server_names.append(name)
+
+            tls.sni_callback = note_sni
+            self.http.socket = tls.wrap_socket(self.http.socket, server_side=True)
         self.port = int(self.http.server_address[1])
         threading.Thread(target=self.http.serve_forever, daemon=True).start()
 
@@ -95,6 +105,41 @@ async def test_each_redirect_hop_is_checked_and_pinned_again(server: Server) -> 
         f"http://{NAME}:{server.port}/pic.png",
     ]
     assert server.hosts == [f"{NAME}:{server.port}"] * 2
+
+
+async def test_over_tls_the_name_is_the_sni_and_the_certificate_is_checked_against_it() -> None:
+    """The connection goes to 127.0.0.1, yet TLS asks for the name and accepts only a
+    certificate for that name: pinning does not weaken certificate checks."""
+    authority = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert(NAME).configure_cert(server_tls)
+    client_tls = ssl.create_default_context()
+    authority.configure_trust(client_tls)
+    server = Server(tls=server_tls)
+    asked: list[str] = []
+    fetcher = MediaFetcher(max_bytes=10_000, guard=pinned_to("127.0.0.1", asked), verify=client_tls)
+    try:
+        payload = await fetcher.fetch(Media(url=f"https://{NAME}:{server.port}/pic.png"))
+        assert payload.data == PNG
+        assert server.server_names == [NAME]
+        assert server.hosts == [f"{NAME}:{server.port}"]
+
+        # a certificate for another name is refused, though the address is the same
+        other = trustme.CA()
+        wrong_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        other.issue_cert("elsewhere.invalid").configure_cert(wrong_tls)
+        other.configure_trust(client_tls)
+        impostor = Server(tls=wrong_tls)
+        try:
+            with pytest.raises(MediaError) as refused:
+                await fetcher.fetch(Media(url=f"https://{NAME}:{impostor.port}/pic.png"))
+            assert refused.value.code == ErrorCode.MEDIA_UNAVAILABLE
+            assert impostor.hosts == []
+        finally:
+            impostor.close()
+    finally:
+        await fetcher.close()
+        server.close()
 
 
 async def test_the_default_guard_returns_the_public_address_it_checked() -> None:

@@ -27,7 +27,7 @@
 | ZAPFLEET_WEBHOOK_MAX_BUFFERED | 1000 | events one dispatcher holds (in flight + waiting) |
 | ZAPFLEET_WEBHOOK_DESTINATION_WAIT_S | 5 | an event waiting longer for its destination goes back |
 | ZAPFLEET_WEBHOOK_ACK_WAIT_S | 30 | an event a dead dispatcher held is redelivered after this |
-| ZAPFLEET_WEBHOOK_MAX_ACK_PENDING | 20000 | events out, unfinished (all dispatchers, retries too) |
+| ZAPFLEET_WEBHOOK_MAX_ACK_PENDING | 100000 | events out, unfinished (all dispatchers, retries) |
 | ZAPFLEET_WEBHOOKS_METRICS_PORT | 0 | Prometheus port of `zapfleet webhooks` (0 = off) |
 | ZAPFLEET_NATS_COMMANDS | true | serve `zf.api.<tenant>.<op>` request-reply commands |
 | ZAPFLEET_RPC_TIMEOUT_S | 5 | NATS request timeout towards agents |
@@ -110,7 +110,10 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     webhook_max_buffered: int = 1000
     webhook_destination_wait_s: float = 5.0
     webhook_ack_wait_s: float = 30.0
-    webhook_max_ack_pending: int = 20_000
+    # waiting retries count here: a receiver that is down holds about (its events/s) x
+    # (the retry budget, ~243 s) of them, and at the limit every tenant's delivery stops
+    # (docs/webhooks.md); 100 000 lets one dead receiver take ~400 events/s first
+    webhook_max_ack_pending: int = 100_000
     webhooks_metrics_port: int = 0
     nats_commands: bool = True
     ui_enabled: bool = True

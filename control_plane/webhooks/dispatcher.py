@@ -487,11 +487,14 @@ class Dispatcher:
             if now - last_sample >= 5.0:
                 last_sample = now
                 self._http.prune()
-                await self._sample()
+                await self.sample_metrics()
 
-    async def _sample(self) -> None:
+    async def sample_metrics(self) -> None:
+        """Consumer and dead-letter gauges (every 5 s in the keep-alive loop)."""
         with contextlib.suppress(Exception):
             info = await self.js.consumer_info(EVENTS_STREAM, CONSUMER, timeout=2)
             metrics.QUEUED.set(info.num_pending + info.num_ack_pending)
+            metrics.ACK_PENDING.set(info.num_ack_pending)
+            metrics.MAX_ACK_PENDING.set(info.config.max_ack_pending or 0)
         with contextlib.suppress(Exception):
             metrics.DLQ_DEPTH.set(await self.dead_letters.depth())

@@ -9,6 +9,14 @@ QUEUED = Gauge(
     "Events not yet finished by the dispatchers: new in the stream plus handed out "
     "(in flight or waiting for a retry), as the durable consumer reports it",
 )
+ACK_PENDING = Gauge(
+    "zapfleet_webhook_ack_pending",
+    "Events handed out and not finished (in flight or waiting for a retry), all dispatchers",
+)
+MAX_ACK_PENDING = Gauge(
+    "zapfleet_webhook_max_ack_pending",
+    "The consumer's limit of handed-out events: at it, no tenant's webhook moves",
+)
 IN_FLIGHT = Gauge("zapfleet_webhook_in_flight", "HTTP deliveries in progress in this process")
 BUFFERED = Gauge(
     "zapfleet_webhook_buffered", "Events this process holds (in flight or waiting for a slot)"

@@ -10,6 +10,7 @@ from collections import Counter
 
 import msgspec
 from nats.aio.client import Client as NATS
+from prometheus_client import REGISTRY
 
 from control_plane.webhooks.config import WebhookConfig, WebhookStore
 from control_plane.webhooks.deadletters import DeadLetterStore
@@ -70,7 +71,7 @@ async def test_a_receiver_that_is_down_for_a_while_gets_every_event_once_it_is_b
 ) -> None:
     await configure_tenant(js_client, "acme", urls=[webhook_receiver.url])
     dispatcher = InProcess(js_client, settings_for(fresh_nats))
-    await dispatcher.start()
+    running = await dispatcher.start()
     try:
         first = await publish_events(js_client, 20)
         await wait_all(webhook_receiver, first, 10)
@@ -78,6 +79,12 @@ async def test_a_receiver_that_is_down_for_a_while_gets_every_event_once_it_is_b
         during = await publish_events(js_client, 200)
         await asyncio.sleep(3)  # several retry rounds hit a closed port
         assert not webhook_receiver.ids() & set(during)
+        # the waiting retries are handed-out events: the gauges show them and the limit
+        await running.sample_metrics()
+        assert REGISTRY.get_sample_value("zapfleet_webhook_ack_pending") == 200
+        assert REGISTRY.get_sample_value("zapfleet_webhook_max_ack_pending") == (
+            settings_for(fresh_nats).webhook_max_ack_pending
+        )
         webhook_receiver.come_up()
         after = await publish_events(js_client, 20)
         await wait_all(webhook_receiver, first + during + after, 20)

@@ -94,6 +94,7 @@ CONCURRENT_OPS = frozenset(
 )
 # a start reply waits this long at most for the engine's connect call to return
 START_SETTLE_S = 0.25
+RESTORE_ATTEMPT_S = 20.0  # one outbox read at a start; past it, tried again
 
 SESSIONS = Gauge("zapfleet_agent_sessions", "Sessions by state", ["state"])
 CAPACITY = Gauge("zapfleet_agent_capacity", "Maximum sessions of this agent")
@@ -588,14 +589,30 @@ class Agent:
 
     async def _restore_outbox(self, supervisor: SessionSupervisor) -> None:
         """Queue first what was accepted for this session but never sent (the agent that
-        accepted it died, or the session moved here)."""
+        accepted it died, or the session moved here). A read that fails or stalls (NATS
+        away for a moment) is tried again until it works or the session is gone: the
+        messages must not wait for the next restart."""
         if self._outbox is None:
             return
-        try:
-            pending = await self._outbox.pending(supervisor.session_id, supervisor.spec.tenant)
-        except Exception as exc:
-            log.warning("outbox unreadable; accepted messages wait", extra={"error": repr(exc)})
-            return
+        delay = 1.0
+        while self.sessions.get(supervisor.session_id) is supervisor:
+            try:
+                async with asyncio.timeout(RESTORE_ATTEMPT_S):
+                    pending = await self._outbox.pending(
+                        supervisor.session_id, supervisor.spec.tenant
+                    )
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "outbox unreadable; retrying",
+                    extra={"error": repr(exc), "retry_in_s": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        else:
+            return  # stopped or replaced meanwhile: its successor restores
         for request, payload in pending:
             try:
                 supervisor.enqueue(request, payload)

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 import msgspec
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import (
+    AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
     KeyValueConfig,
@@ -67,7 +68,8 @@ class OutboxEntry(msgspec.Struct, kw_only=True):
 _decoder = msgspec.json.Decoder(OutboxEntry)
 _event_decoder = msgspec.json.Decoder(Event)
 CLOCK_MARGIN_S = 5.0  # entries carry the agent's clock, the stream the server's
-FIRST_EVENT_TIMEOUT_S = 2.0
+FETCH_TIMEOUT_S = 1.0
+ENDED_READ_LIMIT_S = 10.0
 
 
 def _ends_message(event: Event) -> bool:
@@ -150,7 +152,8 @@ class Outbox:
         entries.sort(key=lambda item: item[0].queued_at)
         if entries:
             try:
-                ended = await self._ended(tenant, session_id, since=entries[0][0].queued_at)
+                async with asyncio.timeout(ENDED_READ_LIMIT_S):
+                    ended = await self._ended(tenant, session_id, since=entries[0][0].queued_at)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # better sent twice than never
@@ -159,6 +162,10 @@ class Outbox:
             for entry, _ in entries:
                 if entry.request.message_id in ended:
                     self.forget(session_id, entry.request.message_id)
+            log.info(
+                "outbox entries of a starting session",
+                extra={"session_id": session_id, "found": len(entries), "ended": len(ended)},
+            )
             entries = [item for item in entries if item[0].request.message_id not in ended]
         restored: list[tuple[SendMessage, MediaPayload | None]] = []
         for entry, key in entries:
@@ -181,32 +188,36 @@ class Outbox:
 
     async def _ended(self, tenant: str, session_id: str, since: float) -> set[str]:
         """Ids of the session's messages whose ending event (sent, or failed) ZF_EVENTS
-        stored since ``since`` (less a margin for clocks): read once per restore."""
+        stored since ``since`` (less a margin for clocks): read once per restore, by an
+        ephemeral pull consumer (fetches end by themselves; nothing to wait for)."""
         start = datetime.fromtimestamp(since - CLOCK_MARGIN_S, tz=UTC)
-        subscription = await self._js.subscribe(
+        reader = await self._js.pull_subscribe(
             event_subject(tenant, session_id, "message.*"),
             stream=EVENTS_STREAM,
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start),
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_TIME,
+                opt_start_time=start,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=60.0,  # the server drops it if we cannot
+            ),
         )
         ended: set[str] = set()
         try:
-            # every restored entry was announced by a message.queued event, so the read
-            # normally starts at once; it ends with the message nothing follows
             while True:
                 try:
-                    msg = await subscription.next_msg(timeout=FIRST_EVENT_TIMEOUT_S)
+                    batch = await reader.fetch(batch=500, timeout=FETCH_TIMEOUT_S)
                 except NatsTimeout:
-                    break
-                event = _event_decoder.decode(msg.data)
-                message_id = event.data.get("message_id")
-                if _ends_message(event) and isinstance(message_id, str):
-                    ended.add(message_id)
-                if not msg.metadata.num_pending:
+                    break  # nothing (more) since the start
+                for msg in batch:
+                    event = _event_decoder.decode(msg.data)
+                    message_id = event.data.get("message_id")
+                    if _ends_message(event) and isinstance(message_id, str):
+                        ended.add(message_id)
+                if not batch or not batch[-1].metadata.num_pending:
                     break
         finally:
             with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+                await reader.unsubscribe()
         return ended
 
     def forget(self, session_id: str, message_id: str) -> None:

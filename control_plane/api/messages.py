@@ -11,7 +11,7 @@ import msgspec
 import phonenumbers
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, Parameter
 
 from control_plane import idempotency
 from control_plane.agents import AgentCallError, AgentUnavailable
@@ -106,8 +106,8 @@ def _check_media(content: MessageContent, max_bytes: int) -> None:
 
 IdempotencyKey = Annotated[
     str | None,
-    Parameter(
-        header="Idempotency-Key",
+    HeaderParameter(
+        name="Idempotency-Key",
         required=False,
         description="same key + same body = same answer (24 h); same key + other body = 409",
     ),

@@ -134,8 +134,8 @@ class Outbox:
         self, session_id: str, tenant: str
     ) -> list[tuple[SendMessage, MediaPayload | None]]:
         """What a starting session must queue first, oldest first: its entries, less those
-        whose end is already in ZF_EVENTS (purges lag by up to ``purge_interval_s``)."""
-        await self.purge()
+        whose end is already in ZF_EVENTS (purges lag by up to ``purge_interval_s``), and
+        those this agent forgot itself (``_done``)."""
         done = self._done.get(session_id, set())
         entries: list[tuple[OutboxEntry, str]] = []
         watcher = await self.kv.watch(f"{session_id}.*", ignore_deletes=True)
@@ -252,24 +252,28 @@ class Outbox:
         """Remove, per session with forgotten entries, every entry stored before the
         oldest one still pending (or all it stored, when none is)."""
         for session_id in list(self._dirty):
-            pending = self._pending.get(session_id) or {}
+            # forgets that happen while this purge waits mark the session again
+            self._dirty.discard(session_id)
+            pending = self._pending.get(session_id, {})
             # entries are stored in order, so everything below the oldest pending
             # sequence is done; a put still in flight gets a sequence above the newest
             below = min(pending.values()) if pending else self._newest[session_id] + 1
             if below <= 1:  # nothing below it (and seq=0 would purge every entry)
-                self._dirty.discard(session_id)
                 continue
             try:
                 await self._js.purge_stream(
                     self._stream, seq=below, subject=f"$KV.{OUTBOX_BUCKET}.{session_id}.*"
                 )
             except asyncio.CancelledError:
+                self._dirty.add(session_id)
                 raise
             except Exception as exc:  # NATS away: the next round tries again
+                self._dirty.add(session_id)
                 log.debug("outbox purge failed", extra={"error": repr(exc)})
                 return
-            self._dirty.discard(session_id)
-            if not pending:  # everything the session stored is gone from the stream
+            # nothing was pending, and no put completed during the purge: everything the
+            # session stored is gone from the stream
+            if not pending and not self._pending.get(session_id):
                 self._pending.pop(session_id, None)
                 self._done.pop(session_id, None)
 

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,6 +36,7 @@ import psutil
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from bench._processes import spawn_zapfleet, stop
 from bench._report import figure, write_json
 from node_agent.engines.sim import link
 from node_agent.protocol import (
@@ -84,7 +83,6 @@ uvloop.run(main())
 
 def _spawn_agent(nats_url: str, root: Path, node_id: str, **env: str) -> subprocess.Popen[bytes]:
     environment = {
-        **os.environ,
         "ZAPFLEET_NATS_URL": nats_url,
         "ZAPFLEET_NODE_ID": node_id,
         "ZAPFLEET_DATA_DIR": str(root / node_id),
@@ -92,14 +90,7 @@ def _spawn_agent(nats_url: str, root: Path, node_id: str, **env: str) -> subproc
         "ZAPFLEET_LOG_LEVEL": "WARNING",
         **env,
     }
-    log = open(root / f"{node_id}.log", "wb")  # noqa: SIM115
-    return subprocess.Popen(
-        [sys.executable, "-m", "zapfleet", "agent"],
-        env=environment,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    return spawn_zapfleet(["agent"], environment, root / f"{node_id}.log")
 
 
 async def _call(nc: NATS, node_id: str, op: Op, body: msgspec.Struct, timeout_s: float = 30) -> Any:
@@ -134,16 +125,6 @@ async def _assign(nc: NATS, node_id: str, session_id: str, engine: str, **spec: 
     record = SessionRecord(spec=session, assignment=Assignment(node_id=node_id, epoch=1))
     await kv.put(session_id, encode(record))
     return session
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 async def bench_sim(nc: NATS, nats_url: str, root: Path) -> dict[str, Any]:
@@ -208,7 +189,7 @@ async def bench_sim(nc: NATS, nats_url: str, root: Path) -> dict[str, Any]:
             "_timeline": timeline,
         }
     finally:
-        _stop(agent)
+        stop(agent, timeout_s=30)
 
 
 async def rpc_throughput(nc: NATS, subject: str, session_ids: list[str]) -> float:
@@ -324,7 +305,7 @@ async def bench_neonize(nc: NATS, nats_url: str, root: Path) -> dict[str, Any]:
             "neonize_open_fds": info.open_fds,
         }
     finally:
-        _stop(agent)
+        stop(agent, timeout_s=30)
 
 
 def plot(results: dict[str, Any], timeline: list[float]) -> Path:

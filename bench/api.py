@@ -43,6 +43,7 @@ from typing import Any
 
 import httpx
 
+from bench._processes import cpu_seconds, spawn, spawn_zapfleet, stop
 from bench._report import figure, write_json
 from zapfleet.devservers import free_port, start_nats, start_valkey, wait_for_port
 
@@ -56,7 +57,6 @@ CONCURRENCY = [
 ]
 WORKERS = int(os.environ.get("ZAPFLEET_BENCH_HTTP_WORKERS", "1"))
 SENDERS = 4
-ROOT = Path(__file__).resolve().parent.parent
 # the issue's targets for 2 cores (docs/benchmarks.md says which hold on this machine)
 TARGETS = {
     "peak_sends_per_s": 5000,
@@ -84,6 +84,7 @@ class Stack:
     key: str = ""
     sessions: list[str] = field(default_factory=list)
     recipient: str = ""
+    roles: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)  # CPU per send
 
 
 def ensure_wrk() -> str | None:
@@ -106,24 +107,6 @@ def ensure_wrk() -> str | None:
 # -- processes -----------------------------------------------------------------------------
 
 
-def _spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    out = open(log, "wb")  # noqa: SIM115
-    return subprocess.Popen(
-        args, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, cwd=ROOT,
-    )  # fmt: skip
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
 def _wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -137,31 +120,31 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60
 
 
 @contextlib.contextmanager
-def processes(root: Path) -> Iterator[tuple[str, str, str]]:
-    """NATS, Valkey, a sim agent and the control plane; yields (api url, nats url, bare url)."""
+def processes(root: Path) -> Iterator[tuple[str, str, str, dict[str, subprocess.Popen[bytes]]]]:
+    """NATS, Valkey, a sim agent and the control plane; yields (api url, nats url, bare url,
+    the processes of the stack by role)."""
     nats = start_nats(root / "nats", log_path=root / "nats.log")
     valkey = start_valkey(root / "valkey", log_path=root / "valkey.log")
     nats_url = f"nats://127.0.0.1:{nats.port}"
     http_port, bare_port = free_port(), free_port()
     children: list[subprocess.Popen[bytes]] = []
     try:
-        children.append(
-            _spawn(
-                [sys.executable, "-m", "zapfleet", "agent"],
-                {
-                    "ZAPFLEET_NATS_URL": nats_url,
-                    "ZAPFLEET_NODE_ID": "bench-1",
-                    "ZAPFLEET_ENGINE": "sim",
-                    "ZAPFLEET_DATA_DIR": str(root / "agent"),
-                    "ZAPFLEET_METRICS_PORT": "0",
-                    "ZAPFLEET_LOG_LEVEL": "WARNING",
-                },
-                root / "agent.log",
-            )
+        agent = spawn_zapfleet(
+            ["agent"],
+            {
+                "ZAPFLEET_NATS_URL": nats_url,
+                "ZAPFLEET_NODE_ID": "bench-1",
+                "ZAPFLEET_ENGINE": "sim",
+                "ZAPFLEET_DATA_DIR": str(root / "agent"),
+                "ZAPFLEET_METRICS_PORT": "0",
+                "ZAPFLEET_LOG_LEVEL": "WARNING",
+            },
+            root / "agent.log",
         )
+        children.append(agent)
         limit = "100000000/60"
-        api = _spawn(
-            [sys.executable, "-m", "zapfleet", "control-plane"],
+        api = spawn_zapfleet(
+            ["control-plane"],
             {
                 "ZAPFLEET_NATS_URL": nats_url,
                 "ZAPFLEET_VALKEY_URL": f"valkey://127.0.0.1:{valkey.port}/0",
@@ -181,7 +164,7 @@ def processes(root: Path) -> Iterator[tuple[str, str, str]]:
             root / "control-plane.log",
         )
         children.append(api)
-        bare = _spawn(
+        bare = spawn(
             [sys.executable, "-m", "bench.bare_app", str(bare_port), str(WORKERS)],
             {},
             root / "bare.log",
@@ -191,10 +174,16 @@ def processes(root: Path) -> Iterator[tuple[str, str, str]]:
         wait_for_port(http_port, 60, None)
         _wait_http(f"{base_url}/monitoring/ready", api)
         wait_for_port(bare_port, 60, bare)
-        yield base_url, nats_url, f"http://127.0.0.1:{bare_port}"
+        roles = {
+            "agent": agent,
+            "control_plane": api,
+            "nats_server": nats.process,
+            "valkey_server": valkey.process,
+        }
+        yield base_url, nats_url, f"http://127.0.0.1:{bare_port}", roles
     finally:
         for child in reversed(children):
-            _stop(child)
+            stop(child)
         valkey.stop()
         nats.stop()
 
@@ -353,30 +342,10 @@ def wrk(
     return Run(concurrency, round(rate, 1), round(p50, 2), round(p99, 2), errors, delay_ms)
 
 
-ROLES = {
-    "zapfleet agent": "agent",
-    "zapfleet control-plane": "control_plane",
-    "nats-server": "nats_server",
-    "valkey": "valkey_server",
-}
-
-
-def cpu_seconds() -> dict[str, float]:
-    """CPU time so far of each part of the stack (by command line), and of the load
-    generator (children of this process that have exited)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    used = dict.fromkeys([*ROLES.values(), "load_generator"], 0.0)
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                command = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        role = next((r for marker, r in ROLES.items() if marker in command), None)
-        if role is not None:
-            used[role] += (int(fields[11]) + int(fields[12])) / ticks
+def cpu_used(roles: dict[str, subprocess.Popen[bytes]]) -> dict[str, float]:
+    """CPU time so far of each part of the stack, and of the load generator (children of
+    this process that have exited)."""
+    used = {role: cpu_seconds(process) for role, process in roles.items()}
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     used["load_generator"] = children.ru_utime + children.ru_stime
     return used
@@ -388,7 +357,7 @@ def send_load(stack: Stack, concurrency: int, delay_ms: float = 0.0) -> Run:
     body = json.dumps({"type": "text", "to": stack.recipient, "text": "benchmark message"})
     runs = []
     for _ in range(max(1, REPEATS)):
-        before, started = cpu_seconds(), time.monotonic()
+        before, started = cpu_used(stack.roles), time.monotonic()
         run = load_once(
             stack.base_url,
             method="POST",
@@ -399,7 +368,7 @@ def send_load(stack: Stack, concurrency: int, delay_ms: float = 0.0) -> Run:
             duration_s=DURATION_S,
             delay_ms=delay_ms,
         )
-        after, elapsed = cpu_seconds(), time.monotonic() - started
+        after, elapsed = cpu_used(stack.roles), time.monotonic() - started
         sends = max(1.0, run.requests_per_s * DURATION_S)
         run.cpu_us_per_send = {r: round((after[r] - before[r]) / sends * 1e6) for r in after}
         run.cpu_cores_busy = round(sum(after[r] - before[r] for r in after) / elapsed, 2)
@@ -456,13 +425,10 @@ def main() -> None:
         print("wrk is not installed and could not be: using the Python load generator")
     with (
         tempfile.TemporaryDirectory(prefix="zapfleet-bench-") as tmp,
-        processes(Path(tmp)) as (
-            base_url,
-            nats_url,
-            bare_url,
-        ),
+        processes(Path(tmp)) as (base_url, nats_url, bare_url, roles),
     ):
         stack = asyncio.run(prepare(base_url, nats_url))
+        stack.roles = roles
         print(f"stack ready: {len(stack.sessions)} sender sessions, workers={WORKERS}", flush=True)
         # warm up, then sends and the bare baseline interleaved point by point, so both
         # see the same background load of this shared machine

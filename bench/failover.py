@@ -18,9 +18,7 @@ Output (docs/benchmarks/failover.json + failover.png, a timeline):
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +30,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 
+from bench._processes import spawn_zapfleet
 from bench._report import figure, write_json
 from node_agent.engines.sim import SIM_BUCKET, seed_account
 from node_agent.engines.sim_presence import violations
@@ -43,16 +42,6 @@ LEASE_S = 8.0  # the defaults of node_agent/settings.py and control_plane/settin
 MARGIN_S = 2.0
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
 TIMEOUT_S = 60.0
-
-
-def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "zapfleet", *args],
-        env={**os.environ, **env},
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 async def agent_list(nc: NATS, node_id: str) -> SessionList:
@@ -160,14 +149,14 @@ async def run(root: Path) -> dict[str, Any]:
             "ZAPFLEET_METRICS_PORT": "0",
             "ZAPFLEET_MAX_SESSIONS": str(SESSIONS),
         }
-        process = spawn(["agent"], env, logs / f"{node_id}.log")
+        process = spawn_zapfleet(["agent"], env, logs / f"{node_id}.log")
         processes.append(process)
         return process
 
     nc = await nats.connect(nats_url)
     try:
         processes.append(
-            spawn(
+            spawn_zapfleet(
                 ["control-plane"],
                 {
                     "ZAPFLEET_NATS_URL": nats_url,

@@ -37,6 +37,7 @@ import msgspec
 import nats
 from nats.aio.client import Client as NATS
 
+from bench._processes import ROOT, cpu_seconds, spawn, stop
 from bench._report import figure, write_json
 from control_plane.webhooks.config import WebhookConfig
 from control_plane.webhooks.http import WebhookClient
@@ -52,7 +53,6 @@ from node_agent.protocol import (
 from zapfleet.devservers import free_port, start_nats, wait_for_port
 from zapfleet.ssrf import AddressPolicy
 
-ROOT = Path(__file__).resolve().parent.parent
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
 TENANT = "bench"
 THROUGHPUT_EVENTS = int(os.environ.get("ZF_BENCH_EVENTS", "20000"))
@@ -62,39 +62,6 @@ LATENCY_SECONDS = 10
 BASELINE_REQUESTS = 10_000
 CONCURRENCY = 25
 DISPATCHERS = int(os.environ.get("ZF_BENCH_DISPATCHERS", "2"))  # one per core
-
-
-def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        args,
-        env={**os.environ, **env},
-        cwd=ROOT,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-def cpu_seconds(process: subprocess.Popen[bytes]) -> float:
-    """User + system CPU time of a running child and its own children (granian workers)."""
-    import psutil
-
-    parent = psutil.Process(process.pid)
-    total = 0.0
-    for each in [parent, *parent.children(recursive=True)]:
-        times = each.cpu_times()
-        total += times.user + times.system
-    return total
 
 
 def percentile(values: list[float], share: float) -> float:

@@ -50,6 +50,12 @@ log = logging.getLogger(__name__)
 
 LEADER_KEY = "reconciler"
 AUDIT_GRACE_S = 30.0  # a slot or record younger than this may be a placement in flight
+# A record unchanged for this long whose live node does not run it is started again. Short,
+# because a start at the current epoch is idempotent on the agent (lifecycle ops are served
+# one at a time) and a move stops the old run before it writes the new assignment: a start
+# racing a placement in flight is a no-op. Bound on "desired running, node alive, not
+# running": ZAPFLEET_AUDIT_INTERVAL_S + RESTART_GRACE_S (20 s by default; docs/failover.md).
+RESTART_GRACE_S = 5.0
 DRAIN_STALL_S = 10.0  # a draining node whose record did not change for this long
 FORGET_AFTER_S = 24 * 3600.0  # a down node without sessions leaves the node list
 
@@ -279,10 +285,13 @@ class Reconciler:
         now = time.time()
         assigned: dict[str, set[str]] = {}
         settled: set[str] = set()
+        restartable: set[str] = set()
         for record in await fleet.sessions.list():
             session_id = record.spec.session_id
             if now - record.updated_at > AUDIT_GRACE_S:
                 settled.add(session_id)
+            if now - record.updated_at > RESTART_GRACE_S:
+                restartable.add(session_id)
             node_id = placed_on(record)
             if node_id is not None:
                 assigned.setdefault(node_id, set()).add(session_id)
@@ -313,7 +322,7 @@ class Reconciler:
                 log.info("audit repaired slots", extra={"node": node_id})
         for node_id, ids in assigned.items():
             if fleet.alive(node_id):
-                await self._restart_missing(node_id, ids & settled)
+                await self._restart_missing(node_id, ids & restartable)
 
     async def _restart_missing(self, node_id: str, ids: set[str]) -> None:
         """Sessions a live node should run but does not know (a start RPC that failed or

@@ -157,6 +157,8 @@ class Agent:
         self.node_id = settings.node_id
         self._engine = engine
         self.sessions: dict[str, SessionSupervisor] = {}
+        # session id -> KV revision of zf_sessions that assigned it here when it started
+        self._assigned_at: dict[str, int] = {}
         self.draining = False
         self.started_at = time.time()
         self.lag = _system.LoopLagMonitor()
@@ -246,7 +248,7 @@ class Agent:
             )
         self.lag.start()
         self._assignments = AssignmentWatch(
-            self._sessions_kv, self.node_id, self._running_epoch, self._stop_superseded
+            self._sessions_kv, self.node_id, self._running_assignment, self._stop_superseded
         )
         self._assignments.start()
         await self._serve()
@@ -374,19 +376,22 @@ class Agent:
                 f"(threshold {self.settings.memory_threshold:.0%})",
             )
 
-    async def _current_assignment(self, session_id: str) -> SessionRecord | None:
+    async def _current_assignment(self, session_id: str) -> tuple[SessionRecord | None, int]:
+        """The session's record in KV and its revision (None, 0 when there is none)."""
         assert self._sessions_kv is not None
         try:
             entry = await self._sessions_kv.get(session_id)
         except KeyNotFoundError:
-            return None
+            return None, 0
         if not entry.value:
-            return None
-        return msgspec.json.decode(entry.value, type=SessionRecord)
+            return None, entry.revision or 0
+        return msgspec.json.decode(entry.value, type=SessionRecord), entry.revision or 0
 
-    async def _check_epoch(self, session_id: str, epoch: int) -> None:
-        """Refuse to run a session unless KV assigns it to us at exactly this epoch."""
-        record = await self._current_assignment(session_id)
+    async def _check_epoch(self, session_id: str, epoch: int) -> int:
+        """Refuse to run a session unless KV assigns it to us at exactly this epoch.
+        Returns the KV revision that says so: the assignment watch ignores anything at or
+        below it (an older view arriving late must never stop the session, issue 21)."""
+        record, revision = await self._current_assignment(session_id)
         assignment = record.assignment if record else None
         if assignment is None or assignment.node_id != self.node_id or assignment.epoch != epoch:
             current = f"{assignment.node_id}@{assignment.epoch}" if assignment else "none"
@@ -394,6 +399,7 @@ class Agent:
                 ErrorCode.STALE_EPOCH,
                 f"epoch {epoch} on {self.node_id} is not the current assignment ({current})",
             )
+        return revision
 
     def _get(self, ref: SessionRef) -> SessionSupervisor:
         supervisor = self.sessions.get(ref.session_id)
@@ -427,7 +433,7 @@ class Agent:
                     ErrorCode.STALE_EPOCH,
                     f"epoch {request.epoch} is older than the running epoch {existing.epoch}",
                 )
-        await self._check_epoch(spec.session_id, request.epoch)
+        revision = await self._check_epoch(spec.session_id, request.epoch)
         if spec.engine != self.engine.name:
             raise AgentError(
                 ErrorCode.INVALID_REQUEST,
@@ -451,6 +457,7 @@ class Agent:
             media=self.media,
         )
         self.sessions[spec.session_id] = supervisor
+        self._assigned_at[spec.session_id] = revision
         await supervisor.start()
         if self._outbox is not None:  # in the background: a start never waits on it
             task = asyncio.create_task(self._restore_outbox(supervisor), name="outbox-restore")
@@ -463,6 +470,7 @@ class Agent:
         supervisor = self._get(ref)
         await supervisor.stop()
         self.sessions.pop(ref.session_id, None)
+        self._assigned_at.pop(ref.session_id, None)
         if self._device_store is not None:
             # the next node restores it: a drained session moves without re-pairing
             await self._device_store.backup(ref.session_id)
@@ -472,6 +480,7 @@ class Agent:
         supervisor = self._get(ref)
         await supervisor.logout()
         self.sessions.pop(ref.session_id, None)
+        self._assigned_at.pop(ref.session_id, None)
         if self._device_store is not None:
             await self._device_store.forget(ref.session_id)
         return supervisor.info()
@@ -724,15 +733,18 @@ class Agent:
             with contextlib.suppress(Exception):
                 await supervisor.stop("lease lost: node was cut off from NATS")
         self.sessions.clear()
+        self._assigned_at.clear()
 
-    def _running_epoch(self, session_id: str) -> int | None:
+    def _running_assignment(self, session_id: str) -> tuple[int, int] | None:
+        """(epoch, KV revision of the assignment it was started on) of a live session."""
         supervisor = self.sessions.get(session_id)
         if supervisor is None or supervisor.state not in LIVE_STATES:
             return None
-        return supervisor.epoch
+        return supervisor.epoch, self._assigned_at.get(session_id, 0)
 
     async def _stop_superseded(self, session_id: str, reason: str) -> None:
         supervisor = self.sessions.pop(session_id, None)
+        self._assigned_at.pop(session_id, None)
         if supervisor is None:
             return
         log.warning("stopping a superseded session", extra={"session_id": session_id})

@@ -11,7 +11,10 @@ An agent may run a session only while (a) its node lease is alive and (b) KV
   act before the agent had a chance to fence it.
 - :class:`AssignmentWatch` — watches ``zf_sessions`` and reports sessions whose record no
   longer assigns them to this node at their epoch (moved elsewhere, newer epoch, deleted),
-  so the agent stops them even if it never lost its lease.
+  so the agent stops them even if it never lost its lease. Only a revision *newer* than
+  the one the agent checked when it started the session counts: a watch lags behind
+  direct reads, so the record as it was before the placement (no assignment yet) can
+  arrive after the start, and must not stop it (issue 21).
 - :func:`claim` — before (re)starting a session on its own (resume after a restart or
   after a fence), the agent takes a new epoch with a revision compare-and-set. A
   reconciler moving the session at the same moment does the same CAS on the same
@@ -77,13 +80,14 @@ def superseded(record: SessionRecord | None, node_id: str, epoch: int) -> str | 
 class AssignmentWatch:
     """Calls ``on_superseded(session_id, reason)`` for every change of ``zf_sessions`` that
     takes a session away from this node. ``running(session_id)`` gives the epoch the
-    agent runs a session with (None if it does not run it)."""
+    agent runs a session with and the KV revision of the assignment it checked at start
+    (None if it does not run it); entries at or below that revision are history."""
 
     def __init__(
         self,
         kv: KeyValue,
         node_id: str,
-        running: Callable[[str], int | None],
+        running: Callable[[str], tuple[int, int] | None],
         on_superseded: Callable[[str, str], Awaitable[None]],
     ) -> None:
         self.kv = kv
@@ -108,17 +112,25 @@ class AssignmentWatch:
                 async for entry in watcher:
                     if entry is None:  # end of the initial values
                         continue
-                    await self._handle(entry.key, entry.value, entry.operation)
+                    await self.observe(
+                        entry.key, entry.value, entry.operation, entry.revision or 0
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("assignment watch failed, restarting", extra={"error": repr(exc)})
                 await asyncio.sleep(1)
 
-    async def _handle(self, key: str, value: bytes | None, operation: str | None) -> None:
-        epoch = self.running(key)
-        if epoch is None:
+    async def observe(
+        self, key: str, value: bytes | None, operation: str | None, revision: int
+    ) -> None:
+        """One entry of ``zf_sessions`` as the watch delivers it, in whatever order."""
+        running = self.running(key)
+        if running is None:
             return
+        epoch, started_at_revision = running
+        if revision <= started_at_revision:
+            return  # an older view than the one the session was started on
         record = None
         if operation not in _DELETES and value:
             try:

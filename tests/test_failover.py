@@ -28,7 +28,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
 
-from control_plane.reconciler import Leadership
+from control_plane.reconciler import RESTART_GRACE_S, Leadership
 from node_agent.device_store import DeviceStore
 from node_agent.engines.sim import SIM_BUCKET, SimConfig, SimEngine, seed_account
 from node_agent.engines.sim_presence import violations
@@ -43,6 +43,7 @@ from node_agent.protocol import (
     Op,
     SessionList,
     SessionRecord,
+    SessionRef,
     SessionSpec,
     agent_subject,
     encode,
@@ -54,6 +55,7 @@ HEARTBEAT_S = 0.5
 LEASE_S = 2.0
 MARGIN_S = 1.0
 RECONCILE_S = 0.2
+AUDIT_S = 5.0
 CAPACITY = 150
 NODES = ("fo-a", "fo-b", "fo-c")
 # docs/failover.md: lease + margin + one reconcile tick, plus starting the sessions
@@ -103,7 +105,7 @@ class Cluster:
             "ZAPFLEET_LEASE_MARGIN_S": str(MARGIN_S),
             "ZAPFLEET_RECONCILE_INTERVAL_S": str(RECONCILE_S),
             "ZAPFLEET_LEADER_LEASE_S": "1",
-            "ZAPFLEET_AUDIT_INTERVAL_S": "5",
+            "ZAPFLEET_AUDIT_INTERVAL_S": str(AUDIT_S),
             "ZAPFLEET_RPC_TIMEOUT_S": "2",
         }
         name = f"control-plane-{len(self.control_planes) + 1}"
@@ -605,6 +607,32 @@ async def test_the_audit_starts_a_session_its_live_node_does_not_run(
     body = (await wait_all(api, ["orphan"], lambda b: b["state"] == "CONNECTED", 20))["orphan"]
     assert (body["node_id"], body["epoch"]) == (node, 1)
     assert cluster.placement()[node]["slots_used"] >= 1
+
+
+async def test_a_session_its_live_node_stopped_on_its_own_is_running_again_within_the_bound(
+    cluster: Cluster, api: httpx.AsyncClient, cnc: NATS
+) -> None:
+    """Desired running, node alive, session not running (e.g. an agent that once stopped
+    it on a stale view of its assignment, issue 21): the audit starts it again within
+    ZAPFLEET_AUDIT_INTERVAL_S + RESTART_GRACE_S (docs/failover.md), not 30 s later."""
+    cluster.ensure_agents()
+    [session_id] = await create_connected(api, cnc, "selfstopped", 1, first_phone=520)
+    body = (await views(api, [session_id]))[session_id]
+    node, epoch = body["node_id"], body["epoch"]
+    reply = await cnc.request(
+        agent_subject(node, Op.SESSION_STOP),
+        encode(SessionRef(session_id=session_id, epoch=epoch)),
+        timeout=5,
+    )
+    assert isinstance(msgspec.json.decode(reply.data, type=Ok[Any] | Err), Ok)
+    stopped_at = time.monotonic()
+    assert session_id not in {s.session_id for s in (await agent_sessions(cnc, node)).sessions}
+    bound = AUDIT_S + RESTART_GRACE_S + 5.0  # + starting it on two loaded cores
+    body = (await wait_all(api, [session_id], lambda b: b["state"] == "CONNECTED", bound))[
+        session_id
+    ]
+    assert (body["node_id"], body["epoch"]) == (node, epoch)
+    assert time.monotonic() - stopped_at <= bound
 
 
 # -- concurrency -------------------------------------------------------------------------

@@ -59,6 +59,7 @@ from node_agent.protocol import (
     encode,
     event_subject,
 )
+from zapfleet._kv import close
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,7 @@ class Fleet:
         ready: asyncio.Event,
     ) -> None:
         while True:
+            watcher = None
             try:
                 watcher = await kv.watchall()
                 async for entry in watcher:
@@ -213,6 +215,9 @@ class Fleet:
             except Exception as exc:
                 log.warning("fleet watch failed, restarting", extra={"error": repr(exc)})
                 await asyncio.sleep(0.5)
+            finally:
+                if watcher is not None:
+                    await close(watcher)
 
     def _state(self, node_id: str) -> NodeState:
         state = self.nodes.get(node_id)

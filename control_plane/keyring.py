@@ -30,6 +30,7 @@ from litestar import Request
 
 from control_plane.problems import ProblemError
 from control_plane.tenants import TenantStore, split_key, valid_tenant_id, verify_secret
+from zapfleet._kv import close
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,7 @@ class Authenticator:
                 elif kind == "tenant":
                     self.forget(tenant=ident)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await watcher.stop()
+            await close(watcher)
             raise
 
     def forget(self, *, key_id: str | None = None, tenant: str | None = None) -> None:

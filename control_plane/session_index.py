@@ -21,6 +21,7 @@ from nats.js.kv import KeyValue
 
 from control_plane.store import SessionStore
 from node_agent.protocol import SessionRecord
+from zapfleet._kv import close
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class SessionIndex:
                     log.warning("undecodable session record", extra={"session_id": entry.key})
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await watcher.stop()
+                await close(watcher)
             raise
 
     def note(self, record: SessionRecord, revision: int) -> None:

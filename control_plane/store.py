@@ -12,11 +12,11 @@ from nats.js.errors import (
     InvalidKeyError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
-    NoKeysError,
 )
 from nats.js.kv import KeyValue
 
 from node_agent.protocol import NodeInfo, SessionRecord
+from zapfleet._kv import scan
 
 _encode = msgspec.json.encode
 _record_decoder = msgspec.json.Decoder(SessionRecord)
@@ -74,16 +74,8 @@ class SessionStore:
         await self.kv.delete(session_id)
 
     async def list(self) -> list[SessionRecord]:
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return []
-        records = []
-        for key in keys:
-            found = await self.get(key)
-            if found is not None:
-                records.append(found[0])
-        return records
+        """Every record, in one pass over the bucket (not one read per key)."""
+        return [_record_decoder.decode(e.value) for e in await scan(self.kv) if e.value]
 
 
 class NodeDirectory:
@@ -91,16 +83,4 @@ class NodeDirectory:
         self.kv = kv
 
     async def list(self) -> list[NodeInfo]:
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return []
-        nodes = []
-        for key in keys:
-            try:
-                entry = await self.kv.get(key)
-            except KeyNotFoundError:
-                continue
-            if entry.value:
-                nodes.append(_node_decoder.decode(entry.value))
-        return nodes
+        return [_node_decoder.decode(e.value) for e in await scan(self.kv) if e.value]

@@ -25,6 +25,8 @@ import msgspec
 from nats.js.errors import InvalidKeyError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from zapfleet._kv import scan
+
 KEY_PREFIX = "zf_"
 _KEY_ID_HEX = 16
 TENANT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -150,17 +152,7 @@ class TenantStore:
 
     async def _values(self, prefix: str) -> list[bytes]:
         """Current values of every key under ``<prefix>.``, in one pass (a KV watch)."""
-        watcher = await self.kv.watch(f"{prefix}.>", ignore_deletes=True)
-        values = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                if entry.value:
-                    values.append(entry.value)
-        finally:
-            await watcher.stop()  # type: ignore[no-untyped-call]
-        return values
+        return [entry.value for entry in await scan(self.kv, f"{prefix}.>") if entry.value]
 
     async def list_tenants(self) -> list[TenantRecord]:
         tenants = [_tenant_decoder.decode(v) for v in await self._values("tenant")]

@@ -34,6 +34,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from node_agent.protocol import Assignment, SessionRecord
+from zapfleet._kv import close, scan
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +108,21 @@ class AssignmentWatch:
 
     async def _run(self) -> None:
         while True:
+            watcher = None
             try:
                 watcher = await self.kv.watchall()
                 async for entry in watcher:
                     if entry is None:  # end of the initial values
                         continue
-                    await self.observe(
-                        entry.key, entry.value, entry.operation, entry.revision or 0
-                    )
+                    await self.observe(entry.key, entry.value, entry.operation, entry.revision or 0)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("assignment watch failed, restarting", extra={"error": repr(exc)})
                 await asyncio.sleep(1)
+            finally:
+                if watcher is not None:
+                    await close(watcher)
 
     async def observe(
         self, key: str, value: bytes | None, operation: str | None, revision: int
@@ -145,25 +148,15 @@ class AssignmentWatch:
 async def assigned_to(kv: KeyValue, node_id: str) -> list[str]:
     """Ids of the sessions ``zf_sessions`` wants running on ``node_id``: one pass over the
     bucket's current values (a watch), not one read per key."""
-    watcher = await kv.watchall()
     found: list[str] = []
-    try:
-        async for entry in watcher:
-            if entry is None:
-                break
-            if entry.operation in _DELETES or not entry.value:
-                if not entry.delta:
-                    break
-                continue
-            with contextlib.suppress(msgspec.DecodeError):
-                record = _record.decode(entry.value)
-                assignment = record.assignment
-                if record.desired == "running" and assignment and assignment.node_id == node_id:
-                    found.append(entry.key)
-            if not entry.delta:
-                break
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+    for entry in await scan(kv):
+        if not entry.value:
+            continue
+        with contextlib.suppress(msgspec.DecodeError):
+            record = _record.decode(entry.value)
+            assignment = record.assignment
+            if record.desired == "running" and assignment and assignment.node_id == node_id:
+                found.append(entry.key)
     return found
 
 

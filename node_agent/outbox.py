@@ -47,6 +47,7 @@ from prometheus_client import Counter
 
 from node_agent.media import MediaPayload
 from node_agent.protocol import EVENTS_STREAM, Event, EventType, SendMessage, event_subject
+from zapfleet._kv import scan
 
 log = logging.getLogger(__name__)
 
@@ -138,17 +139,10 @@ class Outbox:
         those this agent forgot itself (``_done``)."""
         done = self._done.get(session_id, set())
         entries: list[tuple[OutboxEntry, str]] = []
-        watcher = await self.kv.watch(f"{session_id}.*", ignore_deletes=True)
-        try:
-            async for found in watcher:
-                if found is None:  # the current values are all delivered
-                    break
-                if found.value and found.key not in done:
-                    entries.append((_decoder.decode(found.value), found.key))
-                    self._track(session_id, found.key, found.revision or 0)
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
+        for found in await scan(self.kv, f"{session_id}.*"):
+            if found.value and found.key not in done:
+                entries.append((_decoder.decode(found.value), found.key))
+                self._track(session_id, found.key, found.revision or 0)
         entries.sort(key=lambda item: item[0].queued_at)
         if entries:
             try:

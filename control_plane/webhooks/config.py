@@ -33,6 +33,7 @@ from nats.js.kv import KeyValue
 
 from control_plane.settings import ControlPlaneSettings
 from node_agent.protocol import SESSIONS_BUCKET, WEBHOOKS_BUCKET, EventType, SessionRecord
+from zapfleet._kv import close
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +243,7 @@ class WebhookRegistry:
                 await asyncio.sleep(1.0)
             finally:
                 if watcher is not None:
-                    with contextlib.suppress(Exception):
-                        await watcher.stop()  # type: ignore[no-untyped-call]
+                    await close(watcher)
 
     def _apply_config(self, key: str, value: bytes | None) -> None:
         level = _Level.of(_config_decoder.decode(value)) if value else None

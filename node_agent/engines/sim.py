@@ -53,6 +53,7 @@ from node_agent.protocol import (
     SessionSpec,
     TextContent,
 )
+from zapfleet._kv import close
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ class SimEngine:
                 self._registered.clear()
                 if watcher is not None:
                     with contextlib.suppress(Exception):
-                        await watcher.stop()  # type: ignore[no-untyped-call]
+                        await close(watcher)
             if failed:
                 await asyncio.sleep(1.0)
 

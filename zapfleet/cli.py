@@ -404,6 +404,38 @@ def _start_child(name: str, args: list[str], env: dict[str, str], log_path: Path
     return ChildProcess(name, process, 0, log_path)
 
 
+async def _backup_or_restore(args: argparse.Namespace) -> str:
+    import nats
+
+    from zapfleet.backup import backup, restore
+
+    servers = [u.strip() for u in args.nats_url.split(",") if u.strip()]
+    nc = await nats.connect(servers=servers)
+    try:
+        path = Path(args.path)
+        if args.command == "backup":
+            summary = await backup(nc, path, events=args.events)
+            verb = "backed up"
+        else:
+            summary = await restore(nc, path, replicas=args.replicas)
+            verb = "restored"
+    finally:
+        await nc.close()
+    lines = [f"{verb} {summary.messages} messages of {len(summary.streams)} streams ({path})"]
+    lines += [f"  {name}: {count}" for name, count in sorted(summary.streams.items())]
+    return "\n".join(lines)
+
+
+def cmd_backup_or_restore(args: argparse.Namespace) -> None:
+    from zapfleet.backup import BackupError
+
+    try:
+        print(asyncio.run(_backup_or_restore(args)))
+    except BackupError as exc:
+        print(f"zapfleet {args.command}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 # -- parser ------------------------------------------------------------------------------
 
 
@@ -459,6 +491,21 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("--fail-connects", type=int, default=0, help="refuse the next N connects")
     fault.add_argument("--nats-url", default=nats_default)
     fault.set_defaults(func=cmd_sim_fault)
+
+    saved = sub.add_parser(
+        "backup", help="write the fleet's durable state (JetStream) to one archive"
+    )
+    saved.add_argument("path", help="the archive to write (.tar.gz)")
+    saved.add_argument("--events", action="store_true", help="include the ZF_EVENTS stream")
+    saved.add_argument("--nats-url", default=nats_default, help="comma-separated NATS URLs")
+    saved.set_defaults(func=cmd_backup_or_restore)
+    loaded = sub.add_parser("restore", help="load a backup into an empty NATS")
+    loaded.add_argument("path", help="an archive written by zapfleet backup")
+    loaded.add_argument(
+        "--replicas", type=int, default=None, help="replicas of every stream (default: as saved)"
+    )
+    loaded.add_argument("--nats-url", default=nats_default, help="comma-separated NATS URLs")
+    loaded.set_defaults(func=cmd_backup_or_restore)
 
     from zapfleet.apiclient import add_node_commands, add_session_commands
 

@@ -198,13 +198,16 @@ class WebhookReceiver:
     Knobs: ``status`` (answer of every call), ``fail_next`` (the next N calls get 503),
     ``fail_ratio`` (that share of calls, at random, get 503), ``delay_s`` (answer that
     late), :meth:`go_down` / :meth:`come_up` (refuse connections, drop open ones).
-    ``max_active`` is the most calls it ever had in progress at once."""
+    ``max_active`` is the most calls it ever had in progress at once; ``call_times`` the
+    ``time.monotonic()`` of every call, failed ones included."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.events: list[dict[str, Any]] = []
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.arrivals: list[float] = []  # time.time() of each recorded event
         self.calls = 0  # every request, failed ones included
+        self.call_times: list[float] = []
         self.fail_next = 0
         self.fail_ratio = 0.0
         self.status = 200
@@ -233,6 +236,7 @@ class WebhookReceiver:
                 with receiver._cond:
                     receiver.active -= 1
                     receiver.calls += 1
+                    receiver.call_times.append(time.monotonic())
                     status = receiver.status
                     if receiver.fail_next > 0:
                         receiver.fail_next -= 1
@@ -252,9 +256,9 @@ class WebhookReceiver:
                 return None
 
         self._handler = Handler
-        self.server = ThreadingHTTPServer(("127.0.0.1", port or free_port()), Handler)
+        self.server = ThreadingHTTPServer((host, port or free_port()), Handler)
         self.port = int(self.server.server_address[1])
-        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self.url = f"http://{host}:{self.port}/hook"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -284,7 +288,7 @@ class WebhookReceiver:
         self.server.server_close()
 
     def come_up(self) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler)
+        self.server = ThreadingHTTPServer((self.host, self.port), self._handler)
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
         self.down = False

@@ -90,6 +90,37 @@ async def test_a_purge_removes_what_is_done_below_the_oldest_pending_entry(nc: N
         await outbox.close()
 
 
+async def test_a_purge_never_removes_an_entry_still_pending_above_a_done_one(nc: NATS) -> None:
+    """Guarantee: the purge cut-off is the *oldest* pending entry. With done and pending
+    entries interleaved (sent, pending, sent, pending), only what lies below the oldest
+    pending one may go; the two pending messages must survive for a restart."""
+    outbox = await Outbox.open(nc.jetstream())
+    session = unique("s")
+    messages = [send(session, "15550100004", f"n{i}") for i in range(4)]
+    try:
+        for message in messages:
+            await outbox.put(message, None)
+        outbox.forget(session, messages[0].message_id)
+        outbox.forget(session, messages[2].message_id)
+        await outbox.purge()
+        # the first is gone; the third waits above the second, which is still pending
+        left = await stored_entries(nc, session)
+        assert left == 3, f"{left} of 4 entries left after the purge: a pending one went"
+    finally:
+        await outbox.close()
+
+    restarted = await Outbox.open(nc.jetstream())  # the agent died: KV alone is left
+    try:
+        pending = await restarted.pending(session, "t")
+        assert [m.message_id for m, _ in pending] == [
+            messages[1].message_id,
+            messages[2].message_id,  # forgotten by the dead agent only: sent again
+            messages[3].message_id,
+        ]
+    finally:
+        await restarted.close()
+
+
 async def test_a_new_outbox_restores_what_another_agent_left(nc: NATS) -> None:
     """The agent that accepted the messages died; the next one starts from KV alone."""
     session = unique("s")

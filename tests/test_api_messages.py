@@ -8,9 +8,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
+from control_plane.idempotency import Idempotency, body_digest
+from control_plane.models import OutboundMessage
+from control_plane.resp import FastValkey
+from control_plane.settings import ControlPlaneSettings
 from tests.conftest import Stack
 from tests.helpers import assert_problem, new_tenant, pair_session, unique
 
@@ -108,7 +113,7 @@ async def test_bad_messages_are_rejected_before_reaching_the_agent(
 async def test_an_idempotency_key_replays_the_answer_and_refuses_another_body(
     pair: tuple[httpx.AsyncClient, str, str], phones: tuple[str, str]
 ) -> None:
-    api, sender, _ = pair
+    api, sender, receiver = pair
     url = f"/v1/sessions/{sender}/messages"
     body = {"type": "text", "to": "+" + phones[1], "text": "once"}
     key = {"Idempotency-Key": unique("idem")}
@@ -121,11 +126,74 @@ async def test_an_idempotency_key_replays_the_answer_and_refuses_another_body(
 
     other = await api.post(url, json={**body, "text": "twice?"}, headers=key)
     assert_problem(other, 409, "idempotency_conflict")
-    # the same key on another session is another request
+    # the same key on another session is another request: queued, not a replay
+    elsewhere = await api.post(f"/v1/sessions/{receiver}/messages", json=body, headers=key)
+    assert elsewhere.status_code == 202, elsewhere.text
+    assert "idempotent-replayed" not in elsewhere.headers
+    assert elsewhere.json()["session_id"] == receiver
+    assert elsewhere.json()["message_id"] != first.json()["message_id"]
+    # and another key on the same session is another request too
     fresh = await api.post(url, json=body, headers={"Idempotency-Key": unique("idem")})
+    assert fresh.status_code == 202 and "idempotent-replayed" not in fresh.headers
     assert fresh.json()["message_id"] != first.json()["message_id"]
     too_long = await api.post(url, json=body, headers={"Idempotency-Key": "x" * 300})
     assert_problem(too_long, 400, "invalid_idempotency_key")
+
+
+async def test_a_duplicate_while_the_first_request_is_in_flight_is_told_to_retry(
+    stack: Stack, pair: tuple[httpx.AsyncClient, str, str], phones: tuple[str, str]
+) -> None:
+    """Guarantee: a duplicate that arrives while the request with the same key is still
+    running gets 409 ``idempotency_in_progress`` with ``Retry-After: 1`` — neither a
+    second send nor an empty "answer". The first request is held in flight here the
+    way a running one holds it: by its reservation of the key in Valkey."""
+    api, sender, _ = pair
+    tenant = (await api.get(f"/v1/sessions/{sender}")).json()["tenant"]
+    body = {"type": "text", "to": "+" + phones[1], "text": "in flight"}
+    key = unique("idem")
+    valkey = FastValkey(stack.valkey_url)
+    store = Idempotency(valkey, ControlPlaneSettings())  # the stack's defaults: same prefix
+    storage_key = store.storage_key(tenant, sender, key)
+    digest = body_digest(msgspec.json.encode(msgspec.convert(body, OutboundMessage)))
+    try:
+        assert await store.reserve(storage_key, digest) is None  # the first request
+        duplicate = await api.post(
+            f"/v1/sessions/{sender}/messages", json=body, headers={"Idempotency-Key": key}
+        )
+        assert duplicate.status_code == 409, f"{duplicate.status_code}: {duplicate.text}"
+        assert_problem(duplicate, 409, "idempotency_in_progress")
+        assert duplicate.headers["retry-after"] == "1"
+
+        await store.release(storage_key)  # the first request failed: the key is free
+        retried = await api.post(
+            f"/v1/sessions/{sender}/messages", json=body, headers={"Idempotency-Key": key}
+        )
+        assert retried.status_code == 202, retried.text
+        assert retried.json()["message_id"] == Idempotency.message_id(storage_key)
+    finally:
+        await valkey.close()
+
+
+async def test_a_send_that_fails_frees_its_key_for_a_retry(
+    pair: tuple[httpx.AsyncClient, str, str],
+) -> None:
+    """Guarantee: a send the agent refuses (here: media it may not fetch) releases its
+    Idempotency-Key at once, so the client's retry is served again — not answered 409
+    ``idempotency_in_progress`` until the reservation expires."""
+    api, sender, _ = pair
+    url = f"/v1/sessions/{sender}/messages"
+    # loopback: the agent's SSRF guard refuses the fetch, after the key was reserved
+    body = {"type": "image", "to": "+15550300001", "media": {"url": "http://127.0.0.1:9/a.png"}}
+    key = {"Idempotency-Key": unique("idem")}
+    first = await api.post(url, json=body, headers=key)
+    assert_problem(first, 422, "media_unavailable")
+    for _ in range(2):
+        retry = await api.post(url, json=body, headers=key)
+        assert_problem(retry, 422, "media_unavailable")
+    # a corrected request under the same key is a request of its own
+    fixed = {**body, "media": {"base64": PNG, "mimetype": "image/png"}}
+    accepted = await api.post(url, json=fixed, headers=key)
+    assert accepted.status_code == 202 and "idempotent-replayed" not in accepted.headers
 
 
 async def test_history_is_cached_for_a_minute(

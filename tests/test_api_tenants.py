@@ -4,12 +4,15 @@ sessions; keys are shown once, stored as salted hashes, revocable and rotatable.
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from nats.aio.client import Client as NATS
 
+from control_plane import tenants
+from control_plane.tenants import hash_secret, new_key, split_key, verify_secret
 from node_agent.protocol import TENANTS_BUCKET
 from tests.conftest import Stack
 from tests.helpers import assert_problem, new_tenant, unique
@@ -39,6 +42,46 @@ async def test_a_key_is_shown_once_and_stored_only_as_a_salted_hash(
     secret = key.rsplit("_", 1)[-1]
     assert secret.encode() not in stored and key.encode() not in stored
     assert b'"salt"' in stored and b'"hash"' in stored
+
+
+def test_each_key_gets_its_own_random_salt() -> None:
+    """Guarantee: a random salt per key, so equal secrets never give equal stored hashes
+    and one precomputed table cannot serve for every key."""
+    created = [new_key("acme", None) for _ in range(20)]
+    salts = [record.salt for _, record in created]
+    assert len(set(salts)) == len(salts), "two keys share a salt"
+    assert all(len(bytes.fromhex(salt)) == 16 for salt in salts)
+    for key, record in created:
+        secret = split_key(key)
+        assert secret is not None
+        assert record.hash == hash_secret(bytes.fromhex(record.salt), secret[1])
+    # the same secret stored under two keys' salts: two unrelated hashes
+    first, second = (bytes.fromhex(record.salt) for _, record in created[:2])
+    assert hash_secret(first, "one secret") != hash_secret(second, "one secret")
+
+
+def test_a_presented_secret_is_compared_with_the_stored_hash_in_constant_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Guarantee: tenant keys are compared in constant time (hmac.compare_digest on the
+    digests, never ``==``, whose time tells an attacker how many bytes matched)."""
+    key, record = new_key("acme", None)
+    parts = split_key(key)
+    assert parts is not None
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(tenants.hmac, "compare_digest", spy)
+    assert verify_secret(record, parts[1])
+    assert not verify_secret(record, parts[1][:-1] + ("A" if parts[1][-1] != "A" else "B"))
+    assert len(compared) == 2, "the decision was not made by hmac.compare_digest"
+    stored = bytes.fromhex(record.hash)
+    for pair in compared:
+        assert stored in pair and all(len(side) == len(stored) for side in pair)
 
 
 async def test_a_tenant_sees_only_its_own_sessions(stack: Stack, admin: httpx.AsyncClient) -> None:

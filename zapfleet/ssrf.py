@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -107,12 +107,19 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
     return [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
 
 
+# How a name becomes addresses: :func:`resolve` (the system resolver) unless a caller
+# passes another — the tests do, to give a name several addresses or let it rebind,
+# which no test could arrange with the system resolver without editing /etc/hosts
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+
+
 async def check_url(
     url: str,
     policy: AddressPolicy,
     *,
     what: str = "webhook URL",
     allow_setting: str = "ZAPFLEET_WEBHOOK_ALLOWED_NETWORKS",
+    resolver: Resolver = resolve,
 ) -> list[IPAddress]:
     """Refuse (UnsafeURLError) a URL whose host is or resolves to a forbidden address,
     else return the addresses it resolved to. Every resolved address must be allowed: one
@@ -121,7 +128,7 @@ async def check_url(
     and the connect-time guard checks every delivery), media fails the fetch."""
     _, host, port = split_url(url, what)
     literal = ip_literal(host)
-    addresses = [literal] if literal is not None else await resolve(host, port)
+    addresses = [literal] if literal is not None else await resolver(host, port)
     for address in addresses:
         reason = policy.refusal(address)
         if reason is not None:
@@ -149,6 +156,7 @@ def redact_url(url: str) -> str:
 
 __all__: list[Any] = [
     "AddressPolicy",
+    "Resolver",
     "UnsafeURLError",
     "check_url",
     "ip_literal",

@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
-from zapfleet.ssrf import AddressPolicy, UnsafeURLError, ip_literal, resolve, split_url
+from zapfleet.ssrf import AddressPolicy, Resolver, UnsafeURLError, ip_literal, resolve, split_url
 
 MAX_BODY = 1024 * 1024
 DNS_TTL_S = 30.0
@@ -168,8 +168,10 @@ class WebhookClient:
         user_agent: str,
         connect_timeout_s: float = 5.0,
         idle_s: float = 15.0,
+        resolver: Resolver = resolve,
     ) -> None:
         self.policy = policy
+        self.resolver = resolver
         self.user_agent = user_agent
         self.connect_timeout_s = connect_timeout_s
         self.idle_s = idle_s
@@ -252,7 +254,7 @@ class WebhookClient:
         now = time.monotonic()
         if cached is not None and now - cached[0] < DNS_TTL_S:
             return cached[1]
-        resolved = await resolve(target.host, target.port)
+        resolved = await self.resolver(target.host, target.port)
         if not resolved:
             raise RequestError(f"cannot resolve {target.host!r}")
         allowed = [str(a) for a in resolved if self.policy.refusal(a) is None]

@@ -63,9 +63,11 @@ def verify(
     current = time.time() if now is None else now
     if abs(current - ts) > tolerance_s:
         return False
-    expected = signature(secret, ts, body)
+    expected = signature(secret, ts, body).encode()
     for part in signature_header.split(","):
         scheme, _, value = part.strip().partition("=")
-        if scheme == SCHEME and hmac.compare_digest(value, expected):
+        # bytes: compare_digest refuses str with non-ASCII characters (TypeError), and
+        # the header is whatever the sender put there
+        if scheme == SCHEME and hmac.compare_digest(value.encode(), expected):
             return True
     return False

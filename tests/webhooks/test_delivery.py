@@ -4,6 +4,7 @@ signed, whatever the receiver or the dispatcher does in between."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import time
 from collections import Counter
@@ -14,6 +15,7 @@ from prometheus_client import REGISTRY
 
 from control_plane.webhooks.config import WebhookConfig, WebhookStore
 from control_plane.webhooks.deadletters import DeadLetterStore
+from control_plane.webhooks.dispatcher import backoff_delay
 from control_plane.webhooks.signing import verify
 from node_agent.protocol import (
     SESSIONS_BUCKET,
@@ -185,6 +187,49 @@ async def test_after_max_attempts_the_event_is_a_dead_letter_and_a_redrive_deliv
         assert await letters.depth() == 0
     finally:
         await dispatcher.stop()
+
+
+def test_the_backoff_doubles_from_the_base_up_to_its_ceiling_plus_a_little_jitter() -> None:
+    for attempt, law in ((1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (9, 1.0)):
+        delays = [backoff_delay(attempt, 0.1, 1.0) for _ in range(200)]
+        assert all(law <= d <= law * 1.1 for d in delays), (attempt, min(delays), max(delays))
+        assert len(set(delays)) > 1  # jittered: retries of many events do not line up
+
+
+async def test_a_failing_receiver_is_retried_with_exponential_backoff(
+    js_client: NATS, fresh_nats: str, webhook_receiver: WebhookReceiver
+) -> None:
+    """Guarantee: retries back off exponentially — the gap before attempt n+1 is at
+    least base·2^(n-1), so a receiver in trouble is not hammered at a constant rate.
+    (Lower bounds only: a slow machine makes gaps longer, never shorter.)"""
+    await configure_tenant(js_client, "acme", urls=[webhook_receiver.url])
+    webhook_receiver.status = 500
+    base = 0.1
+    dispatcher = InProcess(
+        js_client,
+        settings_for(
+            fresh_nats,
+            webhook_max_attempts=5,
+            webhook_backoff_base_s=base,
+            webhook_backoff_max_s=60.0,
+        ),
+    )
+    await dispatcher.start()
+    try:
+        await publish_events(js_client, 1)
+        deadline = time.monotonic() + 20
+        while webhook_receiver.calls < 5:
+            assert time.monotonic() < deadline, f"{webhook_receiver.calls} attempts in 20 s"
+            await asyncio.sleep(0.05)
+    finally:
+        await dispatcher.stop()
+    times = webhook_receiver.call_times
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert len(gaps) == 4
+    floors = [base * 2**n for n in range(4)]  # 0.1, 0.2, 0.4, 0.8
+    assert all(gap >= floor for gap, floor in zip(gaps, floors, strict=True)), (
+        f"gaps between attempts {[round(g, 3) for g in gaps]} s, at least {floors} s expected"
+    )
 
 
 async def test_an_ssrf_target_goes_straight_to_the_dead_letters_without_a_request(

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 
-from control_plane.webhooks.signing import sign
+from control_plane.webhooks.signing import sign, verify
 from node_agent.protocol import Event, EventType
 from tests.webhooks.conftest import publish_events
 
@@ -45,9 +45,24 @@ def test_events_md_has_one_valid_example_per_event_type() -> None:
 def cases() -> list[tuple[str, dict[str, str], bytes, bool]]:
     now = int(time.time())
     good = sign(SECRET, BODY, now)
+    value = good["Zapfleet-Signature"].removeprefix("v1=")
+    forged = BODY.replace(b"acme", b"evil")
+
+    def signed(signature: str) -> dict[str, str]:
+        return {"Zapfleet-Timestamp": str(now), "Zapfleet-Signature": signature}
+
     return [
         ("genuine", good, BODY, True),
-        ("tampered body", good, BODY.replace(b"acme", b"evil"), False),
+        ("tampered body", good, forged, False),
+        # a prefix of the digest is not the digest: the empty one would verify anything
+        ("empty signature on a forged body", signed("v1="), forged, False),
+        ("empty signature", signed("v1="), BODY, False),
+        ("truncated signature", signed("v1=" + value[:32]), BODY, False),
+        ("one character short", signed("v1=" + value[:-1]), BODY, False),
+        ("extended signature", signed("v1=" + value + "00"), BODY, False),
+        ("another scheme", signed("v0=" + value), BODY, False),
+        # headers are text an attacker chooses: refused, not an exception (a 500)
+        ("non-ASCII signature", signed("v1=" + "é" * 64), BODY, False),
         ("wrong secret", sign("another-secret-0123456789", BODY, now), BODY, False),
         ("replayed after 10 min", sign(SECRET, BODY, now - 600), BODY, False),
         ("no signature", {"Zapfleet-Timestamp": str(now)}, BODY, False),
@@ -58,6 +73,16 @@ def cases() -> list[tuple[str, dict[str, str], bytes, bool]]:
             True,
         ),
     ]
+
+
+def test_verify_accepts_real_signatures_only() -> None:
+    """Guarantee: ``signing.verify()`` (what zapfleet's own tests and tools trust) refuses
+    forged, empty and truncated signatures — the same table the docs' snippets pass."""
+    for name, headers, body, expected in cases():
+        ok = verify(
+            SECRET, body, headers["Zapfleet-Timestamp"], headers.get("Zapfleet-Signature", "")
+        )
+        assert ok is expected, name
 
 
 def test_the_python_verification_snippet_accepts_real_signatures_only() -> None:

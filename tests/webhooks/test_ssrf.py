@@ -1,14 +1,20 @@
 """The SSRF guard as a table: which addresses a webhook may reach, and URLs that are
-refused before any connection (no traffic leaves this machine in these tests)."""
+refused before any connection; then names — with several addresses, or rebinding between
+configuration and delivery — against real HTTP receivers on loopback (no traffic leaves
+this machine in these tests: names get their addresses from the system resolver
+(``localhost``) or from a resolver the test passes in)."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
+from collections.abc import Iterator
 
 import pytest
 
 from control_plane.webhooks.http import WebhookClient, parse_target
-from zapfleet.ssrf import AddressPolicy, UnsafeURLError, check_url
+from tests.conftest import WebhookReceiver
+from zapfleet.ssrf import AddressPolicy, IPAddress, Resolver, UnsafeURLError, check_url
 
 STRICT = AddressPolicy.from_settings(False, [])
 TESTS = AddressPolicy.from_settings(False, ["127.0.0.1/32"])
@@ -91,3 +97,97 @@ async def test_the_client_refuses_a_forbidden_literal_before_connecting() -> Non
         await client.post("http://127.0.0.9:9/x", b"{}", {})
     with pytest.raises(UnsafeURLError, match="link-local"):
         await client.post("http://169.254.169.254/latest", b"{}", {})
+
+
+def answering(answers: list[str]) -> Resolver:
+    """A resolver that gives every name the addresses in ``answers`` (as they are at the
+    time of the lookup: a test may change them, as a rebinding DNS server would)."""
+
+    async def resolver(host: str, port: int) -> list[IPAddress]:
+        return [ipaddress.ip_address(a) for a in answers]
+
+    return resolver
+
+
+@pytest.mark.parametrize(
+    ("answers", "refused"),
+    [
+        (["93.184.216.34", "10.0.0.1"], "10.0.0.1"),
+        (["10.0.0.1", "93.184.216.34"], "10.0.0.1"),
+        (["2606:4700::6810:85e5", "93.184.216.34", "169.254.169.254"], "169.254.169.254"),
+        (["93.184.216.34", "::ffff:127.0.0.1"], "::ffff:7f00:1"),
+    ],
+)
+async def test_a_name_is_refused_when_any_of_its_addresses_is_not_public(
+    answers: list[str], refused: str
+) -> None:
+    """Guarantee: every resolved address must be public — one bad record among good
+    ones is enough to refuse, wherever it sits in the answer."""
+    with pytest.raises(UnsafeURLError, match=re.escape(f"hooks.example.com ({refused})")):
+        await check_url("https://hooks.example.com/in", STRICT, resolver=answering(answers))
+
+
+async def test_a_name_whose_every_address_is_public_is_accepted() -> None:
+    answers = ["93.184.216.34", "2606:4700::6810:85e5"]
+    addresses = await check_url("https://hooks.example.com/in", STRICT, resolver=answering(answers))
+    assert [str(a) for a in addresses] == answers
+
+
+@pytest.fixture
+def forbidden_receiver(webhook_receiver: WebhookReceiver) -> Iterator[WebhookReceiver]:
+    """A second receiver on 127.0.0.2, same port: loopback outside the allowed /32."""
+    receiver = WebhookReceiver(port=webhook_receiver.port, host="127.0.0.2")
+    yield receiver
+    receiver.close()
+
+
+async def test_the_client_refuses_at_connect_time_a_name_that_resolves_to_loopback(
+    webhook_receiver: WebhookReceiver,
+) -> None:
+    """Guarantee: the connect-time filter — ``localhost`` is a name, so nothing refuses
+    it before the connection; only the check of the addresses it resolves to does."""
+    url = f"http://localhost:{webhook_receiver.port}/hook"
+    reachable = WebhookClient(TESTS, user_agent="t")  # 127.0.0.1 allowed: the name works
+    strict = WebhookClient(STRICT, user_agent="t")
+    try:
+        assert await reachable.post(url, b"{}", {}) == 200
+        with pytest.raises(UnsafeURLError, match="localhost resolves to a loopback address"):
+            await strict.post(url, b"{}", {})
+    finally:
+        await reachable.close()
+        await strict.close()
+    assert webhook_receiver.calls == 1  # only the allowed client's
+
+
+async def test_a_name_rebound_to_loopback_after_configuration_is_refused_at_delivery(
+    webhook_receiver: WebhookReceiver,
+) -> None:
+    """DNS rebinding: the name was public when the webhook was configured, and resolves
+    to a loopback address when the delivery connects."""
+    answers = ["93.184.216.34"]
+    url = f"http://hooks.example.com:{webhook_receiver.port}/hook"
+    await check_url(url, STRICT, resolver=answering(answers))  # configuration: accepted
+    answers[0] = "127.0.0.1"
+    client = WebhookClient(STRICT, user_agent="t", resolver=answering(answers))
+    try:
+        with pytest.raises(UnsafeURLError, match=re.escape("loopback address (127.0.0.1)")):
+            await client.post(url, b"{}", {})
+    finally:
+        await client.close()
+    assert webhook_receiver.calls == 0
+
+
+async def test_the_client_dials_only_the_allowed_addresses_of_a_name(
+    webhook_receiver: WebhookReceiver, forbidden_receiver: WebhookReceiver
+) -> None:
+    """A name with an allowed and a refused address: the delivery goes to the allowed
+    one, whatever the order of the answer, and the refused one never sees a request."""
+    url = f"http://hooks.example.com:{webhook_receiver.port}/hook"
+    for answers in (["127.0.0.2", "127.0.0.1"], ["127.0.0.1", "127.0.0.2"]):
+        client = WebhookClient(TESTS, user_agent="t", resolver=answering(answers))
+        try:
+            assert await client.post(url, b"{}", {}) == 200
+        finally:
+            await client.close()
+    assert forbidden_receiver.calls == 0
+    assert webhook_receiver.calls == 2

@@ -483,6 +483,25 @@ def test_render_control_plane_and_webhook_units(rendered: Rendered) -> None:
     }
 
 
+def test_render_schedules_backups_with_retention_on_the_first_control_plane(
+    rendered: Rendered,
+) -> None:
+    """node1 is the first control-plane host: it runs `zapfleet backup` into the backup
+    directory on a timer and keeps the newest N (docs/provisioning.md)."""
+    systemd = rendered.root / "etc" / "systemd" / "system"
+    service = unit(systemd / "zapfleet-backup.service")["Service"]
+    assert service["Type"] == ["oneshot"]
+    assert service["ExecStart"] == [
+        "/opt/zapfleet/venv/bin/zapfleet backup /var/backups/zapfleet --keep 48"
+    ]
+    assert service["EnvironmentFile"] == ["/etc/zapfleet/control-plane.env"]
+    assert service["ReadWritePaths"] == ["/var/backups/zapfleet"]
+    timer = unit(systemd / "zapfleet-backup.timer")
+    assert timer["Timer"]["OnCalendar"] == ["hourly"]
+    assert timer["Timer"]["Persistent"] == ["true"]
+    assert (rendered.root / "var" / "backups" / "zapfleet").is_dir()
+
+
 def test_the_admin_key_never_shows_in_ansible_output(rendered: Rendered) -> None:
     assert ADMIN_KEY not in rendered.first.stdout + rendered.first.stderr
 
@@ -740,11 +759,12 @@ def test_ansible_lint_production_profile_offline_is_clean(work: Work) -> None:
 def test_systemd_analyze_verify_accepts_the_units(rendered: Rendered, tmp_path: Path) -> None:
     # The binaries exist only on provisioned hosts: point the commands at one that exists here
     # so that verify checks the units themselves. The template is verified as instance 0.
-    for path in (rendered.root / "etc" / "systemd" / "system").glob("*.service"):
+    systemd = rendered.root / "etc" / "systemd" / "system"
+    for path in [*systemd.glob("*.service"), *systemd.glob("*.timer")]:
         text = re.sub(r"^(Exec\w+)=\S+", r"\1=/bin/true", path.read_text(), flags=re.M)
         (tmp_path / path.name.replace("@.", "@0.")).write_text(text)
     units = sorted(str(path) for path in tmp_path.iterdir())
-    assert len(units) == 5
+    assert len(units) == 7  # 6 services (the agent template as instance 0) + the backup timer
     result = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", *units],
         capture_output=True,

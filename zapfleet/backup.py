@@ -161,6 +161,35 @@ async def backup(nc: NATS, path: Path, *, events: bool = False) -> Summary:
     return summary
 
 
+def _replayable(headers: dict[str, str]) -> dict[str, str] | None:
+    """A stored message's headers without the publish preconditions it was written with
+    (``Nats-Expected-*``: a CAS against the old stream's sequences, which mean nothing in
+    the new one)."""
+    kept = {k: v for k, v in headers.items() if not k.startswith("Nats-Expected-")}
+    return kept or None
+
+
+def archive_path(target: Path, now: float | None = None) -> Path:
+    """``target`` itself, or a new ``zapfleet-<UTC time>.tar.gz`` in it if it is a
+    directory (what the scheduled backups write)."""
+    if not target.is_dir():
+        return target
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now or time.time()))
+    return target / f"zapfleet-{stamp}.tar.gz"
+
+
+def prune(directory: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` scheduled backups in ``directory`` (by name,
+    which sorts by time). Returns what was deleted."""
+    if keep < 1:
+        raise BackupError("keep at least one backup")
+    archives = sorted(directory.glob("zapfleet-*.tar.gz"))
+    gone = archives[:-keep]
+    for path in gone:
+        path.unlink()
+    return gone
+
+
 def _config(saved: dict[str, Any], replicas: int | None) -> StreamConfig:
     config: StreamConfig = StreamConfig.from_response(dict(saved))
     config.sealed = False
@@ -207,7 +236,7 @@ async def restore(nc: NATS, path: Path, *, replicas: int | None = None) -> Summa
                     message["subject"],
                     base64.b64decode(message["data"]),
                     stream=stream,
-                    headers=message["headers"] or None,
+                    headers=_replayable(message["headers"]),
                 )
                 count += 1
             if count != saved["messages"]:

@@ -414,6 +414,7 @@ async def _backup_or_restore(args: argparse.Namespace) -> str:
     try:
         path = Path(args.path)
         if args.command == "backup":
+            path = args.archive
             summary = await backup(nc, path, events=args.events)
             verb = "backed up"
         else:
@@ -427,16 +428,45 @@ async def _backup_or_restore(args: argparse.Namespace) -> str:
 
 
 def cmd_backup_or_restore(args: argparse.Namespace) -> None:
-    from zapfleet.backup import BackupError
+    from zapfleet.backup import BackupError, archive_path, prune
 
     try:
+        if args.command == "backup":
+            if args.keep is not None and not Path(args.path).is_dir():
+                raise BackupError("--keep applies to a directory of scheduled backups")
+            args.archive = archive_path(Path(args.path))
         print(asyncio.run(_backup_or_restore(args)))
+        if args.command == "backup" and args.keep is not None:
+            for old in prune(Path(args.path), args.keep):
+                print(f"  pruned {old.name}")
     except BackupError as exc:
         print(f"zapfleet {args.command}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 
 
 # -- parser ------------------------------------------------------------------------------
+
+
+def _add_backup_commands(sub: Any, nats_default: str) -> None:
+    saved = sub.add_parser(
+        "backup", help="write the fleet's durable state (JetStream) to one archive"
+    )
+    saved.add_argument(
+        "path", help="the archive to write (.tar.gz), or a directory: a timestamped one in it"
+    )
+    saved.add_argument(
+        "--keep", type=int, default=None, help="with a directory: keep only the newest N"
+    )
+    saved.add_argument("--events", action="store_true", help="include the ZF_EVENTS stream")
+    saved.add_argument("--nats-url", default=nats_default, help="comma-separated NATS URLs")
+    saved.set_defaults(func=cmd_backup_or_restore)
+    loaded = sub.add_parser("restore", help="load a backup into an empty NATS")
+    loaded.add_argument("path", help="an archive written by zapfleet backup")
+    loaded.add_argument(
+        "--replicas", type=int, default=None, help="replicas of every stream (default: as saved)"
+    )
+    loaded.add_argument("--nats-url", default=nats_default, help="comma-separated NATS URLs")
+    loaded.set_defaults(func=cmd_backup_or_restore)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -492,20 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("--nats-url", default=nats_default)
     fault.set_defaults(func=cmd_sim_fault)
 
-    saved = sub.add_parser(
-        "backup", help="write the fleet's durable state (JetStream) to one archive"
-    )
-    saved.add_argument("path", help="the archive to write (.tar.gz)")
-    saved.add_argument("--events", action="store_true", help="include the ZF_EVENTS stream")
-    saved.add_argument("--nats-url", default=nats_default, help="comma-separated NATS URLs")
-    saved.set_defaults(func=cmd_backup_or_restore)
-    loaded = sub.add_parser("restore", help="load a backup into an empty NATS")
-    loaded.add_argument("path", help="an archive written by zapfleet backup")
-    loaded.add_argument(
-        "--replicas", type=int, default=None, help="replicas of every stream (default: as saved)"
-    )
-    loaded.add_argument("--nats-url", default=nats_default, help="comma-separated NATS URLs")
-    loaded.set_defaults(func=cmd_backup_or_restore)
+    _add_backup_commands(sub, nats_default)
 
     from zapfleet.apiclient import add_node_commands, add_session_commands
 

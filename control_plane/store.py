@@ -50,8 +50,20 @@ class SessionStore:
         try:
             entry = await self.names.get(name_key(tenant, name))
         except (KeyNotFoundError, InvalidKeyError):
-            return None
-        return entry.value.decode() if entry.value else None
+            entry = None
+        if entry is not None and entry.value:
+            return entry.value.decode()
+        return name if await self._legacy(tenant, name) else None
+
+    async def _legacy(self, tenant: str, name: str) -> bool:
+        """Whether a record older than uids (key = its name) is the tenant's ``name``:
+        written before the upgrade and not migrated yet, or by a control plane that is
+        not upgraded yet."""
+        found = await self.get(name)
+        if found is None:
+            return False
+        spec = found[0].spec
+        return spec.uid is None and (spec.tenant, spec.session_id) == (tenant, name)
 
     async def claim_name(self, record: SessionRecord) -> None:
         """Take the record's name for its tenant; SessionExists if a session has it. A
@@ -60,6 +72,10 @@ class SessionStore:
             return
         spec = record.spec
         name = name_key(spec.tenant, spec.session_id)
+        if await self._legacy(spec.tenant, spec.session_id):
+            with contextlib.suppress(KeyWrongLastSequenceError):  # migrate it now
+                await self.names.create(name, spec.session_id.encode())
+            raise SessionExists(spec.session_id)
         for _ in range(10):
             try:
                 await self.names.create(name, spec.key.encode())

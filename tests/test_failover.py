@@ -48,6 +48,7 @@ from node_agent.protocol import (
     encode,
 )
 from tests.conftest import ADMIN_KEY, ARTIFACTS, agent_env, spawn, stop_process
+from zapfleet.cli import session_key
 from zapfleet.devservers import ChildProcess, free_port, start_nats, wait_for_port
 
 HEARTBEAT_S = 0.5
@@ -201,18 +202,24 @@ async def sim_violations(nc: NATS) -> int:
 async def create_connected(
     api: httpx.AsyncClient, nc: NATS, prefix: str, count: int, first_phone: int
 ) -> list[str]:
-    """``count`` sessions already linked to sim phones: each connects as soon as it starts."""
+    """``count`` sessions already linked to sim phones: each connects as soon as it starts.
+    The sim account is keyed by the session's internal id, minted at create: created
+    stopped, linked, then started."""
     ids = [f"{prefix}{i:03d}" for i in range(count)]
-    for i, session_id in enumerate(ids):
-        await seed_account(nc, session_id, phone(first_phone + i))
     limit = asyncio.Semaphore(16)
 
-    async def create(session_id: str) -> None:
+    async def create(i: int, session_id: str) -> None:
         async with limit:
-            response = await api.post("/v1/sessions", json={"session_id": session_id})
-        assert response.status_code == 201, response.text
+            response = await api.post(
+                "/v1/sessions", json={"session_id": session_id, "start": False}
+            )
+            assert response.status_code == 201, response.text
+            key = await session_key(nc, "default", session_id)
+            await seed_account(nc, key, phone(first_phone + i))
+            response = await api.post(f"/v1/sessions/{session_id}/start")
+            assert response.status_code == 200, response.text
 
-    await asyncio.gather(*(create(s) for s in ids))
+    await asyncio.gather(*(create(i, s) for i, s in enumerate(ids)))
     await wait_all(api, ids, lambda b: b["state"] == "CONNECTED", timeout_s=30)
     return ids
 

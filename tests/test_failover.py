@@ -752,3 +752,59 @@ async def test_a_sqlite_device_store_travels_through_the_object_store(
     await node_a.forget("device-1")
     assert not await node_a.restore("device-1")
     live.close()
+
+
+async def test_a_moved_session_keeps_its_device_by_internal_id_and_a_reused_name_does_not(
+    cluster: Cluster, api: httpx.AsyncClient, cnc: NATS
+) -> None:
+    """Device state follows the session's internal id from node to node (drain, then
+    failover of a killed node); after the delete, the same name in another tenant
+    starts unpaired and nothing of the old session is left (issue 13)."""
+    cluster.ensure_agents()
+    [name] = await create_connected(api, cnc, "identity", 1, first_phone=960)
+    key = await session_key(cnc, "default", name)
+    first = (await views(api, [name]))[name]
+
+    drained = await api.post(f"/v1/nodes/{first['node_id']}/drain")
+    assert drained.status_code == 200 and drained.json()["moved"] == 1, drained.text
+    second = (
+        await wait_all(
+            api,
+            [name],
+            lambda b: b["state"] == "CONNECTED" and b["node_id"] != first["node_id"],
+            timeout_s=15,
+        )
+    )[name]
+    assert second["phone"] == first["phone"]
+    assert (await api.post(f"/v1/nodes/{first['node_id']}/uncordon")).status_code == 200
+
+    cluster.agents[second["node_id"]].kill()  # kill -9: failover after its lease
+    third = (
+        await wait_all(
+            api,
+            [name],
+            lambda b: b["state"] == "CONNECTED" and b["node_id"] != second["node_id"],
+            timeout_s=FAILOVER_BOUND_S + 10,
+        )
+    )[name]
+    assert third["phone"] == first["phone"]
+
+    assert (await api.delete(f"/v1/sessions/{name}")).status_code == 204
+    sim = await (await cnc.jetstream().key_value(SIM_BUCKET)).keys()
+    assert f"acct.{key}" not in sim and f"num.{first['phone']}" not in sim
+    tenant = f"other-{os.getpid()}"
+    assert (await api.post("/v1/tenants", json={"tenant_id": tenant})).status_code in (201, 409)
+    other = {"X-Tenant-Id": tenant}
+    created = await api.post("/v1/sessions", json={"session_id": name}, headers=other)
+    assert created.status_code == 201, created.text
+    deadline = time.monotonic() + 15
+    state, body = None, {}
+    while time.monotonic() < deadline:  # with the old link it would become CONNECTED
+        body = (await api.get(f"/v1/sessions/{name}", headers=other)).json()
+        state = body.get("state")
+        if state in ("PAIRING", "CONNECTED"):
+            break
+        await asyncio.sleep(0.05)
+    assert (state, body["phone"]) == ("PAIRING", None)
+    assert (await api.delete(f"/v1/sessions/{name}", headers=other)).status_code == 204
+    cluster.ensure_agents()

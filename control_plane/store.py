@@ -18,7 +18,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from node_agent.protocol import NodeInfo, SessionRecord, name_key
+from node_agent.protocol import NodeInfo, SessionRecord, name_key, name_target, name_value
 
 _encode = msgspec.json.encode
 _record_decoder = msgspec.json.Decoder(SessionRecord)
@@ -27,6 +27,9 @@ _node_decoder = msgspec.json.Decoder(NodeInfo)
 
 class ConflictError(Exception):
     """A compare-and-set lost the race too many times."""
+
+
+CLAIM_GRACE_S = 60.0  # a create writes its record right after it claims the name
 
 
 class SessionExists(Exception):
@@ -52,7 +55,7 @@ class SessionStore:
         except (KeyNotFoundError, InvalidKeyError):
             entry = None
         if entry is not None and entry.value:
-            return entry.value.decode()
+            return name_target(entry.value)[0]
         return name if await self._legacy(tenant, name) else None
 
     async def _legacy(self, tenant: str, name: str) -> bool:
@@ -74,11 +77,11 @@ class SessionStore:
         name = name_key(spec.tenant, spec.session_id)
         if await self._legacy(spec.tenant, spec.session_id):
             with contextlib.suppress(KeyWrongLastSequenceError):  # migrate it now
-                await self.names.create(name, spec.session_id.encode())
+                await self.names.create(name, name_value(spec.session_id, 0.0))
             raise SessionExists(spec.session_id)
         for _ in range(10):
             try:
-                await self.names.create(name, spec.key.encode())
+                await self.names.create(name, name_value(spec.key, time.time()))
                 return
             except KeyWrongLastSequenceError:
                 pass
@@ -86,11 +89,17 @@ class SessionStore:
                 entry = await self.names.get(name)
             except KeyNotFoundError:
                 continue
-            holder = (entry.value or b"").decode()
-            if holder and await self._owns(holder, spec.tenant, spec.session_id):
+            holder, claimed_at = name_target(entry.value)
+            # a holder without its record is a create that has yet to write it (the name
+            # is claimed first), or a create or delete that died half-way: taken over
+            # only once no create can still be under way
+            fresh = time.time() - claimed_at < CLAIM_GRACE_S
+            if holder and (fresh or await self._owns(holder, spec.tenant, spec.session_id)):
                 raise SessionExists(spec.session_id)
             try:
-                await self.names.update(name, spec.key.encode(), last=entry.revision)
+                await self.names.update(
+                    name, name_value(spec.key, time.time()), last=entry.revision
+                )
                 return
             except KeyWrongLastSequenceError:
                 continue
@@ -112,7 +121,7 @@ class SessionStore:
             entry = await self.names.get(name)
         except KeyNotFoundError:
             return
-        if (entry.value or b"").decode() != record.spec.key:
+        if name_target(entry.value)[0] != record.spec.key:
             return
         with contextlib.suppress(APIError):  # changed meanwhile: someone else's now
             await self.names.delete(name, last=entry.revision)
@@ -129,7 +138,7 @@ class SessionStore:
             with contextlib.suppress(KeyWrongLastSequenceError):
                 await self.names.create(
                     name_key(record.spec.tenant, record.spec.session_id),
-                    record.spec.key.encode(),
+                    name_value(record.spec.key, 0.0),
                 )
                 added += 1
         return added

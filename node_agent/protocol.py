@@ -66,6 +66,20 @@ def name_key(tenant: str, session_id: str) -> str:
     return f"{tenant}.{session_id}"
 
 
+def name_value(key: str, claimed_at: float) -> bytes:
+    """Value of a ``zf_session_names`` entry: the internal key and when it was claimed."""
+    return f"{key} {claimed_at:.3f}".encode()
+
+
+def name_target(value: bytes | None) -> tuple[str, float]:
+    """(internal key, claimed at) of a ``zf_session_names`` value ("" when empty)."""
+    key, _, at = (value or b"").decode().partition(" ")
+    try:
+        return key, float(at or 0)
+    except ValueError:
+        return key, 0.0
+
+
 def api_subject(tenant: str, op: str) -> str:
     """Commands for NATS-native clients: ``zf.api.<tenant>.<op>`` (request-reply)."""
     return f"zf.api.{tenant}.{op}"

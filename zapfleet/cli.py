@@ -120,13 +120,13 @@ async def session_key(nc: Any, tenant: str, session_id: str) -> str:
     """The internal key of the tenant's session ``session_id`` (what agents and the sim
     network know it by), from KV ``zf_session_names``; the name itself for a session
     older than internal ids."""
-    from node_agent.protocol import SESSION_NAMES_BUCKET, name_key
+    from node_agent.protocol import SESSION_NAMES_BUCKET, name_key, name_target
 
     with contextlib.suppress(Exception):
         names = await nc.jetstream().key_value(SESSION_NAMES_BUCKET)
         entry = await names.get(name_key(tenant, session_id))
         if entry.value:
-            return str(entry.value.decode())
+            return name_target(entry.value)[0]
     return session_id
 
 

@@ -39,6 +39,7 @@ from node_agent.protocol import (
     EventType,
     SessionRecord,
     name_key,
+    name_target,
 )
 
 log = logging.getLogger(__name__)
@@ -299,7 +300,7 @@ class WebhookRegistry:
         assert self._sessions_kv is not None and self._names_kv is not None
         with contextlib.suppress(KeyNotFoundError, InvalidKeyError):
             named = await self._names_kv.get(name_key(tenant, name))
-            entry = await self._sessions_kv.get((named.value or b"").decode())
+            entry = await self._sessions_kv.get(name_target(named.value)[0])
             if entry.value:
                 record = _record_decoder.decode(entry.value)
                 if (record.spec.tenant, record.spec.session_id) == (tenant, name):

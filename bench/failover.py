@@ -35,6 +35,7 @@ from bench._report import figure, write_json
 from node_agent.engines.sim import SIM_BUCKET, seed_account
 from node_agent.engines.sim_presence import violations
 from node_agent.protocol import Empty, Err, Ok, Op, SessionList, agent_subject, encode
+from zapfleet.cli import session_key
 from zapfleet.devservers import free_port, start_nats, start_valkey, wait_for_port
 
 SESSIONS = 150
@@ -72,18 +73,35 @@ async def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-async def place_all(api: httpx.AsyncClient, ids: list[str]) -> float:
-    """Create (place + start) every session through the API; placements per second."""
+async def create_linked(api: httpx.AsyncClient, nc: NATS, ids: list[str]) -> None:
+    """Create every session stopped and link it to a sim phone (the account is keyed by
+    the internal id the create mints, so it is linked after the create)."""
     limit = asyncio.Semaphore(32)
 
-    async def create(session_id: str) -> None:
+    async def create(i: int, session_id: str) -> None:
         async with limit:
-            response = await api.post("/v1/sessions", json={"session_id": session_id})
-        if response.status_code != 201:
+            body = {"session_id": session_id, "start": False}
+            response = await api.post("/v1/sessions", json=body)
+            if response.status_code != 201:
+                raise RuntimeError(response.text)
+            key = await session_key(nc, "default", session_id)
+            await seed_account(nc, key, f"1556{i:07d}")
+
+    await asyncio.gather(*(create(i, s) for i, s in enumerate(ids)))
+
+
+async def place_all(api: httpx.AsyncClient, ids: list[str]) -> float:
+    """Start (place + start) every session through the API; placements per second."""
+    limit = asyncio.Semaphore(32)
+
+    async def start(session_id: str) -> None:
+        async with limit:
+            response = await api.post(f"/v1/sessions/{session_id}/start")
+        if response.status_code != 200:
             raise RuntimeError(response.text)
 
     started = time.perf_counter()
-    await asyncio.gather(*(create(s) for s in ids))
+    await asyncio.gather(*(start(s) for s in ids))
     return len(ids) / (time.perf_counter() - started)
 
 
@@ -183,8 +201,7 @@ async def run(root: Path) -> dict[str, Any]:
 
         await wait_for(lambda: up("victim"), 60, "the first agent")
         ids = [f"bench{i:03d}" for i in range(SESSIONS)]
-        for i, session_id in enumerate(ids):
-            await seed_account(nc, session_id, f"1556{i:07d}")
+        await create_linked(api, nc, ids)
         sim_kv = await nc.jetstream().key_value(SIM_BUCKET)
         violations_before = await violations(sim_kv)
         placements_per_s = await place_all(api, ids)

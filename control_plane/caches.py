@@ -7,6 +7,9 @@
 | numbers | ``c:num:<tenant>:<number>`` | 4 h valid, 2 h invalid | TTL only (rarely changes) |
 | history | ``c:hist:<session>`` (hash by limit) | 60 s | session operations, TTL |
 
+``<session>`` is :func:`cache_id`: ``<tenant>.<session_id>`` (names are per tenant; a
+delete invalidates them before the name can be reused).
+
 Every key is prefixed and has a TTL. A status value is written only if no status event
 arrived since the read that produced it: each session has a generation counter that
 events bump, and the write is a compare-and-set on it (a Lua script), so a slow agent
@@ -37,7 +40,7 @@ from prometheus_client import Counter
 from control_plane.resp import HotClient, ValkeyPyAdapter
 from control_plane.settings import ControlPlaneSettings
 from control_plane.valkey_guard import ValkeyGuard
-from node_agent.protocol import EVENTS_STREAM
+from node_agent.protocol import EVENTS_STREAM, SessionRecord, name_key
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,12 @@ if gen == ARGV[1] then
 end
 return 0
 """
+
+
+def cache_id(record: SessionRecord) -> str:
+    """What the caches of a session are keyed by: its tenant and name, which its events
+    carry too (the invalidator needs no lookup)."""
+    return name_key(record.spec.tenant, record.spec.session_id)
 
 
 def _count(cache: str, hit: bool) -> None:
@@ -236,6 +245,7 @@ class ApiCache:
 
 class _EventHead(msgspec.Struct):
     type: str
+    tenant: str
     session_id: str
 
 
@@ -301,7 +311,7 @@ class CacheInvalidator:
         head = _head_decoder.decode(data)
         if head.type == "session.qr":
             CACHE_INVALIDATIONS.labels("qr").inc()
-            await self.cache.invalidate_qr(head.session_id)
+            await self.cache.invalidate_qr(name_key(head.tenant, head.session_id))
         else:
             CACHE_INVALIDATIONS.labels("status").inc()
-            await self.cache.invalidate_session(head.session_id)
+            await self.cache.invalidate_session(name_key(head.tenant, head.session_id))

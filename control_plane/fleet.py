@@ -120,7 +120,8 @@ class NoCapacity(Exception):
 
 
 class MoveResult(msgspec.Struct, kw_only=True):
-    session_id: str
+    session_id: str  # the tenant's name for it
+    tenant: str = ""
     result: Literal["moved", "skipped", "failed"]
     to_node: str | None = None
     epoch: int | None = None
@@ -424,7 +425,7 @@ class Fleet:
         """Slots for many sessions at once (one CAS per target node); session id -> node.
         Sessions left out found no capacity."""
         excluded = set(exclude)
-        pending = {r.spec.session_id: r for r in records}
+        pending = {r.spec.key: r for r in records}
         placed: dict[str, str] = {}
         for _ in range(20):
             if not pending:
@@ -607,12 +608,11 @@ class Fleet:
 
     async def emit_moved(self, record: SessionRecord, from_node: str, reason: str) -> None:
         assert record.assignment is not None
-        session_id = record.spec.session_id
         await self.emit(
             EventType.SESSION_MOVED,
             record.spec.tenant,
-            session_id,
-            f"moved.{session_id}.{record.assignment.epoch}",
+            record.spec.session_id,
+            f"moved.{record.spec.key}.{record.assignment.epoch}",
             from_node=from_node,
             to_node=record.assignment.node_id,
             node_id=record.assignment.node_id,
@@ -699,15 +699,21 @@ class Fleet:
         semaphore = asyncio.Semaphore(self.settings.move_concurrency)
 
         async def one(record: SessionRecord, assignment: Assignment) -> MoveResult:
-            session_id = record.spec.session_id
-            target = targets.get(session_id)
+            target = targets.get(record.spec.key)
             if target is None:
-                return MoveResult(session_id=session_id, result="failed", detail="no capacity")
+                return MoveResult(
+                    session_id=record.spec.session_id,
+                    tenant=record.spec.tenant,
+                    result="failed",
+                    detail="no capacity",
+                )
             async with semaphore:
                 return await self._move_one(record, assignment, target, graceful, reason)
 
         results = await asyncio.gather(*(one(r, a) for r, a in items))
-        moved = [r.session_id for r in results if r.result == "moved"]
+        moved = [
+            r.spec.key for (r, _), res in zip(items, results, strict=True) if res.result == "moved"
+        ]
         if moved:
             await self.release(node_id, moved)
         return list(results)
@@ -720,21 +726,26 @@ class Fleet:
         graceful: bool,
         reason: str,
     ) -> MoveResult:
-        session_id = record.spec.session_id
+        session_id = record.spec.key
+        name, tenant = record.spec.session_id, record.spec.tenant
         source = assignment.node_id
         if graceful:
             try:
                 await self.stop_on(source, session_id, assignment.epoch)
             except (AgentCallError, AgentUnavailable) as exc:
                 await self.abandon(target, session_id)
-                return MoveResult(session_id=session_id, result="failed", detail=str(exc))
+                return MoveResult(session_id=name, tenant=tenant, result="failed", detail=str(exc))
         elif self.alive(source):
             await self.abandon(target, session_id)
-            return MoveResult(session_id=session_id, result="failed", detail="node is back")
+            return MoveResult(
+                session_id=name, tenant=tenant, result="failed", detail="node is back"
+            )
         placed = await self.assign(session_id, target, assignment)
         if placed is None or placed.assignment is None:
             await self.abandon(target, session_id)
-            return MoveResult(session_id=session_id, result="skipped", detail="changed meanwhile")
+            return MoveResult(
+                session_id=name, tenant=tenant, result="skipped", detail="changed meanwhile"
+            )
         await self.emit_moved(placed, source, reason)
         try:
             await self.start_on(placed)
@@ -743,7 +754,8 @@ class Fleet:
                 "moved session did not start", extra={"session_id": session_id, "error": str(exc)}
             )
         return MoveResult(
-            session_id=session_id,
+            session_id=name,
+            tenant=tenant,
             result="moved",
             to_node=target,
             epoch=placed.assignment.epoch,
@@ -794,11 +806,7 @@ class Fleet:
                 counts[target] += 1
             for source, moves in plan.items():
                 wanted = dict(moves)
-                items = [
-                    (r, a)
-                    for r, a in await self._sessions_on(source)
-                    if r.spec.session_id in wanted
-                ]
+                items = [(r, a) for r, a in await self._sessions_on(source) if r.spec.key in wanted]
                 targets: dict[str, str] = {}
                 by_target: dict[str, list[str]] = {}
                 for session_id, target in wanted.items():

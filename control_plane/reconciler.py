@@ -287,7 +287,7 @@ class Reconciler:
         settled: set[str] = set()
         restartable: set[str] = set()
         for record in await fleet.sessions.list():
-            session_id = record.spec.session_id
+            session_id = record.spec.key
             if now - record.updated_at > AUDIT_GRACE_S:
                 settled.add(session_id)
             if now - record.updated_at > RESTART_GRACE_S:
@@ -306,7 +306,7 @@ class Reconciler:
                 continue
             # read again: the snapshot may be older than a move that happened meanwhile
             fresh = await asyncio.gather(*(fleet.record(s) for s in missing | stale))
-            here = {r.spec.session_id for r in fresh if r is not None and placed_on(r) == node_id}
+            here = {r.spec.key for r in fresh if r is not None and placed_on(r) == node_id}
             add, drop = missing & here, stale - here
 
             def change(record: NodePlacement, add: set[str] = add, drop: set[str] = drop) -> bool:
@@ -335,7 +335,7 @@ class Reconciler:
             listing = await fleet.agents.call(node_id, Op.SESSIONS_LIST, Empty(), SessionList)
         except (AgentCallError, AgentUnavailable):
             return
-        known = {s.session_id for s in listing.sessions}
+        known = {s.ref for s in listing.sessions}
         for session_id in sorted(ids - known):
             record = await fleet.record(session_id)
             if record is None or placed_on(record) != node_id:

@@ -28,6 +28,7 @@ from control_plane.valkey_guard import ValkeyGuard
 from control_plane.webhooks.config import WebhookStore
 from node_agent.protocol import (
     NODES_BUCKET,
+    SESSION_NAMES_BUCKET,
     SESSIONS_BUCKET,
     TENANTS_BUCKET,
     WEBHOOKS_BUCKET,
@@ -78,7 +79,10 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
     api_cache = ApiCache(cache, settings, hot, guard)
     # invalidations missed during an outage: forget what may be stale once it is over
     guard.on_recovery(api_cache.drop_volatile)
-    sessions = SessionStore(await js.key_value(SESSIONS_BUCKET))
+    sessions = SessionStore(
+        await js.key_value(SESSIONS_BUCKET), await js.key_value(SESSION_NAMES_BUCKET)
+    )
+    await sessions.migrate_names()  # records older than uids get their name entry
     agents = AgentClient(nc, settings.rpc_timeout_s)
     fleet = Fleet(settings=settings, nc=nc, js=js, sessions=sessions, agents=agents)
     await fleet.start()

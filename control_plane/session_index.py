@@ -7,6 +7,10 @@ write — writes still go through :class:`control_plane.store.SessionStore` with
 CAS. Entries carry their KV revision, so an older value never replaces a newer one, and a
 deletion leaves a tombstone so a slow read cannot bring a deleted session back.
 A session not in the index (created on another replica a moment ago) is read from KV.
+
+Records are keyed by their internal key (``SessionSpec.key``); callers name sessions per
+tenant, so :meth:`SessionIndex.lookup` resolves ``(tenant, name)`` — from memory, or
+through KV ``zf_session_names`` — and never finds another tenant's session.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class SessionIndex:
         self.store = store
         self._records: dict[str, tuple[SessionRecord, int]] = {}
         self._tombstones: dict[str, int] = {}
+        self._names: dict[tuple[str, str], str] = {}  # (tenant, name) -> internal key
         self._synced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -77,37 +82,56 @@ class SessionIndex:
 
     def note(self, record: SessionRecord, revision: int) -> None:
         """Remember a record read or written at ``revision`` unless something newer is known."""
-        session_id = record.spec.session_id
+        session_id = record.spec.key
         current = self._records.get(session_id)
         if current is not None and current[1] >= revision:
             return
         if self._tombstones.get(session_id, -1) >= revision:
             return
         self._records[session_id] = (record, revision)
+        self._names[(record.spec.tenant, record.spec.session_id)] = session_id
 
     def forget(self, session_id: str, revision: int) -> None:
+        """``session_id``: the internal key."""
         current = self._records.get(session_id)
         if current is not None and current[1] > revision:
             return
         self._records.pop(session_id, None)
+        if current is not None:
+            name = (current[0].spec.tenant, current[0].spec.session_id)
+            if self._names.get(name) == session_id:
+                del self._names[name]
         if len(self._tombstones) >= _MAX_TOMBSTONES:
             self._tombstones.clear()
         self._tombstones[session_id] = max(revision, self._tombstones.get(session_id, 0))
 
     def get(self, session_id: str) -> SessionRecord | None:
+        """By internal key."""
         found = self._records.get(session_id)
         return found[0] if found is not None else None
 
-    async def lookup(self, session_id: str) -> SessionRecord | None:
-        """From memory; on a miss, from KV (and remembered)."""
-        found = self._records.get(session_id)
+    def find(self, tenant: str, name: str) -> SessionRecord | None:
+        """The tenant's session ``name``, from memory only."""
+        key = self._names.get((tenant, name))
+        return self.get(key) if key is not None else None
+
+    async def lookup(self, tenant: str, name: str) -> SessionRecord | None:
+        """The tenant's session ``name``: from memory; on a miss, from KV (and
+        remembered). Another tenant's session of that name is never found."""
+        found = self.find(tenant, name)
         if found is not None:
-            return found[0]
-        read = await self.store.get(session_id)
-        if read is None:
+            return found
+        key = await self.store.resolve(tenant, name)
+        if key is None:
+            return None
+        read = await self.store.get(key)
+        if read is None or (read[0].spec.tenant, read[0].spec.session_id) != (tenant, name):
             return None
         self.note(*read)
-        return self.get(session_id)
+        record = self.get(key)
+        if record is None or record.spec.tenant != tenant:
+            return None
+        return record
 
     def records(self, tenant: str | None = None) -> list[SessionRecord]:
         return [

@@ -41,8 +41,10 @@ from node_agent.protocol import (
     SESSIONS_BUCKET,
     CheckNumbers,
     ConfigureSession,
+    DestroySession,
     Empty,
     ErrorCode,
+    Event,
     History,
     HistoryRequest,
     NodeInfo,
@@ -170,6 +172,9 @@ class Agent:
         self._rpc_tasks: set[asyncio.Task[None]] = set()
         # per session, the accept of its newest send: the next one enqueues after it
         self._accept_tail: dict[str, asyncio.Future[None]] = {}
+        # (tenant, name) -> internal key of the sessions started here: events carry the
+        # name, the outbox is keyed by the internal key
+        self._keys: dict[tuple[str, str], str] = {}
         self._nodes_kv: KeyValue | None = None
         self._sessions_kv: KeyValue | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -232,7 +237,7 @@ class Agent:
         self._events = EventPublisher(js, self.node_id)
         if self.settings.outbox:
             self._outbox = await Outbox.open(js)
-            self.events.on_stored = self._outbox.on_stored
+            self.events.on_stored = self._on_event_stored
         self.events.start()
         if self._engine is None:
             self._engine = make_engine(self.settings, self.nc)
@@ -278,6 +283,7 @@ class Agent:
             Op.SESSION_QR: (SessionRef, self.op_qr),
             Op.SESSION_PAIR_CODE: (PairCodeRequest, self.op_pair_code),
             Op.SESSION_CONFIGURE: (ConfigureSession, self.op_configure),
+            Op.SESSION_DESTROY: (DestroySession, self.op_destroy),
             Op.SESSIONS_LIST: (Empty, self.op_list),
             Op.MESSAGE_SEND: (SendMessage, self.op_send),
             Op.CONTACTS_CHECK: (CheckNumbers, self.op_check),
@@ -424,7 +430,7 @@ class Agent:
                 f"node {self.node_id} lost its lease and runs no session until it renews it",
                 retry_after_s=self.settings.heartbeat_interval_s,
             )
-        existing = self.sessions.get(spec.session_id)
+        existing = self.sessions.get(spec.key)
         if existing is not None and existing.state in HOLDS_SLOT:
             if existing.epoch == request.epoch:
                 return existing.info()  # idempotent: a retried start is a no-op
@@ -433,20 +439,20 @@ class Agent:
                     ErrorCode.STALE_EPOCH,
                     f"epoch {request.epoch} is older than the running epoch {existing.epoch}",
                 )
-        revision = await self._check_epoch(spec.session_id, request.epoch)
+        revision = await self._check_epoch(spec.key, request.epoch)
         if spec.engine != self.engine.name:
             raise AgentError(
                 ErrorCode.INVALID_REQUEST,
                 f"this node runs the {self.engine.name} engine, not {spec.engine}",
             )
-        if existing is not None and self.sessions.get(spec.session_id) is existing:
+        if existing is not None and self.sessions.get(spec.key) is existing:
             # a newer epoch, or a STOPPED/LOGGED_OUT leftover: end the old one first so
             # its timers can never bring a second socket up
-            self.sessions.pop(spec.session_id, None)
+            self.sessions.pop(spec.key, None)
             await existing.stop(f"superseded by epoch {request.epoch}")
         self._admit()
         if self._device_store is not None:
-            await self._device_store.restore(spec.session_id)
+            await self._device_store.restore(spec.key)
         supervisor = SessionSupervisor(
             spec,
             request.epoch,
@@ -456,8 +462,9 @@ class Agent:
             self._supervisor_config,
             media=self.media,
         )
-        self.sessions[spec.session_id] = supervisor
-        self._assigned_at[spec.session_id] = revision
+        self.sessions[spec.key] = supervisor
+        self._assigned_at[spec.key] = revision
+        self._keys[(spec.tenant, spec.session_id)] = spec.key
         await supervisor.start()
         if self._outbox is not None:  # in the background: a start never waits on it
             task = asyncio.create_task(self._restore_outbox(supervisor), name="outbox-restore")
@@ -484,6 +491,35 @@ class Agent:
         if self._device_store is not None:
             await self._device_store.forget(ref.session_id)
         return supervisor.info()
+
+    async def op_destroy(self, request: DestroySession) -> Empty:
+        """The session is deleted: unlink its device and delete what this node and the
+        shared stores keep of it (device store file and backup, PostgreSQL jid, sim
+        account, outbox). Served by every node of the engine (files stay where a session
+        once ran); idempotent."""
+        spec = request.spec
+        if spec.engine != self.engine.name:
+            raise AgentError(
+                ErrorCode.INVALID_REQUEST,
+                f"this node runs the {self.engine.name} engine, not {spec.engine}",
+            )
+        supervisor = self.sessions.pop(spec.key, None)
+        if supervisor is not None:
+            with contextlib.suppress(Exception):  # unlink if it can; the state goes anyway
+                await supervisor.logout()
+        try:
+            await self.engine.forget(spec)
+            if self._device_store is not None:
+                await self._device_store.forget(spec.key)
+            if self._outbox is not None:
+                await self._outbox.destroy(spec.key)
+        except Exception as exc:
+            raise AgentError(
+                ErrorCode.ENGINE_ERROR, f"device state not deleted: {exc!r}", retry_after_s=1.0
+            ) from None
+        self._keys.pop((spec.tenant, spec.session_id), None)
+        log.info("session destroyed", extra={"session_id": spec.key})
+        return Empty()
 
     async def op_restart(self, ref: SessionRef) -> SessionInfo:
         supervisor = self._get(ref)
@@ -573,6 +609,11 @@ class Agent:
                 del self._accept_tail[session_id]
         return SendAccepted(message_id=request.message_id, queue_depth=depth)
 
+    def _on_event_stored(self, event: Event) -> None:
+        if self._outbox is not None:
+            key = self._keys.get((event.tenant, event.session_id), event.session_id)
+            self._outbox.on_stored(event, key)
+
     async def _store_send(self, request: SendMessage) -> MediaPayload | None:
         """Fetch or decode the media, then write the send to the outbox: durable before
         the agent says "queued" (node_agent/outbox.py)."""
@@ -604,11 +645,11 @@ class Agent:
         if self._outbox is None:
             return
         delay = 1.0
-        while self.sessions.get(supervisor.session_id) is supervisor:
+        while self.sessions.get(supervisor.key) is supervisor:
             try:
                 async with asyncio.timeout(RESTORE_ATTEMPT_S):
                     pending = await self._outbox.pending(
-                        supervisor.session_id, supervisor.spec.tenant
+                        supervisor.key, supervisor.tenant, supervisor.session_id
                     )
                 break
             except asyncio.CancelledError:
@@ -802,7 +843,7 @@ class Agent:
             with contextlib.suppress(Exception):
                 await supervisor.stop("agent shutting down")
             if self._device_store is not None:
-                await self._device_store.backup(supervisor.session_id)
+                await self._device_store.backup(supervisor.key)
         if self._events is not None:
             # cut off from NATS, waiting for the buffer to drain would only delay the exit
             connected = self._nc is not None and self._nc.is_connected

@@ -15,7 +15,8 @@ data dir) the file must travel with the session:
 
 Backups use SQLite's online backup API (consistent even while the engine writes) and run
 in a worker thread; an upload is skipped when the content did not change since the last
-one. Object names and files are keyed by session id only.
+one. Object names and files are keyed by the session's internal key (``SessionSpec.key``,
+its uid): unique across tenants, and never reused after a delete.
 """
 
 from __future__ import annotations

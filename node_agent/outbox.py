@@ -132,11 +132,12 @@ class Outbox:
             self._newest[session_id] = sequence
 
     async def pending(
-        self, session_id: str, tenant: str
+        self, session_id: str, tenant: str, name: str | None = None
     ) -> list[tuple[SendMessage, MediaPayload | None]]:
         """What a starting session must queue first, oldest first: its entries, less those
         whose end is already in ZF_EVENTS (purges lag by up to ``purge_interval_s``), and
-        those this agent forgot itself (``_done``)."""
+        those this agent forgot itself (``_done``). ``session_id`` is the internal key;
+        ``name`` the caller's name its events carry (the key when None)."""
         done = self._done.get(session_id, set())
         entries: list[tuple[OutboxEntry, str]] = []
         for found in await scan(self.kv, f"{session_id}.*"):
@@ -147,7 +148,9 @@ class Outbox:
         if entries:
             try:
                 async with asyncio.timeout(ENDED_READ_LIMIT_S):
-                    ended = await self._ended(tenant, session_id, since=entries[0][0].queued_at)
+                    ended = await self._ended(
+                        tenant, name or session_id, since=entries[0][0].queued_at
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # better sent twice than never
@@ -231,11 +234,24 @@ class Outbox:
         with contextlib.suppress(Exception):  # NATS away: the object expires by TTL at worst
             await self.media.delete(key)
 
-    def on_stored(self, event: Event) -> None:
-        """EventPublisher hook: an event that ends a message makes its entry obsolete."""
+    def on_stored(self, event: Event, key: str | None = None) -> None:
+        """EventPublisher hook: an event that ends a message makes its entry obsolete.
+        ``key``: the internal key of the event's session (its name when None)."""
         message_id = event.data.get("message_id")
         if _ends_message(event) and isinstance(message_id, str):
-            self.forget(event.session_id, message_id)
+            self.forget(key or event.session_id, message_id)
+
+    async def destroy(self, session_id: str) -> None:
+        """Delete every entry of a session (and its media): the session is deleted."""
+        pending = self._pending.pop(session_id, {})
+        self._done.pop(session_id, None)
+        self._dirty.discard(session_id)
+        self._newest.pop(session_id, None)
+        keys = set(pending) | {found.key for found in await scan(self.kv, f"{session_id}.*")}
+        await self._js.purge_stream(self._stream, subject=f"$KV.{OUTBOX_BUCKET}.{session_id}.*")
+        for key in keys:
+            self._with_media.discard(key)
+            await self._delete_media(key)
 
     async def _purge_loop(self) -> None:
         while True:

@@ -11,6 +11,7 @@ reply with ``msgspec.json.decode(data, type=Ok[T] | Err)`` in one pass.
 from __future__ import annotations
 
 import enum
+import secrets
 from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
@@ -33,6 +34,7 @@ REDRIVE_SUBJECTS = "zf.webhooks.redrive.>"
 PLACEMENT_BUCKET = "zf_placement"
 LEASES_BUCKET = "zf_leases"
 DEVICE_STORE_BUCKET = "zf_device_store"
+SESSION_NAMES_BUCKET = "zf_session_names"  # "<tenant>.<session_id>" -> internal key
 SYSTEM_TENANT = "_system"  # tenant segment of node events: zf.events._system.<node_id>.node.*
 
 
@@ -59,6 +61,25 @@ def redrive_subject(tenant: str) -> str:
     return f"zf.webhooks.redrive.{tenant}"
 
 
+def name_key(tenant: str, session_id: str) -> str:
+    """Key of a session's name in KV ``zf_session_names``: unique per tenant."""
+    return f"{tenant}.{session_id}"
+
+
+def name_value(key: str, claimed_at: float) -> bytes:
+    """Value of a ``zf_session_names`` entry: the internal key and when it was claimed."""
+    return f"{key} {claimed_at:.3f}".encode()
+
+
+def name_target(value: bytes | None) -> tuple[str, float]:
+    """(internal key, claimed at) of a ``zf_session_names`` value ("" when empty)."""
+    key, _, at = (value or b"").decode().partition(" ")
+    try:
+        return key, float(at or 0)
+    except ValueError:
+        return key, 0.0
+
+
 def api_subject(tenant: str, op: str) -> str:
     """Commands for NATS-native clients: ``zf.api.<tenant>.<op>`` (request-reply)."""
     return f"zf.api.{tenant}.{op}"
@@ -77,6 +98,7 @@ class Op(enum.StrEnum):
     SESSION_QR = "session_qr"
     SESSION_PAIR_CODE = "session_pair_code"
     SESSION_CONFIGURE = "session_configure"
+    SESSION_DESTROY = "session_destroy"
     SESSIONS_LIST = "sessions_list"
     MESSAGE_SEND = "message_send"
     CONTACTS_CHECK = "contacts_check"
@@ -155,14 +177,32 @@ class PacingSettings(msgspec.Struct, kw_only=True):
 
 
 class SessionSpec(msgspec.Struct, kw_only=True):
-    """What a session should be; stored by the control plane, run by an agent."""
+    """What a session should be; stored by the control plane, run by an agent.
+
+    ``session_id`` is the caller's name for the session, unique per tenant only; events
+    and API answers show it. ``uid`` is the immutable internal id minted at create: no
+    two sessions ever share it, across tenants and across a delete and a re-create of
+    the same name. Everything below the API is keyed by :attr:`key`."""
 
     session_id: str
     tenant: str
+    uid: str | None = None  # None in records written before uids existed
     engine: EngineName = "neonize"
     device_name: str = "zapfleet"
     proxy: str | None = None
     pacing: PacingSettings = msgspec.field(default_factory=PacingSettings)
+
+    @property
+    def key(self) -> str:
+        """The internal key: KV ``zf_sessions`` key, the ``session_id`` of agent RPCs,
+        device stores, sim accounts, outbox and caches. A record without a ``uid``
+        (written before uids existed) keeps its name as key, so old stores keep working."""
+        return self.uid or self.session_id
+
+
+def new_uid() -> str:
+    """A fresh internal session id (``u`` + 32 hex digits: 128 random bits)."""
+    return "u" + secrets.token_hex(16)
 
 
 class StartSession(msgspec.Struct, kw_only=True):
@@ -171,7 +211,7 @@ class StartSession(msgspec.Struct, kw_only=True):
 
 
 class SessionRef(msgspec.Struct, kw_only=True):
-    session_id: str
+    session_id: str  # in every agent RPC: the internal key (SessionSpec.key)
     epoch: int | None = None
 
 
@@ -197,7 +237,7 @@ class QrCode(msgspec.Struct, kw_only=True):
 
 
 class SessionInfo(msgspec.Struct, kw_only=True):
-    session_id: str
+    session_id: str  # the caller's name
     tenant: str
     state: SessionState
     node_id: str
@@ -209,6 +249,18 @@ class SessionInfo(msgspec.Struct, kw_only=True):
     reconnect_attempts: int = 0
     breaker_open_until: float | None = None
     queue_depth: int = 0
+    key: str = ""  # the internal key (SessionSpec.key); "" from agents older than uids
+
+    @property
+    def ref(self) -> str:
+        return self.key or self.session_id
+
+
+class DestroySession(msgspec.Struct, kw_only=True):
+    """Unlink the session's device and delete every trace of it on the fleet: device
+    store (file, Object Store backup, PostgreSQL jid), sim account, outbox."""
+
+    spec: SessionSpec
 
 
 class SessionList(msgspec.Struct, kw_only=True):
@@ -480,6 +532,7 @@ async def ensure_jetstream(
         KeyValueConfig(bucket=SESSIONS_BUCKET, history=5),
         KeyValueConfig(bucket=TENANTS_BUCKET, history=5),
         KeyValueConfig(bucket=WEBHOOKS_BUCKET, history=5),
+        KeyValueConfig(bucket=SESSION_NAMES_BUCKET, history=1),
     )
     for bucket in buckets:
         try:

@@ -170,7 +170,13 @@ class SessionSupervisor:
 
     @property
     def session_id(self) -> str:
+        """The caller's name (events show it); unique per tenant only."""
         return self.spec.session_id
+
+    @property
+    def key(self) -> str:
+        """The internal key the agent's maps, RPCs and stores use (SessionSpec.key)."""
+        return self.spec.key
 
     @property
     def tenant(self) -> str:
@@ -190,6 +196,7 @@ class SessionSupervisor:
             reconnect_attempts=self.failures,
             breaker_open_until=self.breaker_open_until,
             queue_depth=len(self._queue),
+            key=self.key,
         )
 
     # -- lifecycle ---------------------------------------------------------------------

@@ -19,9 +19,27 @@ import nats
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
+from nats.js.errors import ObjectNotFoundError
 
 from node_agent.device_store import device_path
-from node_agent.protocol import Empty, ErrorCode, NodeInfo, Op, SessionInfo, SessionRef
+from node_agent.protocol import (
+    DEVICE_STORE_BUCKET,
+    SESSIONS_BUCKET,
+    Assignment,
+    DestroySession,
+    Empty,
+    ErrorCode,
+    NodeInfo,
+    Op,
+    PacingSettings,
+    SessionInfo,
+    SessionRecord,
+    SessionRef,
+    SessionSpec,
+    StartSession,
+    encode,
+    new_uid,
+)
 from tests.agent_support import AgentClient, EventLog, unique
 from tests.conftest import ARTIFACTS, agent_env, spawn, stop_process
 from zapfleet.devservers import free_port
@@ -166,6 +184,58 @@ async def test_stop_and_logout_are_clean(
     assert device_path(neonize_agent.data_dir, kept).exists()  # a stop keeps the pairing
     assert not device_path(neonize_agent.data_dir, dropped).exists()  # a logout forgets it
     assert neonize_agent.process.poll() is None
+
+
+async def test_one_name_in_two_tenants_is_two_device_stores_and_destroy_removes_one(
+    neonize: AgentClient, neonize_agent: NeonizeAgent, nc: NATS
+) -> None:
+    """Device stores are keyed by the internal id: two tenants' sessions of the same name
+    run side by side on one node with a file and a backup each; ``session_destroy``
+    deletes one session's file and backup and leaves the other alone (issue 13)."""
+    name = unique("same")
+    specs = [
+        SessionSpec(
+            session_id=name,
+            tenant=tenant,
+            uid=new_uid(),
+            engine="neonize",
+            proxy=neonize_agent.proxy,
+            pacing=PacingSettings(enabled=False),
+        )
+        for tenant in ("tenant-a", "tenant-b")
+    ]
+    kv = await nc.jetstream().key_value(SESSIONS_BUCKET)
+    for spec in specs:
+        record = SessionRecord(
+            spec=spec,
+            assignment=Assignment(node_id=neonize.node_id, epoch=1),
+            created_at=time.time(),
+        )
+        await kv.put(spec.key, encode(record))
+        await neonize.call(Op.SESSION_START, StartSession(spec=spec, epoch=1), SessionInfo)
+    for spec in specs:
+        info = await neonize.call(Op.SESSION_STATUS, SessionRef(session_id=spec.key), SessionInfo)
+        assert (info.tenant, info.session_id, info.key) == (spec.tenant, name, spec.key)
+        stopped = await neonize.call(Op.SESSION_STOP, SessionRef(session_id=spec.key), SessionInfo)
+        assert stopped.state == "STOPPED"
+    store = await nc.jetstream().object_store(DEVICE_STORE_BUCKET)
+    for spec in specs:
+        assert device_path(neonize_agent.data_dir, spec.key).exists()
+        assert (await store.get_info(spec.key)).name == spec.key  # backed up at the stop
+    assert not device_path(neonize_agent.data_dir, name).exists()  # never by the name
+
+    gone, kept = specs
+    await neonize.call(Op.SESSION_DESTROY, DestroySession(spec=gone), Empty)
+    await neonize.call(Op.SESSION_DESTROY, DestroySession(spec=gone), Empty)  # idempotent
+    assert not device_path(neonize_agent.data_dir, gone.key).exists()
+    with pytest.raises(ObjectNotFoundError):
+        await store.get_info(gone.key)
+    assert device_path(neonize_agent.data_dir, kept.key).exists()
+    assert (await store.get_info(kept.key)).name == kept.key
+    await neonize.call(Op.SESSION_DESTROY, DestroySession(spec=kept), Empty)
+    assert not device_path(neonize_agent.data_dir, kept.key).exists()
+    for spec in specs:
+        await kv.delete(spec.key)
 
 
 async def test_the_prometheus_endpoint_exports_what_operators_watch(

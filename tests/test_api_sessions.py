@@ -122,7 +122,7 @@ async def test_pairing_by_phone_code(api: httpx.AsyncClient, nc: NATS) -> None:
     assert response.status_code == 200, response.text
     code = response.json()["code"]
     assert len(code) == 9 and code[4] == "-"
-    assert (await link(nc, code, "15550200002", session_id=session_id)).ok
+    assert (await link(nc, code, "15550200002")).ok
     await status_until(api, session_id, "CONNECTED")
     await api.delete(f"/v1/sessions/{session_id}")
 

@@ -116,7 +116,21 @@ def cmd_webhooks(_: argparse.Namespace) -> None:
 # -- sim ---------------------------------------------------------------------------------
 
 
-async def sim_scan(nats_url: str, session_id: str, phone: str) -> str:
+async def session_key(nc: Any, tenant: str, session_id: str) -> str:
+    """The internal key of the tenant's session ``session_id`` (what agents and the sim
+    network know it by), from KV ``zf_session_names``; the name itself for a session
+    older than internal ids."""
+    from node_agent.protocol import SESSION_NAMES_BUCKET, name_key, name_target
+
+    with contextlib.suppress(Exception):
+        names = await nc.jetstream().key_value(SESSION_NAMES_BUCKET)
+        entry = await names.get(name_key(tenant, session_id))
+        if entry.value:
+            return name_target(entry.value)[0]
+    return session_id
+
+
+async def sim_scan(nats_url: str, session_id: str, phone: str, tenant: str = "default") -> str:
     """Scan the current QR code of a sim session as ``phone``; returns a result line."""
     import msgspec
     import nats
@@ -137,13 +151,14 @@ async def sim_scan(nats_url: str, session_id: str, phone: str) -> str:
     nc = await nats.connect(nats_url)
     try:
         kv = await nc.jetstream().key_value(SESSIONS_BUCKET)
-        entry = await kv.get(session_id)
+        key = await session_key(nc, tenant, session_id)
+        entry = await kv.get(key)
         record = msgspec.json.decode(entry.value or b"", type=SessionRecord)
         if record.assignment is None:
             return f"session {session_id} is not placed on any node"
         reply = await nc.request(
             agent_subject(record.assignment.node_id, Op.SESSION_QR),
-            encode(SessionRef(session_id=session_id)),
+            encode(SessionRef(session_id=key)),
             timeout=5,
         )
         decoded = msgspec.json.decode(reply.data, type=Ok[QrCode] | Err)
@@ -156,13 +171,15 @@ async def sim_scan(nats_url: str, session_id: str, phone: str) -> str:
 
 
 def cmd_sim_scan(args: argparse.Namespace) -> None:
-    line = asyncio.run(sim_scan(args.nats_url, args.session_id, args.phone))
+    line = asyncio.run(sim_scan(args.nats_url, args.session_id, args.phone, args.tenant))
     print(line)
     if not line.startswith("scanned"):
         raise SystemExit(1)
 
 
-async def sim_link(nats_url: str, session_id: str, code: str, phone: str) -> str:
+async def sim_link(
+    nats_url: str, session_id: str, code: str, phone: str, tenant: str = "default"
+) -> str:
     """Type a phone pairing code (from ``session_pair_code``) on the sim phone."""
     import nats
 
@@ -170,20 +187,23 @@ async def sim_link(nats_url: str, session_id: str, code: str, phone: str) -> str
 
     nc = await nats.connect(nats_url)
     try:
-        result = await link(nc, code, phone, session_id=session_id)
+        key = await session_key(nc, tenant, session_id)
+        result = await link(nc, code, phone, session_id=key)
     finally:
         await nc.close()
     return "linked: session paired with " + phone if result.ok else f"refused: {result.error}"
 
 
 def cmd_sim_link(args: argparse.Namespace) -> None:
-    line = asyncio.run(sim_link(args.nats_url, args.session_id, args.code, args.phone))
+    line = asyncio.run(sim_link(args.nats_url, args.session_id, args.code, args.phone, args.tenant))
     print(line)
     if not line.startswith("linked"):
         raise SystemExit(1)
 
 
-async def sim_fault(nats_url: str, session_id: str, faults: object) -> None:
+async def sim_fault(
+    nats_url: str, session_id: str, faults: object, tenant: str = "default"
+) -> None:
     import nats
 
     from node_agent.engines.sim import Faults, inject_faults
@@ -191,7 +211,7 @@ async def sim_fault(nats_url: str, session_id: str, faults: object) -> None:
     assert isinstance(faults, Faults)
     nc = await nats.connect(nats_url)
     try:
-        await inject_faults(nc, session_id, faults)
+        await inject_faults(nc, await session_key(nc, tenant, session_id), faults)
     finally:
         await nc.close()
 
@@ -207,7 +227,7 @@ def cmd_sim_fault(args: argparse.Namespace) -> None:
         fail_connects=args.fail_connects,
     )
     try:
-        asyncio.run(sim_fault(args.nats_url, args.session_id, faults))
+        asyncio.run(sim_fault(args.nats_url, args.session_id, faults, args.tenant))
     except Exception as exc:
         _die(f"cannot reach session {args.session_id}: {exc!r}")
     print(f"faults set on {args.session_id}: {faults}")
@@ -504,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument(
         "--nats-url", default=os.environ.get("ZAPFLEET_NATS_URL", "nats://127.0.0.1:4222")
     )
+    scan.add_argument("--tenant", default="default", help="the session's tenant")
     scan.set_defaults(func=cmd_sim_scan)
     nats_default = os.environ.get("ZAPFLEET_NATS_URL", "nats://127.0.0.1:4222")
     link_cmd = sim.add_parser("link", help="enter a phone pairing code on the sim phone")
@@ -511,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     link_cmd.add_argument("code", help="the code from session_pair_code (ABCD-EFGH)")
     link_cmd.add_argument("--phone", required=True, help="the number the code was issued for")
     link_cmd.add_argument("--nats-url", default=nats_default)
+    link_cmd.add_argument("--tenant", default="default", help="the session's tenant")
     link_cmd.set_defaults(func=cmd_sim_link)
     fault = sim.add_parser("fault", help="inject faults into a sim session")
     fault.add_argument("session_id")
@@ -520,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("--zombie", action="store_true", help="drop it silently")
     fault.add_argument("--fail-connects", type=int, default=0, help="refuse the next N connects")
     fault.add_argument("--nats-url", default=nats_default)
+    fault.add_argument("--tenant", default="default", help="the session's tenant")
     fault.set_defaults(func=cmd_sim_fault)
 
     _add_backup_commands(sub, nats_default)

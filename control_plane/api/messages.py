@@ -17,6 +17,7 @@ from control_plane import idempotency
 from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.api.sessions import QUERIES, call_agent, load_record, running
 from control_plane.auth import Principal, authenticate
+from control_plane.caches import cache_id
 from control_plane.models import (
     HistoryView,
     MessageAccepted,
@@ -127,12 +128,14 @@ async def queue_message(
     recipient = normalize_recipient(data.to)
     content = to_content(data)
     _check_media(content, services.settings.max_media_bytes)
-    assignment = running(await load_record(services, principal, session_id))
+    record = await load_record(services, principal, session_id)
+    assignment = running(record)
+    key = record.spec.key
     store = services.idempotency
     reserved: tuple[str, str] | None = None
     if idempotency_key is not None:
         storage_key = store.storage_key(
-            principal.tenant, session_id, idempotency.validate_key(idempotency_key)
+            principal.tenant, key, idempotency.validate_key(idempotency_key)
         )
         digest = idempotency.body_digest(_encode(data))
         replay = await store.reserve(storage_key, digest)
@@ -142,7 +145,7 @@ async def queue_message(
         message_id = store.message_id(storage_key)
     else:
         message_id = "m_" + secrets.token_hex(10)
-    send = SendMessage(session_id=session_id, message_id=message_id, to=recipient, content=content)
+    send = SendMessage(session_id=key, message_id=message_id, to=recipient, content=content)
     try:
         accepted = await services.agents.call(
             assignment.node_id, Op.MESSAGE_SEND, send, SendAccepted
@@ -206,7 +209,7 @@ class MessageController(Controller):
         limit: int = Parameter(default=50, ge=1, le=1000),
     ) -> Response[HistoryView]:
         record = await load_record(services, principal, session_id)
-        cached = await services.cache.get_history(session_id, limit)
+        cached = await services.cache.get_history(cache_id(record), limit)
         if cached is not None:
             return Response(cached, media_type=JSON, headers={"X-Cache": "hit"})  # type: ignore[arg-type]
         assignment = running(record)
@@ -214,11 +217,11 @@ class MessageController(Controller):
             services,
             assignment.node_id,
             Op.HISTORY_LIST,
-            HistoryRequest(session_id=session_id, limit=limit),
+            HistoryRequest(session_id=record.spec.key, limit=limit),
             History,
         )
         body = _encode(HistoryView(session_id=session_id, messages=history.messages))
-        await services.cache.put_history(session_id, limit, body)
+        await services.cache.put_history(cache_id(record), limit, body)
         return Response(body, media_type=JSON, headers={"X-Cache": "miss"})  # type: ignore[arg-type]
 
     @post(
@@ -244,7 +247,7 @@ class MessageController(Controller):
                 services,
                 assignment.node_id,
                 Op.CONTACTS_CHECK,
-                CheckNumbers(session_id=session_id, numbers=missing),
+                CheckNumbers(session_id=record.spec.key, numbers=missing),
                 NumberStatuses,
             )
             fresh = []

@@ -188,7 +188,7 @@ class MonitoringController(Controller):
     async def instances(self, services: Services, principal: Principal) -> InstancesMetrics:
         records = services.index.records(principal.tenant)
         placed = [(r, a) for r in records if (a := live_assignment(r)) is not None]
-        wanted = {r.spec.session_id: a.epoch for r, a in placed}
+        wanted = {r.spec.key: a.epoch for r, a in placed}  # by internal key
         nodes = {a.node_id for _, a in placed}
         found: list[InstanceMetrics] = []
         unreachable: list[str] = []
@@ -200,7 +200,7 @@ class MonitoringController(Controller):
                 unreachable.append(node_id)
                 return
             for info in listed.sessions:
-                if wanted.get(info.session_id) != info.epoch:
+                if wanted.get(info.ref) != info.epoch or info.tenant != principal.tenant:
                     continue
                 found.append(
                     InstanceMetrics(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import secrets
 import time
 from typing import Annotated, Any, TypeVar
@@ -13,11 +14,12 @@ import segno
 from litestar import Controller, MediaType, Request, Response, delete, get, patch, post
 from litestar.di import Provide
 from litestar.params import Parameter
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError
 
 from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.api.webhooks import ensure_event_patterns, ensure_safe_url
 from control_plane.auth import Principal, authenticate
+from control_plane.caches import cache_id
 from control_plane.fleet import NoCapacity, PlacementConflict
 from control_plane.models import (
     CreateSession,
@@ -32,10 +34,11 @@ from control_plane.models import (
 )
 from control_plane.problems import SMALL_ANSWERS, ProblemError
 from control_plane.services import Services
-from control_plane.store import ConflictError
+from control_plane.store import ConflictError, SessionExists
 from node_agent.protocol import (
     Assignment,
     ConfigureSession,
+    DestroySession,
     Empty,
     ErrorCode,
     Op,
@@ -48,10 +51,12 @@ from node_agent.protocol import (
     SessionRef,
     SessionSpec,
     SessionState,
+    new_uid,
 )
 from node_agent.protocol import SessionList as AgentSessionList
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 SESSION_OPS = {"rate": "sessions"}
 QUERIES = {"rate": "queries"}
@@ -91,9 +96,9 @@ def live_assignment(record: SessionRecord) -> Assignment | None:
 
 
 async def load_record(services: Services, principal: Principal, session_id: str) -> SessionRecord:
-    """The session record, or 404 — also for another tenant's session, so ids of other
-    tenants cannot be probed."""
-    record = await services.index.lookup(session_id)
+    """The caller's session of that name, or 404. Names are per tenant: another tenant's
+    session of the same name is a different session, never found here."""
+    record = await services.index.lookup(principal.tenant, session_id)
     if record is None or record.spec.tenant != principal.tenant:
         raise not_found(session_id)
     return record
@@ -152,18 +157,18 @@ async def live_info(services: Services, record: SessionRecord) -> SessionInfo | 
         return await services.agents.call(
             assignment.node_id,
             Op.SESSION_STATUS,
-            SessionRef(session_id=record.spec.session_id),
+            SessionRef(session_id=record.spec.key),
             SessionInfo,
         )
     except (AgentCallError, AgentUnavailable):
         return None
 
 
-async def update_record(services: Services, session_id: str, change: Any) -> SessionRecord:
+async def update_record(services: Services, current: SessionRecord, change: Any) -> SessionRecord:
     try:
-        record, revision = await services.sessions.update_with_revision(session_id, change)
+        record, revision = await services.sessions.update_with_revision(current.spec.key, change)
     except KeyNotFoundError:
-        raise not_found(session_id) from None
+        raise not_found(current.spec.session_id) from None
     except ConflictError as exc:
         raise ProblemError(409, "conflict", str(exc), headers={"Retry-After": "1"}) from None
     services.index.note(record, revision)
@@ -174,7 +179,7 @@ async def place(services: Services, record: SessionRecord) -> SessionInfo:
     """Assign the session to the best node (slot by KV CAS, epoch + 1) and start it there
     (control_plane/fleet.py)."""
     try:
-        info = await services.fleet.place(record.spec.session_id)
+        info = await services.fleet.place(record.spec.key)
     except NoCapacity as exc:
         raise ProblemError(503, "no_capacity", str(exc), headers={"Retry-After": "5"}) from None
     except PlacementConflict as exc:
@@ -184,21 +189,21 @@ async def place(services: Services, record: SessionRecord) -> SessionInfo:
     except (AgentCallError, AgentUnavailable) as exc:
         raise exc.to_problem() from None
     finally:
-        await services.cache.invalidate_session(record.spec.session_id)
+        await services.cache.invalidate_session(cache_id(record))
     return info
 
 
 async def unplace(services: Services, record: SessionRecord, op: Op) -> SessionInfo | None:
     """Record the session as stopped (so no agent resumes it), then stop or log it out
     on its node. A node that no longer runs it, or is gone, is not an error."""
-    session_id = record.spec.session_id
+    session_id = record.spec.key
     assignment = live_assignment(record)
 
     def stop(current: SessionRecord) -> None:
         # the assignment stays: its epoch keeps growing across stops and starts (fencing)
         current.desired = "stopped"
 
-    await update_record(services, session_id, stop)
+    await update_record(services, record, stop)
     info = None
     if assignment is not None:
         try:
@@ -214,7 +219,7 @@ async def unplace(services: Services, record: SessionRecord, op: Op) -> SessionI
         except AgentUnavailable:
             pass
         await services.fleet.release(assignment.node_id, [session_id])  # its slot is free
-    await services.cache.invalidate_session(session_id)
+    await services.cache.invalidate_session(cache_id(record))
     return info
 
 
@@ -224,16 +229,17 @@ async def running_op(
     record = await load_record(services, principal, session_id)
     assignment = running(record)
     info = await call_agent(
-        services, assignment.node_id, op, SessionRef(session_id=session_id), SessionInfo
+        services, assignment.node_id, op, SessionRef(session_id=record.spec.key), SessionInfo
     )
-    await services.cache.invalidate_session(session_id, qr=False)
+    await services.cache.invalidate_session(cache_id(record), qr=False)
     return view(record, info)
 
 
 async def current_qr(services: Services, principal: Principal, session_id: str) -> bytes:
     """The QR view as JSON bytes, from the cache or the agent."""
     record = await load_record(services, principal, session_id)
-    cached = await services.cache.get_qr(session_id)
+    key = record.spec.key
+    cached = await services.cache.get_qr(cache_id(record))
     if cached is not None:
         return cached
     assignment = running(record)
@@ -241,12 +247,61 @@ async def current_qr(services: Services, principal: Principal, session_id: str) 
         services,
         assignment.node_id,
         Op.SESSION_QR,
-        SessionRef(session_id=session_id),
+        SessionRef(session_id=key),
         QrCode,
     )
     body = _encode(QrView(session_id=session_id, qr=code.code, expires_at=code.expires_at))
-    await services.cache.put_qr(session_id, body, code.expires_at - time.time())
+    await services.cache.put_qr(cache_id(record), body, code.expires_at - time.time())
     return body
+
+
+def engine_nodes(services: Services, engine: str) -> list[str]:
+    """Live nodes that run ``engine`` (draining or cordoned ones too)."""
+    fleet = services.fleet
+    return sorted(
+        node_id
+        for node_id, state in fleet.nodes.items()
+        if state.info is not None and state.info.engine == engine and fleet.alive(node_id)
+    )
+
+
+async def destroy_device(services: Services, record: SessionRecord) -> None:
+    """Delete the device state of a session being deleted, on every live node of its
+    engine (a moved session left files where it ran; shared stores go with the first).
+    A session never placed has none. 503 when no node could do it: the record stays,
+    so the delete can be retried rather than leave a linked device nobody can reach."""
+    if record.assignment is None:
+        return
+    nodes = engine_nodes(services, record.spec.engine)
+    request = DestroySession(spec=record.spec)
+
+    async def one(node_id: str) -> bool:
+        try:
+            await services.agents.call(node_id, Op.SESSION_DESTROY, request, Empty)
+        except (AgentCallError, AgentUnavailable):
+            return False
+        return True
+
+    if not any(await asyncio.gather(*(one(n) for n in nodes))):
+        raise ProblemError(
+            503,
+            "unavailable",
+            f"no node of the {record.spec.engine} engine could unlink the device of "
+            f"session {record.spec.session_id!r}; the session is kept, retry the delete",
+            headers={"Retry-After": "5"},
+        )
+
+
+async def remove_session(services: Services, record: SessionRecord) -> None:
+    """Unlink the device, delete its state everywhere, then the record and its name."""
+    key = record.spec.key
+    await unplace(services, record, Op.SESSION_LOGOUT)
+    await destroy_device(services, record)
+    current = await services.sessions.get(key)
+    await services.sessions.delete(key)
+    services.index.forget(key, (current[1] + 1) if current else 0)
+    await services.sessions.release_name(record)
+    await services.cache.invalidate_session(cache_id(record))
 
 
 class SessionController(Controller):
@@ -265,6 +320,7 @@ class SessionController(Controller):
         spec = SessionSpec(
             session_id=session_id,
             tenant=principal.tenant,
+            uid=new_uid(),
             engine=data.engine or services.settings.default_engine,
             device_name=data.device_name,
             proxy=data.proxy,
@@ -278,18 +334,44 @@ class SessionController(Controller):
             node_labels=data.node_labels,
             webhook_secret=data.webhook_secret,
         )
+        exists = ProblemError(409, "session_exists", f"a session {session_id!r} already exists")
+        try:
+            await services.sessions.claim_name(record)  # unique per tenant
+        except SessionExists:
+            raise exists from None
+        except ConflictError as exc:
+            raise ProblemError(409, "conflict", str(exc), headers={"Retry-After": "1"}) from None
         try:
             revision = await services.sessions.create(record)
-        except KeyWrongLastSequenceError:
-            raise ProblemError(
-                409, "session_exists", f"a session {session_id!r} already exists"
-            ) from None
+        except BaseException:
+            await services.sessions.release_name(record)
+            raise
         services.index.note(record, revision)
         if not data.start:
             return view(record, None)
-        info = await place(services, record)
+        try:
+            info = await place(services, record)
+        except BaseException:
+            # atomic: a session that could not be placed is not stored either
+            await self._undo_create(services, record)
+            raise
         placed = await load_record(services, principal, session_id)
         return view(placed, info)
+
+    @staticmethod
+    async def _undo_create(services: Services, record: SessionRecord) -> None:
+        current = await services.sessions.get(record.spec.key)
+        try:
+            if current is not None and current[0].assignment is not None:
+                # placed, but its start failed: it may run there; unlink it like a delete
+                await remove_session(services, current[0])
+                return
+        except Exception:
+            log.exception("undoing a failed create", extra={"session_id": record.spec.key})
+        await services.sessions.delete(record.spec.key)
+        services.index.forget(record.spec.key, (current[1] + 1) if current else 0)
+        await services.sessions.release_name(record)
+        await services.cache.invalidate_session(cache_id(record))
 
     @get("/", opt=QUERIES, summary="The caller's sessions with their live state")
     async def list_sessions(
@@ -304,7 +386,7 @@ class SessionController(Controller):
     ) -> SessionList:
         records = sorted(services.index.records(principal.tenant), key=lambda r: r.spec.session_id)
         nodes = {a.node_id for r in records if (a := live_assignment(r)) is not None}
-        infos: dict[str, SessionInfo] = {}
+        infos: dict[str, SessionInfo] = {}  # by internal key
 
         async def from_node(node_id: str) -> None:
             try:
@@ -314,12 +396,12 @@ class SessionController(Controller):
             except (AgentCallError, AgentUnavailable):
                 return
             for info in listed.sessions:
-                infos[info.session_id] = info
+                infos[info.ref] = info
 
         await asyncio.gather(*(from_node(n) for n in nodes))
         views = []
         for record in records:
-            info = infos.get(record.spec.session_id)
+            info = infos.get(record.spec.key)
             assignment = live_assignment(record)
             if info is not None and (assignment is None or info.epoch != assignment.epoch):
                 info = None
@@ -336,21 +418,26 @@ class SessionController(Controller):
     @delete(
         "/{session_id:str}",
         opt=SESSION_OPS,
-        summary="Stop (optionally log out) and delete a session",
+        summary="Unlink the device, delete its state everywhere and delete the session",
+        description=(
+            "A delete always logs the device out and destroys its state (device store "
+            "and its backups, sim account, queued messages); the name is free again and "
+            "a new session of that name starts unpaired. To keep a paired device while "
+            "it does not run, use POST .../stop instead."
+        ),
     )
     async def remove(
         self,
         session_id: str,
         services: Services,
         principal: Principal,
-        logout: bool = Parameter(default=False, description="unlink the device first"),
+        logout: bool = Parameter(
+            default=True,
+            description="ignored (kept for old clients): a delete always unlinks the device",
+        ),
     ) -> None:
         record = await load_record(services, principal, session_id)
-        await unplace(services, record, Op.SESSION_LOGOUT if logout else Op.SESSION_STOP)
-        current = await services.sessions.get(session_id)
-        await services.sessions.delete(session_id)
-        services.index.forget(session_id, (current[1] + 1) if current else 0)
-        await services.cache.invalidate_session(session_id)
+        await remove_session(services, record)
 
     @post("/{session_id:str}/start", status_code=200, opt=SESSION_OPS, summary="Start a session")
     async def start(self, session_id: str, services: Services, principal: Principal) -> SessionView:
@@ -432,29 +519,27 @@ class SessionController(Controller):
         services: Services = request.app.state.services
         principal = await authenticate(request, services)
         limiter = services.limiter
-        record = services.index.get(session_id)
+        record = services.index.find(principal.tenant, session_id)
         if limiter.enabled and record is not None and live_assignment(record) is not None:
             # the hot path: count the request and read the cache in one round trip
             cached, gen = await limiter.check(
-                request, principal.key_id, services.cache.status_keys(session_id)
+                request, principal.key_id, services.cache.status_keys(cache_id(record))
             )
             services.cache.count_status(cached is not None)
             generation = gen or b"0"
-            if record.spec.tenant != principal.tenant:
-                raise not_found(session_id)
         else:
             if limiter.enabled:
                 await limiter.check(request, principal.key_id)
             record = await load_record(services, principal, session_id)
             if live_assignment(record) is None:
                 return Response(status_of(record, None), headers={"X-Cache": "bypass"})
-            cached, generation = await services.cache.get_status(session_id)
+            cached, generation = await services.cache.get_status(cache_id(record))
         if cached is not None:
             return Response(cached, media_type=JSON, headers={"X-Cache": "hit"})  # type: ignore[arg-type]
         info = await live_info(services, record)
         body = _encode(status_of(record, info))
         if info is not None:
-            await services.cache.put_status(session_id, generation, body)
+            await services.cache.put_status(cache_id(record), generation, body)
         return Response(body, media_type=JSON, headers={"X-Cache": "miss"})  # type: ignore[arg-type]
 
     @get(
@@ -520,12 +605,13 @@ class SessionController(Controller):
         from control_plane.api.messages import normalize_recipient
 
         phone = normalize_recipient(data.phone)
-        assignment = running(await load_record(services, principal, session_id))
+        record = await load_record(services, principal, session_id)
+        assignment = running(record)
         code = await call_agent(
             services,
             assignment.node_id,
             Op.SESSION_PAIR_CODE,
-            PairCodeRequest(session_id=session_id, phone=phone),
+            PairCodeRequest(session_id=record.spec.key, phone=phone),
             PairCode,
         )
         return PairCodeView(session_id=session_id, code=code.code)
@@ -544,7 +630,7 @@ class SessionController(Controller):
     async def patch_settings(
         self, session_id: str, data: SettingsPatch, services: Services, principal: Principal
     ) -> SessionSettings:
-        await load_record(services, principal, session_id)
+        loaded = await load_record(services, principal, session_id)
         if isinstance(data.webhook_url, str):
             await ensure_safe_url(services, data.webhook_url)
         if isinstance(data.webhook_events, list):
@@ -564,14 +650,14 @@ class SessionController(Controller):
             if data.webhook_secret is not msgspec.UNSET:
                 current.webhook_secret = data.webhook_secret
 
-        record = await update_record(services, session_id, change)
+        record = await update_record(services, loaded, change)
         assignment = live_assignment(record)
         if assignment is not None and data.pacing is not msgspec.UNSET:
             try:
                 await services.agents.call(
                     assignment.node_id,
                     Op.SESSION_CONFIGURE,
-                    ConfigureSession(session_id=session_id, pacing=data.pacing),
+                    ConfigureSession(session_id=record.spec.key, pacing=data.pacing),
                     SessionInfo,
                 )
             except AgentCallError as exc:

@@ -75,7 +75,7 @@ class UiApiController(Controller):
             code = await services.agents.call(
                 record.assignment.node_id,
                 Op.SESSION_QR,
-                SessionRef(session_id=session_id),
+                SessionRef(session_id=record.spec.key),
                 QrCode,
             )
         except AgentCallError as exc:

@@ -28,11 +28,19 @@ from typing import Literal
 
 import msgspec
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import InvalidKeyError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from control_plane.settings import ControlPlaneSettings
-from node_agent.protocol import SESSIONS_BUCKET, WEBHOOKS_BUCKET, EventType, SessionRecord
+from node_agent.protocol import (
+    SESSION_NAMES_BUCKET,
+    SESSIONS_BUCKET,
+    WEBHOOKS_BUCKET,
+    EventType,
+    SessionRecord,
+    name_key,
+    name_target,
+)
 from zapfleet._kv import close
 
 log = logging.getLogger(__name__)
@@ -194,14 +202,18 @@ class WebhookRegistry:
             )
         self._global: _Level | None = None
         self._tenants: dict[str, _Level] = {}
+        # by name_key(tenant, session_id): events name sessions per tenant
         self._sessions: dict[str, _SessionHook | None] = {}
+        self._names: dict[str, str] = {}  # internal key (zf_sessions key) -> name key
         self._reading: dict[str, asyncio.Future[_SessionHook | None]] = {}
         self._sessions_kv: KeyValue | None = None
+        self._names_kv: KeyValue | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, timeout_s: float = 30.0) -> None:
         """Load both buckets and follow them; returns once the initial state is in."""
         self._sessions_kv = await self.js.key_value(SESSIONS_BUCKET)
+        self._names_kv = await self.js.key_value(SESSION_NAMES_BUCKET)
         webhooks_kv = await self.js.key_value(WEBHOOKS_BUCKET)
         loaded = [asyncio.Event(), asyncio.Event()]
         self._tasks = [
@@ -257,9 +269,18 @@ class WebhookRegistry:
                 self._tenants[tenant] = level
 
     def _apply_session(self, key: str, value: bytes | None) -> None:
-        self._sessions[key] = _session_hook(_record_decoder.decode(value)) if value else None
+        if not value:
+            name = self._names.pop(key, None)
+            if name is not None:
+                self._sessions[name] = None
+            return
+        record = _record_decoder.decode(value)
+        name = name_key(record.spec.tenant, record.spec.session_id)
+        self._names[key] = name
+        self._sessions[name] = _session_hook(record)
 
-    async def _session(self, session_id: str) -> _SessionHook | None:
+    async def _session(self, tenant: str, name: str) -> _SessionHook | None:
+        session_id = name_key(tenant, name)
         try:
             return self._sessions[session_id]
         except KeyError:
@@ -269,30 +290,33 @@ class WebhookRegistry:
         # watch corrects it on the next change.
         pending = self._reading.get(session_id)
         if pending is None:
-            pending = asyncio.ensure_future(self._read_session(session_id))
+            pending = asyncio.ensure_future(self._read_session(tenant, name))
             self._reading[session_id] = pending
             pending.add_done_callback(lambda _: self._reading.pop(session_id, None))
         return await asyncio.shield(pending)
 
-    async def _read_session(self, session_id: str) -> _SessionHook | None:
+    async def _read_session(self, tenant: str, name: str) -> _SessionHook | None:
         hook = None
-        assert self._sessions_kv is not None
-        with contextlib.suppress(KeyNotFoundError):
-            entry = await self._sessions_kv.get(session_id)
+        assert self._sessions_kv is not None and self._names_kv is not None
+        with contextlib.suppress(KeyNotFoundError, InvalidKeyError):
+            named = await self._names_kv.get(name_key(tenant, name))
+            entry = await self._sessions_kv.get(name_target(named.value)[0])
             if entry.value:
-                hook = _session_hook(_record_decoder.decode(entry.value))
-        return self._sessions.setdefault(session_id, hook)
+                record = _record_decoder.decode(entry.value)
+                if (record.spec.tenant, record.spec.session_id) == (tenant, name):
+                    hook = _session_hook(record)
+        return self._sessions.setdefault(name_key(tenant, name), hook)
 
     def lookup(self, tenant: str, session_id: str, event_type: str) -> Target | Unknown | None:
         """:meth:`target` from memory alone; UNKNOWN for a session not seen yet."""
-        hook = self._sessions.get(session_id, UNKNOWN)
+        hook = self._sessions.get(name_key(tenant, session_id), UNKNOWN)
         if isinstance(hook, Unknown):
             return UNKNOWN
         return self._resolve(tenant, hook, event_type)
 
     async def target(self, tenant: str, session_id: str, event_type: str) -> Target | None:
         """The destinations of an event, or None when nobody wants it."""
-        return self._resolve(tenant, await self._session(session_id), event_type)
+        return self._resolve(tenant, await self._session(tenant, session_id), event_type)
 
     def _resolve(self, tenant: str, hook: _SessionHook | None, event_type: str) -> Target | None:
         tenant_level = self._tenants.get(tenant)

@@ -106,4 +106,7 @@ class Engine(Protocol):
 
     def open_session(self, spec: SessionSpec, emit: Emit) -> EngineSession: ...
 
+    async def forget(self, spec: SessionSpec) -> None:
+        """Delete the device state of a deleted session (keyed by ``spec.key``)."""
+
     async def close(self) -> None: ...

@@ -282,13 +282,13 @@ class NeonizeEngine:
         return str(device_path(self.config.data_dir, session_id).resolve())
 
     def open_session(self, spec: SessionSpec, emit: Emit) -> NeonizeSession:
-        existing = self.sessions.get(spec.session_id)
+        existing = self.sessions.get(spec.key)
         if existing is not None:
             # same session again (restart, epoch bump): keep its clients, new reporter
             existing.rebind(spec, emit)
             return existing
         session = NeonizeSession(self, spec, emit)
-        self.sessions[spec.session_id] = session
+        self.sessions[spec.key] = session
         return session
 
     async def close(self) -> None:
@@ -299,6 +299,16 @@ class NeonizeEngine:
             task.cancel()
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def forget(self, spec: SessionSpec) -> None:
+        """Delete the session's device state here (the session is deleted): its local
+        SQLite store, or its jid in the shared store's KV. A live client logs out."""
+        session = self.sessions.pop(spec.key, None)
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await session.logout()
+            return
+        await NeonizeSession(self, spec, lambda _: None)._forget_device()
 
     # -- shared device store (PostgreSQL mode) -------------------------------------------
 
@@ -368,7 +378,8 @@ class NeonizeSession:
 
     @property
     def session_id(self) -> str:
-        return self.spec.session_id
+        """The internal key (SessionSpec.key): device store, jid and client uuids use it."""
+        return self.spec.key
 
     def _report(self, event: Any) -> None:
         try:

@@ -5,10 +5,14 @@ both the phone and the server. Accounts live in the KV bucket ``zf_sim`` (so a s
 portable between agents, like a shared device store), and sessions on different agents
 reach each other through NATS subjects:
 
-- ``zf.sim.link.<session_id>``   a phone scans a QR code or types a pairing code
+- ``zf.sim.link.<session key>``  a phone scans a QR code (or types a pairing code)
+- ``zf.sim.pair.<phone>``        a phone types the pairing code issued for its number
 - ``zf.sim.inbox.<phone>``       a message for the socket logged in as ``phone``
 - ``zf.sim.receipt.<phone>``     delivery/read receipts for messages ``phone`` sent
-- ``zf.sim.fault.<session_id>``  inject latency, send failures or a disconnect
+- ``zf.sim.fault.<session key>`` inject latency, send failures or a disconnect
+
+Everything is keyed by the session's internal key (``SessionSpec.key``: its ``uid``, or
+its name for records older than uids), never by the caller's name alone.
 
 QR codes rotate like WhatsApp's: the first lives ``qr_first_s`` (60 s), the next ones
 ``qr_next_s`` (20 s); after ``qr_max_codes`` the pairing attempt times out.
@@ -130,12 +134,17 @@ def qr_session_id(code: str) -> str:
 
 
 async def link(nc: NATS, code: str, phone: str, *, session_id: str | None = None) -> LinkReply:
-    """Act as a phone: scan ``code`` (a QR string or a phone pairing code) as ``phone``."""
-    target = session_id or qr_session_id(code)
+    """Act as a phone: scan ``code`` (a QR string or a phone pairing code) as ``phone``.
+    A pairing code reaches the session that asked for a code for ``phone`` (like
+    WhatsApp, which routes it by number); ``session_id`` (its internal key) is optional."""
+    if session_id is not None:
+        subject = f"zf.sim.link.{session_id}"
+    elif code.startswith(QR_PREFIX + ","):
+        subject = f"zf.sim.link.{qr_session_id(code)}"
+    else:
+        subject = f"zf.sim.pair.{phone}"
     try:
-        msg = await nc.request(
-            f"zf.sim.link.{target}", _encode(LinkRequest(code=code, phone=phone)), timeout=5
-        )
+        msg = await nc.request(subject, _encode(LinkRequest(code=code, phone=phone)), timeout=5)
     except (NoRespondersError, NatsTimeout):
         return LinkReply(ok=False, error="session is not waiting for a scan")
     return msgspec.json.decode(msg.data, type=LinkReply)
@@ -228,6 +237,18 @@ class SimEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._directory
 
+    async def forget(self, spec: SessionSpec) -> None:
+        """Unlink the session's account (its number becomes free): the session is
+        deleted. Nothing to do for a session that was never paired."""
+        account = await self.account(spec.key)
+        if account is None:
+            return
+        with contextlib.suppress(KeyNotFoundError):
+            owner = await self.kv.get(f"num.{account.phone}")
+            if owner.value and owner.value.decode() == spec.key:
+                await self.kv.delete(f"num.{account.phone}")
+        await self.kv.delete(f"acct.{spec.key}")
+
     async def account(self, session_id: str) -> Account | None:
         try:
             entry = await self.kv.get(f"acct.{session_id}")
@@ -256,6 +277,7 @@ class SimSession:
         self.faults = Faults()
         self._subs: list[Subscription] = []
         self._link_sub: Subscription | None = None
+        self._pair_sub: Subscription | None = None  # zf.sim.pair.<phone> of a pairing code
         self._fault_sub: Subscription | None = None
         self._qr_task: asyncio.Task[None] | None = None
         self._current_codes: set[str] = set()
@@ -265,7 +287,7 @@ class SimSession:
         self._presence = Presence(
             engine.nc,
             engine.kv,
-            spec.session_id,
+            spec.key,
             may_act=engine.may_act,
             on_kicked=self._kicked,
             keepalive_s=engine.config.keepalive_s,
@@ -284,7 +306,7 @@ class SimSession:
             self.faults.fail_connects -= 1
             self._spawn(self._refuse_connect())
             return
-        account = await self.engine.account(self.spec.session_id)
+        account = await self.engine.account(self.spec.key)
         if account is None:
             await self._start_pairing()
             return
@@ -303,9 +325,9 @@ class SimSession:
     async def logout(self) -> None:
         phone = self.phone
         await self.disconnect()
-        account = await self.engine.account(self.spec.session_id)
+        account = await self.engine.account(self.spec.key)
         if account is not None:
-            await self.engine.kv.delete(f"acct.{self.spec.session_id}")
+            await self.engine.kv.delete(f"acct.{self.spec.key}")
             phone = phone or account.phone
         if phone:
             await self.engine.kv.delete(f"num.{phone}")
@@ -317,16 +339,14 @@ class SimSession:
     # -- pairing -----------------------------------------------------------------------
 
     async def _start_pairing(self) -> None:
-        self._link_sub = await self.nc.subscribe(
-            f"zf.sim.link.{self.spec.session_id}", cb=self._on_link
-        )
+        self._link_sub = await self.nc.subscribe(f"zf.sim.link.{self.spec.key}", cb=self._on_link)
         self._qr_task = asyncio.create_task(self._rotate_qr())
 
     async def _rotate_qr(self) -> None:
         config = self.engine.config
         for index in range(config.qr_max_codes):
             lifetime = config.qr_first_s if index == 0 else config.qr_next_s
-            code = f"{QR_PREFIX},{self.spec.session_id},{secrets.token_urlsafe(24)}"
+            code = f"{QR_PREFIX},{self.spec.key},{secrets.token_urlsafe(24)}"
             self._current_codes = {code} | ({self._pair_code} if self._pair_code else set())
             self._qr = code
             self.emit(QrShown(code=code, expires_at=time.time() + lifetime))
@@ -347,6 +367,10 @@ class SimSession:
         self._pair_code = code
         self._pair_phone = phone
         self._current_codes.add(code)
+        if self._pair_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._pair_sub.unsubscribe()
+        self._pair_sub = await self.nc.subscribe(f"zf.sim.pair.{phone}", cb=self._on_link)
         return code
 
     async def _on_link(self, msg: Msg) -> None:
@@ -365,12 +389,12 @@ class SimSession:
             return
         if await self.engine.is_registered(request.phone):
             owner = await self.engine.kv.get(f"num.{request.phone}")
-            if owner.value and owner.value.decode() != self.spec.session_id:
+            if owner.value and owner.value.decode() != self.spec.key:
                 await msg.respond(_encode(LinkReply(ok=False, error="phone already linked")))
                 return
         account = Account(phone=request.phone, paired_at=time.time())
-        await self.engine.kv.put(f"acct.{self.spec.session_id}", _encode(account))
-        await self.engine.kv.put(f"num.{request.phone}", self.spec.session_id.encode())
+        await self.engine.kv.put(f"acct.{self.spec.key}", _encode(account))
+        await self.engine.kv.put(f"num.{request.phone}", self.spec.key.encode())
         await msg.respond(_encode(LinkReply(ok=True)))
         self.emit(Paired(phone=request.phone))
         # not inline: unsubscribing the link subscription cancels the task of this callback
@@ -388,6 +412,10 @@ class SimSession:
             with contextlib.suppress(Exception):
                 await self._link_sub.unsubscribe()
             self._link_sub = None
+        if self._pair_sub is not None:
+            with contextlib.suppress(Exception):
+                await self._pair_sub.unsubscribe()
+            self._pair_sub = None
         self._current_codes = set()
         self._pair_code = None
 
@@ -459,7 +487,7 @@ class SimSession:
     async def _ensure_fault_sub(self) -> None:
         if self._fault_sub is None:
             self._fault_sub = await self.nc.subscribe(
-                f"zf.sim.fault.{self.spec.session_id}", cb=self._on_fault
+                f"zf.sim.fault.{self.spec.key}", cb=self._on_fault
             )
 
     async def _on_fault(self, msg: Msg) -> None:

@@ -682,14 +682,15 @@ async def test_a_session_its_live_node_stopped_on_its_own_is_running_again_withi
     [session_id] = await create_connected(api, cnc, "selfstopped", 1, first_phone=520)
     body = (await views(api, [session_id]))[session_id]
     node, epoch = body["node_id"], body["epoch"]
+    key = await session_key(cnc, "default", session_id)  # agents know sessions by key
     reply = await cnc.request(
         agent_subject(node, Op.SESSION_STOP),
-        encode(SessionRef(session_id=session_id, epoch=epoch)),
+        encode(SessionRef(session_id=key, epoch=epoch)),
         timeout=5,
     )
     assert isinstance(msgspec.json.decode(reply.data, type=Ok[Any] | Err), Ok)
     stopped_at = time.monotonic()
-    assert session_id not in {s.session_id for s in (await agent_sessions(cnc, node)).sessions}
+    assert key not in {s.key for s in (await agent_sessions(cnc, node)).sessions}
     bound = AUDIT_S + RESTART_GRACE_S + 5.0  # + starting it on two loaded cores
     body = (await wait_all(api, [session_id], lambda b: b["state"] == "CONNECTED", bound))[
         session_id

@@ -16,7 +16,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from control_plane.allow_header import fix_allow_header
 from control_plane.api.events import EventController
-from control_plane.api.messages import MessageController
+from control_plane.api.messages import ContactController, MessageController
 from control_plane.api.monitoring import MonitoringController
 from control_plane.api.nodes import NodeController
 from control_plane.api.nodes_admin import NodeAdminController
@@ -24,6 +24,7 @@ from control_plane.api.sessions import SessionController
 from control_plane.api.tenants import TenantController
 from control_plane.api.webhooks import WebhookController
 from control_plane.caches import CacheInvalidator
+from control_plane.content_type import require_json_body
 from control_plane.hooks import before_send
 from control_plane.openapi_doc import complete as complete_openapi
 from control_plane.problems import EXCEPTION_HANDLERS, SMALL_ANSWERS
@@ -63,7 +64,8 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
                     await reconciler.stop()
                 await invalidator.stop()
 
-    # sends may carry inline media: their limit follows ZAPFLEET_MAX_MEDIA_BYTES (base64)
+    # sends may carry inline media: their limit follows ZAPFLEET_MAX_MEDIA_BYTES (base64);
+    # every other body (number checks too) has ZAPFLEET_MAX_BODY_BYTES
     media_body_limit = settings.max_media_bytes * 4 // 3 + 64 * 1024
     messages = Router(
         path="/",
@@ -73,6 +75,7 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
     handlers: list[Any] = [
         SessionController,
         messages,
+        ContactController,
         TenantController,
         NodeController,
         NodeAdminController,
@@ -90,6 +93,7 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan, events_lifespan],
         before_send=[before_send, fix_allow_header],
+        before_request=require_json_body,  # 415 for bodies that are not JSON
         request_max_body_size=settings.max_body_bytes,
         compression_config=compression(),
         openapi_config=OpenAPIConfig(

@@ -6,7 +6,12 @@ same checks, through the same code. Requests carry the API key in a NATS header
 (``Authorization: Bearer <key>`` or ``X-API-Key``); a tenant key may only use its own
 tenant's subjects, the admin key any. Replies are ``{"kind": "ok", "value": ...}`` or
 ``{"kind": "err", "code": ..., "status": ..., "message": ...}`` where ``code`` and
-``status`` are those of the REST problem document (docs/nats.md).
+``status`` are those of the REST problem document (docs/nats.md). An error reply also
+carries the micro protocol's headers (``Nats-Service-Error``: the message,
+``Nats-Service-Error-Code``: the status) and counts as an error of its endpoint in
+``$SRV.STATS``. An op nobody serves (``zf.api.<tenant>.no_such_op``) is answered
+``unknown_operation`` (404) by a catch-all subscription, instead of leaving the caller
+with "no responders".
 
 | op | request | reply value |
 |---|---|---|
@@ -21,9 +26,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.micro import add_service
-from nats.micro.request import Request
-from nats.micro.service import Service
+from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
+from nats.micro.service import Endpoint, Service
 
 from control_plane.api.messages import queue_message
 from control_plane.api.sessions import live_info, load_record, view
@@ -39,6 +47,9 @@ R = TypeVar("R", bound=msgspec.Struct)
 
 SERVICE = "zapfleet-api"
 QUEUE_GROUP = "zf-api"
+# its own queue group: it gets every command (NATS cannot subscribe to "all but these")
+# and answers only those no endpoint serves
+UNKNOWN_QUEUE_GROUP = "zf-api-unknown"
 
 
 class CommandError(msgspec.Struct, tag="err", tag_field="kind"):
@@ -80,6 +91,25 @@ def _error(code: str, status: int, message: str) -> bytes:
     return _encoder.encode(CommandError(code=code, status=status, message=message))
 
 
+def error_headers(status: int, message: str) -> dict[str, str]:
+    """The micro protocol's error headers (a header value is one line)."""
+    return {ERROR_HEADER: " ".join(message.split()), ERROR_CODE_HEADER: str(status)}
+
+
+class _Counter:
+    """Counts error replies into the endpoint's ``$SRV.STATS`` (nats.micro counts only
+    handlers that raise, and a raising handler cannot choose its reply body)."""
+
+    def __init__(self) -> None:
+        self.endpoint: Endpoint | None = None
+
+    def error(self, code: str, message: str) -> None:
+        if self.endpoint is not None:
+            self.endpoint._num_errors += 1
+            # typed None by nats-py, set to a string by nats-py itself on errors
+            self.endpoint._last_error = f"{code}: {message}"  # type: ignore[assignment]
+
+
 def _key(headers: dict[str, str] | None) -> str | None:
     for name, value in (headers or {}).items():
         lowered = name.lower()
@@ -96,46 +126,84 @@ def _endpoint(
     services: Services,
     request_type: type[R],
     handler: Callable[[Services, Principal, R], Awaitable[bytes]],
+    counter: _Counter,
 ) -> Callable[[Request], Awaitable[None]]:
     decoder = msgspec.json.Decoder(request_type)
+
+    async def fail(request: Request, code: str, status: int, message: str) -> None:
+        counter.error(code, message)
+        await request.respond(_error(code, status, message), headers=error_headers(status, message))
 
     async def endpoint(request: Request) -> None:
         tenant = request.subject.split(".")[2]
         key = _key(request.headers)
         if key is None:
-            await request.respond(
-                _error("unauthenticated", 401, "missing API key: send an Authorization header")
-            )
+            message = "missing API key: send an Authorization header"
+            await fail(request, "unauthenticated", 401, message)
             return
         try:
             # the same verification as REST with X-Tenant-Id = the subject's tenant: a tenant
             # key only for its own tenant, the admin key for any existing tenant
             acting = await services.auth.verify(key, tenant)
         except ProblemError as exc:
-            await request.respond(_error(exc.code, exc.status_code, exc.detail))
+            await fail(request, exc.code, exc.status_code, exc.detail)
             return
         try:
             body = decoder.decode(request.data or b"{}")
         except msgspec.ValidationError as exc:
-            await request.respond(_error("invalid_body", 400, f"invalid request: {exc}"))
+            await fail(request, "invalid_body", 400, f"invalid request: {exc}")
             return
         except msgspec.DecodeError as exc:
-            await request.respond(_error("malformed_json", 400, f"malformed JSON: {exc}"))
+            await fail(request, "malformed_json", 400, f"malformed JSON: {exc}")
             return
         try:
             reply = b'{"kind":"ok","value":' + await handler(services, acting, body) + b"}"
         except ProblemError as exc:
-            reply = _error(exc.code, exc.status_code, exc.detail)
+            await fail(request, exc.code, exc.status_code, exc.detail)
+            return
         except Exception as exc:
             log.exception("command failed", extra={"subject": request.subject})
-            reply = _error("internal", 500, f"internal error: {type(exc).__name__}")
+            await fail(request, "internal", 500, f"internal error: {type(exc).__name__}")
+            return
         await request.respond(reply)
 
     return endpoint
 
 
-async def serve_commands(services: Services) -> Service:
-    """Register the ``zapfleet-api`` micro service; stop it with ``await service.stop()``."""
+async def _answer_unknown_ops(nc: NATS, known: set[str]) -> Subscription:
+    """Answer ``unknown_operation`` on ``zf.api.<tenant>.<op>`` subjects no endpoint
+    serves (callers would otherwise wait for "no responders"). Nothing tenant-specific
+    is looked at or revealed, so the key is not checked."""
+    ops = ", ".join(sorted(known))
+
+    async def answer(msg: Msg) -> None:
+        op = msg.subject.split(".", 3)[3]
+        if op in known or not msg.reply:
+            return  # an endpoint answers it (or nobody waits for an answer)
+        message = f"unknown operation {op!r}; the operations are: {ops}"
+        await nc.publish(
+            msg.reply,
+            _error("unknown_operation", 404, message),
+            headers=error_headers(404, message),
+        )
+
+    return await nc.subscribe(api_subject("*", ">"), queue=UNKNOWN_QUEUE_GROUP, cb=answer)
+
+
+class Commands:
+    """The ``zapfleet-api`` micro service and the catch-all for unknown ops."""
+
+    def __init__(self, service: Service, unknown: Subscription) -> None:
+        self.service = service
+        self.unknown = unknown
+
+    async def stop(self) -> None:
+        await self.unknown.unsubscribe()
+        await self.service.stop()
+
+
+async def serve_commands(services: Services) -> Commands:
+    """Register the ``zapfleet-api`` micro service; stop it with ``await commands.stop()``."""
     service = await add_service(
         services.nc,
         name=SERVICE,
@@ -147,10 +215,12 @@ async def serve_commands(services: Services) -> Service:
         "session_status": (SessionStatusCommand, op_session_status),
     }
     for op, (request_type, handler) in routes.items():
+        counter = _Counter()
         await service.add_endpoint(
             name=op,
             subject=api_subject("*", op),
-            handler=_endpoint(services, request_type, handler),
+            handler=_endpoint(services, request_type, handler, counter),
             queue_group=QUEUE_GROUP,
         )
-    return service
+        counter.endpoint = service._endpoints[-1]
+    return Commands(service, await _answer_unknown_ops(services.nc, set(routes)))

@@ -6,21 +6,37 @@ it cannot know (tests/reliability/test_schemathesis.py holds the API to it).
   describes with its own validation body), plus ``502`` (the WhatsApp engine failed) and
   ``503`` (no node can serve it now; ``Retry-After``) where a node is involved.
 - Endpoints that need no key (health, readiness, Prometheus) say so (``security: []``).
+- Every header the server reads or writes is declared: ``X-Tenant-Id`` (the admin acts
+  for a tenant) on every ``/v1`` operation, ``RateLimit-*`` on every ``/v1`` answer,
+  ``Retry-After`` on 429/503, ``Idempotency-Key`` with its bounds and
+  ``Idempotent-Replayed`` on sends, ``X-Cache`` on cached reads.
+- Constraints the server enforces that Litestar does not render: ``additionalProperties:
+  false`` on bodies that refuse unknown fields, media with exactly one of ``url`` (http(s))
+  and ``base64``; QR images are binary (``format: binary``, also offered as
+  ``application/octet-stream`` so generic generators type them as bytes).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 from litestar.openapi.spec import (
     Components,
     OpenAPI,
+    OpenAPIHeader,
     OpenAPIMediaType,
     OpenAPIResponse,
     OpenAPIType,
+    Operation,
+    Parameter,
     Reference,
     Schema,
 )
 
+from control_plane.idempotency import MAX_KEY_LENGTH
 from control_plane.problems import PROBLEM_JSON
+from control_plane.tenants import TENANT_ID_PATTERN
 
 PUBLIC_PATHS = frozenset({"/monitoring/health", "/monitoring/ready"})
 # paths whose operations call a node agent: they may answer 502 or 503
@@ -66,6 +82,113 @@ UNAVAILABLE = _problem(
 )
 
 
+def _header(description: str, schema: Schema) -> OpenAPIHeader:
+    return OpenAPIHeader(schema=schema, description=description)
+
+
+_INTEGER = Schema(type=OpenAPIType.INTEGER, minimum=0)
+RATE_HEADERS = {
+    "RateLimit-Limit": _header("requests allowed in the window of the rate class", _INTEGER),
+    "RateLimit-Remaining": _header("requests left in the window", _INTEGER),
+    "RateLimit-Reset": _header("seconds until the window is full again", _INTEGER),
+}
+RETRY_AFTER = {"Retry-After": _header("seconds to wait before retrying", _INTEGER)}
+X_CACHE = {
+    "X-Cache": _header(
+        "hit: served from the cache; miss: read from the node (and cached); bypass: "
+        "not placed on a node",
+        Schema(type=OpenAPIType.STRING, enum=["hit", "miss", "bypass"]),
+    )
+}
+REPLAYED = {
+    "Idempotent-Replayed": _header(
+        "true when this is the stored answer to an earlier request with the same "
+        "Idempotency-Key and body",
+        Schema(type=OpenAPIType.STRING, enum=["true"]),
+    )
+}
+TENANT_HEADER = Parameter(
+    name="X-Tenant-Id",
+    param_in="header",
+    required=False,
+    description="with the admin key: the tenant to act for (default: `default`); a tenant "
+    "key may only name its own tenant",
+    schema=Schema(type=OpenAPIType.STRING, pattern=TENANT_ID_PATTERN),
+)
+IDEMPOTENCY_KEY = Schema(
+    type=OpenAPIType.STRING,
+    min_length=1,
+    max_length=MAX_KEY_LENGTH,
+    pattern=r"^[\x20-\x7e]+$",
+    description="printable ASCII: same key + same body = same answer (24 h); same key + "
+    "other body = 409",
+)
+_BINARY = {"image/png": "QR code as a PNG image", "image/svg+xml": "QR code as an SVG image"}
+MEDIA_ONE_OF = [
+    Schema(
+        required=["url"],
+        properties={"url": Schema(type=OpenAPIType.STRING, pattern="^https?://")},
+    ),
+    Schema(required=["base64"], properties={"base64": Schema(type=OpenAPIType.STRING)}),
+]
+
+
+def _strict_struct_names() -> set[str]:
+    """Names of the API's bodies that refuse unknown fields (msgspec
+    ``forbid_unknown_fields``): their schemas get ``additionalProperties: false``."""
+    found: dict[str, bool] = {}
+    pending: list[type[Any]] = [msgspec.Struct]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__module__.startswith(("control_plane.", "node_agent.protocol")):
+            strict = bool(cls.__struct_config__.forbid_unknown_fields)
+            found[cls.__name__] = found.get(cls.__name__, True) and strict
+    return {name for name, strict in found.items() if strict}
+
+
+def _add_headers(response: OpenAPIResponse | Reference, headers: dict[str, OpenAPIHeader]) -> None:
+    if isinstance(response, OpenAPIResponse):
+        response.headers = {**(response.headers or {}), **headers}
+
+
+def _complete_operation(path: str, method: str, operation: Operation) -> None:
+    responses = operation.responses or {}
+    if path.startswith("/v1/"):
+        parameters = list(operation.parameters or [])
+        if not any(getattr(p, "name", "") == "X-Tenant-Id" for p in parameters):
+            parameters.append(TENANT_HEADER)
+        for parameter in parameters:
+            if isinstance(parameter, Parameter) and parameter.name == "Idempotency-Key":
+                parameter.schema = IDEMPOTENCY_KEY
+        operation.parameters = parameters
+        for status, response in responses.items():
+            if status.startswith("2") or status == "4XX":
+                _add_headers(response, RATE_HEADERS)
+    for status in ("4XX", "503"):
+        if status in responses:
+            _add_headers(responses[status], RETRY_AFTER)
+    ok = responses.get("200") or responses.get("202")
+    if ok is None or not isinstance(ok, OpenAPIResponse):
+        return
+    if path.endswith(("/status", "/messages")) and method == "get":
+        _add_headers(ok, X_CACHE)
+    if path.endswith("/messages") and method == "post":
+        _add_headers(ok, REPLAYED)
+    for media_type, description in _BINARY.items():
+        if ok.content and media_type in ok.content:
+            binary = Schema(
+                type=OpenAPIType.STRING,
+                format="binary",  # type: ignore[arg-type]
+                content_media_type=media_type,
+                description=description,
+            )
+            ok.content = {
+                media_type: OpenAPIMediaType(schema=binary),
+                "application/octet-stream": OpenAPIMediaType(schema=binary),
+            }
+
+
 def complete(openapi: OpenAPI, *, metrics_public: bool) -> OpenAPI:
     """Add the problem responses and public endpoints to Litestar's document, in place."""
     public = PUBLIC_PATHS | ({"/metrics"} if metrics_public else set())
@@ -76,6 +199,11 @@ def complete(openapi: OpenAPI, *, metrics_public: bool) -> OpenAPI:
         components = openapi.components = Components()
     schemas = dict(components.schemas or {})
     schemas["Problem"] = PROBLEM_SCHEMA
+    for name in _strict_struct_names() & schemas.keys():
+        schemas[name].additional_properties = False
+    if "Media" in schemas:
+        schemas["Media"].one_of = MEDIA_ONE_OF
+        schemas["Media"].description = "exactly one of `url` (http or https) and `base64`"
     components.schemas = schemas
     for path, item in (openapi.paths or {}).items():
         for method in ("get", "put", "post", "delete", "patch"):
@@ -96,4 +224,5 @@ def complete(openapi: OpenAPI, *, metrics_public: bool) -> OpenAPI:
                         content=responses["200"].content if "200" in responses else None,
                     )
             operation.responses = responses
+            _complete_operation(path, method, operation)
     return openapi

@@ -16,7 +16,7 @@
 | ZAPFLEET_WEBHOOK_URL | (none) | global webhook URL(s), comma-separated (KV config wins) |
 | ZAPFLEET_WEBHOOK_SECRET | (none) | HMAC secret of the global webhook |
 | ZAPFLEET_WEBHOOK_EVENTS | (all) | event types or `family.*` patterns the global webhook gets |
-| ZAPFLEET_WEBHOOK_ALLOW_PRIVATE | false | allow all loopback/private targets (dev only) |
+| ZAPFLEET_ALLOW_PRIVATE_TARGETS | false | webhooks + media may reach loopback/private (dev only) |
 | ZAPFLEET_WEBHOOK_ALLOWED_NETWORKS | (none) | CIDRs allowed despite the SSRF guard |
 | ZAPFLEET_WEBHOOKS_IN_PROCESS | true | run the webhook dispatcher inside the control plane |
 | ZAPFLEET_WEBHOOK_TIMEOUT_S | 10 | timeout of one delivery (connect + response) |
@@ -96,7 +96,7 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     webhook_url: str | None = None
     webhook_secret: str | None = None
     webhook_events: list[str] | None = None
-    webhook_allow_private: bool = False
+    allow_private_targets: bool = False  # the agents' media read it too (zapfleet/ssrf.py)
     webhook_allowed_networks: list[str] = msgspec.field(default_factory=list)
     webhooks_in_process: bool = True
     webhook_timeout_s: float = 10.0

@@ -195,7 +195,7 @@ class Agent:
         self.media = MediaFetcher(
             max_bytes=settings.max_media_bytes,
             timeout_s=settings.media_timeout_s,
-            allow_private=settings.media_allow_private,
+            allow_private=settings.allow_private_targets,
         )
         CAPACITY.set(settings.max_sessions)
 

@@ -29,7 +29,13 @@ import httpx
 import msgspec
 
 from node_agent.protocol import ErrorCode, Media
-from zapfleet.ssrf import AddressPolicy, UnsafeURLError, check_url, split_url
+from zapfleet.ssrf import (
+    ALLOW_PRIVATE_SETTING,
+    AddressPolicy,
+    UnsafeURLError,
+    check_url,
+    split_url,
+)
 
 INLINE_DECODE_IN_THREAD_BYTES = 256 * 1024
 MAX_REDIRECTS = 3
@@ -79,8 +85,9 @@ def sniff_mimetype(data: bytes) -> str:
 
 def default_url_guard(allow_private: bool) -> UrlGuard:
     """The SSRF policy webhooks use too (zapfleet/ssrf.py): http(s) only, and only hosts
-    whose every address is public, unless ZAPFLEET_MEDIA_ALLOW_PRIVATE. Returns the
-    first checked address: the fetch dials it (and no other)."""
+    whose every address is public, unless ZAPFLEET_ALLOW_PRIVATE_TARGETS (development:
+    loopback and private too; link-local and unspecified never). Returns the first
+    checked address: the fetch dials it (and no other)."""
     policy = AddressPolicy(allow_private=allow_private)
 
     async def guard(url: str) -> str | None:
@@ -88,11 +95,9 @@ def default_url_guard(allow_private: bool) -> UrlGuard:
             _, host, _ = split_url(url, "media URL")
         except UnsafeURLError as exc:  # not even an http(s) URL: the request is wrong
             raise MediaError(ErrorCode.INVALID_REQUEST, str(exc)) from None
-        if allow_private:
-            return None  # development: any address, dialed by name
         try:
             addresses = await check_url(
-                url, policy, what="media URL", allow_setting="ZAPFLEET_MEDIA_ALLOW_PRIVATE"
+                url, policy, what="media URL", allow_setting=ALLOW_PRIVATE_SETTING
             )
         except UnsafeURLError as exc:
             raise MediaError(ErrorCode.MEDIA_UNAVAILABLE, str(exc)) from None

@@ -473,6 +473,8 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     node_labels: dict[str, str] | None = None  # placement constraint, e.g. {"region": "eu"}
     created_at: float = 0.0
     updated_at: float = 0.0
+    # why it was stopped (stop, logout): shown while it runs nowhere (desired "stopped")
+    stopped_reason: str | None = None
 
 
 # -- JetStream layout ---------------------------------------------------------------------

@@ -19,7 +19,7 @@
 | ZAPFLEET_OUTBOX | true | accepted sends are kept in KV zf_outbox until sent (survive kill -9) |
 | ZAPFLEET_MAX_MEDIA_BYTES | 16777216 | largest media (base64 or URL) a message may carry |
 | ZAPFLEET_MEDIA_TIMEOUT_S | 30 | media URL download timeout |
-| ZAPFLEET_MEDIA_ALLOW_PRIVATE | false | allow media URLs on loopback/private hosts (tests) |
+| ZAPFLEET_ALLOW_PRIVATE_TARGETS | false | media + webhooks may reach loopback/private (dev only) |
 | ZAPFLEET_START_STAGGER_S | 0.05 | pause between two neonize dials (staggered starts) |
 | ZAPFLEET_MAX_CHECK_NUMBERS | 500 | largest batch of one contacts check |
 | ZAPFLEET_RPC_MAX_INFLIGHT | 512 | sends and reads served at once (lifecycle ops: one at a time) |
@@ -72,7 +72,7 @@ class AgentSettings(msgspec.Struct, kw_only=True):
     max_media_bytes: int = 16 * 1024 * 1024
     outbox: bool = True
     media_timeout_s: float = 30.0
-    media_allow_private: bool = False
+    allow_private_targets: bool = False  # the control plane's webhooks read it too
     start_stagger_s: float = 0.05
     max_check_numbers: int = 500
     # sends and reads served at once (node_agent/agent.py: Agent._rpc)

@@ -277,8 +277,11 @@ class SessionSupervisor:
             log.warning("engine logout failed; pairing forgotten locally", extra={"error": exc})
         self.phone = None
         self.qr = None
-        self._set_state(SessionState.LOGGED_OUT, "logged out by request")
-        self.events.emit(EventType.SESSION_LOGGED_OUT, self.tenant, self.session_id, {})
+        reason = "logged out by request"
+        self._set_state(SessionState.LOGGED_OUT, reason)
+        self.events.emit(
+            EventType.SESSION_LOGGED_OUT, self.tenant, self.session_id, {"reason": reason}
+        )
         self._fail_queued("session logged out before sending")
 
     def _stop_tasks(self) -> None:
@@ -625,7 +628,13 @@ class SessionSupervisor:
             EventType.MESSAGE_ACK,
             self.tenant,
             self.session_id,
-            {"message_id": request.message_id, "status": "failed", "code": code, "error": error},
+            {
+                "message_id": request.message_id,
+                "status": "failed",
+                "peer": request.to,
+                "code": code,
+                "error": error,
+            },
         )
 
     def _fail_queued(self, reason: str) -> None:

@@ -226,7 +226,7 @@ def sim_settings(nats_url: str, data_dir: Path, **overrides: Any) -> AgentSettin
         "backoff_base_s": 0.05,
         "backoff_max_s": 0.4,
         "sim_read_after_s": 0.05,
-        "media_allow_private": True,
+        "allow_private_targets": True,
     }
     values.update(overrides)
     return msgspec.convert(values, AgentSettings)

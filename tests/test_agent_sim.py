@@ -405,6 +405,7 @@ async def test_injected_send_failures_end_in_a_failed_ack_after_the_retries(
             lambda e: e.type == "message.ack" and e.data["message_id"] == message.message_id
         )
         assert failed.data["status"] == "failed"
+        assert failed.data["peer"] == message.to  # like every other message.ack
         assert failed.data["code"] == "engine_error"
         assert "injected" in failed.data["error"]
 

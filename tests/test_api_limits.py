@@ -6,8 +6,10 @@ suite (which shares the generous default stack) is never throttled."""
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -169,3 +171,72 @@ async def test_oversize_bodies_and_media_are_413(tight: Tight) -> None:
             json={"type": "image", "to": "+15550500002", "media": small, "caption": "y" * 3000},
         )
         assert_problem(fits, 404, "session_not_found")
+
+
+def json_operations(schema: dict[str, Any]) -> list[tuple[str, str]]:
+    """(method, path with every parameter filled) of each operation with a JSON body."""
+    found = []
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                found.append((method.upper(), re.sub(r"\{[^}]+\}", "any", path)))
+    return found
+
+
+async def test_every_json_endpoint_refuses_a_body_over_the_limit_with_413(tight: Tight) -> None:
+    """ZAPFLEET_MAX_BODY_BYTES (here 4 KiB) holds on every endpoint that takes JSON, number
+    checks included (they used to share the sends' limit, which follows the media limit);
+    only sends take more. Refused before the body is read: no key is even looked at."""
+    async with fresh_admin(tight) as admin:
+        schema = (await admin.get("/schema/openapi.json")).json()
+        operations = json_operations(schema)
+        assert ("POST", "/v1/sessions/any/contacts/check") in operations
+        assert len(operations) >= 10, operations
+        numbers = {"numbers": ["+1555" + str(n).zfill(7) for n in range(400)]}  # ~5.6 KB
+        oversize = {"session_id": "x", "device_name": "y" * 5000}
+        for method, path in operations:
+            body = numbers if path.endswith("/contacts/check") else oversize
+            if path.endswith("/messages"):
+                continue  # its limit follows the media limit (the test above)
+            response = await admin.request(method, path, json=body)
+            assert_problem(response, 413, "request_entity_too_large")
+        # the same number check within the limit reaches the handler
+        fits = await admin.post(
+            "/v1/sessions/any/contacts/check", json={"numbers": ["+15550500002"]}
+        )
+        assert_problem(fits, 404, "session_not_found")
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+     "application/xml", "text/json"],
+)  # fmt: skip
+async def test_every_json_endpoint_answers_415_to_a_body_that_is_not_json(
+    tight: Tight, content_type: str
+) -> None:
+    async with fresh_admin(tight) as admin:
+        operations = json_operations((await admin.get("/schema/openapi.json")).json())
+        for method, path in operations:
+            response = await admin.request(
+                method, path, content=b'{"type":"text","to":"+15550500002","text":"hi"}',
+                headers={"Content-Type": content_type},
+            )  # fmt: skip
+            problem = assert_problem(response, 415, "unsupported_media_type")
+            assert "application/json" in problem["detail"], problem
+
+
+async def test_json_content_types_with_parameters_or_a_suffix_are_read(tight: Tight) -> None:
+    for content_type in (
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/merge-patch+json",
+    ):
+        async with fresh_admin(tight) as admin:  # sends are limited to 3 a minute here
+            response = await admin.post(
+                "/v1/sessions/nobody/messages",
+                content=b'{"type":"text","to":"+15550500002","text":"hi"}',
+                headers={"Content-Type": content_type},
+            )
+            assert_problem(response, 404, "session_not_found")

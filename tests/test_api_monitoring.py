@@ -27,7 +27,11 @@ async def test_health_ready_and_prometheus_need_no_key(stack: Stack) -> None:
         ready = (await client.get("/monitoring/ready")).json()
         assert ready == {"status": "ok", "checks": {"nats": "ok", "valkey": "ok"}}
         await client.get("/v1/sessions")  # a 401, counted like any request
-        text = (await client.get("/metrics")).text
+        prometheus = await client.get("/metrics")
+        text = prometheus.text
+    content_type = prometheus.headers["content-type"]
+    assert content_type.startswith("text/plain; version=") and content_type.count("charset") == 1
+    assert content_type.endswith("; charset=utf-8"), content_type
     assert 'zapfleet_api_requests_total{route="/v1/sessions",status="4xx"}' in text
     assert "zapfleet_api_cache_requests_total" in text
     # and timed: the request lands in one bucket of the route's duration histogram

@@ -145,10 +145,24 @@ async def test_connection_operations_and_logout(api: httpx.AsyncClient, nc: NATS
     assert logged_out.status_code == 200
     assert logged_out.json()["state"] == "LOGGED_OUT"
     assert logged_out.json()["desired"] == "stopped"
-    assert (await api.get(f"/v1/sessions/{session_id}/status")).json()["state"] == "STOPPED"
+    # later reads still say why it is not running (it used to be STOPPED, reason null)
+    why = "logged out by request: pair again to use it"
+    status = (await api.get(f"/v1/sessions/{session_id}/status")).json()
+    assert (status["state"], status["reason"]) == ("STOPPED", why)
+    session = (await api.get(f"/v1/sessions/{session_id}")).json()
+    assert (session["state"], session["reason"]) == ("STOPPED", why)
+    events = await api.get(
+        "/v1/events", params={"since": "0", "session": session_id, "type": "session.logged_out"}
+    )
+    assert [e["data"] for e in events.json()["events"]] == [{"reason": "logged out by request"}]
     # starting again asks for a new pairing: the device was unlinked
     await api.post(f"/v1/sessions/{session_id}/start")
     await status_until(api, session_id, "PAIRING")
+    assert (await api.get(f"/v1/sessions/{session_id}")).json()["reason"] != why
+    stopped = await api.post(f"/v1/sessions/{session_id}/stop")
+    assert stopped.status_code == 200, stopped.text
+    session = (await api.get(f"/v1/sessions/{session_id}")).json()
+    assert (session["state"], session["reason"]) == ("STOPPED", "stopped by request")
     await api.delete(f"/v1/sessions/{session_id}", params={"logout": "true"})
 
 

@@ -78,7 +78,7 @@ class Fleet:
                 "ZAPFLEET_ADMIN_KEY": ADMIN_KEY,
                 "ZAPFLEET_HTTP_PORT": str(self.http_port),
                 "ZAPFLEET_DEFAULT_ENGINE": "sim",
-                "ZAPFLEET_WEBHOOK_ALLOW_PRIVATE": "true",
+                "ZAPFLEET_ALLOW_PRIVATE_TARGETS": "true",
             },
             LOG_DIR,
         )

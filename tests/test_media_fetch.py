@@ -154,5 +154,13 @@ async def test_the_default_guard_returns_the_public_address_it_checked() -> None
     with pytest.raises(MediaError) as wrong:
         await guard("ftp://93.184.216.34/pic.png")
     assert wrong.value.code == ErrorCode.INVALID_REQUEST
-    # development setting: anything goes, dialed by name
-    assert await default_url_guard(allow_private=True)("http://127.0.0.1/x") is None
+    # development setting (ZAPFLEET_ALLOW_PRIVATE_TARGETS): loopback and private hosts,
+    # still pinned to the checked address; link-local and unspecified never
+    development = default_url_guard(allow_private=True)
+    assert await development("http://127.0.0.1/x") == "127.0.0.1"
+    assert await development("http://10.1.2.3/x") == "10.1.2.3"
+    for url in ("http://169.254.169.254/latest/meta-data/", "http://0.0.0.0:8080/", "http://[::]/"):
+        with pytest.raises(MediaError) as never:
+            await development(url)
+        assert never.value.code == ErrorCode.MEDIA_UNAVAILABLE, url
+        assert "no setting allows them" in never.value.message

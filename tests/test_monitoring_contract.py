@@ -467,3 +467,19 @@ def test_promtool_accepts_the_rules_and_every_dashboard_query(tmp_path: Path) ->
         [promtool, "check", "rules", str(as_rules)], capture_output=True, text=True, check=False
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_the_monitoring_section_of_docs_ui_names_every_alert_and_only_exported_metrics(
+    families: dict[str, Family], series_index: dict[str, Family]
+) -> None:
+    """docs/ui.md lists every alert rule by name, and every metric it names is exported
+    (it once said the control plane had no request-duration histogram while it did)."""
+    text = (ROOT / "docs" / "ui.md").read_text()
+    missing = [rule["alert"] for rule in load_rules() if f"`{rule['alert']}`" not in text]
+    assert missing == [], f"docs/ui.md does not describe the alerts {missing}"
+    named = set(re.findall(r"\bzapfleet_[a-z0-9_]+\b", text))
+    assert named, "docs/ui.md names no metric"
+    exported = families.keys() | series_index.keys()
+    assert sorted(name for name in named if name not in exported) == []
+    for stale in ("no request-duration histogram", "no API latency alert"):
+        assert stale not in text

@@ -33,11 +33,23 @@ def _parse(raw: str, annotation: Any) -> Any:
     return raw
 
 
+# former names still read (when the new name is unset), so an upgrade keeps its settings
+RENAMED = {
+    # one development SSRF setting for webhooks and media alike (zapfleet/ssrf.py)
+    "ZAPFLEET_ALLOW_PRIVATE_TARGETS": (
+        "ZAPFLEET_WEBHOOK_ALLOW_PRIVATE",
+        "ZAPFLEET_MEDIA_ALLOW_PRIVATE",
+    ),
+}
+
+
 def load_settings(cls: type[S], env: Mapping[str, str] | None = None, **overrides: Any) -> S:
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     for field in msgspec.structs.fields(cls):
         name = PREFIX + field.name.upper()
+        if name not in env:
+            name = next((old for old in RENAMED.get(name, ()) if old in env), name)
         if name in env:
             values[field.name] = _parse(env[name], field.type)
     values.update(overrides)

@@ -318,7 +318,9 @@ def _stack_env(args: argparse.Namespace, home: Path, admin_key: str) -> dict[str
         "ZAPFLEET_NODE_ID": os.environ.get("ZAPFLEET_NODE_ID", "local-1"),
         "ZAPFLEET_DATA_DIR": str(home / "agent"),
         "ZAPFLEET_METRICS_PORT": str(args.agent_metrics_port),
-        "ZAPFLEET_WEBHOOK_ALLOW_PRIVATE": os.environ.get("ZAPFLEET_WEBHOOK_ALLOW_PRIVATE", "true"),
+        # development: webhooks and media may reach this machine and private networks
+        # (never link-local or unspecified addresses: zapfleet/ssrf.py)
+        "ZAPFLEET_ALLOW_PRIVATE_TARGETS": os.environ.get("ZAPFLEET_ALLOW_PRIVATE_TARGETS", "true"),
     }
 
 

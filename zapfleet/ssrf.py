@@ -4,10 +4,14 @@ addresses unless an operator allows more.
 
 A URL is refused when its host is, or resolves to, an address that is not globally
 routable — loopback, private (RFC 1918, ULA), link-local (cloud metadata lives at
-169.254.169.254), carrier-grade NAT, unspecified, reserved — or multicast. Settings
-can allow all of them (``ZAPFLEET_WEBHOOK_ALLOW_PRIVATE``, ``ZAPFLEET_MEDIA_ALLOW_PRIVATE``,
-for development) or some networks (``ZAPFLEET_WEBHOOK_ALLOWED_NETWORKS``, e.g.
-``127.0.0.1/32`` in tests).
+169.254.169.254), carrier-grade NAT, unspecified, reserved — or multicast.
+
+Link-local, unspecified (``0.0.0.0``, ``::``, which connect to this host) and multicast
+addresses are refused in every mode: no setting opens them. The rest can be allowed by
+one development setting that the control plane (webhooks) and the node agent (media)
+read alike, ``ZAPFLEET_ALLOW_PRIVATE_TARGETS`` (``zapfleet up`` sets it), or by
+networks an operator names (``ZAPFLEET_WEBHOOK_ALLOWED_NETWORKS``, e.g. ``127.0.0.1/32``
+in tests).
 
 Webhooks are checked twice: when a URL is configured (a clear 422 for the user) and at
 connect time (``control_plane/webhooks/http.py`` dials only addresses the policy
@@ -47,6 +51,25 @@ def _describe(address: IPAddress) -> str:
     return "non-public"
 
 
+def _never_allowed(address: IPAddress) -> str | None:
+    """Why ``address`` is refused in every mode, or None: link-local (cloud metadata at
+    169.254.169.254, fe80::/10), unspecified (0.0.0.0 and :: reach this host's every
+    interface) and multicast."""
+    if address.is_multicast:
+        return "multicast"
+    if address.is_link_local:
+        return "link-local"
+    if address.is_unspecified:
+        return "unspecified"
+    if isinstance(address, ipaddress.IPv4Address) and address in _THIS_NETWORK:
+        return "unspecified"  # 0.0.0.0/8: "this network", Linux connects it to this host
+    return None
+
+
+_THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
+ALLOW_PRIVATE_SETTING = "ZAPFLEET_ALLOW_PRIVATE_TARGETS"
+
+
 @dataclass(frozen=True)
 class AddressPolicy:
     allow_private: bool = False
@@ -63,10 +86,11 @@ class AddressPolicy:
         """Why ``address`` may not be called, or None when it may."""
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
+        never = _never_allowed(address)
+        if never is not None:
+            return never  # not even an allowed network or the development setting opens it
         if any(address in network for network in self.allowed_networks):
             return None
-        if address.is_multicast:
-            return "multicast"
         if address.is_global:
             return None
         if self.allow_private:
@@ -133,10 +157,14 @@ async def check_url(
         reason = policy.refusal(address)
         if reason is not None:
             shown = host if literal is not None else f"{host} ({address})"
+            opening = (
+                "no setting allows them"
+                if _never_allowed(address) is not None
+                else f"an operator can allow them with {allow_setting}"
+            )
             raise UnsafeURLError(
                 f"{what} {redact_url(url)!r} points to a {reason} address ({shown}); "
-                "such targets are refused to prevent server-side request forgery "
-                f"(an operator can allow them with {allow_setting})"
+                f"such targets are refused to prevent server-side request forgery ({opening})"
             )
     return addresses
 
@@ -155,6 +183,7 @@ def redact_url(url: str) -> str:
 
 
 __all__: list[Any] = [
+    "ALLOW_PRIVATE_SETTING",
     "AddressPolicy",
     "Resolver",
     "UnsafeURLError",

@@ -224,6 +224,15 @@ class MessageController(Controller):
         await services.cache.put_history(cache_id(record), limit, body)
         return Response(body, media_type=JSON, headers={"X-Cache": "miss"})  # type: ignore[arg-type]
 
+
+class ContactController(Controller):
+    """Number checks: a controller of their own, outside the sends' router, so their
+    body limit is ZAPFLEET_MAX_BODY_BYTES (1 MiB), not the sends' (inline media)."""
+
+    path = "/v1/sessions/{session_id:str}"
+    tags = ["messages"]
+    dependencies = {"principal": Provide(authenticate)}
+
     @post(
         "/contacts/check",
         status_code=200,

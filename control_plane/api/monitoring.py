@@ -40,6 +40,12 @@ _STARTED = time.time()
 _PROCESS = psutil.Process()
 WEBHOOK_CONSUMER = "webhooks"
 
+# Litestar adds "; charset=utf-8" to every text/* type: without it here, the header
+# would say charset twice
+PROMETHEUS_TEXT = "; ".join(
+    part for part in CONTENT_TYPE_LATEST.split("; ") if not part.startswith("charset=")
+)
+
 
 async def _cache_metrics(services: Services) -> CacheMetrics:
     totals = metrics.counter_values("zapfleet_api_cache_requests")
@@ -142,7 +148,7 @@ class MonitoringController(Controller):
     ) -> Response[bytes]:
         if not services.settings.metrics_public:
             await require_admin(request, services)
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=PROMETHEUS_TEXT)
 
     @get(
         "/monitoring/metrics",

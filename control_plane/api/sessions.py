@@ -113,6 +113,11 @@ async def call_agent(
         raise exc.to_problem() from None
 
 
+def stopped_reason(record: SessionRecord) -> str | None:
+    """Why a session that runs nowhere was stopped (by stop or logout), if it was."""
+    return record.stopped_reason if record.desired == "stopped" else None
+
+
 def view(record: SessionRecord, info: SessionInfo | None) -> SessionView:
     assignment = record.assignment
     state = info.state if info else SessionState.STOPPED
@@ -125,7 +130,7 @@ def view(record: SessionRecord, info: SessionInfo | None) -> SessionView:
         node_id=assignment.node_id if assignment else None,
         epoch=assignment.epoch if assignment else None,
         phone=info.phone if info else None,
-        reason=info.reason if info else None,
+        reason=info.reason if info else stopped_reason(record),
         since=info.since if info else None,
         queue_depth=info.queue_depth if info else 0,
         webhook_url=record.webhook_url,
@@ -142,7 +147,7 @@ def status_of(record: SessionRecord, info: SessionInfo | None) -> SessionStatus:
         node_id=assignment.node_id if assignment else None,
         epoch=assignment.epoch if assignment else None,
         phone=info.phone if info else None,
-        reason=info.reason if info else "not placed on any node",
+        reason=info.reason if info else stopped_reason(record) or "not placed on any node",
         since=info.since if info else None,
         reconnect_attempts=info.reconnect_attempts if info else 0,
         breaker_open_until=info.breaker_open_until if info else None,
@@ -193,6 +198,12 @@ async def place(services: Services, record: SessionRecord) -> SessionInfo:
     return info
 
 
+STOPPED_BY = {
+    Op.SESSION_STOP: "stopped by request",
+    Op.SESSION_LOGOUT: "logged out by request: pair again to use it",
+}
+
+
 async def unplace(services: Services, record: SessionRecord, op: Op) -> SessionInfo | None:
     """Record the session as stopped (so no agent resumes it), then stop or log it out
     on its node. A node that no longer runs it, or is gone, is not an error."""
@@ -202,6 +213,7 @@ async def unplace(services: Services, record: SessionRecord, op: Op) -> SessionI
     def stop(current: SessionRecord) -> None:
         # the assignment stays: its epoch keeps growing across stops and starts (fencing)
         current.desired = "stopped"
+        current.stopped_reason = STOPPED_BY[op]
 
     await update_record(services, record, stop)
     info = None

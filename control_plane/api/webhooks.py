@@ -128,7 +128,7 @@ async def ensure_safe_url(services: Services, url: str) -> None:
     """422 ``unsafe_webhook_url`` unless ``url`` passes the SSRF guard."""
     settings = services.settings
     policy = AddressPolicy.from_settings(
-        settings.webhook_allow_private, settings.webhook_allowed_networks
+        settings.allow_private_targets, settings.webhook_allowed_networks
     )
     try:
         parse_target(url, "zapfleet")  # what the dispatcher will send to, spelled out

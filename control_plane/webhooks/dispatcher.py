@@ -148,7 +148,7 @@ class Dispatcher:
         self._owns_registry = registry is None
         self.dead_letters = DeadLetterStore(nc, js)
         self.policy = AddressPolicy.from_settings(
-            settings.webhook_allow_private, settings.webhook_allowed_networks
+            settings.allow_private_targets, settings.webhook_allowed_networks
         )
         self._slots = asyncio.Semaphore(settings.webhook_concurrency)
         self._destinations: dict[str, _Destination] = {}

@@ -81,7 +81,7 @@ def ui_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiStack]:
                 "ZAPFLEET_ADMIN_KEY": ADMIN_KEY,
                 "ZAPFLEET_HTTP_PORT": str(http_port),
                 "ZAPFLEET_DEFAULT_ENGINE": "sim",
-                "ZAPFLEET_WEBHOOK_ALLOW_PRIVATE": "true",
+                "ZAPFLEET_ALLOW_PRIVATE_TARGETS": "true",
                 # dead letters within a second or two (the console's redrive test)
                 "ZAPFLEET_WEBHOOK_MAX_ATTEMPTS": "2",
                 "ZAPFLEET_WEBHOOK_BACKOFF_BASE_S": "0.2",

@@ -383,6 +383,43 @@ async def test_nats_commands_send_a_message_and_read_a_session_status(
         assert process.returncode == 0 and expected in stdout.decode(), stdout.decode()
 
 
+async def test_an_unknown_nats_command_gets_a_clear_error_not_silence(stack_nc: NATS) -> None:
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    for subject in ("zf.api.default.no_such_op", "zf.api.default.message_send.extra"):
+        reply = await stack_nc.request(subject, b"{}", timeout=5, headers=auth)
+        answer = msgspec.json.decode(reply.data)
+        assert answer["kind"] == "err" and answer["code"] == "unknown_operation", answer
+        assert answer["status"] == 404
+        assert "message_send" in answer["message"] and "session_status" in answer["message"]
+        assert reply.headers is not None and reply.headers["Nats-Service-Error-Code"] == "404"
+    # without a key too: nothing about the tenant is looked at
+    reply = await stack_nc.request("zf.api.nobody.frobnicate", b"", timeout=5)
+    assert msgspec.json.decode(reply.data)["code"] == "unknown_operation"
+
+
+async def test_error_replies_count_as_errors_in_the_service_stats(stack_nc: NATS) -> None:
+    async def stats() -> dict[str, Any]:
+        reply = await stack_nc.request("$SRV.STATS.zapfleet-api", b"", timeout=5)
+        endpoints = msgspec.json.decode(reply.data)["endpoints"]
+        return {e["name"]: e for e in endpoints}
+
+    before = (await stats())["session_status"]
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    for headers in (None, auth):  # 401 unauthenticated, 404 session_not_found
+        reply = await stack_nc.request(
+            "zf.api.default.session_status",
+            msgspec.json.encode({"session_id": "no-such-session"}),
+            timeout=5,
+            headers=headers,
+        )
+        assert msgspec.json.decode(reply.data)["kind"] == "err"
+        assert reply.headers is not None and "Nats-Service-Error" in reply.headers
+    after = (await stats())["session_status"]
+    assert after["num_requests"] - before["num_requests"] == 2
+    assert after["num_errors"] - before["num_errors"] == 2
+    assert after["last_error"].startswith("session_not_found: ")
+
+
 async def test_webhook_metrics_are_exported(api: httpx.AsyncClient) -> None:
     text = (await api.get("/metrics")).text
     for name in (

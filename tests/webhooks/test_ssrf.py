@@ -6,14 +6,20 @@ this machine in these tests: names get their addresses from the system resolver
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from control_plane.settings import ControlPlaneSettings
 from control_plane.webhooks.http import WebhookClient, parse_target
+from node_agent.settings import AgentSettings
 from tests.conftest import WebhookReceiver
+from zapfleet._env import load_settings
+from zapfleet.cli import _stack_env
 from zapfleet.ssrf import AddressPolicy, IPAddress, Resolver, UnsafeURLError, check_url
 
 STRICT = AddressPolicy.from_settings(False, [])
@@ -47,9 +53,40 @@ def test_only_public_addresses_are_allowed_by_default(address: str, refusal: str
 def test_allowed_networks_and_allow_private_open_exactly_what_they_say() -> None:
     assert TESTS.refusal(ipaddress.ip_address("127.0.0.1")) is None
     assert TESTS.refusal(ipaddress.ip_address("127.0.0.2")) == "loopback"
-    anything = AddressPolicy.from_settings(True, [])
-    assert anything.refusal(ipaddress.ip_address("10.0.0.1")) is None
-    assert anything.refusal(ipaddress.ip_address("224.0.0.1")) == "multicast"
+    development = AddressPolicy.from_settings(True, [])
+    assert development.refusal(ipaddress.ip_address("10.0.0.1")) is None
+    assert development.refusal(ipaddress.ip_address("127.0.0.1")) is None
+    assert development.refusal(ipaddress.ip_address("224.0.0.1")) == "multicast"
+
+
+@pytest.mark.parametrize(
+    ("address", "refusal"),
+    [
+        ("169.254.169.254", "link-local"),
+        ("fe80::1", "link-local"),
+        ("::ffff:169.254.169.254", "link-local"),
+        ("0.0.0.0", "unspecified"),
+        ("0.1.2.3", "unspecified"),
+        ("::", "unspecified"),
+        ("::ffff:0.0.0.0", "unspecified"),
+    ],
+)
+def test_link_local_and_unspecified_addresses_are_refused_in_every_mode(
+    address: str, refusal: str
+) -> None:
+    """Cloud metadata (169.254.169.254) and 0.0.0.0 (which connects to this host): neither
+    the development setting nor an allowed network that covers them opens them."""
+    everything = AddressPolicy.from_settings(True, ["0.0.0.0/0", "::/0"])
+    for policy in (STRICT, TESTS, everything):
+        assert policy.refusal(ipaddress.ip_address(address)) == refusal
+
+
+async def test_the_refusal_of_a_never_allowed_address_names_no_setting() -> None:
+    everything = AddressPolicy.from_settings(True, [])
+    with pytest.raises(UnsafeURLError, match="no setting allows them"):
+        await check_url("http://169.254.169.254/latest/meta-data/", everything)
+    with pytest.raises(UnsafeURLError, match="ZAPFLEET_WEBHOOK_ALLOWED_NETWORKS"):
+        await check_url("http://10.0.0.1/", STRICT)
 
 
 @pytest.mark.parametrize(
@@ -191,3 +228,30 @@ async def test_the_client_dials_only_the_allowed_addresses_of_a_name(
             await client.close()
     assert forbidden_receiver.calls == 0
     assert webhook_receiver.calls == 2
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"ZAPFLEET_ALLOW_PRIVATE_TARGETS": "true"},
+        {"ZAPFLEET_WEBHOOK_ALLOW_PRIVATE": "true"},  # former names, read after an upgrade
+        {"ZAPFLEET_MEDIA_ALLOW_PRIVATE": "true"},
+    ],
+)
+def test_one_development_setting_opens_webhooks_and_media_alike(env: dict[str, str]) -> None:
+    control_plane = load_settings(ControlPlaneSettings, env={"ZAPFLEET_ADMIN_KEY": "k" * 16, **env})
+    agent = load_settings(AgentSettings, env={"ZAPFLEET_NODE_ID": "n1", **env})
+    assert control_plane.allow_private_targets and agent.allow_private_targets
+    assert not load_settings(AgentSettings, env={"ZAPFLEET_NODE_ID": "n1"}).allow_private_targets
+
+
+def test_zapfleet_up_sets_the_one_development_setting(tmp_path: Path) -> None:
+    args = argparse.Namespace(
+        nats_port=1, valkey_port=2, host="127.0.0.1", http_port=3, engine="sim",
+        agent_metrics_port=4,
+    )  # fmt: skip
+    env = _stack_env(args, tmp_path, "a" * 32)
+    assert env["ZAPFLEET_ALLOW_PRIVATE_TARGETS"] == "true"
+    control_plane = load_settings(ControlPlaneSettings, env=env)
+    agent = load_settings(AgentSettings, env=env)
+    assert control_plane.allow_private_targets and agent.allow_private_targets

@@ -111,11 +111,14 @@ def test_session_actions_follow_the_state_and_log_out_and_delete_ask_first(
     b.check_console()
 
     log_out_after_a_cancelled_try(b, ui_stack)
-    # Delete asks first and says it unlinks the device and destroys its state
+    # the same phone pairs again (log out released it), then Delete: it asks first and
+    # says it unlinks the device and destroys its state
+    scan_with_the_sim(ui_stack, "ui-acts", "15550170021")
+    wait_state(b, "CONNECTED", ["stop", "restart", "logout", "delete"])
     click_action(b, "delete")
     text = b.wait_visible("#confirm-dialog").text
     assert "Delete ui-acts?" in text
-    assert "unlinks the WhatsApp device" in text
+    assert "unlinks the WhatsApp device +15550170021" in text
     assert "destroys its state" in text
     assert "cannot be undone" in text
     assert "use Stop instead" in text
@@ -124,6 +127,17 @@ def test_session_actions_follow_the_state_and_log_out_and_delete_ask_first(
     b.wait_for("the sessions list", lambda: b.driver.current_url.endswith("#/sessions"))
     with api(ui_stack) as client:
         assert client.get("/v1/sessions/ui-acts").status_code == 404
+
+    # Deleted from the console, the device is gone: a new session of the same name asks for
+    # a QR scan (a linked one would go online at once, never PAIRING) and the same phone can
+    # pair it
+    b.type_into("#new-session-id", "ui-acts")
+    b.find("#new-session-engine option[value='sim']").click()
+    b.find("#create-session").click()
+    wait_state(b, "PAIRING", ["stop", "restart", "delete"])
+    b.wait_visible("#qr-image[data-code]")
+    scan_with_the_sim(ui_stack, "ui-acts", "15550170021")
+    wait_state(b, "CONNECTED", ["stop", "restart", "logout", "delete"])
 
 
 # The buttons the page shows for every state of node_agent/protocol.py, for a session that
@@ -368,3 +382,15 @@ def test_the_sessions_table_fits_a_390px_wide_screen(browser: Browser, ui_stack:
     assert b.driver.execute_script("return document.documentElement.scrollWidth") <= 390
     b.screenshot("session-390px")
     b.find("#confirm-cancel").click()
+
+    # the other pages' wide tables scroll inside their cards, not the page
+    for page, ready in (
+        ("nodes", f"#nodes-rows tr[data-node='{ui_stack.node_id}']"),
+        ("webhooks", "#dead-letters"),
+        ("tenants", "#create-tenant-form"),
+    ):
+        b.find(f"#nav a[data-page='{page}']").click()
+        b.wait_visible(ready)
+        width = b.driver.execute_script("return document.documentElement.scrollWidth")
+        assert width <= 390, (page, width)
+        b.screenshot(f"{page}-390px")

@@ -394,3 +394,32 @@ def test_the_sessions_table_fits_a_390px_wide_screen(browser: Browser, ui_stack:
         width = b.driver.execute_script("return document.documentElement.scrollWidth")
         assert width <= 390, (page, width)
         b.screenshot(f"{page}-390px")
+
+
+def test_a_picked_tenant_deleted_meanwhile_falls_back_to_default(
+    browser: Browser, ui_stack: UiStack
+) -> None:
+    with api(ui_stack) as client:
+        assert client.post("/v1/tenants", json={"tenant_id": "ui-gone"}).status_code == 201
+    b = browser
+    sign_in(b, ui_stack)
+    b.wait_for("ui-gone in the picker", lambda: "ui-gone" in picker_values(b))
+    Select(b.find("#tenant-picker")).select_by_value("ui-gone")
+    b.wait_for("the picked tenant", lambda: b.find("#sessions-tenant").text == "· tenant ui-gone")
+    b.check_console()
+    with api(ui_stack) as client:
+        assert client.delete("/v1/tenants/ui-gone").status_code == 204
+    b.wait_for(
+        "the default tenant again",
+        lambda: (
+            b.find("#sessions-tenant").text == "· tenant default"
+            and "ui-gone" not in picker_values(b)
+            and Select(b.find("#tenant-picker")).first_selected_option.text == "default"
+        ),
+    )
+    assert "ui-gone no longer exists" in b.find("#toast").text
+    assert b.driver.execute_script("return sessionStorage.getItem('zapfleet.tenant')") is None
+    # the only console errors are the refused calls for the deleted tenant
+    severe = [e for e in b.driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert severe and all("404" in e["message"] for e in severe), severe
+    b.screenshot("tenant-gone")

@@ -68,6 +68,10 @@ export async function request(method, path, body, { key = getKey(), accept, tena
     const problem = await problemOf(response);
     const error = new ApiError(response.status, problem);
     if (response.status === 401) window.dispatchEvent(new CustomEvent("zapfleet:unauthorized"));
+    // the picked tenant was deleted meanwhile (X-Tenant-Id names no tenant)
+    if (tenant && problem.type === "urn:zapfleet:problem:tenant_not_found" && !path.startsWith("/v1/tenants")) {
+      window.dispatchEvent(new CustomEvent("zapfleet:tenant-gone", { detail: tenant }));
+    }
     throw error;
   }
   if (response.status === 204) return null;

@@ -45,11 +45,12 @@ function showShell(signedIn) {
 async function fillTenantPicker() {
   if (!me || !me.is_admin) return;
   const picker = document.getElementById("tenant-picker");
-  let ids = [];
+  let ids;
   try {
     ids = listOf(await get("/v1/tenants", { tenant: null }), "tenants").map((t) => t.tenant_id);
   } catch (err) {
     toast(`Cannot list tenants: ${err.message}`, "error");
+    return;
   }
   const all = [DEFAULT_TENANT, ...ids.filter((id) => id !== DEFAULT_TENANT)];
   const acting = getTenant() || DEFAULT_TENANT;
@@ -57,7 +58,8 @@ async function fillTenantPicker() {
     // the tenant was deleted meanwhile: back to the default one
     setTenant(null);
     toast(`Tenant ${acting} no longer exists; showing the default tenant`, "error");
-    render();
+    if (route().name === "sessions" && route().arg) navigate("#/sessions");
+    else render();
   }
   replace(picker, all.map((id) => h("option", { value: id }, id)));
   picker.value = getTenant() || DEFAULT_TENANT;
@@ -111,6 +113,7 @@ async function start() {
   document.getElementById("sign-out").addEventListener("click", signOut);
   document.getElementById("tenant-picker").addEventListener("change", pickTenant);
   window.addEventListener(tenants.TENANTS_CHANGED, fillTenantPicker);
+  window.addEventListener("zapfleet:tenant-gone", fillTenantPicker);
   window.addEventListener("hashchange", render);
   window.addEventListener("zapfleet:unauthorized", () => {
     if (me) signOut();

@@ -266,6 +266,12 @@ def test_an_admin_creates_a_tenant_and_creates_and_revokes_its_keys(
         keys = client.get("/v1/tenants/ui-east/keys").json()["keys"]
         assert [k["revoked_at"] is not None for k in keys if k["key_id"] == key_id] == [True]
 
+    # "Open sessions" picks the tenant and shows its sessions
+    b.find("#tenants-rows tr[data-tenant='ui-east'] button[data-action='act-as']").click()
+    b.wait_for("ui-east's sessions", lambda: b.driver.current_url.endswith("#/sessions"))
+    assert b.wait_visible("#sessions-tenant").text == "· tenant ui-east"
+    assert Select(b.find("#tenant-picker")).first_selected_option.text == "ui-east"
+
 
 def test_the_tenant_picker_switches_the_sessions_and_webhooks_an_admin_acts_on(
     browser: Browser, ui_stack: UiStack

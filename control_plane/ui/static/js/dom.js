@@ -100,3 +100,36 @@ export function poll(task, ms) {
     clearTimeout(timer);
   };
 }
+
+// Ask before a destructive action. A modal <dialog> says what the action does; resolves
+// true when the user confirms, false on Cancel or Escape.
+export function confirmAction({ title, text, confirm, danger = true }) {
+  return new Promise((resolve) => {
+    const ok = h("button", { type: "button", class: danger ? "danger" : "primary", id: "confirm-ok" }, confirm);
+    const cancel = h("button", { type: "button", id: "confirm-cancel" }, "Cancel");
+    const dialog = h(
+      "dialog",
+      { class: "confirm", id: "confirm-dialog", "aria-labelledby": "confirm-title" },
+      h("h2", { id: "confirm-title" }, title),
+      (Array.isArray(text) ? text : [text]).map((line) => h("p", { class: "confirm-text" }, line)),
+      h("div", { class: "actions" }, cancel, ok),
+    );
+    let answered = false;
+    const done = (answer) => {
+      if (answered) return;
+      answered = true;
+      dialog.close();
+      dialog.remove();
+      resolve(answer);
+    };
+    ok.addEventListener("click", () => done(true));
+    cancel.addEventListener("click", () => done(false));
+    dialog.addEventListener("cancel", (event) => {
+      event.preventDefault();
+      done(false);
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+    cancel.focus();
+  });
+}

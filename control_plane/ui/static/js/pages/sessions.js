@@ -1,6 +1,7 @@
-// Sessions: create one, and the list with live state (polled every 2 s).
+// Sessions: create one, and the list with live state (polled every 3 s). On a narrow
+// screen the table keeps Session, State and Phone (docs/ui.md).
 
-import { enc, features, get, listOf, post } from "../api.js";
+import { enc, features, get, getTenant, listOf, post } from "../api.js";
 import { ago, badge, h, phone, poll, replace, toast } from "../dom.js";
 
 const POLL_MS = 3000;
@@ -77,23 +78,39 @@ function row(s) {
   return h(
     "tr",
     { dataset: { session: s.session_id } },
-    h("td", {}, h("a", { href: `#/sessions/${enc(s.session_id)}` }, s.session_id)),
+    h("td", { class: "id" }, h("a", { href: `#/sessions/${enc(s.session_id)}` }, s.session_id)),
     h("td", {}, badge(s.state)),
-    h("td", {}, phone(s.phone)),
-    h("td", {}, s.engine || "–"),
-    h("td", {}, s.node_id || "–"),
-    h("td", { class: "num" }, String(s.queue_depth ?? 0)),
-    h("td", {}, ago(s.since)),
+    h("td", { class: "nowrap" }, phone(s.phone)),
+    h("td", { class: "optional" }, s.engine || "–"),
+    h("td", { class: "optional" }, s.node_id || "–"),
+    h("td", { class: "num optional" }, String(s.queue_depth ?? 0)),
+    h("td", { class: "optional nowrap" }, ago(s.since)),
   );
 }
 
-export function mount(view, { navigate }) {
+const COLUMNS = [
+  ["Session", ""],
+  ["State", ""],
+  ["Phone", ""],
+  ["Engine", "optional"],
+  ["Node", "optional"],
+  ["Queue", "optional"],
+  ["Since", "optional"],
+];
+
+export function mount(view, { me, navigate }) {
+  const tenant = me && me.is_admin ? getTenant() || "default" : null;
   const listBody = h("tbody", { id: "sessions-rows" });
   const status = h("p", { class: "muted", id: "sessions-status" }, "Loading…");
   const listCard = h(
     "section",
     { class: "card" },
-    h("div", { class: "card-head" }, h("h2", {}, "Sessions"), openById(navigate)),
+    h(
+      "div",
+      { class: "card-head" },
+      h("h2", {}, "Sessions", tenant ? h("span", { class: "muted", id: "sessions-tenant" }, ` · tenant ${tenant}`) : null),
+      openById(navigate),
+    ),
     status,
     h(
       "table",
@@ -101,7 +118,7 @@ export function mount(view, { navigate }) {
       h(
         "thead",
         {},
-        h("tr", {}, ["Session", "State", "Phone", "Engine", "Node", "Queue", "Since"].map((t) => h("th", {}, t))),
+        h("tr", {}, COLUMNS.map(([t, cls]) => h("th", { class: cls || null }, t))),
       ),
       listBody,
     ),

@@ -1,7 +1,7 @@
 // Sign in with an API key (the admin key or a tenant key). The key is checked against
 // /ui/api/me and then kept in sessionStorage for this tab only.
 
-import { get, setKey } from "../api.js";
+import { get, setKey, setTenant } from "../api.js";
 import { h, replace } from "../dom.js";
 
 export function mount(view, { onSignedIn }) {
@@ -34,8 +34,9 @@ export function mount(view, { onSignedIn }) {
     button.disabled = true;
     error.hidden = true;
     try {
-      const who = await get("/ui/api/me", { key });
+      const who = await get("/ui/api/me", { key, tenant: null });
       setKey(key);
+      setTenant(null);
       input.value = "";
       onSignedIn(who);
     } catch (err) {

@@ -2,7 +2,7 @@
 // their retries) with redrive, one or all. The endpoints are looked up in the server's
 // OpenAPI document, so the page follows the API as it grows.
 
-import { del, enc, features, get, listOf, post, request } from "../api.js";
+import { del, enc, features, get, getTenant, listOf, post, request } from "../api.js";
 import { ago, h, poll, replace, toast } from "../dom.js";
 
 const POLL_MS = 5000;
@@ -12,10 +12,12 @@ function fill(template, id) {
   return template.replace("{}", enc(id));
 }
 
-function webhookConfigCard(f) {
+function webhookConfigCard(f, me) {
   const path = f.find("GET", (p) => /^\/v1\/webhooks?$/.test(p)) || f.find("GET", (p) => /webhook/.test(p) && !p.includes("{}") && !isDlq(p));
   const body = h("div", { id: "webhook-config" }, h("p", { class: "muted" }, "Loading…"));
-  const card = h("section", { class: "card" }, h("h2", {}, "Webhooks"), body);
+  const tenant = me && me.is_admin ? getTenant() || "default" : null;
+  const heading = h("h2", {}, "Webhooks", tenant ? h("span", { class: "muted", id: "webhooks-tenant" }, ` · tenant ${tenant}`) : null);
+  const card = h("section", { class: "card" }, heading, body);
   if (!path) {
     replace(body, h("p", { class: "muted" }, "This server has no webhook configuration API; set ZAPFLEET_WEBHOOK_URL or a per-session webhook URL."));
     return { card, refresh: async () => {} };
@@ -105,9 +107,17 @@ function deadLetterCard(f, me) {
   const redriveOne = f.find("POST", (p) => isDlq(p) && p.includes("{}") && /redrive|retry/.test(p));
   const redriveAll = f.find("POST", (p) => isDlq(p) && !p.includes("{}") && /redrive|retry/.test(p));
   const purge = f.has("DELETE", listPath) ? listPath : null;
-  // the admin key sees the dead letters of every tenant
-  const scope = me && me.is_admin ? "?all_tenants=true" : "";
+  // the admin key sees the picked tenant's dead letters, or every tenant's when asked
+  let scope = "";
   let refresh = async () => {};
+  if (me && me.is_admin) {
+    const every = h("input", { type: "checkbox", id: "dlq-all-tenants" });
+    every.addEventListener("change", () => {
+      scope = every.checked ? "?all_tenants=true" : "";
+      refresh().catch((err) => toast(`Cannot read dead letters: ${err.message}`, "error"));
+    });
+    head.append(h("label", { class: "check" }, every, "every tenant"));
+  }
   const act = async (label, call) => {
     try {
       await call();
@@ -185,7 +195,7 @@ export function mount(view, { me }) {
   let alive = true;
   features().then((f) => {
     if (!alive) return;
-    const config = webhookConfigCard(f);
+    const config = webhookConfigCard(f, me);
     const dlq = deadLetterCard(f, me);
     replace(holder, config.card, dlq.card);
     config.refresh().catch((err) => toast(`Cannot read webhooks: ${err.message}`, "error"));

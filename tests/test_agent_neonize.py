@@ -128,6 +128,14 @@ async def test_a_failing_dial_backs_off_with_growing_ceilings_until_the_breaker_
     assert failed.breaker_open_until == pytest.approx(time.time() + 120, abs=10)
     assert "connection refused" in (failed.reason or "")
 
+    # the RPC can see FAILED before its event has reached this subscriber: wait for it
+    await events.wait_for(
+        lambda e: (
+            e.session_id == session
+            and e.type == "session.status"
+            and e.data.get("state") == "FAILED"
+        )
+    )
     statuses = events.of(session, "session.status")
     assert [e.data["state"] for e in statuses][:4] == [
         "STARTING",

@@ -18,6 +18,7 @@ from control_plane.resp import FastValkey
 from control_plane.settings import ControlPlaneSettings
 from tests.conftest import Stack
 from tests.helpers import assert_problem, new_tenant, pair_session, unique
+from zapfleet.cli import session_key
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64).decode()
 
@@ -141,7 +142,7 @@ async def test_an_idempotency_key_replays_the_answer_and_refuses_another_body(
 
 
 async def test_a_duplicate_while_the_first_request_is_in_flight_is_told_to_retry(
-    stack: Stack, pair: tuple[httpx.AsyncClient, str, str], phones: tuple[str, str]
+    stack: Stack, nc: NATS, pair: tuple[httpx.AsyncClient, str, str], phones: tuple[str, str]
 ) -> None:
     """Guarantee: a duplicate that arrives while the request with the same key is still
     running gets 409 ``idempotency_in_progress`` with ``Retry-After: 1`` — neither a
@@ -153,7 +154,8 @@ async def test_a_duplicate_while_the_first_request_is_in_flight_is_told_to_retry
     key = unique("idem")
     valkey = FastValkey(stack.valkey_url)
     store = Idempotency(valkey, ControlPlaneSettings())  # the stack's defaults: same prefix
-    storage_key = store.storage_key(tenant, sender, key)
+    # reservations are per session's internal key (a reused name is another session)
+    storage_key = store.storage_key(tenant, await session_key(nc, tenant, sender), key)
     digest = body_digest(msgspec.json.encode(msgspec.convert(body, OutboundMessage)))
     try:
         assert await store.reserve(storage_key, digest) is None  # the first request

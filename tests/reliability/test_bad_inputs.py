@@ -448,18 +448,29 @@ async def test_a_tenant_key_cannot_reach_another_tenant(catalog: Catalog) -> Non
         assert_problem(response, 403, "forbidden")
 
 
-async def test_a_session_id_taken_by_another_tenant_is_409_and_stays_theirs(
+async def test_a_session_id_another_tenant_uses_is_a_new_session_here_and_theirs_is_untouched(
     catalog: Catalog,
 ) -> None:
-    """Session ids are global (one KV key each): a taken id answers 409 without saying
-    whose it is, and the owner's session is untouched (docs/security.md notes the
-    existence leak)."""
-    async with catalog.client(catalog.globex) as api:
-        response = await api.post("/v1/sessions", json={"session_id": catalog.acme.session_id})
-    problem = assert_problem(response, 409, "session_exists")
-    assert "acme" not in problem["detail"].replace(catalog.acme.session_id, "")
+    """Session ids are per tenant (issue 13): another tenant's id is free here (no 409
+    that would reveal it exists), and creating, reading and deleting ours leaves theirs
+    as it was."""
     async with catalog.client(catalog.acme) as api:
-        assert (await api.get(f"/v1/sessions/{catalog.acme.session_id}")).json()["tenant"] == "acme"
+        before = (await api.get(f"/v1/sessions/{catalog.acme.session_id}")).json()
+    async with catalog.client(catalog.globex) as api:
+        response = await api.post(
+            "/v1/sessions", json={"session_id": catalog.acme.session_id, "start": False}
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["tenant"] == "globex"
+        assert (await api.delete(f"/v1/sessions/{catalog.acme.session_id}")).status_code == 204
+    async with catalog.client(catalog.acme) as api:
+        after = (await api.get(f"/v1/sessions/{catalog.acme.session_id}")).json()
+    assert after["tenant"] == "acme"
+    assert (after["state"], after["phone"], after["created_at"]) == (
+        before["state"],
+        before["phone"],
+        before["created_at"],
+    )
 
 
 # -- idempotency key reuse ------------------------------------------------------------------------

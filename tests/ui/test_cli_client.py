@@ -80,12 +80,13 @@ def test_create_draw_the_qr_and_follow_it_until_the_phone_scans(ui_stack: UiStac
     assert out.rstrip().endswith("connected as +15550180001")
 
     # what was drawn is a QR code of the session's pairing code: square, and the same
-    # size as segno's rendering of a sim code for this session
+    # size as segno's rendering of a sim code for this session (it names the session by
+    # its internal key: "u" and 32 hex digits)
     drawn = qr_blocks(seen)
     assert drawn, seen
     widths = {len(line) for line in drawn}
     assert len(widths) == 1
-    reference = segno.make("SIM1,cli-1," + "x" * 32, error="m")
+    reference = segno.make("SIM1,u" + "0" * 32 + "," + "x" * 32, error="m")
     size = reference.symbol_size(border=2)[0]
     assert widths == {size}
     assert len(drawn) == (size + 1) // 2

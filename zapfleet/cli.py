@@ -116,7 +116,18 @@ def cmd_webhooks(_: argparse.Namespace) -> None:
 # -- sim ---------------------------------------------------------------------------------
 
 
-async def sim_scan(nats_url: str, session_id: str, phone: str) -> str:
+def _nats_urls(raw: str) -> list[str]:
+    """``--nats-url``: a comma-separated list of NATS URLs, checked like the processes'."""
+    from zapfleet._env import SettingsError
+    from zapfleet.natsjs import parse_nats_urls
+
+    try:
+        return parse_nats_urls(raw, "--nats-url")
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+async def sim_scan(nats_url: str | list[str], session_id: str, phone: str) -> str:
     """Scan the current QR code of a sim session as ``phone``; returns a result line."""
     import msgspec
     import nats
@@ -134,7 +145,7 @@ async def sim_scan(nats_url: str, session_id: str, phone: str) -> str:
         encode,
     )
 
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(servers=nats_url)
     try:
         kv = await nc.jetstream().key_value(SESSIONS_BUCKET)
         entry = await kv.get(session_id)
@@ -162,13 +173,13 @@ def cmd_sim_scan(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
-async def sim_link(nats_url: str, session_id: str, code: str, phone: str) -> str:
+async def sim_link(nats_url: str | list[str], session_id: str, code: str, phone: str) -> str:
     """Type a phone pairing code (from ``session_pair_code``) on the sim phone."""
     import nats
 
     from node_agent.engines.sim import link
 
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(servers=nats_url)
     try:
         result = await link(nc, code, phone, session_id=session_id)
     finally:
@@ -183,13 +194,13 @@ def cmd_sim_link(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
-async def sim_fault(nats_url: str, session_id: str, faults: object) -> None:
+async def sim_fault(nats_url: str | list[str], session_id: str, faults: object) -> None:
     import nats
 
     from node_agent.engines.sim import Faults, inject_faults
 
     assert isinstance(faults, Faults)
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(servers=nats_url)
     try:
         await inject_faults(nc, session_id, faults)
     finally:
@@ -289,6 +300,7 @@ def _stack_env(args: argparse.Namespace, home: Path, admin_key: str) -> dict[str
     return {
         **os.environ,
         "ZAPFLEET_NATS_URL": f"nats://127.0.0.1:{args.nats_port}",
+        "ZAPFLEET_NATS_REPLICAS": "1",  # one local nats-server
         "ZAPFLEET_VALKEY_URL": f"valkey://127.0.0.1:{args.valkey_port}/0",
         "ZAPFLEET_ADMIN_KEY": admin_key,
         "ZAPFLEET_HTTP_HOST": args.host,
@@ -439,16 +451,15 @@ def build_parser() -> argparse.ArgumentParser:
     scan = sim.add_parser("scan", help="scan a sim session's QR code as a phone")
     scan.add_argument("session_id")
     scan.add_argument("--phone", default="15550000001", help="the phone number that scans")
-    scan.add_argument(
-        "--nats-url", default=os.environ.get("ZAPFLEET_NATS_URL", "nats://127.0.0.1:4222")
-    )
-    scan.set_defaults(func=cmd_sim_scan)
     nats_default = os.environ.get("ZAPFLEET_NATS_URL", "nats://127.0.0.1:4222")
+    nats_help = "comma-separated NATS URLs (default: $ZAPFLEET_NATS_URL)"
+    scan.add_argument("--nats-url", default=nats_default, type=_nats_urls, help=nats_help)
+    scan.set_defaults(func=cmd_sim_scan)
     link_cmd = sim.add_parser("link", help="enter a phone pairing code on the sim phone")
     link_cmd.add_argument("session_id")
     link_cmd.add_argument("code", help="the code from session_pair_code (ABCD-EFGH)")
     link_cmd.add_argument("--phone", required=True, help="the number the code was issued for")
-    link_cmd.add_argument("--nats-url", default=nats_default)
+    link_cmd.add_argument("--nats-url", default=nats_default, type=_nats_urls, help=nats_help)
     link_cmd.set_defaults(func=cmd_sim_link)
     fault = sim.add_parser("fault", help="inject faults into a sim session")
     fault.add_argument("session_id")
@@ -457,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("--disconnect", action="store_true", help="drop the socket (reported)")
     fault.add_argument("--zombie", action="store_true", help="drop it silently")
     fault.add_argument("--fail-connects", type=int, default=0, help="refuse the next N connects")
-    fault.add_argument("--nats-url", default=nats_default)
+    fault.add_argument("--nats-url", default=nats_default, type=_nats_urls, help=nats_help)
     fault.set_defaults(func=cmd_sim_fault)
 
     from zapfleet.apiclient import add_node_commands, add_session_commands

@@ -36,7 +36,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from control_plane.agents import AgentCallError, AgentClient, AgentUnavailable
@@ -60,6 +60,7 @@ from node_agent.protocol import (
     event_subject,
 )
 from zapfleet._kv import close
+from zapfleet.natsjs import key_value
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +159,7 @@ class Fleet:
     async def start(self) -> None:
         self._nodes_kv = await self.js.key_value(NODES_BUCKET)
         config = KeyValueConfig(bucket=PLACEMENT_BUCKET, history=1)
-        try:
-            self._placement_kv = await self.js.create_key_value(config)
-        except BadRequestError:
-            self._placement_kv = await self.js.key_value(PLACEMENT_BUCKET)
+        self._placement_kv = await key_value(self.js, config, self.settings.replicas)
         self.started_at = time.monotonic()
         ready = [asyncio.Event(), asyncio.Event()]
         self._tasks = [

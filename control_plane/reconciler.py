@@ -39,12 +39,13 @@ import msgspec
 from nats.errors import Error as NatsError
 from nats.js.api import KeyValueConfig
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.fleet import Fleet, NodePlacement, placed_on
 from node_agent.protocol import LEASES_BUCKET, SYSTEM_TENANT, Empty, EventType, Op, SessionList
+from zapfleet.natsjs import key_value
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,15 @@ class Leadership:
     """A lease on one KV key with a per-message TTL."""
 
     def __init__(
-        self, js: JetStreamContext, ttl_s: int, holder: str | None = None, key: str = LEADER_KEY
+        self,
+        js: JetStreamContext,
+        ttl_s: int,
+        holder: str | None = None,
+        key: str = LEADER_KEY,
+        replicas: int = 1,
     ) -> None:
         self.js = js
+        self.replicas = replicas
         self.key = key
         self.ttl_s = max(1, int(ttl_s))
         self.holder = holder or f"{socket.gethostname()}-{secrets.token_hex(4)}"
@@ -83,10 +90,7 @@ class Leadership:
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
             config = KeyValueConfig(bucket=LEASES_BUCKET, history=1)
-            try:
-                self._kv = await self.js.create_key_value(config)
-            except BadRequestError:
-                self._kv = await self.js.key_value(LEASES_BUCKET)
+            self._kv = await key_value(self.js, config, self.replicas)
         return self._kv
 
     @property
@@ -146,7 +150,9 @@ class Reconciler:
     def __init__(self, fleet: Fleet, holder: str | None = None) -> None:
         self.fleet = fleet
         self.settings = fleet.settings
-        self.leadership = Leadership(fleet.js, self.settings.leader_lease_s, holder)
+        self.leadership = Leadership(
+            fleet.js, self.settings.leader_lease_s, holder, replicas=self.settings.replicas
+        )
         self.active = False
         self._task: asyncio.Task[None] | None = None
         self._jobs: dict[str, asyncio.Task[None]] = {}

@@ -7,7 +7,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import nats
 import valkey.asyncio as valkey
 from litestar.datastructures import State
 from nats.aio.client import Client as NATS
@@ -34,6 +33,7 @@ from node_agent.protocol import (
     WEBHOOKS_BUCKET,
     ensure_jetstream,
 )
+from zapfleet import natsjs
 
 
 @dataclass(slots=True)
@@ -59,12 +59,7 @@ class Services:
 
 @contextlib.asynccontextmanager
 async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Services]:
-    nc = await nats.connect(
-        servers=settings.nats_servers,
-        name="zapfleet-control-plane",
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-    )
+    nc = await natsjs.connect(settings.nats_servers, "zapfleet-control-plane")
     js = nc.jetstream()
     await ensure_jetstream(
         js,
@@ -72,6 +67,7 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
         node_ttl_s=settings.node_ttl_s,
         events_max_bytes=settings.events_max_bytes,
         events_dedupe_window_s=settings.events_dedupe_window_s,
+        replicas=settings.replicas,
     )
     cache = valkey_client(settings)
     hot = hot_client(settings.valkey_url, cache)

@@ -2,7 +2,8 @@
 
 | variable | default | meaning |
 |---|---|---|
-| ZAPFLEET_NATS_URL | nats://127.0.0.1:4222 | comma-separated NATS URLs |
+| ZAPFLEET_NATS_URL | nats://127.0.0.1:4222 | comma-separated NATS URLs (servers of one cluster) |
+| ZAPFLEET_NATS_REPLICAS | 0 | replicas of all streams, buckets (0: 3 if >= 3 URLs, else 1) |
 | ZAPFLEET_VALKEY_URL | valkey://127.0.0.1:6379/0 | Valkey (caches, rate limits, idempotency) |
 | ZAPFLEET_VALKEY_TIMEOUT_S | 2 | Valkey connect and command timeout (then degraded mode) |
 | ZAPFLEET_VALKEY_PROBE_INTERVAL_S | 1 | in degraded mode, Valkey is tried again after this long |
@@ -67,10 +68,12 @@ from typing import Literal
 import msgspec
 
 from zapfleet._env import SettingsError
+from zapfleet.natsjs import check_replicas, parse_nats_urls, replicas_for
 
 
 class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     nats_url: str = "nats://127.0.0.1:4222"
+    nats_replicas: int = 0  # 0: automatic (zapfleet/natsjs.py)
     valkey_url: str = "valkey://127.0.0.1:6379/0"
     valkey_timeout_s: float = 2.0
     valkey_probe_interval_s: float = 1.0
@@ -138,6 +141,8 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     metrics_public: bool = True
 
     def validate(self) -> None:
+        parse_nats_urls(self.nats_url)
+        check_replicas(self.nats_replicas)
         if len(self.admin_key) < 16:
             raise SettingsError(
                 "invalid setting ZAPFLEET_ADMIN_KEY: required, at least 16 characters "
@@ -205,4 +210,9 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
 
     @property
     def nats_servers(self) -> list[str]:
-        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+        return parse_nats_urls(self.nats_url)
+
+    @property
+    def replicas(self) -> int:
+        """Replicas of every stream, KV bucket and object store this process creates."""
+        return replicas_for(self.nats_servers, self.nats_replicas)

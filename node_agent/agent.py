@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
-import nats
 import phonenumbers
 from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError
@@ -74,7 +73,7 @@ from node_agent.supervisor import (
     SupervisorConfig,
     media_of,
 )
-from zapfleet import __version__
+from zapfleet import __version__, natsjs
 from zapfleet._gc import settle_after_startup
 from zapfleet._logging import bind
 
@@ -133,6 +132,7 @@ def make_engine(settings: AgentSettings, nc: NATS) -> Engine:
                 read_after_s=settings.sim_read_after_s,
                 keepalive_s=settings.sim_keepalive_s,
                 probe_timeout_s=settings.sim_probe_timeout_s,
+                replicas=settings.replicas,
             ),
         )
     from node_agent.engines.neonize import NeonizeConfig, NeonizeEngine
@@ -148,6 +148,7 @@ def make_engine(settings: AgentSettings, nc: NATS) -> Engine:
             start_stagger_s=settings.start_stagger_s,
             stop_timeout_s=settings.neonize_stop_timeout_s,
             go_log_level=settings.neonize_go_log_level,
+            replicas=settings.replicas,
         ),
         nc,
     )
@@ -218,11 +219,8 @@ class Agent:
 
     async def start(self) -> None:
         bind(node_id=self.node_id)
-        self._nc = await nats.connect(
-            servers=self.settings.nats_servers,
-            name=f"zapfleet-agent-{self.node_id}",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
+        self._nc = await natsjs.connect(
+            self.settings.nats_servers, f"zapfleet-agent-{self.node_id}"
         )
         js = self.nc.jetstream()
         await ensure_jetstream(
@@ -231,12 +229,13 @@ class Agent:
             node_ttl_s=self.settings.lease_ttl_s,
             events_max_bytes=self.settings.events_max_bytes,
             events_dedupe_window_s=self.settings.events_dedupe_window_s,
+            replicas=self.settings.replicas,
         )
         self._nodes_kv = await js.key_value(NODES_BUCKET)
         self._sessions_kv = await js.key_value(SESSIONS_BUCKET)
         self._events = EventPublisher(js, self.node_id)
         if self.settings.outbox:
-            self._outbox = await Outbox.open(js)
+            self._outbox = await Outbox.open(js, replicas=self.settings.replicas)
             self.events.on_stored = self._on_event_stored
         self.events.start()
         if self._engine is None:
@@ -247,7 +246,9 @@ class Agent:
             set_guard(self.lease.valid)
         await self.engine.start()
         if self.engine.name == "neonize" and not self.settings.device_store_url:
-            self._device_store = await DeviceStore.open(js, self.settings.data_dir)
+            self._device_store = await DeviceStore.open(
+                js, self.settings.data_dir, self.settings.replicas
+            )
             self._tasks.append(
                 asyncio.create_task(self._device_backup_loop(), name="device-backup")
             )

@@ -38,6 +38,7 @@ from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
 from node_agent.protocol import DEVICE_STORE_BUCKET
+from zapfleet.natsjs import object_store
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +91,10 @@ class DeviceStore:
         self._uploaded: dict[str, str] = {}  # session id -> sha256 of the last upload
 
     @classmethod
-    async def open(cls, js: JetStreamContext, data_dir: str | Path) -> DeviceStore:
-        try:
-            store = await js.object_store(DEVICE_STORE_BUCKET)
-        except Exception:
-            store = await js.create_object_store(DEVICE_STORE_BUCKET)
+    async def open(
+        cls, js: JetStreamContext, data_dir: str | Path, replicas: int = 1
+    ) -> DeviceStore:
+        store = await object_store(js, DEVICE_STORE_BUCKET, replicas)
         return cls(store, data_dir)
 
     def path(self, session_id: str) -> Path:

@@ -48,6 +48,7 @@ from prometheus_client import Counter
 from node_agent.media import MediaPayload
 from node_agent.protocol import EVENTS_STREAM, Event, EventType, SendMessage, event_subject
 from zapfleet._kv import scan
+from zapfleet.natsjs import key_value, object_store
 
 log = logging.getLogger(__name__)
 
@@ -104,12 +105,19 @@ class Outbox:
         self._media_tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def open(cls, js: JetStreamContext, ttl_s: float = 7 * 86400.0) -> Outbox:
-        kv = await js.create_key_value(
-            KeyValueConfig(bucket=OUTBOX_BUCKET, history=1, ttl=ttl_s, storage=StorageType.FILE)
+    async def open(
+        cls, js: JetStreamContext, ttl_s: float = 7 * 86400.0, replicas: int = 1
+    ) -> Outbox:
+        kv = await key_value(
+            js,
+            KeyValueConfig(bucket=OUTBOX_BUCKET, history=1, ttl=ttl_s, storage=StorageType.FILE),
+            replicas,
         )
-        media = await js.create_object_store(
-            OUTBOX_MEDIA_BUCKET, config=ObjectStoreConfig(ttl=ttl_s, storage=StorageType.FILE)
+        media = await object_store(
+            js,
+            OUTBOX_MEDIA_BUCKET,
+            replicas,
+            ObjectStoreConfig(ttl=ttl_s, storage=StorageType.FILE),
         )
         outbox = cls(js, kv, media)
         outbox._purger = asyncio.create_task(outbox._purge_loop(), name="outbox-purge")

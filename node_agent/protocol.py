@@ -487,15 +487,18 @@ async def ensure_jetstream(
     node_ttl_s: float,
     events_max_bytes: int = -1,
     events_dedupe_window_s: float = 120.0,
+    replicas: int = 1,
 ) -> None:
     """Create the streams and buckets of DESIGN §2 if missing, or bring their settings up
     to date. Idempotent; both processes call it at start so either may come up first.
+    ``replicas``: ``ZAPFLEET_NATS_REPLICAS`` (zapfleet/natsjs.py: raised, never lowered).
 
     ``ZF_EVENTS`` keeps events by age and by size (oldest dropped first) and deduplicates
     on ``Nats-Msg-Id`` within the window; direct gets serve the paged replay of
     ``GET /v1/events`` without creating consumers."""
     from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
-    from nats.js.errors import BadRequestError
+
+    from zapfleet.natsjs import ensure_stream, key_value
 
     streams = (
         StreamConfig(
@@ -525,10 +528,7 @@ async def ensure_jetstream(
         ),
     )
     for config in streams:
-        try:
-            await js.add_stream(config)
-        except BadRequestError:
-            await js.update_stream(config)
+        await ensure_stream(js, config, replicas)
     buckets = (
         KeyValueConfig(bucket=NODES_BUCKET, ttl=node_ttl_s, history=1),
         KeyValueConfig(bucket=SESSIONS_BUCKET, history=5),
@@ -537,9 +537,6 @@ async def ensure_jetstream(
         KeyValueConfig(bucket=SESSION_NAMES_BUCKET, history=1),
     )
     for bucket in buckets:
-        try:
-            await js.create_key_value(bucket)
-        except BadRequestError:
-            # exists with another config (e.g. agents and control plane configured with
-            # different TTLs): use it as it is rather than fail at start
-            await js.key_value(bucket.bucket)
+        # one that exists with another config (e.g. agents and control plane configured
+        # with different TTLs) is used as it is rather than fail at start
+        await key_value(js, bucket, replicas)

@@ -3,7 +3,8 @@
 | variable | default | meaning |
 |---|---|---|
 | ZAPFLEET_NODE_ID | hostname | unique id of this agent (one per shard) |
-| ZAPFLEET_NATS_URL | nats://127.0.0.1:4222 | comma-separated NATS URLs |
+| ZAPFLEET_NATS_URL | nats://127.0.0.1:4222 | comma-separated NATS URLs (servers of one cluster) |
+| ZAPFLEET_NATS_REPLICAS | 0 | replicas of all streams, buckets (0: 3 if >= 3 URLs, else 1) |
 | ZAPFLEET_ENGINE | neonize | neonize (production) or sim |
 | ZAPFLEET_MAX_SESSIONS | 150 | admission limit |
 | ZAPFLEET_MEMORY_THRESHOLD | 0.85 | refuse starts above this share of the memory limit |
@@ -50,11 +51,13 @@ from typing import Literal
 import msgspec
 
 from zapfleet._env import SettingsError
+from zapfleet.natsjs import check_replicas, parse_nats_urls, replicas_for
 
 
 class AgentSettings(msgspec.Struct, kw_only=True):
     node_id: str = msgspec.field(default_factory=socket.gethostname)
     nats_url: str = "nats://127.0.0.1:4222"
+    nats_replicas: int = 0  # 0: automatic (zapfleet/natsjs.py)
     engine: Literal["neonize", "sim"] = "neonize"
     max_sessions: int = 150
     memory_threshold: float = 0.85
@@ -102,6 +105,8 @@ class AgentSettings(msgspec.Struct, kw_only=True):
     log_format: Literal["json", "text"] = "json"
 
     def validate(self) -> None:
+        parse_nats_urls(self.nats_url)
+        check_replicas(self.nats_replicas)
         if not self.node_id or any(c in self.node_id for c in " .*>"):
             raise SettingsError(
                 f"invalid setting ZAPFLEET_NODE_ID={self.node_id!r}: "
@@ -130,4 +135,9 @@ class AgentSettings(msgspec.Struct, kw_only=True):
 
     @property
     def nats_servers(self) -> list[str]:
-        return [url.strip() for url in self.nats_url.split(",") if url.strip()]
+        return parse_nats_urls(self.nats_url)
+
+    @property
+    def replicas(self) -> int:
+        """Replicas of every stream, KV bucket and object store this process creates."""
+        return replicas_for(self.nats_servers, self.nats_replicas)

@@ -27,6 +27,10 @@ from typing import Any
 import pytest
 import yaml
 
+from control_plane.settings import ControlPlaneSettings
+from node_agent.settings import AgentSettings
+from zapfleet._env import load_settings
+
 REPO = Path(__file__).resolve().parent.parent
 PLAYBOOKS = REPO / "playbooks"
 SITE = PLAYBOOKS / "site.yml"
@@ -265,6 +269,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Work]:
             # site.yml brings in every role; linting the directory instead would also run a
             # syntax check per role, which doubles the time and finds nothing more.
             str(SITE),
+            str(PLAYBOOKS / "upgrade.yml"),
             str(PLAYBOOKS / "inventory"),
         ],
         {**env, "ANSIBLE_STDOUT_CALLBACK": "default"},
@@ -445,6 +450,7 @@ def test_render_one_environment_file_per_shard(rendered: Rendered) -> None:
         assert oct(path.stat().st_mode & 0o777) == "0o600"
         assert env_file(path) == {
             "ZAPFLEET_NATS_URL": nats_url,
+            "ZAPFLEET_NATS_REPLICAS": "3",
             "ZAPFLEET_LOG_LEVEL": "INFO",
             "ZAPFLEET_LOG_FORMAT": "json",
             "ZAPFLEET_NODE_ID": f"node1-{shard}",
@@ -454,6 +460,9 @@ def test_render_one_environment_file_per_shard(rendered: Rendered) -> None:
             "ZAPFLEET_METRICS_PORT": str(9470 + shard),
             "ZAPFLEET_LEASE_TTL_S": "10",
         }
+        # what the agent makes of it: three servers, three replicas of everything
+        settings = load_settings(AgentSettings, env_file(path))
+        assert len(settings.nats_servers) == 3 and settings.replicas == 3
 
 
 def test_render_control_plane_and_webhook_units(rendered: Rendered) -> None:
@@ -472,6 +481,7 @@ def test_render_control_plane_and_webhook_units(rendered: Rendered) -> None:
     assert oct(env_path.stat().st_mode & 0o777) == "0o600"
     assert env_file(env_path) == {
         "ZAPFLEET_NATS_URL": "nats://192.0.2.11:4222,nats://192.0.2.12:4222,nats://192.0.2.13:4222",
+        "ZAPFLEET_NATS_REPLICAS": "3",
         "ZAPFLEET_LOG_LEVEL": "INFO",
         "ZAPFLEET_LOG_FORMAT": "json",
         "ZAPFLEET_VALKEY_URL": "valkey://192.0.2.11:6379/0",
@@ -481,6 +491,8 @@ def test_render_control_plane_and_webhook_units(rendered: Rendered) -> None:
         "ZAPFLEET_HTTP_WORKERS": str(example_vars()["control_plane_http_workers"]),
         "ZAPFLEET_WEBHOOKS_IN_PROCESS": "false",
     }
+    settings = load_settings(ControlPlaneSettings, env_file(env_path))
+    assert len(settings.nats_servers) == 3 and settings.replicas == 3
 
 
 def test_render_schedules_backups_with_retention_on_the_first_control_plane(

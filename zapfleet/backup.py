@@ -48,6 +48,7 @@ from node_agent.protocol import (
     REDRIVE_STREAM,
 )
 from zapfleet import __version__
+from zapfleet.natsjs import ensure_stream
 
 FORMAT = 1
 SKIPPED_BUCKETS = frozenset({NODES_BUCKET, LEASES_BUCKET})
@@ -190,11 +191,9 @@ def prune(directory: Path, keep: int) -> list[Path]:
     return gone
 
 
-def _config(saved: dict[str, Any], replicas: int | None) -> StreamConfig:
+def _config(saved: dict[str, Any]) -> StreamConfig:
     config: StreamConfig = StreamConfig.from_response(dict(saved))
     config.sealed = False
-    if replicas is not None:
-        config.num_replicas = replicas
     return config
 
 
@@ -223,11 +222,9 @@ async def restore(nc: NATS, path: Path, *, replicas: int | None = None) -> Summa
                 )
         summary = Summary()
         for stream, saved in streams.items():
-            config = _config(saved["config"], replicas)
-            if stream in existing:
-                await js.update_stream(config)
-            else:
-                await js.add_stream(config)
+            config = _config(saved["config"])
+            # the one place streams are made (zapfleet.natsjs): saved replicas unless told
+            await ensure_stream(js, config, replicas or config.num_replicas or 1)
             member = archive.extractfile(f"streams/{stream}.jsonl")
             count = 0
             for line in member or []:

@@ -130,7 +130,23 @@ async def session_key(nc: Any, tenant: str, session_id: str) -> str:
     return session_id
 
 
-async def sim_scan(nats_url: str, session_id: str, phone: str, tenant: str = "default") -> str:
+NATS_HELP = "comma-separated NATS URLs (default: $ZAPFLEET_NATS_URL)"
+
+
+def _nats_urls(raw: str) -> list[str]:
+    """``--nats-url``: a comma-separated list of NATS URLs, checked like the processes'."""
+    from zapfleet._env import SettingsError
+    from zapfleet.natsjs import parse_nats_urls
+
+    try:
+        return parse_nats_urls(raw, "--nats-url")
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+async def sim_scan(
+    nats_url: str | list[str], session_id: str, phone: str, tenant: str = "default"
+) -> str:
     """Scan the current QR code of a sim session as ``phone``; returns a result line."""
     import msgspec
     import nats
@@ -148,7 +164,7 @@ async def sim_scan(nats_url: str, session_id: str, phone: str, tenant: str = "de
         encode,
     )
 
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(servers=nats_url)
     try:
         kv = await nc.jetstream().key_value(SESSIONS_BUCKET)
         key = await session_key(nc, tenant, session_id)
@@ -178,14 +194,14 @@ def cmd_sim_scan(args: argparse.Namespace) -> None:
 
 
 async def sim_link(
-    nats_url: str, session_id: str, code: str, phone: str, tenant: str = "default"
+    nats_url: str | list[str], session_id: str, code: str, phone: str, tenant: str = "default"
 ) -> str:
     """Type a phone pairing code (from ``session_pair_code``) on the sim phone."""
     import nats
 
     from node_agent.engines.sim import link
 
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(servers=nats_url)
     try:
         key = await session_key(nc, tenant, session_id)
         result = await link(nc, code, phone, session_id=key)
@@ -202,14 +218,14 @@ def cmd_sim_link(args: argparse.Namespace) -> None:
 
 
 async def sim_fault(
-    nats_url: str, session_id: str, faults: object, tenant: str = "default"
+    nats_url: str | list[str], session_id: str, faults: object, tenant: str = "default"
 ) -> None:
     import nats
 
     from node_agent.engines.sim import Faults, inject_faults
 
     assert isinstance(faults, Faults)
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(servers=nats_url)
     try:
         await inject_faults(nc, await session_key(nc, tenant, session_id), faults)
     finally:
@@ -309,6 +325,7 @@ def _stack_env(args: argparse.Namespace, home: Path, admin_key: str) -> dict[str
     return {
         **os.environ,
         "ZAPFLEET_NATS_URL": f"nats://127.0.0.1:{args.nats_port}",
+        "ZAPFLEET_NATS_REPLICAS": "1",  # one local nats-server
         "ZAPFLEET_VALKEY_URL": f"valkey://127.0.0.1:{args.valkey_port}/0",
         "ZAPFLEET_ADMIN_KEY": admin_key,
         "ZAPFLEET_HTTP_HOST": args.host,
@@ -431,8 +448,7 @@ async def _backup_or_restore(args: argparse.Namespace) -> str:
 
     from zapfleet.backup import backup, restore
 
-    servers = [u.strip() for u in args.nats_url.split(",") if u.strip()]
-    nc = await nats.connect(servers=servers)
+    nc = await nats.connect(servers=args.nats_url)
     try:
         path = Path(args.path)
         if args.command == "backup":
@@ -480,14 +496,14 @@ def _add_backup_commands(sub: Any, nats_default: str) -> None:
         "--keep", type=int, default=None, help="with a directory: keep only the newest N"
     )
     saved.add_argument("--events", action="store_true", help="include the ZF_EVENTS stream")
-    saved.add_argument("--nats-url", default=nats_default, help="comma-separated NATS URLs")
+    saved.add_argument("--nats-url", default=nats_default, type=_nats_urls, help=NATS_HELP)
     saved.set_defaults(func=cmd_backup_or_restore)
     loaded = sub.add_parser("restore", help="load a backup into an empty NATS")
     loaded.add_argument("path", help="an archive written by zapfleet backup")
     loaded.add_argument(
         "--replicas", type=int, default=None, help="replicas of every stream (default: as saved)"
     )
-    loaded.add_argument("--nats-url", default=nats_default, help="comma-separated NATS URLs")
+    loaded.add_argument("--nats-url", default=nats_default, type=_nats_urls, help=NATS_HELP)
     loaded.set_defaults(func=cmd_backup_or_restore)
 
 
@@ -523,17 +539,16 @@ def build_parser() -> argparse.ArgumentParser:
     scan = sim.add_parser("scan", help="scan a sim session's QR code as a phone")
     scan.add_argument("session_id")
     scan.add_argument("--phone", default="15550000001", help="the phone number that scans")
-    scan.add_argument(
-        "--nats-url", default=os.environ.get("ZAPFLEET_NATS_URL", "nats://127.0.0.1:4222")
-    )
     scan.add_argument("--tenant", default="default", help="the session's tenant")
-    scan.set_defaults(func=cmd_sim_scan)
     nats_default = os.environ.get("ZAPFLEET_NATS_URL", "nats://127.0.0.1:4222")
+    nats_help = "comma-separated NATS URLs (default: $ZAPFLEET_NATS_URL)"
+    scan.add_argument("--nats-url", default=nats_default, type=_nats_urls, help=nats_help)
+    scan.set_defaults(func=cmd_sim_scan)
     link_cmd = sim.add_parser("link", help="enter a phone pairing code on the sim phone")
     link_cmd.add_argument("session_id")
     link_cmd.add_argument("code", help="the code from session_pair_code (ABCD-EFGH)")
     link_cmd.add_argument("--phone", required=True, help="the number the code was issued for")
-    link_cmd.add_argument("--nats-url", default=nats_default)
+    link_cmd.add_argument("--nats-url", default=nats_default, type=_nats_urls, help=nats_help)
     link_cmd.add_argument("--tenant", default="default", help="the session's tenant")
     link_cmd.set_defaults(func=cmd_sim_link)
     fault = sim.add_parser("fault", help="inject faults into a sim session")
@@ -543,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("--disconnect", action="store_true", help="drop the socket (reported)")
     fault.add_argument("--zombie", action="store_true", help="drop it silently")
     fault.add_argument("--fail-connects", type=int, default=0, help="refuse the next N connects")
-    fault.add_argument("--nats-url", default=nats_default)
+    fault.add_argument("--nats-url", default=nats_default, type=_nats_urls, help=nats_help)
     fault.add_argument("--tenant", default="default", help="the session's tenant")
     fault.set_defaults(func=cmd_sim_fault)
 

@@ -116,11 +116,32 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
 
 
+@dataclass
+class ClusterMember:
+    """How one nats-server joins a cluster on loopback: its name, its route port and the
+    route ports of every member (itself included; a server skips its own route)."""
+
+    server_name: str
+    route_port: int
+    route_ports: list[int]
+    cluster_name: str = "zapfleet"
+
+    def args(self) -> list[str]:
+        routes = ",".join(f"nats-route://127.0.0.1:{p}" for p in self.route_ports)
+        return [
+            "--server_name", self.server_name,
+            "--cluster_name", self.cluster_name,
+            "--cluster", f"nats://127.0.0.1:{self.route_port}",
+            "--routes", routes,
+        ]  # fmt: skip
+
+
 def start_nats(
     data_dir: Path,
     port: int | None = None,
     monitor_port: int | None = None,
     log_path: Path | None = None,
+    cluster: ClusterMember | None = None,
 ) -> ChildProcess:
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +154,8 @@ def start_nats(
     ]  # fmt: skip
     if monitor_port:
         args += ["--http_port", str(monitor_port)]
+    if cluster is not None:
+        args += cluster.args()
     process = _spawn(args, log_path)
     child = ChildProcess("nats-server", process, port, log_path)
     try:
@@ -165,3 +188,28 @@ def start_valkey(
         child.kill()
         raise
     return child
+
+
+def nats_cluster_members(count: int = 3) -> list[ClusterMember]:
+    """``count`` members of one loopback cluster, on free route ports."""
+    route_ports = [free_port() for _ in range(count)]
+    return [ClusterMember(f"n{i + 1}", port, route_ports) for i, port in enumerate(route_ports)]
+
+
+def start_nats_cluster(
+    root: Path, count: int = 3, log_dir: Path | None = None
+) -> list[ChildProcess]:
+    """``count`` clustered nats-servers with JetStream, data in ``root/<name>``. The
+    cluster elects its JetStream meta leader a few seconds after they are up."""
+    servers: list[ChildProcess] = []
+    try:
+        for member in nats_cluster_members(count):
+            log_path = log_dir / f"{member.server_name}.log" if log_dir else None
+            server = start_nats(root / member.server_name, log_path=log_path, cluster=member)
+            server.extra["route_port"] = member.route_port
+            servers.append(server)
+    except ServerError:
+        for server in servers:
+            server.kill()
+        raise
+    return servers

@@ -11,12 +11,12 @@ import contextlib
 import logging
 import signal
 
-import nats
 from prometheus_client import start_http_server
 
 from control_plane.settings import ControlPlaneSettings
 from control_plane.webhooks.dispatcher import Dispatcher
 from node_agent.protocol import ensure_jetstream
+from zapfleet import natsjs
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +28,7 @@ async def run_dispatcher(settings: ControlPlaneSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     if settings.webhooks_metrics_port:
         start_http_server(settings.webhooks_metrics_port, addr=settings.http_host)
-    nc = await nats.connect(
-        servers=settings.nats_servers,
-        name="zapfleet-webhooks",
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-    )
+    nc = await natsjs.connect(settings.nats_servers, "zapfleet-webhooks")
     try:
         js = nc.jetstream()
         await ensure_jetstream(
@@ -42,6 +37,7 @@ async def run_dispatcher(settings: ControlPlaneSettings) -> None:
             node_ttl_s=settings.node_ttl_s,
             events_max_bytes=settings.events_max_bytes,
             events_dedupe_window_s=settings.events_dedupe_window_s,
+            replicas=settings.replicas,
         )
         dispatcher = Dispatcher(nc, js, settings)
         await dispatcher.start()

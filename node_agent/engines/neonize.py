@@ -111,6 +111,7 @@ class NeonizeConfig(msgspec.Struct, kw_only=True):
     call_timeout_s: float = 30.0
     go_log_level: str = "WARNING"
     keepalive_dead_after: int = 2
+    replicas: int = 1  # of the zf_devices bucket (ZAPFLEET_NATS_REPLICAS)
 
 
 class FfiLock:
@@ -233,8 +234,12 @@ class NeonizeEngine:
         if self.nc is not None and self.config.device_store_url is not None:
             from nats.js.api import KeyValueConfig
 
-            self._devices = await self.nc.jetstream().create_key_value(
-                KeyValueConfig(bucket=DEVICES_BUCKET, history=1)
+            from zapfleet.natsjs import key_value
+
+            self._devices = await key_value(
+                self.nc.jetstream(),
+                KeyValueConfig(bucket=DEVICES_BUCKET, history=1),
+                self.config.replicas,
             )
 
     def _resize_executor(self) -> None:

@@ -75,6 +75,7 @@ class SimConfig(msgspec.Struct, kw_only=True):
     read_after_s: float | None = 0.5
     keepalive_s: float = 5.0  # presence probe period (sim_presence.py)
     probe_timeout_s: float = 0.25
+    replicas: int = 1  # of the zf_sim bucket (ZAPFLEET_NATS_REPLICAS)
 
 
 class Faults(msgspec.Struct, kw_only=True):
@@ -159,7 +160,10 @@ async def seed_account(nc: NATS, session_id: str, phone: str) -> None:
     the session connects straight away when it starts, on any agent."""
     from nats.js.api import KeyValueConfig
 
-    kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket=SIM_BUCKET, history=1))
+    from zapfleet.natsjs import key_value
+
+    # an existing bucket is used as it is (replicas: never lowered)
+    kv = await key_value(nc.jetstream(), KeyValueConfig(bucket=SIM_BUCKET, history=1), 1)
     await kv.put(f"acct.{session_id}", _encode(Account(phone=phone, paired_at=time.time())))
     await kv.put(f"num.{phone}", session_id.encode())
 
@@ -191,7 +195,11 @@ class SimEngine:
         js = self.nc.jetstream()
         from nats.js.api import KeyValueConfig
 
-        self._kv = await js.create_key_value(KeyValueConfig(bucket=SIM_BUCKET, history=1))
+        from zapfleet.natsjs import key_value
+
+        self._kv = await key_value(
+            js, KeyValueConfig(bucket=SIM_BUCKET, history=1), self.config.replicas
+        )
         self._directory = asyncio.create_task(self._follow_directory(), name="sim-directory")
 
     async def _follow_directory(self) -> None:

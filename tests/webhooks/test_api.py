@@ -16,6 +16,7 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from standardwebhooks import Webhook
 
 from control_plane.webhooks.signing import verify
 from node_agent.protocol import EventType
@@ -123,8 +124,9 @@ async def test_tenant_webhook_config_applies_at_once_and_its_secret_is_shown_onc
     wanted = await publish_events(stack_nc, 5, tenant="cfg")
     unwanted = await publish_events(stack_nc, 2, tenant="cfg", event_type=EventType.SESSION_STATUS)
     await wait_all(webhook_receiver, wanted)
+    assert put.json()["scheme"] == "standard"  # a new config: Standard Webhooks
     for headers, body in webhook_receiver.requests:
-        assert verify(secret, body, headers["Zapfleet-Timestamp"], headers["Zapfleet-Signature"])
+        assert Webhook(secret).verify(body, headers)["id"] == headers["webhook-id"]
 
     # keep the secret, widen the filter: the next events use the new config
     again = await api.put("/v1/webhooks/config", headers=cfg, json={"urls": [webhook_receiver.url]})
@@ -290,7 +292,11 @@ async def test_the_global_webhook_is_admin_only_and_overrides_settings_live(
     assert_problem(await api.get("/v1/webhooks/global"), 404, "webhook_not_configured")
     put = await api.put(
         "/v1/webhooks/global",
-        json={"urls": [webhook_receiver.url], "secret": "global-secret-0123456789"},
+        json={
+            "urls": [webhook_receiver.url],
+            "secret": "global-secret-0123456789",  # free-form: the old scheme only
+            "scheme": "zapfleet-v1",
+        },
     )
     assert put.status_code == 200 and put.json()["source"] == "kv"
     try:

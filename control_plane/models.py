@@ -397,6 +397,8 @@ class WebhookMetrics(msgspec.Struct, kw_only=True):
     in_flight: int | None = None
     redelivered: int | None = None
     dead_letters: int | None = None
+    backlog: int | None = None  # deliveries waiting in destinations' backlogs
+    backlog_destinations: int | None = None  # URLs with a backlog (failing or recovering)
 
 
 class InstanceTotals(msgspec.Struct, kw_only=True):

@@ -18,6 +18,7 @@ from litestar.params import Parameter, QueryParameter
 from control_plane.auth import Principal, authenticate
 from control_plane.problems import ProblemError
 from control_plane.services import Services
+from control_plane.webhooks.backlog import backlog_depths, backlog_key
 from control_plane.webhooks.config import MAX_URLS, WebhookConfig, validate_event_patterns
 from control_plane.webhooks.deadletters import DeadLetter, DeadLetterStore
 from control_plane.webhooks.http import parse_target
@@ -83,7 +84,7 @@ class WebhookConfigView(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Only in the answer to the PUT that set or generated it."""
     source: Literal["kv", "settings"]
     updated_at: float = 0.0
-    scheme: str = STANDARD
+    scheme: str  # always shown (omit_defaults would hide the default)
     previous_secret_until: float | None = None
     """While a replaced secret still signs (a second signature): until when."""
 
@@ -97,9 +98,8 @@ class WebhookEntry(msgspec.Struct, kw_only=True):
     has_secret: bool = False
     scheme: str = STANDARD
     backlog: int = 0
-    """Events waiting for this URL after a failed delivery (its backlog)."""
-    paused_until: float | None = None
-    """While the URL keeps failing, deliveries to it wait (circuit open) until then."""
+    """Deliveries waiting for this URL after a failure (its backlog; while it is not
+    empty, new events queue behind it and only its oldest is tried, with backoff)."""
 
 
 class WebhookList(msgspec.Struct, kw_only=True):
@@ -114,6 +114,8 @@ class DeadLetterView(msgspec.Struct, kw_only=True):
     error: str
     failed_at: float
     event: Event
+    reason: str = "attempts_exhausted"
+    """attempts_exhausted, refused (SSRF guard) or backlog_full."""
 
 
 class DeadLetterPage(msgspec.Struct, kw_only=True):
@@ -243,6 +245,7 @@ def letter_view(seq: int, letter: DeadLetter) -> DeadLetterView:
         error=letter.error,
         failed_at=letter.failed_at,
         event=letter.event,
+        reason=letter.reason,
     )
 
 
@@ -268,12 +271,29 @@ class WebhookController(Controller):
     @get("/", summary="Every webhook destination the caller's events may go to")
     async def overview(self, services: Services, principal: Principal) -> WebhookList:
         tenant = principal.tenant
+        depths = await backlog_depths(services.js)
+
+        def entry(scope: str, url: str, config: WebhookConfig) -> WebhookEntry:
+            return WebhookEntry(
+                scope=scope,
+                url=redact_url(url),
+                events=config.events,
+                enabled=config.enabled,
+                has_secret=bool(config.secret),
+                scheme=config.signing_scheme,
+                backlog=depths.get(backlog_key(url), 0),
+            )
+
         entries = [
-            WebhookEntry(
-                scope=f"session:{record.spec.session_id}",
-                url=redact_url(record.webhook_url),
-                events=record.webhook_events,
-                has_secret=bool(record.webhook_secret),
+            entry(
+                f"session:{record.spec.session_id}",
+                record.webhook_url,
+                WebhookConfig(
+                    urls=[record.webhook_url],
+                    events=record.webhook_events,
+                    secret=record.webhook_secret,
+                    scheme=record.webhook_scheme,
+                ),
             )
             for record in services.index.records(tenant)
             if record.webhook_url
@@ -281,16 +301,7 @@ class WebhookController(Controller):
         entries.sort(key=lambda entry: entry.scope)
         config = await services.webhooks.get_tenant(tenant)
         if config is not None:
-            entries += [
-                WebhookEntry(
-                    scope=f"tenant:{tenant}",
-                    url=redact_url(url),
-                    events=config.events,
-                    enabled=config.enabled,
-                    has_secret=bool(config.secret),
-                )
-                for url in config.urls
-            ]
+            entries += [entry(f"tenant:{tenant}", url, config) for url in config.urls]
         if principal.is_admin:
             stored = await services.webhooks.get_global()
             settings = services.settings
@@ -298,17 +309,9 @@ class WebhookController(Controller):
                 urls=settings.webhook_urls,
                 events=settings.webhook_events,
                 secret=settings.webhook_secret,
+                scheme=settings.webhook_scheme,
             )
-            entries += [
-                WebhookEntry(
-                    scope="global",
-                    url=redact_url(url),
-                    events=global_config.events,
-                    enabled=global_config.enabled,
-                    has_secret=bool(global_config.secret),
-                )
-                for url in global_config.urls
-            ]
+            entries += [entry("global", url, global_config) for url in global_config.urls]
         return WebhookList(webhooks=entries)
 
     # -- tenant config -----------------------------------------------------------------

@@ -5,6 +5,7 @@ example NATS consumer runs."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import subprocess
@@ -16,12 +17,14 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 
-from control_plane.webhooks.signing import sign
+from control_plane.webhooks.signing import STANDARD, signed_headers
 from node_agent.protocol import Event, EventType
 from tests.webhooks.conftest import publish_events
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-SECRET = "whsec_docs_0123456789abcdef"
+SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+OTHER_SECRET = "whsec_" + base64.b64encode(bytes(range(1, 33))).decode()
+EVENT_ID = "18ea"
 BODY = b'{"id":"18ea","type":"message.received","tenant":"acme","session_id":"s1","ts":1.0}'
 
 
@@ -44,19 +47,19 @@ def test_events_md_has_one_valid_example_per_event_type() -> None:
 
 def cases() -> list[tuple[str, dict[str, str], bytes, bool]]:
     now = int(time.time())
-    good = sign(SECRET, BODY, now)
+
+    def signed(secrets: list[str], at: int = now) -> dict[str, str]:
+        return signed_headers(STANDARD, secrets, EVENT_ID, BODY, at)
+
+    good = signed([SECRET])
     return [
         ("genuine", good, BODY, True),
         ("tampered body", good, BODY.replace(b"acme", b"evil"), False),
-        ("wrong secret", sign("another-secret-0123456789", BODY, now), BODY, False),
-        ("replayed after 10 min", sign(SECRET, BODY, now - 600), BODY, False),
-        ("no signature", {"Zapfleet-Timestamp": str(now)}, BODY, False),
-        (
-            "rotated: second value matches",
-            {**good, "Zapfleet-Signature": "v1=" + "0" * 64 + "," + good["Zapfleet-Signature"]},
-            BODY,
-            True,
-        ),
+        ("another id", {**good, "webhook-id": "18eb"}, BODY, False),
+        ("wrong secret", signed([OTHER_SECRET]), BODY, False),
+        ("replayed after 10 min", signed([SECRET], now - 600), BODY, False),
+        ("no signature", {k: v for k, v in good.items() if k != "webhook-signature"}, BODY, False),
+        ("rotated: second value matches", signed([OTHER_SECRET, SECRET]), BODY, True),
     ]
 
 

@@ -32,7 +32,7 @@
 | ZAPFLEET_WEBHOOK_SCHEME | standard | scheme of the settings' global webhook (or zapfleet-v1) |
 | ZAPFLEET_WEBHOOK_SECRET_GRACE_S | 86400 | a replaced secret still signs this long (2 signatures) |
 | ZAPFLEET_WEBHOOK_MAX_BACKLOG | 100000 | deliveries waiting per failing URL; more: dead letters |
-| ZAPFLEET_WEBHOOK_BACKLOG_IN_FLIGHT | 1 | backlog deliveries in flight per URL (1: in order) |
+| ZAPFLEET_WEBHOOK_BACKLOG_IN_FLIGHT | 20 | backlog deliveries in flight per URL (1: in order) |
 | ZAPFLEET_WEBHOOK_BACKLOG_SCAN_S | 1 | how often a dispatcher looks for URLs with a backlog |
 | ZAPFLEET_NATS_COMMANDS | true | serve `zf.api.<tenant>.<op>` request-reply commands |
 | ZAPFLEET_RPC_TIMEOUT_S | 5 | NATS request timeout towards agents |
@@ -127,7 +127,8 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     # isolation (docs/webhooks.md): a failed delivery waits in its destination's backlog
     # (stream ZF_WEBHOOK_BACKLOG), never in the shared consumer
     webhook_max_backlog: int = 100_000  # per destination; past it: dead letters
-    webhook_backlog_in_flight: int = 1  # per destination; 1 keeps the backlog in order
+    # per destination; 1 = ordered mode (the backlog in order, nothing overtakes it)
+    webhook_backlog_in_flight: int = 20
     webhook_backlog_scan_s: float = 1.0  # how often a dispatcher looks for backlogs
     nats_commands: bool = True
     ui_enabled: bool = True

@@ -6,10 +6,11 @@ URL, and the event is acked in ``ZF_EVENTS`` at once. So a receiver that is down
 nothing of the shared consumer: every other destination keeps its pace.
 
 Each backlog has a durable consumer of its own (``backlog-<key>``) with
-``max_ack_pending = webhook_backlog_in_flight`` (1 by default): only the oldest entry is
-tried, and when it fails it is put back with the exponential backoff delay — nothing
-behind it moves meanwhile. That is the circuit breaker: a destination that keeps failing
-gets one probe per backoff period, and resumes by itself when a probe succeeds.
+``max_ack_pending = webhook_backlog_in_flight`` (20; 1 = ordered mode): only that many of
+its oldest entries are tried at once, and one that fails is put back with the
+exponential backoff delay. While the destination fails, new events join the backlog
+instead of being tried (the dispatcher's circuit breaker), so a destination that keeps
+failing gets a few probes per backoff period and resumes by itself when one succeeds.
 
 The stream limits every subject to ``webhook_max_backlog`` messages and refuses more
 (``discard_new_per_subject``): the dispatcher then writes a dead letter with the reason

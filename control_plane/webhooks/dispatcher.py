@@ -484,9 +484,14 @@ class Dispatcher:
         """A delivery from the shared stream: straight into the backlog when its URL has
         one (checked again once it has a slot), else an attempt."""
         key = backlog_key(url)
-        if self._has_backlog(key):
+        if self._behind(key):
             return BEHIND
-        return await self._deliver(url, body, head, target, attempt, backlog=key)
+        outcome = await self._deliver(url, body, head, target, attempt, backlog=key)
+        if outcome is None:
+            self._failing.discard(key)
+        elif isinstance(outcome, Failure) and not outcome.permanent:
+            self._failing.add(key)
+        return outcome
 
     async def _park(
         self,
@@ -649,7 +654,7 @@ class Dispatcher:
             else:
                 await destination.slots.acquire()
             try:
-                if backlog is not None and self._has_backlog(backlog):
+                if backlog is not None and self._behind(backlog):
                     return BEHIND  # it failed while this one waited: join the backlog
                 await self._slots.acquire(origin)
                 try:
@@ -699,8 +704,13 @@ class Dispatcher:
 
     # -- backlogs ----------------------------------------------------------------------
 
-    def _has_backlog(self, key: str) -> bool:
-        return self._backlogs.get(key, 0) > 0
+    def _behind(self, key: str) -> bool:
+        """New events of this URL join its backlog instead of being tried: while it has a
+        backlog and is failing (its last attempt here failed: the circuit is open), or
+        always while it has one with ``webhook_backlog_in_flight = 1`` (ordered mode)."""
+        if self._backlogs.get(key, 0) <= 0:
+            return False
+        return key in self._failing or self.settings.webhook_backlog_in_flight == 1
 
     def _start_drain(self, key: str) -> None:
         if self._stopping or key in self._drains or key in self._starting:

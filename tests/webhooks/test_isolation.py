@@ -119,6 +119,7 @@ async def test_a_dead_receiver_neither_slows_other_tenants_nor_loses_its_own_eve
         webhook_max_attempts=10_000,  # the compressed outage must not dead-letter anything
         webhook_concurrency_per_destination=PER_DESTINATION,
         webhook_backlog_scan_s=0.5,
+        webhook_backlog_in_flight=1,  # ordered mode: A's backlog arrives in order
         # retries waiting in the shared consumer (as before issue 18) would reach this
         # within a second of A's outage and stop every tenant; now only events being
         # delivered count

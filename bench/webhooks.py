@@ -14,11 +14,14 @@ Phases:
 3. 30 % errors: the receiver answers 503 to 30 % of calls (at random); 10,000 events;
    retries back off from 0.05 s (capped at 0.5 s: the bench measures the dispatcher, not
    the backoff policy) for up to 20 attempts, so that "lost" means lost, not "retrying";
-4. latency: 500 events/s for 10 s; p50/p99 from event creation to its arrival.
+4. latency: 500 events/s for 10 s; p50/p99 from event creation to its arrival;
+5. isolation: one tenant at 50 events/s beside another at 200/s, p99 with both receivers
+   up, then while the other's refuses connections (its deliveries wait in its backlog).
 
 Output: docs/benchmarks/webhooks.json (+ webhooks.png) with ``deliveries_per_s``,
 ``deliveries_per_s_30pct_errors``, ``lost_events`` (events of phases 2-4 never delivered),
-``p99_delivery_ms_at_500_per_s``, the baseline and the ratio.
+``p99_delivery_ms_at_500_per_s``, ``isolated_p99_ms_during_outage`` and
+``isolated_p99_ratio`` (during the outage / without it), the baseline and the ratio.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ LATENCY_SECONDS = 10
 BASELINE_REQUESTS = 10_000
 CONCURRENCY = 25
 DISPATCHERS = int(os.environ.get("ZF_BENCH_DISPATCHERS", "2"))  # one per core
+NOISY = "noisy"  # the tenant whose receiver goes down in the isolation phase
+ISOLATION_SECONDS = 10
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -94,7 +99,9 @@ class Receiver:
             await asyncio.sleep(0.25)
 
 
-async def publish(nc: NATS, count: int, pace_per_s: float | None = None) -> list[str]:
+async def publish(
+    nc: NATS, count: int, pace_per_s: float | None = None, tenant: str = TENANT
+) -> list[str]:
     """Store ``count`` events; paced at ``pace_per_s`` (each stamped when sent) or as fast
     as the stream acknowledges them."""
     js = nc.jetstream()
@@ -110,13 +117,13 @@ async def publish(nc: NATS, count: int, pace_per_s: float | None = None) -> list
         event = Event(
             id=new_event_id(),
             type=EventType.MESSAGE_RECEIVED,
-            tenant=TENANT,
+            tenant=tenant,
             session_id=f"s{n % 50}",
             ts=time.time(),
             data={"message_id": f"m{n}", "from": "15550001111", "type": "text", "text": "hi"},
         )
         future = await js.publish_async(
-            event_subject(TENANT, event.session_id, event.type),
+            event_subject(tenant, event.session_id, event.type),
             encode(event),
             headers={"Nats-Msg-Id": event.id},
         )
@@ -259,6 +266,46 @@ class Bench:
             "_lost": lost,
         }
 
+    async def isolation(self) -> dict[str, Any]:
+        """Tenant ``bench`` at 50 events/s and tenant ``noisy`` at 200/s for 10 s, on one
+        dispatcher: first both receivers answer (both tenants' deliveries go to the same
+        receiver, so the p99 is over both), then ``noisy``'s URL refuses connections (a
+        port nothing listens on) and the p99 is over ``bench``'s deliveries alone."""
+        kv = await self.nc.jetstream().key_value(WEBHOOKS_BUCKET)
+
+        async def point(url: str) -> None:
+            config = WebhookConfig(urls=[url], secret="bench-secret-0123456789abcdef")
+            await kv.put(f"tenant.{NOISY}", msgspec.json.encode(config))
+
+        await point(self.receiver.url)
+        dispatchers = self.dispatchers("dispatcher-isolation", 1)
+        results = []
+        for url in (self.receiver.url, f"http://127.0.0.1:{free_port()}/down"):
+            await point(url)
+            await asyncio.sleep(1.0)  # the dispatcher's KV watch
+            await self.receiver.reset()
+            quiet, noisy = await asyncio.gather(
+                publish(self.nc, 50 * ISOLATION_SECONDS, 50),
+                publish(self.nc, 200 * ISOLATION_SECONDS, 200, tenant=NOISY),
+            )
+            down = url != self.receiver.url
+            wanted = quiet if down else quiet + noisy
+            stats = await self.receiver.wait_for(len(wanted), 60)
+            results.append(percentile([1000 * v for v in stats["latencies"]], 0.99))
+        for dispatcher in dispatchers:
+            stop(dispatcher)
+        before, during = results
+        print(
+            f"isolation: p99 {before:.1f} ms without outage, {during:.1f} ms while the "
+            "other tenant's receiver refuses connections",
+            flush=True,
+        )
+        return {
+            "isolated_p99_ms_no_outage": round(before, 1),
+            "isolated_p99_ms_during_outage": round(during, 1),
+            "isolated_p99_ratio": round(during / max(before, 1e-9), 2),
+        }
+
 
 async def run(workdir: Path) -> dict[str, Any]:
     server = start_nats(workdir / "nats", log_path=workdir / "nats.log")
@@ -290,6 +337,9 @@ async def run(workdir: Path) -> dict[str, Any]:
         one = await bench.throughput(1)
         several = await bench.throughput(DISPATCHERS)
         errors = await bench.with_errors()
+        for process in bench.processes[1:]:
+            stop(process)  # the error phase's dispatchers
+        isolated = await bench.isolation()
         dlq = await js.stream_info("ZF_DLQ")
         return {
             "deliveries_per_s": several["deliveries_per_s"],
@@ -297,6 +347,7 @@ async def run(workdir: Path) -> dict[str, Any]:
             "lost_events": one.pop("_lost") + several.pop("_lost") + errors.pop("_lost"),
             **one,
             **errors,
+            **isolated,
             "baseline_raw_post_per_s": round(raw_per_s),
             "ratio_vs_raw_post": round(several["deliveries_per_s"] / raw_per_s, 3),
             "dead_letters": dlq.state.messages,

@@ -44,6 +44,13 @@ WebhookSecret = Annotated[
         description="HMAC secret that signs this session's webhooks (else the tenant's)",
     ),
 ]
+WebhookScheme = Annotated[
+    Literal["standard", "zapfleet-v1"],
+    msgspec.Meta(
+        description="signature scheme of this session's webhook: 'standard' (Standard "
+        "Webhooks, the default for new sessions) or 'zapfleet-v1' (the old one)"
+    ),
+]
 ProxyUrl = Annotated[
     str,
     msgspec.Meta(
@@ -78,6 +85,7 @@ class CreateSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     start: bool = True
     node_labels: dict[str, str] | None = None  # place only on nodes with these labels
     webhook_secret: WebhookSecret | None = None
+    webhook_scheme: WebhookScheme | None = None
 
 
 class SessionView(msgspec.Struct, kw_only=True):
@@ -212,6 +220,7 @@ class SessionSettings(msgspec.Struct, kw_only=True):
     pacing: p.PacingSettings
     webhook_url: str | None
     webhook_events: list[str] | None
+    webhook_scheme: str = "zapfleet-v1"
 
 
 class SettingsPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -226,6 +235,7 @@ class SettingsPatch(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     webhook_url: WebhookUrl | msgspec.UnsetType | None = msgspec.UNSET
     webhook_events: EventFilter | msgspec.UnsetType | None = msgspec.UNSET
     webhook_secret: WebhookSecret | msgspec.UnsetType | None = msgspec.UNSET
+    webhook_scheme: WebhookScheme | msgspec.UnsetType = msgspec.UNSET
 
 
 class PairCodeBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -387,6 +397,8 @@ class WebhookMetrics(msgspec.Struct, kw_only=True):
     in_flight: int | None = None
     redelivered: int | None = None
     dead_letters: int | None = None
+    backlog: int | None = None  # deliveries waiting in destinations' backlogs
+    backlog_destinations: int | None = None  # URLs with a backlog (failing or recovering)
 
 
 class InstanceTotals(msgspec.Struct, kw_only=True):

@@ -30,6 +30,11 @@
 | ZAPFLEET_WEBHOOK_ACK_WAIT_S | 30 | an event a dead dispatcher held is redelivered after this |
 | ZAPFLEET_WEBHOOK_MAX_ACK_PENDING | 100000 | events out, unfinished (all dispatchers, retries) |
 | ZAPFLEET_WEBHOOKS_METRICS_PORT | 0 | Prometheus port of `zapfleet webhooks` (0 = off) |
+| ZAPFLEET_WEBHOOK_SCHEME | standard | scheme of the settings' global webhook (or zapfleet-v1) |
+| ZAPFLEET_WEBHOOK_SECRET_GRACE_S | 86400 | a replaced secret still signs this long (2 signatures) |
+| ZAPFLEET_WEBHOOK_MAX_BACKLOG | 100000 | deliveries waiting per failing URL; more: dead letters |
+| ZAPFLEET_WEBHOOK_BACKLOG_IN_FLIGHT | 20 | backlog deliveries in flight per URL (1: in order) |
+| ZAPFLEET_WEBHOOK_BACKLOG_SCAN_S | 1 | how often a dispatcher looks for URLs with a backlog |
 | ZAPFLEET_NATS_COMMANDS | true | serve `zf.api.<tenant>.<op>` request-reply commands |
 | ZAPFLEET_RPC_TIMEOUT_S | 5 | NATS request timeout towards agents |
 | ZAPFLEET_LEASE_TTL_S | 8 | node lease assumed for agents whose heartbeat does not state one |
@@ -118,6 +123,16 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     # (docs/webhooks.md); 100 000 lets one dead receiver take ~400 events/s first
     webhook_max_ack_pending: int = 100_000
     webhooks_metrics_port: int = 0
+    # signatures: the scheme of the settings-level global webhook, and how long a replaced
+    # secret still signs (a second signature) so receivers can switch without a gap
+    webhook_scheme: Literal["standard", "zapfleet-v1"] = "standard"
+    webhook_secret_grace_s: float = 86_400.0
+    # isolation (docs/webhooks.md): a failed delivery waits in its destination's backlog
+    # (stream ZF_WEBHOOK_BACKLOG), never in the shared consumer
+    webhook_max_backlog: int = 100_000  # per destination; past it: dead letters
+    # per destination; 1 = ordered mode (the backlog in order, nothing overtakes it)
+    webhook_backlog_in_flight: int = 20
+    webhook_backlog_scan_s: float = 1.0  # how often a dispatcher looks for backlogs
     nats_commands: bool = True
     ui_enabled: bool = True
     cors_allow_origins: list[str] = msgspec.field(default_factory=list)
@@ -175,6 +190,8 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
             "webhook_max_buffered",
             "webhook_max_attempts",
             "webhook_max_ack_pending",
+            "webhook_max_backlog",
+            "webhook_backlog_in_flight",
         ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"invalid setting ZAPFLEET_{name.upper()}: must be >= 1")
@@ -183,6 +200,7 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
             "webhook_backoff_base_s",
             "webhook_ack_wait_s",
             "webhook_destination_wait_s",
+            "webhook_backlog_scan_s",
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"invalid setting ZAPFLEET_{name.upper()}: must be > 0")

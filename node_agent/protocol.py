@@ -471,6 +471,9 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     webhook_events: list[str] | None = None
     webhook_secret: str | None = None
     node_labels: dict[str, str] | None = None  # placement constraint, e.g. {"region": "eu"}
+    # signature scheme of the session's webhook; None: a record from before signature
+    # schemes, which keeps the old one (control_plane/webhooks/signing.py)
+    webhook_scheme: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
     # why it was stopped (stop, logout): shown while it runs nowhere (desired "stopped")

@@ -15,7 +15,9 @@ What is in it (docs/provisioning.md, "Disaster recovery"):
   (heartbeats, TTL) and ``zf_leases`` (leadership, TTL); processes write them afresh;
 - every object store — the SQLite device stores (no re-pairing after a restore) and
   queued outbox media;
-- the webhook dead letters and redrive requests (``ZF_DLQ``, ``ZF_WEBHOOK_REDRIVE``);
+- the webhook dead letters, redrive requests and per-destination backlogs of deliveries
+  waiting for a receiver to come back (``ZF_DLQ``, ``ZF_WEBHOOK_REDRIVE``,
+  ``ZF_WEBHOOK_BACKLOG``);
 - the events stream ``ZF_EVENTS`` only with ``--events`` (it can be large, and
   receivers have had it).
 
@@ -40,6 +42,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 
+from control_plane.webhooks.backlog import BACKLOG_STREAM
 from node_agent.protocol import (
     DLQ_STREAM,
     EVENTS_STREAM,
@@ -76,7 +79,7 @@ def wanted(stream: str, *, events: bool) -> bool:
         return True
     if stream == EVENTS_STREAM:
         return events
-    return stream in (DLQ_STREAM, REDRIVE_STREAM)
+    return stream in (DLQ_STREAM, REDRIVE_STREAM, BACKLOG_STREAM)
 
 
 async def _stream_names(nc: NATS) -> list[str]:

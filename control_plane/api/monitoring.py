@@ -33,6 +33,7 @@ from control_plane.models import (
     WebhookMetrics,
 )
 from control_plane.services import Services
+from control_plane.webhooks.backlog import backlog_depths
 from node_agent.protocol import DLQ_STREAM, EVENTS_STREAM, Empty, Op, SessionList
 from zapfleet import __version__
 
@@ -84,6 +85,12 @@ async def _webhook_metrics(services: Services) -> WebhookMetrics:
         result.pending = consumer.num_pending
         result.in_flight = consumer.num_ack_pending
         result.redelivered = consumer.num_redelivered
+    except Exception:
+        pass
+    try:
+        depths = await backlog_depths(services.js)
+        result.backlog = sum(depths.values())
+        result.backlog_destinations = len(depths)
     except Exception:
         pass
     try:

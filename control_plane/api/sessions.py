@@ -17,7 +17,7 @@ from litestar.params import Parameter
 from nats.js.errors import KeyNotFoundError
 
 from control_plane.agents import AgentCallError, AgentUnavailable
-from control_plane.api.webhooks import ensure_event_patterns, ensure_safe_url
+from control_plane.api.webhooks import ensure_event_patterns, ensure_safe_url, ensure_secret_fits
 from control_plane.auth import Principal, authenticate
 from control_plane.caches import cache_id
 from control_plane.fleet import NoCapacity, PlacementConflict
@@ -35,6 +35,7 @@ from control_plane.models import (
 from control_plane.problems import SMALL_ANSWERS, ProblemError
 from control_plane.services import Services
 from control_plane.store import ConflictError, SessionExists
+from control_plane.webhooks.signing import LEGACY, STANDARD
 from node_agent.protocol import (
     Assignment,
     ConfigureSession,
@@ -329,6 +330,7 @@ class SessionController(Controller):
         if data.webhook_url:
             await ensure_safe_url(services, data.webhook_url)
         ensure_event_patterns(data.webhook_events)
+        ensure_secret_fits(data.webhook_scheme or STANDARD, data.webhook_secret)
         spec = SessionSpec(
             session_id=session_id,
             tenant=principal.tenant,
@@ -345,6 +347,7 @@ class SessionController(Controller):
             webhook_events=data.webhook_events,
             node_labels=data.node_labels,
             webhook_secret=data.webhook_secret,
+            webhook_scheme=data.webhook_scheme or STANDARD,
         )
         exists = ProblemError(409, "session_exists", f"a session {session_id!r} already exists")
         try:
@@ -647,6 +650,13 @@ class SessionController(Controller):
             await ensure_safe_url(services, data.webhook_url)
         if isinstance(data.webhook_events, list):
             ensure_event_patterns(data.webhook_events)
+        scheme = (
+            data.webhook_scheme
+            if data.webhook_scheme is not msgspec.UNSET
+            else loaded.webhook_scheme or LEGACY
+        )
+        if data.webhook_secret is not msgspec.UNSET:
+            ensure_secret_fits(scheme, data.webhook_secret)
 
         def change(current: SessionRecord) -> None:
             if data.device_name is not msgspec.UNSET:
@@ -661,6 +671,8 @@ class SessionController(Controller):
                 current.webhook_events = data.webhook_events
             if data.webhook_secret is not msgspec.UNSET:
                 current.webhook_secret = data.webhook_secret
+            if data.webhook_scheme is not msgspec.UNSET:
+                current.webhook_scheme = data.webhook_scheme
 
         record = await update_record(services, loaded, change)
         assignment = live_assignment(record)
@@ -694,6 +706,7 @@ def settings_of(record: SessionRecord) -> SessionSettings:
         pacing=record.spec.pacing,
         webhook_url=record.webhook_url,
         webhook_events=record.webhook_events,
+        webhook_scheme=record.webhook_scheme or LEGACY,
     )
 
 

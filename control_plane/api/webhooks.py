@@ -7,6 +7,7 @@ redrive or purge the dead letters of every tenant at once with ``?all_tenants=tr
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Literal
 
 import msgspec
@@ -17,10 +18,11 @@ from litestar.params import Parameter, QueryParameter
 from control_plane.auth import Principal, authenticate
 from control_plane.problems import ProblemError
 from control_plane.services import Services
+from control_plane.webhooks.backlog import backlog_depths, backlog_key
 from control_plane.webhooks.config import MAX_URLS, WebhookConfig, validate_event_patterns
 from control_plane.webhooks.deadletters import DeadLetter, DeadLetterStore
 from control_plane.webhooks.http import parse_target
-from control_plane.webhooks.signing import new_secret
+from control_plane.webhooks.signing import STANDARD, Scheme, new_secret, standard_key
 from node_agent.protocol import Event
 from zapfleet.ssrf import AddressPolicy, UnsafeURLError, check_url, redact_url
 
@@ -52,12 +54,24 @@ class WebhookConfigIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             msgspec.Meta(
                 min_length=16,
                 max_length=256,
-                description="HMAC secret; omitted: the current one is kept, or one is made",
+                description="HMAC secret; omitted: the current one is kept, or one is made. "
+                "For the standard scheme: 'whsec_' + standard base64 of 24-64 bytes",
             ),
         ]
         | None
     ) = None
     enabled: bool = True
+    scheme: (
+        Annotated[
+            Scheme,
+            msgspec.Meta(
+                description="signature scheme: 'standard' (Standard Webhooks) or "
+                "'zapfleet-v1' (the old one); omitted: the current config's, 'standard' "
+                "for a new one"
+            ),
+        ]
+        | None
+    ) = None
 
 
 class WebhookConfigView(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -70,6 +84,9 @@ class WebhookConfigView(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Only in the answer to the PUT that set or generated it."""
     source: Literal["kv", "settings"]
     updated_at: float = 0.0
+    scheme: str  # always shown (omit_defaults would hide the default)
+    previous_secret_until: float | None = None
+    """While a replaced secret still signs (a second signature): until when."""
 
 
 class WebhookEntry(msgspec.Struct, kw_only=True):
@@ -79,6 +96,10 @@ class WebhookEntry(msgspec.Struct, kw_only=True):
     events: list[str] | None = None
     enabled: bool = True
     has_secret: bool = False
+    scheme: str = STANDARD
+    backlog: int = 0
+    """Deliveries waiting for this URL after a failure (its backlog; while it is not
+    empty, new events queue behind it and only its oldest is tried, with backoff)."""
 
 
 class WebhookList(msgspec.Struct, kw_only=True):
@@ -93,6 +114,8 @@ class DeadLetterView(msgspec.Struct, kw_only=True):
     error: str
     failed_at: float
     event: Event
+    reason: str = "attempts_exhausted"
+    """attempts_exhausted, refused (SSRF guard) or backlog_full."""
 
 
 class DeadLetterPage(msgspec.Struct, kw_only=True):
@@ -151,12 +174,42 @@ async def checked_config(
     events = ensure_event_patterns(data.events)
     for url in data.urls:
         await ensure_safe_url(services, url)
+    # a config stored before schemes existed keeps the old one until a PUT names another
+    scheme = data.scheme or (current.signing_scheme if current else STANDARD)
+    ensure_secret_fits(scheme, data.secret)
     shown = data.secret
     secret = data.secret or (current.secret if current else None)
+    if secret is not None and scheme == STANDARD and standard_key(secret) is None:
+        secret = None  # switching an old-style secret to the standard scheme: a new one
     if secret is None:
         secret = shown = new_secret()
-    config = WebhookConfig(urls=list(data.urls), events=events, secret=secret, enabled=data.enabled)
+    config = WebhookConfig(
+        urls=list(data.urls), events=events, secret=secret, enabled=data.enabled, scheme=scheme
+    )
+    if current is not None and current.secret and current.secret != secret:
+        # rotation: the replaced secret signs too for the grace period
+        config.previous_secret = current.secret
+        config.previous_secret_until = time.time() + services.settings.webhook_secret_grace_s
+    elif current is not None and current.previous_secret_until > time.time():
+        config.previous_secret = current.previous_secret
+        config.previous_secret_until = current.previous_secret_until
     return config, shown
+
+
+def ensure_secret_fits(scheme: str, secret: str | None) -> None:
+    """422 ``invalid_webhook_secret`` for a standard-scheme secret that receivers'
+    Standard Webhooks libraries could not load."""
+    if secret is None or scheme != STANDARD:
+        return
+    key = standard_key(secret)
+    if key is None or not 24 <= len(key) <= 64:
+        raise ProblemError(
+            422,
+            "invalid_webhook_secret",
+            "a secret of the standard scheme is 'whsec_' followed by 24 to 64 random bytes "
+            "in standard base64 (with padding); omit it to have one generated, or choose "
+            "the scheme 'zapfleet-v1' for a free-form secret",
+        )
 
 
 def config_view(
@@ -174,6 +227,12 @@ def config_view(
         secret=shown_secret,
         source=source,
         updated_at=config.updated_at,
+        scheme=config.signing_scheme,
+        previous_secret_until=(
+            config.previous_secret_until
+            if config.previous_secret and config.previous_secret_until > time.time()
+            else None
+        ),
     )
 
 
@@ -186,6 +245,7 @@ def letter_view(seq: int, letter: DeadLetter) -> DeadLetterView:
         error=letter.error,
         failed_at=letter.failed_at,
         event=letter.event,
+        reason=letter.reason,
     )
 
 
@@ -211,12 +271,29 @@ class WebhookController(Controller):
     @get("/", summary="Every webhook destination the caller's events may go to")
     async def overview(self, services: Services, principal: Principal) -> WebhookList:
         tenant = principal.tenant
+        depths = await backlog_depths(services.js)
+
+        def entry(scope: str, url: str, config: WebhookConfig) -> WebhookEntry:
+            return WebhookEntry(
+                scope=scope,
+                url=redact_url(url),
+                events=config.events,
+                enabled=config.enabled,
+                has_secret=bool(config.secret),
+                scheme=config.signing_scheme,
+                backlog=depths.get(backlog_key(url), 0),
+            )
+
         entries = [
-            WebhookEntry(
-                scope=f"session:{record.spec.session_id}",
-                url=redact_url(record.webhook_url),
-                events=record.webhook_events,
-                has_secret=bool(record.webhook_secret),
+            entry(
+                f"session:{record.spec.session_id}",
+                record.webhook_url,
+                WebhookConfig(
+                    urls=[record.webhook_url],
+                    events=record.webhook_events,
+                    secret=record.webhook_secret,
+                    scheme=record.webhook_scheme,
+                ),
             )
             for record in services.index.records(tenant)
             if record.webhook_url
@@ -224,16 +301,7 @@ class WebhookController(Controller):
         entries.sort(key=lambda entry: entry.scope)
         config = await services.webhooks.get_tenant(tenant)
         if config is not None:
-            entries += [
-                WebhookEntry(
-                    scope=f"tenant:{tenant}",
-                    url=redact_url(url),
-                    events=config.events,
-                    enabled=config.enabled,
-                    has_secret=bool(config.secret),
-                )
-                for url in config.urls
-            ]
+            entries += [entry(f"tenant:{tenant}", url, config) for url in config.urls]
         if principal.is_admin:
             stored = await services.webhooks.get_global()
             settings = services.settings
@@ -241,17 +309,9 @@ class WebhookController(Controller):
                 urls=settings.webhook_urls,
                 events=settings.webhook_events,
                 secret=settings.webhook_secret,
+                scheme=settings.webhook_scheme,
             )
-            entries += [
-                WebhookEntry(
-                    scope="global",
-                    url=redact_url(url),
-                    events=global_config.events,
-                    enabled=global_config.enabled,
-                    has_secret=bool(global_config.secret),
-                )
-                for url in global_config.urls
-            ]
+            entries += [entry("global", url, global_config) for url in global_config.urls]
         return WebhookList(webhooks=entries)
 
     # -- tenant config -----------------------------------------------------------------
@@ -302,6 +362,7 @@ class WebhookController(Controller):
                 urls=settings.webhook_urls,
                 events=settings.webhook_events,
                 secret=settings.webhook_secret,
+                scheme=settings.webhook_scheme,
             )
             return config_view("global", from_settings, source="settings")
         raise ProblemError(404, "webhook_not_configured", "no global webhook is configured")

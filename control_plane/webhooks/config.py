@@ -32,6 +32,7 @@ from nats.js.errors import InvalidKeyError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from control_plane.settings import ControlPlaneSettings
+from control_plane.webhooks.signing import LEGACY
 from node_agent.protocol import (
     SESSION_NAMES_BUCKET,
     SESSIONS_BUCKET,
@@ -58,6 +59,14 @@ class WebhookConfig(msgspec.Struct, kw_only=True):
     secret: str | None = None
     enabled: bool = True
     updated_at: float = 0.0
+    # None: stored before signature schemes existed, so the old scheme (docs/webhooks.md)
+    scheme: str | None = None
+    previous_secret: str | None = None  # still signs (second signature) until ...
+    previous_secret_until: float = 0.0
+
+    @property
+    def signing_scheme(self) -> str:
+        return self.scheme or LEGACY
 
 
 def tenant_key(tenant: str) -> str:
@@ -113,6 +122,18 @@ class Target:
     urls: tuple[str, ...]
     secret: str | None
     level: Literal["session", "tenant", "global"]
+    scheme: str = LEGACY
+    previous_secret: str | None = None  # set only while it still signs
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The secrets that sign a delivery: the current one, and the replaced one during
+        its grace period."""
+        if not self.secret:
+            return ()
+        if self.previous_secret and self.previous_secret != self.secret:
+            return (self.secret, self.previous_secret)
+        return (self.secret,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +142,27 @@ class _Level:
     secret: str | None
     accepts: EventFilter
     enabled: bool = True
+    scheme: str = LEGACY
+    previous_secret: str | None = None
+    previous_secret_until: float = 0.0
 
     @classmethod
     def of(cls, config: WebhookConfig) -> _Level:
-        return cls(tuple(config.urls), config.secret, EventFilter(config.events), config.enabled)
+        return cls(
+            tuple(config.urls),
+            config.secret,
+            EventFilter(config.events),
+            config.enabled,
+            config.signing_scheme,
+            config.previous_secret,
+            config.previous_secret_until,
+        )
+
+    def previous(self, secret: str | None) -> str | None:
+        """The replaced secret while it still signs, when ``secret`` is this level's."""
+        if secret is None or secret != self.secret or not self.previous_secret:
+            return None
+        return self.previous_secret if time.time() < self.previous_secret_until else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +179,10 @@ def _session_hook(record: SessionRecord) -> _SessionHook:
     level = None
     if record.webhook_url:
         level = _Level(
-            (record.webhook_url,), record.webhook_secret, EventFilter(record.webhook_events)
+            (record.webhook_url,),
+            record.webhook_secret,
+            EventFilter(record.webhook_events),
+            scheme=record.webhook_scheme or LEGACY,
         )
     return _SessionHook(record.spec.tenant, level)
 
@@ -199,6 +240,7 @@ class WebhookRegistry:
                 tuple(settings.webhook_urls),
                 settings.webhook_secret,
                 EventFilter(settings.webhook_events),
+                scheme=settings.webhook_scheme,
             )
         self._global: _Level | None = None
         self._tenants: dict[str, _Level] = {}
@@ -321,23 +363,30 @@ class WebhookRegistry:
     def _resolve(self, tenant: str, hook: _SessionHook | None, event_type: str) -> Target | None:
         tenant_level = self._tenants.get(tenant)
         global_level = self._global or self._settings_level
-        fallback_secret = (tenant_level.secret if tenant_level else None) or (
-            global_level.secret if global_level else None
-        )
+        fallbacks = [level for level in (tenant_level, global_level) if level and level.secret]
+
+        def target(level: _Level, name: Literal["session", "tenant", "global"]) -> Target:
+            # the secret comes from the level, else the tenant's, else the global one; the
+            # scheme always from the level that names the URLs
+            owner = level if level.secret or name == "global" else next(iter(fallbacks), None)
+            secret = owner.secret if owner else None
+            previous = owner.previous(secret) if owner else None
+            return Target(level.urls, secret, name, level.scheme, previous)
+
         if hook is not None and hook.level is not None:
             if not hook.level.accepts(event_type):
                 return None
-            return Target(hook.level.urls, hook.level.secret or fallback_secret, "session")
+            return target(hook.level, "session")
         if tenant_level is not None:
             if not tenant_level.enabled or not tenant_level.urls:
                 return None
             if not tenant_level.accepts(event_type):
                 return None
-            return Target(tenant_level.urls, tenant_level.secret or fallback_secret, "tenant")
+            return target(tenant_level, "tenant")
         if global_level is not None and global_level.enabled and global_level.urls:
             if not global_level.accepts(event_type):
                 return None
-            return Target(global_level.urls, global_level.secret, "global")
+            return target(global_level, "global")
         return None
 
     @property

@@ -30,6 +30,9 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     error: str
     failed_at: float
     level: str = "session"
+    # attempts_exhausted, refused (SSRF guard), backlog_full (the destination's backlog
+    # was at ZAPFLEET_WEBHOOK_MAX_BACKLOG)
+    reason: str = "attempts_exhausted"
 
 
 class RedriveJob(msgspec.Struct, kw_only=True):

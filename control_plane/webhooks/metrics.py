@@ -47,3 +47,21 @@ ATTEMPT_SECONDS = Histogram(
     "Duration of one HTTP delivery attempt",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+PARKED = Counter(
+    "zapfleet_webhook_parked_total",
+    "Deliveries put into their destination's backlog (after a failure, or behind it)",
+)
+BACKLOG = Gauge(
+    "zapfleet_webhook_backlog", "Deliveries waiting in destinations' backlogs (all dispatchers)"
+)
+BACKLOG_DESTINATIONS = Gauge(
+    "zapfleet_webhook_backlog_destinations", "Destinations (URLs) with a non-empty backlog"
+)
+BACKLOG_FULL = Counter(
+    "zapfleet_webhook_backlog_full_total",
+    "Deliveries dead-lettered because their destination's backlog was at its bound",
+)
+PAUSED = Gauge(
+    "zapfleet_webhook_paused_destinations",
+    "Destinations whose backlog's last attempt failed (paused with backoff; this process)",
+)

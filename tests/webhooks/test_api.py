@@ -4,6 +4,7 @@ configuration and its SSRF guard, dead letters over REST, event replay, NATS com
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -16,9 +17,11 @@ import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from standardwebhooks import Webhook
 
-from control_plane.webhooks.signing import verify
-from node_agent.protocol import EventType
+from control_plane.webhooks.config import WebhookConfig, WebhookStore
+from control_plane.webhooks.signing import new_secret, verify
+from node_agent.protocol import WEBHOOKS_BUCKET, EventType
 from tests.conftest import ADMIN_KEY, WebhookReceiver
 from tests.helpers import pair_session
 from tests.webhooks.conftest import ApiStack, publish_events
@@ -123,8 +126,9 @@ async def test_tenant_webhook_config_applies_at_once_and_its_secret_is_shown_onc
     wanted = await publish_events(stack_nc, 5, tenant="cfg")
     unwanted = await publish_events(stack_nc, 2, tenant="cfg", event_type=EventType.SESSION_STATUS)
     await wait_all(webhook_receiver, wanted)
+    assert put.json()["scheme"] == "standard"  # a new config: Standard Webhooks
     for headers, body in webhook_receiver.requests:
-        assert verify(secret, body, headers["Zapfleet-Timestamp"], headers["Zapfleet-Signature"])
+        assert Webhook(secret).verify(body, headers)["id"] == headers["webhook-id"]
 
     # keep the secret, widen the filter: the next events use the new config
     again = await api.put("/v1/webhooks/config", headers=cfg, json={"urls": [webhook_receiver.url]})
@@ -290,7 +294,11 @@ async def test_the_global_webhook_is_admin_only_and_overrides_settings_live(
     assert_problem(await api.get("/v1/webhooks/global"), 404, "webhook_not_configured")
     put = await api.put(
         "/v1/webhooks/global",
-        json={"urls": [webhook_receiver.url], "secret": "global-secret-0123456789"},
+        json={
+            "urls": [webhook_receiver.url],
+            "secret": "global-secret-0123456789",  # free-form: the old scheme only
+            "scheme": "zapfleet-v1",
+        },
     )
     assert put.status_code == 200 and put.json()["source"] == "kv"
     try:
@@ -432,3 +440,103 @@ async def test_webhook_metrics_are_exported(api: httpx.AsyncClient) -> None:
         "zapfleet_webhook_delivery_latency_seconds_bucket",
     ):
         assert name in text
+
+
+async def test_a_config_from_before_schemes_keeps_the_old_one_until_switched_then_rotates(
+    api: httpx.AsyncClient, stack_nc: NATS, webhook_receiver: WebhookReceiver
+) -> None:
+    """Upgrade path: a stored config without a scheme signs as before; a PUT without
+    ``scheme`` keeps it; switching to standard makes a library-loadable secret and, for
+    the grace period, signs with the replaced one too; a later rotation likewise."""
+    tenant = await as_tenant(api, "upgraded")
+    old_secret = "whsec_" + secrets.token_urlsafe(32)  # what the old API generated
+    store = WebhookStore(await stack_nc.jetstream().key_value(WEBHOOKS_BUCKET))
+    await store.put_tenant(
+        "upgraded", WebhookConfig(urls=[webhook_receiver.url], secret=old_secret)
+    )
+    try:
+        assert (await api.get("/v1/webhooks/config", headers=tenant)).json()["scheme"] == (
+            "zapfleet-v1"
+        )
+        kept = await api.put(
+            "/v1/webhooks/config", headers=tenant, json={"urls": [webhook_receiver.url]}
+        )
+        assert kept.status_code == 200 and kept.json()["scheme"] == "zapfleet-v1"
+        assert "secret" not in kept.json()  # the old secret stays
+        await asyncio.sleep(0.3)
+        (first,) = await publish_events(stack_nc, 1, tenant="upgraded")
+        await wait_all(webhook_receiver, [first])
+        headers, body = webhook_receiver.requests[-1]
+        assert "webhook-signature" not in {name.lower() for name in headers}
+        assert verify(
+            old_secret, body, headers["Zapfleet-Timestamp"], headers["Zapfleet-Signature"]
+        )
+
+        bad = await api.put(
+            "/v1/webhooks/config",
+            headers=tenant,
+            json={"urls": [webhook_receiver.url], "scheme": "standard", "secret": "x" * 20},
+        )
+        assert_problem(bad, 422, "invalid_webhook_secret")
+        switched = await api.put(
+            "/v1/webhooks/config",
+            headers=tenant,
+            json={"urls": [webhook_receiver.url], "scheme": "standard"},
+        )
+        assert switched.status_code == 200, switched.text
+        standard_secret = switched.json()["secret"]  # a new one: the old is no base64
+        assert switched.json()["scheme"] == "standard" and standard_secret != old_secret
+        assert switched.json()["previous_secret_until"] > time.time() + 3600
+        await asyncio.sleep(0.3)
+        (second,) = await publish_events(stack_nc, 1, tenant="upgraded")
+        await wait_all(webhook_receiver, [second])
+        headers, body = webhook_receiver.requests[-1]
+        assert Webhook(standard_secret).verify(body, headers)["id"] == second
+        assert len(headers["webhook-signature"].split(" ")) == 2  # with the replaced one
+
+        rotated_secret = new_secret()
+        rotated = await api.put(
+            "/v1/webhooks/config",
+            headers=tenant,
+            json={"urls": [webhook_receiver.url], "secret": rotated_secret},
+        )
+        assert rotated.status_code == 200 and rotated.json()["scheme"] == "standard"
+        await asyncio.sleep(0.3)
+        (third,) = await publish_events(stack_nc, 1, tenant="upgraded")
+        await wait_all(webhook_receiver, [third])
+        headers, body = webhook_receiver.requests[-1]
+        # receivers on either secret verify it during the grace period
+        assert Webhook(rotated_secret).verify(body, headers)["id"] == third
+        assert Webhook(standard_secret).verify(body, headers)["id"] == third
+        overview = (await api.get("/v1/webhooks", headers=tenant)).json()["webhooks"]
+        (entry,) = [w for w in overview if w["scope"] == "tenant:upgraded"]
+        assert entry["scheme"] == "standard" and entry["backlog"] == 0
+    finally:
+        await api.delete("/v1/webhooks/config", headers=tenant)
+
+
+async def test_sessions_get_the_standard_scheme_unless_they_ask_for_the_old_one(
+    api: httpx.AsyncClient,
+) -> None:
+    url = "http://127.0.0.1:9/hook"
+    refused = await api.post(
+        "/v1/sessions",
+        json={"session_id": "sch-bad", "engine": "sim", "start": False, "webhook_url": url,
+              "webhook_secret": "a free-form secret"},
+    )  # fmt: skip
+    assert_problem(refused, 422, "invalid_webhook_secret")
+    made = await api.post(
+        "/v1/sessions",
+        json={"session_id": "sch-new", "engine": "sim", "start": False, "webhook_url": url,
+              "webhook_secret": new_secret()},
+    )  # fmt: skip
+    assert made.status_code == 201, made.text
+    settings = (await api.get("/v1/sessions/sch-new/settings")).json()
+    assert settings["webhook_scheme"] == "standard"
+    legacy = await api.patch(
+        "/v1/sessions/sch-new/settings",
+        json={"webhook_scheme": "zapfleet-v1", "webhook_secret": "a free-form secret"},
+    )
+    assert legacy.status_code == 200, legacy.text
+    assert legacy.json()["webhook_scheme"] == "zapfleet-v1"
+    assert (await api.delete("/v1/sessions/sch-new")).status_code in (200, 202, 204)

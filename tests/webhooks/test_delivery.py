@@ -81,12 +81,12 @@ async def test_a_receiver_that_is_down_for_a_while_gets_every_event_once_it_is_b
         during = await publish_events(js_client, 200)
         await asyncio.sleep(3)  # several retry rounds hit a closed port
         assert not webhook_receiver.ids() & set(during)
-        # the waiting retries are handed-out events: the gauges show them and the limit
+        # the waiting deliveries are in the destination's backlog, not in the shared
+        # consumer: nothing is handed out and unfinished there
         await running.sample_metrics()
-        assert REGISTRY.get_sample_value("zapfleet_webhook_ack_pending") == 200
-        assert REGISTRY.get_sample_value("zapfleet_webhook_max_ack_pending") == (
-            settings_for(fresh_nats).webhook_max_ack_pending
-        )
+        assert REGISTRY.get_sample_value("zapfleet_webhook_ack_pending") == 0
+        assert REGISTRY.get_sample_value("zapfleet_webhook_backlog") == 200
+        assert REGISTRY.get_sample_value("zapfleet_webhook_backlog_destinations") == 1
         webhook_receiver.come_up()
         after = await publish_events(js_client, 20)
         await wait_all(webhook_receiver, first + during + after, 20)
@@ -330,3 +330,30 @@ async def test_concurrency_is_bounded_per_destination_and_globally(
         assert webhook_receiver.max_active + second.max_active <= 6
     finally:
         second.close()
+
+
+async def test_past_its_bound_a_backlog_sends_events_to_the_dead_letters_with_the_reason(
+    js_client: NATS, fresh_nats: str, webhook_receiver: WebhookReceiver
+) -> None:
+    await configure_tenant(js_client, "acme", urls=[webhook_receiver.url])
+    webhook_receiver.go_down()
+    dispatcher = InProcess(js_client, settings_for(fresh_nats, webhook_max_backlog=5))
+    running = await dispatcher.start()
+    letters = DeadLetterStore(js_client, js_client.jetstream())
+    try:
+        ids = await publish_events(js_client, 20)
+        deadline = time.monotonic() + 15
+        while len((await letters.page("acme"))[0]) < 15:
+            assert time.monotonic() < deadline, "no dead letters past the bound"
+            await asyncio.sleep(0.1)
+        page, _ = await letters.page("acme")
+        assert len(page) == 15 and all(letter.reason == "backlog_full" for _, letter in page)
+        await running.sample_metrics()
+        assert REGISTRY.get_sample_value("zapfleet_webhook_backlog") == 5  # 5 + 15: all 20
+        webhook_receiver.come_up()
+        parked = set(ids) - {letter.event.id for _, letter in page}
+        await wait_all(webhook_receiver, sorted(parked), 15)
+        assert await letters.redrive_all("acme") == (15, 0)
+        await wait_all(webhook_receiver, ids, 15)
+    finally:
+        await dispatcher.stop()

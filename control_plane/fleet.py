@@ -59,6 +59,7 @@ from node_agent.protocol import (
     event_subject,
 )
 from zapfleet._mirror import Change, KVMirror
+from zapfleet.backoff import cas_attempts
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +321,7 @@ class Fleet:
         cached = state.placement
         record = _placement.decode(encode(cached)) if cached is not None else None
         revision = state.placement_revision if cached is not None else 0
-        for attempt in range(attempts):
+        async for attempt in cas_attempts(attempts):
             if record is None or attempt > 0:
                 record, revision = await self._read_placement(node_id)
             if not change(record):
@@ -333,9 +334,7 @@ class Fleet:
                 else:
                     new_rev = await self.placement_kv.create(node_id, body)
             except KeyWrongLastSequenceError:
-                if attempt + 1 < attempts:
-                    await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-                else:
+                if attempt + 1 == attempts:
                     await self._read_placement(node_id)  # the caller chooses again on fresh data
                 continue
             self._on_placement(node_id, body, None, new_rev)

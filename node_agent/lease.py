@@ -36,6 +36,7 @@ from nats.js.kv import KeyValue
 from node_agent.protocol import SESSIONS_BUCKET, Assignment, SessionRecord
 from zapfleet._kv import scan
 from zapfleet._mirror import Change, KVMirror
+from zapfleet.backoff import cas_attempts
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ async def assigned_to(kv: KeyValue, node_id: str) -> list[str]:
 async def claim(kv: KeyValue, session_id: str, node_id: str) -> SessionRecord | None:
     """Take a new epoch for a session KV assigns to this node, by revision CAS. Returns
     the claimed record, or None when the session is not (any more) ours to run."""
-    for _ in range(5):
+    async for _ in cas_attempts(5):
         try:
             entry = await kv.get(session_id)
         except KeyNotFoundError:

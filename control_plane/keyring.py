@@ -80,7 +80,7 @@ class Authenticator:
         self.mirror.follow(self._changed, on_reset=self.clear)
 
     async def start(self) -> None:
-        await self.mirror.start(wait_s=10.0)
+        await self.mirror.start()  # nothing is cached yet: no need to wait for the load
 
     async def stop(self) -> None:
         await self.mirror.stop()

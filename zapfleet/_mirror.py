@@ -18,9 +18,10 @@ What the mirror guarantees:
   load completes.
 - **Liveness.** A watch whose consumer vanished (a NATS restart: nats-py's ordered
   consumer then tries to re-create it once, and goes quiet if that fails) does not fail,
-  it just delivers nothing. So every ``check_s`` the mirror asks: did the connection
-  reconnect since the pass began, and does the pass's consumer still exist on the
-  server? Either answer ends the pass and a new one reloads the bucket. A follower sees
+  it just delivers nothing. So the mirror checks every :data:`TICK_S` whether the
+  connection reconnected since the pass began (no network), and every ``check_s``
+  whether the pass's consumer still exists on the server. Either ends the pass and a
+  new one reloads the bucket. A follower sees
   ``on_reset`` before the reload's first entry and ``on_loaded(keys, revision)`` after
   its last: keys not delivered by the reload are gone (deleted while nobody watched).
   ``rebuild_s`` additionally reloads on a fixed period, for followers that prefer it.
@@ -29,7 +30,8 @@ What the mirror guarantees:
 
 Bound: a change made while NATS is up reaches the followers as fast as the watch
 delivers it (milliseconds). After NATS comes back from a restart, a change reaches them
-within ``check_s`` + a restart backoff (≤ :data:`RESTART`'s cap) + one reload.
+within :data:`TICK_S` (a reconnect), or ``check_s`` (a consumer lost without one), + a
+restart backoff (≤ :data:`RESTART`'s cap per try while JetStream recovers) + one reload.
 """
 
 from __future__ import annotations
@@ -54,7 +56,10 @@ log = logging.getLogger(__name__)
 
 # restarts of a failed pass: 0.1 s, 0.2 s, ... at most 2 s (never sooner than 0.1 s)
 RESTART = Backoff(base_s=0.1, max_s=2.0, jitter="full", floor_s=0.1)
-CHECK_S = 2.0  # how often a pass checks its watch is alive
+# how often a pass asks the server whether its consumer still exists (one JetStream API
+# request); whether the connection reconnected is checked every TICK_S, locally
+CHECK_S = 5.0
+TICK_S = 0.25
 DELETES = ("DEL", "PURGE")
 
 
@@ -262,7 +267,7 @@ class KVMirror:
         """Ends the pass (raises _Stale) once its watch cannot be trusted."""
         nc = self.kv._js._nc
         started = time.monotonic()
-        tick = min(0.25, self.check_s)
+        tick = min(TICK_S, self.check_s)
         last_probe = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):

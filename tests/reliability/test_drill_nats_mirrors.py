@@ -73,6 +73,9 @@ async def test_after_a_nats_restart_kv_changes_reach_every_process_within_the_bo
             made = await api.post("/v1/sessions", json={"session_id": "carol"})
             assert made.status_code == 201, made.text
             carol = await fleet.wait_state(api, "carol", "PAIRING")
+            # one zf_sessions mirror per process: the control plane's (session index and
+            # webhook registry share it) and one per agent (one-shot scans come and go)
+            await until(lambda: _consumers(nc, SESSIONS_BUCKET, 3), 20, "3 watches of zf_sessions")
 
             async def send(n: int) -> None:
                 body = {"type": "text", "to": "+15550810002", "text": f"m{n}"}
@@ -150,6 +153,11 @@ def _tenant_admin(fleet: Fleet) -> httpx.AsyncClient:
     """The admin key acting for tenant acme."""
     headers = {**fleet.admin_headers, "X-Tenant-Id": "acme"}
     return httpx.AsyncClient(base_url=fleet.base_url, headers=headers, timeout=10)
+
+
+async def _consumers(nc: NATS, bucket: str, count: int) -> bool:
+    info = await nc.jetstream().stream_info(f"KV_{bucket}")
+    return info.state.consumer_count == count
 
 
 async def _revoke(nc: NATS, key_id: str) -> None:

@@ -13,6 +13,9 @@ from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
+from control_plane.session_index import SessionIndex
+from control_plane.store import SessionStore
+from node_agent.protocol import SessionRecord, SessionSpec, encode
 from tests.agent_support import unique
 from tests.reliability.harness import until
 from zapfleet._mirror import Change, KVMirror
@@ -159,3 +162,36 @@ async def test_after_a_nats_restart_changes_arrive_again(tmp_path: Path) -> None
     finally:
         await client.close()
         server.stop()
+
+
+async def test_the_session_index_forgets_a_record_purged_while_its_watch_was_dead(
+    nc: NATS,
+) -> None:
+    """The index's rules ride on the mirror: after a reload, a record the reload did not
+    deliver (purged while nobody watched: no delete marker) is forgotten; the others
+    stay, and a record written meanwhile arrives."""
+    kv = await _bucket(nc)
+    store = SessionStore(kv)
+
+    def record(name: str) -> SessionRecord:
+        return SessionRecord(spec=SessionSpec(session_id=name, tenant="t", engine="sim"))
+
+    for name in ("kept", "purged"):
+        await kv.put(name, encode(record(name)))
+    index = SessionIndex(store, KVMirror(kv, "test", check_s=0.5))
+    try:
+        await index.start()
+        assert {r.spec.session_id for r in index.records()} == {"kept", "purged"}
+        js = nc.jetstream()
+        stream = f"KV_{kv._name}"
+        (consumer,) = [c.name for c in await js._jsm.consumers_info(stream)]
+        await js.delete_consumer(stream, consumer)
+        await kv.purge("purged")
+        await kv.put("late", encode(record("late")))
+        await until(lambda: index.get("purged") is None, 10, "the purged record forgotten")
+        await until(lambda: index.get("late") is not None, 10, "the new record")
+        assert index.get("kept") is not None
+        assert index.find("t", "purged") is None
+        assert index.mirror.reloads >= 1
+    finally:
+        await index.stop()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import random
 import time
@@ -59,7 +58,8 @@ from node_agent.protocol import (
     encode,
     event_subject,
 )
-from zapfleet._kv import close
+from zapfleet._mirror import Change, KVMirror
+from zapfleet.backoff import cas_attempts
 from zapfleet.natsjs import key_value
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,8 @@ class Fleet:
     on_written: Callable[[SessionRecord, int], None] | None = None
     _nodes_kv: KeyValue | None = None
     _placement_kv: KeyValue | None = None
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _mirrors: list[KVMirror] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)  # slot batches
     _queued: dict[str, list[tuple[str, asyncio.Future[bool]]]] = field(default_factory=dict)
     _queued_count: dict[str, int] = field(default_factory=dict)
     _flushing: set[str] = field(default_factory=set)
@@ -161,15 +162,22 @@ class Fleet:
         config = KeyValueConfig(bucket=PLACEMENT_BUCKET, history=1)
         self._placement_kv = await key_value(self.js, config, self.settings.replicas)
         self.started_at = time.monotonic()
-        ready = [asyncio.Event(), asyncio.Event()]
-        self._tasks = [
-            asyncio.create_task(self._watch(self._nodes_kv, self._on_heartbeat, ready[0])),
-            asyncio.create_task(self._watch(self._placement_kv, self._on_placement, ready[1])),
+        self._mirrors = [
+            KVMirror(self._nodes_kv, NODES_BUCKET),
+            KVMirror(self._placement_kv, PLACEMENT_BUCKET),
         ]
+        ready = [
+            self._mirrors[0].follow(self._heartbeat_change),
+            self._mirrors[1].follow(self._placement_change),
+        ]
+        for mirror in self._mirrors:
+            await mirror.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 10)
 
     async def stop(self) -> None:
+        for mirror in self._mirrors:
+            await mirror.stop()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -187,36 +195,13 @@ class Fleet:
         assert self._nodes_kv is not None, "Fleet.start() was not awaited"
         return self._nodes_kv
 
-    async def _watch(
-        self,
-        kv: KeyValue,
-        handle: Callable[[str, bytes | None, str | None, int, float], None],
-        ready: asyncio.Event,
-    ) -> None:
-        while True:
-            watcher = None
-            try:
-                watcher = await kv.watchall()
-                async for entry in watcher:
-                    if entry is None:
-                        ready.set()
-                        continue
-                    age = 0.0
-                    created: object = entry.created
-                    if not ready.is_set() and isinstance(created, datetime.datetime):
-                        # an old value delivered at start: how old (server clock)
-                        age = max(0.0, time.time() - created.timestamp())
-                    handle(entry.key, entry.value, entry.operation, entry.revision or 0, age)
-                    if not entry.delta:
-                        ready.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("fleet watch failed, restarting", extra={"error": repr(exc)})
-                await asyncio.sleep(0.5)
-            finally:
-                if watcher is not None:
-                    await close(watcher)
+    def _heartbeat_change(self, change: Change) -> None:
+        self._on_heartbeat(
+            change.key, change.value, change.operation, change.revision, change.age_s
+        )
+
+    def _placement_change(self, change: Change) -> None:
+        self._on_placement(change.key, change.value, change.operation, change.revision)
 
     def _state(self, node_id: str) -> NodeState:
         state = self.nodes.get(node_id)
@@ -334,7 +319,7 @@ class Fleet:
         cached = state.placement
         record = _placement.decode(encode(cached)) if cached is not None else None
         revision = state.placement_revision if cached is not None else 0
-        for attempt in range(attempts):
+        async for attempt in cas_attempts(attempts):
             if record is None or attempt > 0:
                 record, revision = await self._read_placement(node_id)
             if not change(record):
@@ -347,9 +332,7 @@ class Fleet:
                 else:
                     new_rev = await self.placement_kv.create(node_id, body)
             except KeyWrongLastSequenceError:
-                if attempt + 1 < attempts:
-                    await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
-                else:
+                if attempt + 1 == attempts:
                     await self._read_placement(node_id)  # the caller chooses again on fresh data
                 continue
             self._on_placement(node_id, body, None, new_rev)

@@ -12,13 +12,13 @@ Verifying a tenant key costs two KV reads and an HMAC, so a verified key is reme
 in-process, indexed by its SHA-256, for ``ZAPFLEET_AUTH_CACHE_TTL_S``. Every replica
 watches ``zf_tenants``: a revoked key, a rotated key or a disabled tenant is dropped from
 the cache as soon as the watch delivers the change (milliseconds), and in any case when
-the entry's TTL ends, because an expired entry is verified again against KV.
+the entry's TTL ends, because an expired entry is verified again against KV. The watch is
+a :class:`zapfleet._mirror.KVMirror`: when it has to reload (it died with a NATS restart)
+the whole cache is dropped, since a change may have been missed meanwhile.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -30,7 +30,8 @@ from litestar import Request
 
 from control_plane.problems import ProblemError
 from control_plane.tenants import TenantStore, split_key, valid_tenant_id, verify_secret
-from zapfleet._kv import close
+from node_agent.protocol import TENANTS_BUCKET
+from zapfleet._mirror import Change, KVMirror
 
 log = logging.getLogger(__name__)
 
@@ -75,31 +76,23 @@ class Authenticator:
         self._verified: dict[bytes, tuple[Principal, float]] = {}
         self._unknown: dict[str, float] = {}  # key ids not in KV, monotonic time seen
         self._tenants_ok: dict[str, float] = {}  # tenants the admin may act for
-        self._task: asyncio.Task[None] | None = None
+        self.mirror = KVMirror(tenants.kv, TENANTS_BUCKET)
+        self.mirror.follow(self._changed, on_reset=self.clear)
 
     async def start(self) -> None:
-        watcher = await self.tenants.kv.watch(">", include_history=False)
-        self._task = asyncio.create_task(self._watch(watcher), name="auth-watch")
+        await self.mirror.start()  # nothing is cached yet: no need to wait for the load
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await self.mirror.stop()
 
-    async def _watch(self, watcher: Any) -> None:
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    continue
-                kind, _, ident = entry.key.partition(".")
-                if kind == "key":
-                    self.forget(key_id=ident)
-                elif kind == "tenant":
-                    self.forget(tenant=ident)
-        except asyncio.CancelledError:
-            await close(watcher)
-            raise
+    def _changed(self, change: Change) -> None:
+        if change.initial:
+            return  # a (re)load: the cache was cleared before it
+        kind, _, ident = change.key.partition(".")
+        if kind == "key":
+            self.forget(key_id=ident)
+        elif kind == "tenant":
+            self.forget(tenant=ident)
 
     def forget(self, *, key_id: str | None = None, tenant: str | None = None) -> None:
         """Drop cached verifications of a key or of every key of a tenant."""

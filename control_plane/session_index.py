@@ -8,6 +8,11 @@ CAS. Entries carry their KV revision, so an older value never replaces a newer o
 deletion leaves a tombstone so a slow read cannot bring a deleted session back.
 A session not in the index (created on another replica a moment ago) is read from KV.
 
+The index follows a :class:`zapfleet._mirror.KVMirror` of ``zf_sessions`` — the one
+mirror of that bucket in the process (the webhook registry follows the same one). After
+a reload (the watch died with a NATS restart), a record the reload no longer holds was
+deleted meanwhile and is forgotten.
+
 Records are keyed by their internal key (``SessionSpec.key``); callers name sessions per
 tenant, so :meth:`SessionIndex.lookup` resolves ``(tenant, name)`` — from memory, or
 through KV ``zf_session_names`` — and never finds another tenant's session.
@@ -16,69 +21,65 @@ through KV ``zf_session_names`` — and never finds another tenant's session.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from typing import Any
 
 import msgspec
 from nats.js.kv import KeyValue
 
 from control_plane.store import SessionStore
-from node_agent.protocol import SessionRecord
-from zapfleet._kv import close
+from node_agent.protocol import SESSIONS_BUCKET, SessionRecord
+from zapfleet._mirror import Change, KVMirror
 
 log = logging.getLogger(__name__)
 
 _decoder = msgspec.json.Decoder(SessionRecord)
-_DELETE_OPS = ("DEL", "PURGE")
 _MAX_TOMBSTONES = 100_000
 
 
 class SessionIndex:
-    def __init__(self, store: SessionStore) -> None:
+    def __init__(self, store: SessionStore, mirror: KVMirror | None = None) -> None:
         self.store = store
         self._records: dict[str, tuple[SessionRecord, int]] = {}
         self._tombstones: dict[str, int] = {}
         self._names: dict[tuple[str, str], str] = {}  # (tenant, name) -> internal key
-        self._synced = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        # the process's mirror of zf_sessions (shared); its own one when none is given
+        self.mirror = mirror or KVMirror(store.kv, SESSIONS_BUCKET)
+        self._owns_mirror = mirror is None
+        self._synced = self.mirror.follow(self._apply, on_loaded=self._reloaded)
 
     @property
     def kv(self) -> KeyValue:
         return self.store.kv
 
     async def start(self, sync_timeout_s: float = 10.0) -> None:
-        watcher = await self.kv.watchall()
-        self._task = asyncio.create_task(self._watch(watcher), name="session-index")
+        await self.mirror.start()
         try:
             await asyncio.wait_for(self._synced.wait(), sync_timeout_s)
         except TimeoutError:
             log.warning("session index not synced at start; it fills in as the watch delivers")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        if self._owns_mirror:
+            await self.mirror.stop()
 
-    async def _watch(self, watcher: Any) -> None:
+    def _apply(self, change: Change) -> None:
+        if change.deleted:
+            self.forget(change.key, change.revision)
+            return
+        assert change.value is not None
         try:
-            async for entry in watcher:
-                if entry is None:
-                    self._synced.set()
-                    continue
-                revision = entry.revision or 0
-                if entry.operation in _DELETE_OPS or not entry.value:
-                    self.forget(entry.key, revision)
-                    continue
-                try:
-                    self.note(_decoder.decode(entry.value), revision)
-                except msgspec.DecodeError:
-                    log.warning("undecodable session record", extra={"session_id": entry.key})
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await close(watcher)
-            raise
+            self.note(_decoder.decode(change.value), change.revision)
+        except msgspec.DecodeError:
+            log.warning("undecodable session record", extra={"session_id": change.key})
+
+    def _reloaded(self, keys: set[str], revision: int) -> None:
+        """A (re)load delivered ``keys`` up to ``revision``: a record it did not deliver,
+        and not written since, is gone."""
+        gone = [
+            key for key, (_, rev) in self._records.items() if key not in keys and rev <= revision
+        ]
+        for key in gone:
+            self.forget(key, revision)
 
     def note(self, record: SessionRecord, revision: int) -> None:
         """Remember a record read or written at ``revision`` unless something newer is known."""

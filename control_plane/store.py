@@ -19,6 +19,7 @@ from nats.js.kv import KeyValue
 
 from node_agent.protocol import NodeInfo, SessionRecord, name_key, name_target, name_value
 from zapfleet._kv import scan
+from zapfleet.backoff import cas_attempts
 
 _encode = msgspec.json.encode
 _record_decoder = msgspec.json.Decoder(SessionRecord)
@@ -79,7 +80,7 @@ class SessionStore:
             with contextlib.suppress(KeyWrongLastSequenceError):  # migrate it now
                 await self.names.create(name, name_value(spec.session_id, 0.0))
             raise SessionExists(spec.session_id)
-        for _ in range(10):
+        async for _ in cas_attempts(10):
             try:
                 await self.names.create(name, name_value(spec.key, time.time()))
                 return
@@ -169,7 +170,7 @@ class SessionStore:
         self, session_id: str, change: Callable[[SessionRecord], None], attempts: int = 10
     ) -> tuple[SessionRecord, int]:
         """:meth:`update`, also returning the revision written."""
-        for _ in range(attempts):
+        async for _ in cas_attempts(attempts):
             current = await self.get(session_id)
             if current is None:
                 raise KeyNotFoundError

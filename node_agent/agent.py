@@ -76,6 +76,7 @@ from node_agent.supervisor import (
 from zapfleet import __version__, natsjs
 from zapfleet._gc import settle_after_startup
 from zapfleet._logging import bind
+from zapfleet.backoff import Backoff, Retrier
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=msgspec.Struct)
@@ -96,6 +97,9 @@ CONCURRENT_OPS = frozenset(
 # a start reply waits this long at most for the engine's connect call to return
 START_SETTLE_S = 0.25
 RESTORE_ATTEMPT_S = 20.0  # one outbox read at a start; past it, tried again
+# between outbox reads that failed: 1 s doubling to 30 s, jittered so the sessions of a
+# node that all failed at once (NATS away) do not retry in step
+OUTBOX_RETRY = Backoff(base_s=1.0, max_s=30.0, jitter="full", floor_s=1.0)
 
 SESSIONS = Gauge("zapfleet_agent_sessions", "Sessions by state", ["state"])
 CAPACITY = Gauge("zapfleet_agent_capacity", "Maximum sessions of this agent")
@@ -645,7 +649,7 @@ class Agent:
         messages must not wait for the next restart."""
         if self._outbox is None:
             return
-        delay = 1.0
+        retry = Retrier(OUTBOX_RETRY)
         while self.sessions.get(supervisor.key) is supervisor:
             try:
                 async with asyncio.timeout(RESTORE_ATTEMPT_S):
@@ -656,12 +660,12 @@ class Agent:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                delay = retry.next_delay()
                 log.warning(
                     "outbox unreadable; retrying",
-                    extra={"error": repr(exc), "retry_in_s": delay},
+                    extra={"error": repr(exc), "retry_in_s": round(delay, 3)},
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
         else:
             return  # stopped or replaced meanwhile: its successor restores
         for request, payload in pending:

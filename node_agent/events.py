@@ -24,6 +24,7 @@ from nats.js.client import JetStreamContext
 from prometheus_client import Counter
 
 from node_agent.protocol import Event, EventType, encode, event_subject
+from zapfleet.backoff import Backoff, Retrier
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ EVENTS_DROPPED = Counter(
 
 
 ACK_TIMEOUT_S = 5.0
+# between failed publish windows: 50 ms doubling to 5 s (reset by a stored window)
+PUBLISH_RETRY = Backoff(base_s=0.05, max_s=5.0, jitter="full", floor_s=0.05)
 
 
 def new_event_id() -> str:
@@ -97,7 +100,7 @@ class EventPublisher:
         # Nothing droppable: the buffer grows past its soft bound rather than lose data.
 
     async def _run(self) -> None:
-        delay = 0.05
+        retry = Retrier(PUBLISH_RETRY)
         while True:
             if not self._buffer:
                 self._idle.set()
@@ -130,10 +133,9 @@ class EventPublisher:
                     "event publish failed, retrying",
                     extra={"error": repr(error), "pending": len(self._buffer)},
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await retry.sleep()
                 continue
-            delay = 0.05
+            retry.reset()
 
     async def _publish_window(self, window: list[Event]) -> list[BaseException | None]:
         """Publish a window of events at once; per event, None once the stream stored

@@ -9,7 +9,8 @@ An agent may run a session only while (a) its node lease is alive and (b) KV
   :meth:`Lease.valid` is a monotonic-clock comparison, cheap enough for engines to call
   before every network action: after a freeze (SIGSTOP, a stalled VM) a session must not
   act before the agent had a chance to fence it.
-- :class:`AssignmentWatch` — watches ``zf_sessions`` and reports sessions whose record no
+- :class:`AssignmentWatch` — follows ``zf_sessions`` (a :class:`zapfleet._mirror.KVMirror`,
+  so a watch that died with a NATS restart is replaced) and reports sessions whose record no
   longer assigns them to this node at their epoch (moved elsewhere, newer epoch, deleted),
   so the agent stops them even if it never lost its lease. Only a revision *newer* than
   the one the agent checked when it started the session counts: a watch lags behind
@@ -23,7 +24,6 @@ An agent may run a session only while (a) its node lease is alive and (b) KV
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -33,8 +33,10 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from node_agent.protocol import Assignment, SessionRecord
-from zapfleet._kv import close, scan
+from node_agent.protocol import SESSIONS_BUCKET, Assignment, SessionRecord
+from zapfleet._kv import scan
+from zapfleet._mirror import Change, KVMirror
+from zapfleet.backoff import cas_attempts
 
 log = logging.getLogger(__name__)
 
@@ -95,34 +97,19 @@ class AssignmentWatch:
         self.node_id = node_id
         self.running = running
         self.on_superseded = on_superseded
-        self._task: asyncio.Task[None] | None = None
+        self.mirror = KVMirror(kv, SESSIONS_BUCKET)
+        self.mirror.follow(self._changed)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="assignment-watch")
+        self.mirror.launch()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await self.mirror.stop()
 
-    async def _run(self) -> None:
-        while True:
-            watcher = None
-            try:
-                watcher = await self.kv.watchall()
-                async for entry in watcher:
-                    if entry is None:  # end of the initial values
-                        continue
-                    await self.observe(entry.key, entry.value, entry.operation, entry.revision or 0)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("assignment watch failed, restarting", extra={"error": repr(exc)})
-                await asyncio.sleep(1)
-            finally:
-                if watcher is not None:
-                    await close(watcher)
+    async def _changed(self, change: Change) -> None:
+        # a reload delivers every key again, deletes included: observe() keeps only
+        # what is newer than the revision each session was started on
+        await self.observe(change.key, change.value, change.operation, change.revision)
 
     async def observe(
         self, key: str, value: bytes | None, operation: str | None, revision: int
@@ -163,7 +150,7 @@ async def assigned_to(kv: KeyValue, node_id: str) -> list[str]:
 async def claim(kv: KeyValue, session_id: str, node_id: str) -> SessionRecord | None:
     """Take a new epoch for a session KV assigns to this node, by revision CAS. Returns
     the claimed record, or None when the session is not (any more) ours to run."""
-    for _ in range(5):
+    async for _ in cas_attempts(5):
         try:
             entry = await kv.get(session_id)
         except KeyNotFoundError:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -57,6 +56,7 @@ from node_agent.protocol import (
     VideoContent,
 )
 from zapfleet._logging import bind
+from zapfleet.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -426,11 +426,10 @@ class SessionSupervisor:
         self._schedule_reconnect(delay)
 
     def backoff_delay(self, attempt: int) -> float:
-        """Exponential backoff with full jitter above the base: base .. min(max, base*2^n)."""
-        ceiling = min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (attempt - 1))
-        return self.config.backoff_base_s + random.uniform(
-            0, max(0.0, ceiling - self.config.backoff_base_s)
-        )
+        """Exponential backoff with full jitter above the base: base .. min(max, base*2^n)
+        (the law of zapfleet.backoff)."""
+        base, cap = self.config.backoff_base_s, self.config.backoff_max_s
+        return Backoff(base, cap, jitter="full", floor_s=base).delay(attempt)
 
     def _schedule_reconnect(self, delay: float) -> None:
         self._cancel_reconnect()

@@ -12,8 +12,10 @@ config with ``enabled: false`` stops tenant and global delivery for that tenant.
 secret comes from the same level, else from the tenant config, else from the global one.
 
 The dispatcher never reads KV per event: :class:`WebhookRegistry` keeps every level in
-memory and follows both buckets with KV watches, so a change applies to the next event
-without a restart (and without touching the session, so no re-pairing).
+memory and follows both buckets with :class:`zapfleet._mirror.KVMirror`s, so a change
+applies to the next event without a restart (and without touching the session, so no
+re-pairing). In a control-plane worker the ``zf_sessions`` mirror is the process's one,
+shared with the session index; a standalone dispatcher has its own.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,7 +43,7 @@ from node_agent.protocol import (
     name_key,
     name_target,
 )
-from zapfleet._kv import close
+from zapfleet._mirror import Change, KVMirror
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,13 @@ class WebhookStore:
 class WebhookRegistry:
     """In-memory view of every webhook config, kept current by KV watches."""
 
-    def __init__(self, js: JetStreamContext, settings: ControlPlaneSettings) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        settings: ControlPlaneSettings,
+        sessions: KVMirror | None = None,
+    ) -> None:
+        """``sessions``: the process's mirror of ``zf_sessions``, if it has one."""
         self.js = js
         self._settings_level: _Level | None = None
         if settings.webhook_urls:
@@ -250,57 +257,32 @@ class WebhookRegistry:
         self._reading: dict[str, asyncio.Future[_SessionHook | None]] = {}
         self._sessions_kv: KeyValue | None = None
         self._names_kv: KeyValue | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._shared = sessions
+        self._mirrors: list[KVMirror] = []  # the ones this registry started
 
     async def start(self, timeout_s: float = 30.0) -> None:
         """Load both buckets and follow them; returns once the initial state is in."""
         self._sessions_kv = await self.js.key_value(SESSIONS_BUCKET)
         self._names_kv = await self.js.key_value(SESSION_NAMES_BUCKET)
-        webhooks_kv = await self.js.key_value(WEBHOOKS_BUCKET)
-        loaded = [asyncio.Event(), asyncio.Event()]
-        self._tasks = [
-            asyncio.create_task(self._follow(webhooks_kv, self._apply_config, loaded[0])),
-            asyncio.create_task(self._follow(self._sessions_kv, self._apply_session, loaded[1])),
+        configs = KVMirror(await self.js.key_value(WEBHOOKS_BUCKET), WEBHOOKS_BUCKET)
+        sessions = self._shared or KVMirror(self._sessions_kv, SESSIONS_BUCKET)
+        self._mirrors = [configs] if self._shared else [configs, sessions]
+        loaded = [
+            configs.follow(self._apply_config, on_loaded=self._configs_loaded),
+            sessions.follow(self._apply_session, on_loaded=self._sessions_loaded),
         ]
+        for mirror in self._mirrors:
+            await mirror.start()
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in loaded)), timeout_s)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for mirror in self._mirrors:
+            await mirror.stop()
 
-    async def _follow(
-        self,
-        kv: KeyValue,
-        apply: Callable[[str, bytes | None], None],
-        loaded: asyncio.Event,
-    ) -> None:
-        while True:
-            watcher = None
-            try:
-                watcher = await kv.watchall()
-                async for entry in watcher:
-                    if entry is None:
-                        loaded.set()
-                        continue
-                    deleted = entry.operation in ("DEL", "PURGE")
-                    try:
-                        apply(entry.key, None if deleted else entry.value)
-                    except msgspec.DecodeError:
-                        log.warning("undecodable KV entry ignored", extra={"kv_key": entry.key})
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("KV watch failed; restarting", extra={"error": repr(exc)})
-                await asyncio.sleep(1.0)
-            finally:
-                if watcher is not None:
-                    await close(watcher)
-
-    def _apply_config(self, key: str, value: bytes | None) -> None:
+    def _apply_config(self, change: Change) -> None:
+        value = change.value
         level = _Level.of(_config_decoder.decode(value)) if value else None
+        key = change.key
         if key == GLOBAL_KEY:
             self._global = level
         elif key.startswith("tenant."):
@@ -310,7 +292,15 @@ class WebhookRegistry:
             else:
                 self._tenants[tenant] = level
 
-    def _apply_session(self, key: str, value: bytes | None) -> None:
+    def _configs_loaded(self, keys: set[str], _revision: int) -> None:
+        """After a (re)load: configs it did not deliver were deleted meanwhile."""
+        if GLOBAL_KEY not in keys:
+            self._global = None
+        for tenant in [t for t in self._tenants if tenant_key(t) not in keys]:
+            del self._tenants[tenant]
+
+    def _apply_session(self, change: Change) -> None:
+        key, value = change.key, change.value
         if not value:
             name = self._names.pop(key, None)
             if name is not None:
@@ -320,6 +310,10 @@ class WebhookRegistry:
         name = name_key(record.spec.tenant, record.spec.session_id)
         self._names[key] = name
         self._sessions[name] = _session_hook(record)
+
+    def _sessions_loaded(self, keys: set[str], _revision: int) -> None:
+        for key in [k for k in self._names if k not in keys]:
+            self._sessions[self._names.pop(key)] = None
 
     async def _session(self, tenant: str, name: str) -> _SessionHook | None:
         session_id = name_key(tenant, name)

@@ -75,6 +75,7 @@ from control_plane.webhooks.signing import (
 )
 from node_agent.protocol import EVENTS_STREAM, REDRIVE_STREAM, Event
 from zapfleet import __version__
+from zapfleet.backoff import Backoff
 from zapfleet.ssrf import AddressPolicy, UnsafeURLError, redact_url
 
 log = logging.getLogger(__name__)
@@ -206,8 +207,7 @@ def ack_position(msg: Msg) -> tuple[str, int, int]:
 
 def backoff_delay(attempt: int, base_s: float, max_s: float) -> float:
     """Delay before attempt ``attempt + 1``: base·2^(attempt-1), capped, +0-10 % jitter."""
-    delay = min(max_s, base_s * 2.0 ** max(0, attempt - 1))
-    return delay * random.uniform(1.0, 1.1)
+    return Backoff(base_s, max_s, jitter="proportional", spread=0.1).delay(attempt)
 
 
 class Dispatcher:

@@ -18,14 +18,19 @@ log = logging.getLogger(__name__)
 @contextlib.asynccontextmanager
 async def events_lifespan(app: Litestar) -> AsyncIterator[None]:
     from control_plane.commands import serve_commands
+    from control_plane.webhooks.config import WebhookRegistry
     from control_plane.webhooks.dispatcher import Dispatcher
 
     services: Services = app.state.services
     settings = services.settings
     dispatcher = None
+    registry = None
     commands = None
     if settings.webhooks_in_process:
-        dispatcher = Dispatcher(services.nc, services.js, settings)
+        # follows the worker's one zf_sessions mirror (the session index's), not a second
+        registry = WebhookRegistry(services.js, settings, sessions=services.index.mirror)
+        await registry.start()
+        dispatcher = Dispatcher(services.nc, services.js, settings, registry=registry)
         await dispatcher.start()
     app.state.dispatcher = dispatcher
     if settings.nats_commands:
@@ -38,3 +43,5 @@ async def events_lifespan(app: Litestar) -> AsyncIterator[None]:
                 await commands.stop()
         if dispatcher is not None:
             await dispatcher.stop()
+        if registry is not None:
+            await registry.stop()

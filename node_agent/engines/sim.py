@@ -57,11 +57,9 @@ from node_agent.protocol import (
     SessionSpec,
     TextContent,
 )
-from zapfleet._kv import close
+from zapfleet._mirror import Change, KVMirror
 
 log = logging.getLogger(__name__)
-
-DIRECTORY_REFRESH_S = 30.0
 
 SIM_BUCKET = "zf_sim"
 QR_PREFIX = "SIM1"
@@ -179,7 +177,7 @@ class SimEngine:
         # the network's phone book, kept current by a KV watch: a send to a known number
         # needs no lookup (measured: the lookup was 3.4 % of the agent's CPU per send)
         self._registered: set[str] = set()
-        self._directory: asyncio.Task[None] | None = None
+        self._directory: KVMirror | None = None
 
     def set_lease_guard(self, may_act: Callable[[], bool]) -> None:
         """The agent's lease check: a socket does nothing on the network without it."""
@@ -200,50 +198,26 @@ class SimEngine:
         self._kv = await key_value(
             js, KeyValueConfig(bucket=SIM_BUCKET, history=1), self.config.replicas
         )
-        self._directory = asyncio.create_task(self._follow_directory(), name="sim-directory")
+        # the phone book: a number missing here is still looked up in KV, so a mirror
+        # that lags or reloads only costs speed; a reload starts from an empty book, so
+        # numbers logged out while the watch was dead (a NATS restart) are not kept
+        self._directory = KVMirror(self._kv, SIM_BUCKET, keys="num.*")
+        self._directory.follow(self._directory_change, on_reset=self._registered.clear)
+        self._directory.launch()
 
-    async def _follow_directory(self) -> None:
-        """Mirror the registered numbers (``num.*``) into memory. A number missing here
-        is still looked up in KV, so a watch that lags or dies only costs speed. A watch
-        whose consumer vanished (a NATS restart) would go quiet, not fail, and keep
-        numbers that were logged out since: it is rebuilt every DIRECTORY_REFRESH_S."""
-        while True:
-            watcher = None
-            failed = False
-            try:
-                async with asyncio.timeout(DIRECTORY_REFRESH_S):
-                    watcher = await self.kv.watch("num.*")
-                    async for entry in watcher:
-                        if entry is None:
-                            continue  # the initial values are all in
-                        phone = entry.key.removeprefix("num.")
-                        if entry.value and entry.operation is None:
-                            self._registered.add(phone)
-                        else:
-                            self._registered.discard(phone)
-            except TimeoutError:
-                pass  # the periodic rebuild
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failed = True
-                log.debug("sim directory watch restarts", extra={"error": repr(exc)})
-            finally:
-                self._registered.clear()
-                if watcher is not None:
-                    with contextlib.suppress(Exception):
-                        await close(watcher)
-            if failed:
-                await asyncio.sleep(1.0)
+    def _directory_change(self, change: Change) -> None:
+        phone = change.key.removeprefix("num.")
+        if change.value and change.operation is None:
+            self._registered.add(phone)
+        else:
+            self._registered.discard(phone)
 
     def open_session(self, spec: SessionSpec, emit: Emit) -> SimSession:
         return SimSession(self, spec, emit)
 
     async def close(self) -> None:
         if self._directory is not None:
-            self._directory.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._directory
+            await self._directory.stop()
 
     async def forget(self, spec: SessionSpec) -> None:
         """Unlink the session's account (its number becomes free): the session is

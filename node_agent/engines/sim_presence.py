@@ -35,6 +35,8 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from zapfleet.backoff import cas_attempts
+
 log = logging.getLogger(__name__)
 
 VIOLATIONS_KEY = "violations"
@@ -68,7 +70,7 @@ async def violations(kv: KeyValue) -> int:
 
 
 async def count_violation(kv: KeyValue) -> int:
-    for _ in range(50):
+    async for _ in cas_attempts(50):
         try:
             entry = await kv.get(VIOLATIONS_KEY)
         except KeyNotFoundError:

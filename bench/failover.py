@@ -73,9 +73,10 @@ async def wait_for(predicate: Any, timeout_s: float, what: str) -> None:
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-async def create_linked(api: httpx.AsyncClient, nc: NATS, ids: list[str]) -> None:
+async def create_linked(api: httpx.AsyncClient, nc: NATS, ids: list[str], first: int = 0) -> None:
     """Create every session stopped and link it to a sim phone (the account is keyed by
-    the internal id the create mints, so it is linked after the create)."""
+    the internal id the create mints, so it is linked after the create). Phones are
+    numbered from ``first``: two sessions on one phone would kick each other."""
     limit = asyncio.Semaphore(32)
 
     async def create(i: int, session_id: str) -> None:
@@ -85,7 +86,7 @@ async def create_linked(api: httpx.AsyncClient, nc: NATS, ids: list[str]) -> Non
             if response.status_code != 201:
                 raise RuntimeError(response.text)
             key = await session_key(nc, "default", session_id)
-            await seed_account(nc, key, f"1556{i:07d}")
+            await seed_account(nc, key, f"1556{first + i:07d}")
 
     await asyncio.gather(*(create(i, s) for i, s in enumerate(ids)))
 

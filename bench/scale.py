@@ -36,9 +36,7 @@ from nats.aio.client import Client as NATS
 
 from bench._processes import cpu_seconds, spawn, spawn_zapfleet
 from bench._report import figure, write_json
-from bench.failover import ADMIN_KEY, status, wait_for
-from node_agent.engines.sim import seed_account
-from zapfleet.cli import session_key
+from bench.failover import ADMIN_KEY, create_linked, place_all, status, wait_for
 from zapfleet.devservers import free_port, nats_server_binary, start_valkey, wait_for_port
 
 SMALL_SESSIONS = 150
@@ -110,38 +108,6 @@ class Fleet:
         return body
 
 
-async def create_linked(api: httpx.AsyncClient, nc: NATS, ids: list[str], first: int) -> None:
-    """Create sessions stopped, each linked to its own sim phone (numbered from ``first``:
-    two sessions on one phone would kick each other, as WhatsApp does)."""
-    limit = asyncio.Semaphore(32)
-
-    async def create(i: int, session_id: str) -> None:
-        async with limit:
-            response = await api.post(
-                "/v1/sessions", json={"session_id": session_id, "start": False}
-            )
-            if response.status_code != 201:
-                raise RuntimeError(response.text)
-            key = await session_key(nc, "default", session_id)
-            await seed_account(nc, key, f"1557{first + i:07d}")
-
-    await asyncio.gather(*(create(i, s) for i, s in enumerate(ids)))
-
-
-async def place(api: httpx.AsyncClient, ids: list[str]) -> float:
-    limit = asyncio.Semaphore(32)
-
-    async def start(session_id: str) -> None:
-        async with limit:
-            response = await api.post(f"/v1/sessions/{session_id}/start")
-        if response.status_code != 200:
-            raise RuntimeError(response.text)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(start(s) for s in ids))
-    return len(ids) / (time.perf_counter() - started)
-
-
 async def connected(api: httpx.AsyncClient) -> int:
     """Sessions CONNECTED, from the nodes view (no listing walk: that is measured)."""
     response = await api.get("/v1/nodes")
@@ -191,7 +157,7 @@ async def point(fleet: Fleet, api: httpx.AsyncClient, nc: NATS, sessions: int) -
     have = await connected(api)
     ids = [f"scale{i:05d}" for i in range(have, sessions)]
     await create_linked(api, nc, ids, first=have)
-    placements_per_s = await place(api, ids)
+    placements_per_s = await place_all(api, ids)
 
     async def all_connected() -> bool:
         return await connected(api) >= sessions

@@ -7,6 +7,7 @@ redrive or purge the dead letters of every tenant at once with ``?all_tenants=tr
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Annotated, Literal
 
@@ -186,7 +187,7 @@ async def checked_config(
     config = WebhookConfig(
         urls=list(data.urls), events=events, secret=secret, enabled=data.enabled, scheme=scheme
     )
-    if current is not None and current.secret and current.secret != secret:
+    if current is not None and current.secret and not hmac.compare_digest(current.secret, secret):
         # rotation: the replaced secret signs too for the grace period
         config.previous_secret = current.secret
         config.previous_secret_until = time.time() + services.settings.webhook_secret_grace_s

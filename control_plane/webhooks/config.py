@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import time
 from dataclasses import dataclass
@@ -132,7 +133,7 @@ class Target:
         its grace period."""
         if not self.secret:
             return ()
-        if self.previous_secret and self.previous_secret != self.secret:
+        if self.previous_secret and not hmac.compare_digest(self.previous_secret, self.secret):
             return (self.secret, self.previous_secret)
         return (self.secret,)
 
@@ -161,7 +162,12 @@ class _Level:
 
     def previous(self, secret: str | None) -> str | None:
         """The replaced secret while it still signs, when ``secret`` is this level's."""
-        if secret is None or secret != self.secret or not self.previous_secret:
+        if (
+            secret is None
+            or self.secret is None
+            or not hmac.compare_digest(secret, self.secret)
+            or not self.previous_secret
+        ):
             return None
         return self.previous_secret if time.time() < self.previous_secret_until else None
 

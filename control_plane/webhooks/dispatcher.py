@@ -549,7 +549,16 @@ class Dispatcher:
             metrics.SKIPPED.inc()
             self._ack_soon(msg)
             return
-        attempt = parked.attempts + max(1, delivered - self._deferrals.get(position, 0))
+        tries_here = delivered - self._deferrals.get(position, 0)
+        if parked.attempts and tries_here <= 1:
+            # parked after a failure: its first attempt from the backlog waits out the
+            # backoff too (JetStream hands a new entry out at once)
+            wait = parked.parked_at + self._first_wait(parked.attempts) - time.time()
+            if wait > 0:
+                self._note(self._deferrals, position, self._deferrals.get(position, 0) + 1)
+                await msg.nak(delay=wait)
+                return
+        attempt = parked.attempts + max(1, tries_here)
         body = msgspec.json.encode(event)
         outcome = await self._deliver(parked.url, body, head, target, attempt)
         if outcome is None:
@@ -573,6 +582,13 @@ class Dispatcher:
         metrics.DEFERRED.inc()
         self._note(self._deferrals, position, self._deferrals.get(position, 0) + 1)
         await msg.nak(delay=random.uniform(1.0, 3.0))
+
+    def _first_wait(self, attempts: int) -> float:
+        """The backoff after ``attempts`` failures, without jitter (a floor, so that a
+        redelivery computes the same due time)."""
+        return Backoff(
+            self.settings.webhook_backoff_base_s, self.settings.webhook_backoff_max_s
+        ).ceiling(attempts)
 
     async def _target(self, head: _Head) -> Target | None:
         found = self.registry.lookup(head.tenant, head.session_id, head.type)

@@ -23,6 +23,9 @@ from nats.js.kv import KeyValue
 # a scan's consumer lives this long after its client vanished mid-scan (a crash): the
 # server removes it by itself; on the normal path it is deleted explicitly at once
 SCAN_INACTIVE_S = 5.0
+# a pass that receives nothing for this long fails (nats.errors.TimeoutError)
+_SCAN_STALL_S = 10.0
+_DEL, _PURGE = "DEL", "PURGE"
 
 
 async def close(watcher: Any) -> None:
@@ -45,18 +48,33 @@ async def scan(
     meta_only: bool = False,
 ) -> list[KeyValue.Entry]:
     """The current entries of ``kv`` matching ``keys``, in revision order; deletes are
-    left out unless ``ignore_deletes`` is False. One consumer, deleted when done."""
+    left out unless ``ignore_deletes`` is False. One consumer, deleted when done.
+
+    The end of the pass is counted, not taken from nats-py's "no more" marker: nats-py
+    puts that marker first when the consumer's info says nothing is pending and no
+    message has reached the client yet, which happens under load while the messages are
+    still on the wire (seen in CI: a bucket of five sessions scanned as empty). The
+    consumer's info, read after the subscription, says how many messages make up the
+    snapshot (delivered so far + pending); the pass ends when that many arrived."""
     watcher = await kv.watch(
         keys,
-        ignore_deletes=ignore_deletes,
+        ignore_deletes=False,  # deletes are counted, then left out here
         meta_only=meta_only,
         inactive_threshold=SCAN_INACTIVE_S,
     )
     found: list[KeyValue.Entry] = []
+    pass_: Any = watcher  # nats-py's watcher is untyped
     try:
-        async for entry in watcher:
-            if entry is None:  # the current values are all delivered
-                break
+        info = await pass_._sub.consumer_info()
+        expected = info.delivered.consumer_seq + info.num_pending
+        seen = 0
+        while seen < expected:
+            entry = await pass_.updates(timeout=_SCAN_STALL_S)
+            if entry is None:  # nats-py's marker: not trusted, see above
+                continue
+            seen += 1
+            if ignore_deletes and entry.operation in (_DEL, _PURGE):
+                continue
             found.append(entry)
     finally:
         await close(watcher)

@@ -194,29 +194,35 @@ class KVMirror:
         nc = self.kv._js._nc
         reconnects = nc.stats["reconnects"]
         self.passes += 1
-        watcher = await self.kv.watch(self.keys)
+        watcher: Any = await self.kv.watch(self.keys)
         try:
+            # how many entries make up the current values (see zapfleet._kv.scan: nats-py's
+            # "all delivered" marker can come before entries still on the wire)
+            info = await watcher._sub.consumer_info()
+            expected = info.delivered.consumer_seq + info.num_pending
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._read(watcher))
+                group.create_task(self._read(watcher, expected))
                 group.create_task(self._check(watcher, reconnects))
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(close(watcher), 2.0)
 
-    async def _read(self, watcher: Any) -> None:
+    async def _read(self, watcher: Any, expected: int) -> None:
         followers = list(self._followers)
         for follower in followers:
             if follower.on_reset is not None:
                 follower.on_reset()
         seen: set[str] = set()
         top = 0
+        count = 0
         loading = True
+        if expected == 0:  # an empty bucket (or key range): loaded as it is
+            loading = False
+            self._loaded(followers, seen, top)
         async for entry in watcher:
-            if entry is None:  # the current values are all delivered
-                if loading:
-                    loading = False
-                    self._loaded(followers, seen, top)
+            if entry is None:  # nats-py's marker: the count above decides instead
                 continue
+            count += 1
             revision = entry.revision or 0
             age = 0.0
             if loading:
@@ -235,7 +241,7 @@ class KVMirror:
             )
             for follower in followers:
                 await self._deliver(follower, change)
-            if loading and not entry.delta:
+            if loading and (not entry.delta or count >= expected):
                 loading = False
                 self._loaded(followers, seen, top)
         raise _Stale  # the watcher was stopped under us

@@ -33,11 +33,11 @@ import nats
 import pytest
 import yaml
 
-from node_agent.engines.sim import SIM_BUCKET, seed_account
+from node_agent.engines.sim import SIM_BUCKET
 from node_agent.engines.sim_presence import violations
 from tests.conftest import ADMIN_KEY, ARTIFACTS, agent_env
 from tests.reliability.drills import Traffic, stream_events
-from tests.reliability.harness import NO_PACING, until
+from tests.reliability.harness import NO_PACING, create_linked, until
 from tests.reliability.report import record_result
 from tests.test_playbooks import PLAYBOOKS, ansible_env
 from zapfleet.devservers import ChildProcess, free_port, start_nats, wait_for_port
@@ -185,11 +185,8 @@ async def run_upgrade(  # noqa: PLR0915 (one story)
         await until(nodes_up, 90, "three agents up", 0.25)
         phones = {s: f"1555092{n:04d}" for n, s in enumerate(SESSIONS)}
         for session_id, phone in phones.items():
-            await seed_account(nc, session_id, phone)
-            created = await api.post(
-                f"{apis[0]}/v1/sessions", json={"session_id": session_id, "pacing": NO_PACING}
-            )
-            assert created.status_code == 201, created.text
+            spec = {"session_id": session_id, "pacing": NO_PACING}
+            await create_linked(api, apis[0], nc, spec, phone)
 
         async def sessions() -> dict[str, dict[str, Any]]:
             listing = (await api.get(f"{apis[0]}/v1/sessions", params={"limit": 100})).json()

@@ -21,13 +21,27 @@ import httpx
 import nats
 from nats.aio.client import Client as NATS
 
-from node_agent.engines.sim import link
+from node_agent.engines.sim import link, seed_account
 from tests.conftest import ADMIN_KEY, ARTIFACTS, agent_env, spawn, stop_process
+from zapfleet.cli import session_key
 from zapfleet.devservers import ChildProcess, free_port, start_nats, start_valkey
 
 LOG_ROOT = ARTIFACTS / "logs" / "reliability"
 UNLIMITED = {f"ZAPFLEET_RATE_{c}": "1000000/60" for c in ("MESSAGES", "SESSIONS", "QUERIES")}
 NO_PACING = {"enabled": False, "queue_size": 5000, "daily_cap": 1_000_000}
+
+
+async def create_linked(
+    api: httpx.AsyncClient, base_url: str, nc: NATS, spec: dict[str, Any], phone: str
+) -> None:
+    """Create the session described by ``spec`` already linked to sim ``phone``, then start
+    it: it connects as soon as it is placed. The sim account is keyed by the internal id
+    the create mints (issue 13), so the session is created stopped, linked, then started."""
+    created = await api.post(f"{base_url}/v1/sessions", json={**spec, "start": False})
+    assert created.status_code == 201, created.text
+    await seed_account(nc, await session_key(nc, "default", spec["session_id"]), phone)
+    started = await api.post(f"{base_url}/v1/sessions/{spec['session_id']}/start")
+    assert started.status_code == 200, started.text
 
 
 async def until(

@@ -36,12 +36,12 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from node_agent.engines.sim import SIM_BUCKET, seed_account
+from node_agent.engines.sim import SIM_BUCKET
 from node_agent.engines.sim_presence import Probe, presence_subject, violations
 from node_agent.protocol import EVENTS_STREAM
 from tests.conftest import ADMIN_KEY, WebhookReceiver, agent_env, spawn, stop_process
 from tests.reliability.drills import Traffic, stream_events
-from tests.reliability.harness import LOG_ROOT, NO_PACING, UNLIMITED, until
+from tests.reliability.harness import LOG_ROOT, NO_PACING, UNLIMITED, create_linked, until
 from zapfleet.devservers import (
     ChildProcess,
     ClusterMember,
@@ -266,12 +266,10 @@ async def test_losing_any_nats_server_loses_nothing(  # noqa: PLR0915 (one story
         api = httpx.AsyncClient(headers=headers, timeout=10)
         phones = {s: phone_of(n) for n, s in enumerate((*SENDERS, *IDLE))}
         for session_id, phone in phones.items():
-            await seed_account(nc, session_id, phone)
             spec: dict[str, Any] = {"session_id": session_id, "pacing": NO_PACING}
             if session_id in SENDERS:
                 spec["node_labels"] = {"send": "yes"}
-            created = await api.post(f"{apis[0]}/v1/sessions", json=spec)
-            assert created.status_code == 201, created.text
+            await create_linked(api, apis[0], nc, spec, phone)
 
         async def placed() -> dict[str, str]:
             listing = (await api.get(f"{apis[0]}/v1/sessions", params={"limit": 100})).json()

@@ -90,6 +90,7 @@ class _Connection(asyncio.Protocol):
         self.idle_since = time.monotonic()
         self._status: asyncio.Future[int] | None = None
         self._interim = False
+        self._final: int | None = None  # status of the final answer being read
         self._body = 0
 
     # asyncio.Protocol
@@ -106,32 +107,46 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._final is not None:  # a body read until the close: the answer is whole
+            self._finish()
         self._fail(RequestError("connection closed by the receiver" + (f": {exc}" if exc else "")))
 
     # httptools callbacks
     def on_message_begin(self) -> None:
         self._body = 0
+        self._final = None
 
     def on_headers_complete(self) -> None:
         status = int(self._parser.get_status_code())
         self._interim = 100 <= status < 200
-        if not self._interim and self._status is not None and not self._status.done():
-            self._status.set_result(status)
+        if not self._interim:
+            self._final = status  # reported once the body is read (or given up)
 
     def on_body(self, body: bytes) -> None:
         self._body += len(body)
         if self._body > MAX_BODY:
+            self._finish()
             self.close()
 
     def on_message_complete(self) -> None:
         if self._interim:
             return  # 100 Continue, 103 Early Hints: the real answer follows
+        self._finish()
+        self._final = None  # reported: a close from now on is not this answer's end
         if self._parser.should_keep_alive() and not self.closed:
             self.idle_since = time.monotonic()
             self._status = None
             self._pool.append(self)
         else:
             self.close()
+
+    def _finish(self) -> None:
+        """The answer is complete (or its body too long to read): report the status. Not
+        before the body is read: a connection must be back in its pool, or closed, when
+        its request ends — a receiver trickling a body would otherwise hold a connection
+        that no timeout and no pool sees (and every delivery meanwhile opens another)."""
+        if self._final is not None and self._status is not None and not self._status.done():
+            self._status.set_result(self._final)
 
     # use
     def request(self, data: bytes, timeout_s: float) -> asyncio.Future[int]:
@@ -169,6 +184,7 @@ class WebhookClient:
         connect_timeout_s: float = 5.0,
         idle_s: float = 15.0,
         resolver: Resolver = resolve,
+        tls: ssl.SSLContext | None = None,  # certificate checks: the system's CAs if None
     ) -> None:
         self.policy = policy
         self.resolver = resolver
@@ -178,7 +194,7 @@ class WebhookClient:
         self._targets: dict[str, Target | UnsafeURLError] = {}
         self._pools: dict[str, deque[_Connection]] = {}
         self._dns: dict[tuple[str, int], tuple[float, list[str]]] = {}
-        self._tls: ssl.SSLContext | None = None
+        self._tls: ssl.SSLContext | None = tls
 
     def target(self, url: str) -> Target:
         """The parsed destination of ``url`` (cached); UnsafeURLError when it may never be

@@ -35,7 +35,15 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
-from zapfleet.ssrf import AddressPolicy, Resolver, UnsafeURLError, ip_literal, resolve, split_url
+from zapfleet.ssrf import (
+    AddressPolicy,
+    Resolver,
+    UnsafeURLError,
+    dial_addresses,
+    ip_literal,
+    resolve,
+    split_url,
+)
 
 MAX_BODY = 1024 * 1024
 DNS_TTL_S = 30.0
@@ -270,16 +278,10 @@ class WebhookClient:
         now = time.monotonic()
         if cached is not None and now - cached[0] < DNS_TTL_S:
             return cached[1]
-        resolved = await self.resolver(target.host, target.port)
+        resolved = await dial_addresses(target.host, target.port, self.policy, self.resolver)
         if not resolved:
             raise RequestError(f"cannot resolve {target.host!r}")
-        allowed = [str(a) for a in resolved if self.policy.refusal(a) is None]
-        if not allowed:
-            reason = self.policy.refusal(resolved[0])
-            raise UnsafeURLError(
-                f"{target.host} resolves to a {reason} address ({resolved[0]}): refused "
-                "(SSRF guard)"
-            )
+        allowed = [str(a) for a in resolved]
         if len(self._dns) > 10_000:
             self._dns.clear()
         self._dns[key] = (now, allowed)

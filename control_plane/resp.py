@@ -8,7 +8,7 @@ per worker and pipelines every concurrent command over it: commands issued in th
 event-loop tick go out in one write, replies come back in order (RESP guarantees it) and
 resolve their futures first-in first-out. Measured against valkey-py (with libvalkey) and
 valkey-glide in one run (`just bench clients`, docs/api.md "Performance notes"): the
-cheapest of them needs 2-7x its CPU per request.
+cheapest of them needs 2-8x its CPU per request.
 
 Failure handling: a lost connection fails every pending command with
 ``ConnectionError`` and the next command reconnects; a command pending longer than

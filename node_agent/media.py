@@ -9,9 +9,13 @@ into a ``failed`` ack carrying the error code.
 The URL guard is pluggable. The default is the SSRF policy webhooks use
 (:mod:`zapfleet.ssrf`): it refuses loopback, private, link-local and other non-global
 addresses unless ``allow_private`` is set, resolving the host and checking every address,
-before the request and before each redirect — and the request then connects to the
-address it checked (Host header and TLS SNI keep the name), so a DNS server that answers
-differently a moment later (rebinding) cannot redirect the fetch inside the network.
+before the request and before each redirect (a clear error for the user). The connection
+itself is pinned the way webhook connections are, by the one mechanism of
+:mod:`zapfleet.ssrf`: the fetcher's httpx client dials through
+:class:`~zapfleet.ssrf.PinnedBackend`, which resolves the name once, keeps the addresses
+the policy allows and connects to one of them (Host header, TLS SNI and the certificate
+check keep the name) — so a DNS server that answers differently a moment later
+(rebinding) cannot redirect the fetch inside the network.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from urllib.parse import urljoin, urlsplit
 
+import httpcore
 import httpx
 import msgspec
 
@@ -32,8 +37,11 @@ from node_agent.protocol import ErrorCode, Media
 from zapfleet.ssrf import (
     ALLOW_PRIVATE_SETTING,
     AddressPolicy,
+    PinnedBackend,
+    Resolver,
     UnsafeURLError,
     check_url,
+    resolve,
     split_url,
 )
 
@@ -68,9 +76,9 @@ class MediaPayload(msgspec.Struct, kw_only=True):
         return hashlib.sha256(self.data).hexdigest()
 
 
-# checks a URL (MediaError when refused) and returns the address to dial: the one it
-# checked, so a name cannot resolve elsewhere between check and connect; None = by name
-UrlGuard = Callable[[str], Awaitable[str | None]]
+# checks a URL before each request and redirect: MediaError when refused (the connection
+# is pinned separately, by zapfleet.ssrf.PinnedBackend)
+UrlGuard = Callable[[str], Awaitable[None]]
 
 
 def sniff_mimetype(data: bytes) -> str:
@@ -83,43 +91,31 @@ def sniff_mimetype(data: bytes) -> str:
         return "application/octet-stream"
 
 
-def default_url_guard(allow_private: bool) -> UrlGuard:
+def default_url_guard(allow_private: bool, resolver: Resolver = resolve) -> UrlGuard:
     """The SSRF policy webhooks use too (zapfleet/ssrf.py): http(s) only, and only hosts
     whose every address is public, unless ZAPFLEET_ALLOW_PRIVATE_TARGETS (development:
-    loopback and private too; link-local and unspecified never). Returns the first
-    checked address: the fetch dials it (and no other)."""
+    loopback and private too; link-local and unspecified never)."""
     policy = AddressPolicy(allow_private=allow_private)
 
-    async def guard(url: str) -> str | None:
+    async def guard(url: str) -> None:
         try:
             _, host, _ = split_url(url, "media URL")
         except UnsafeURLError as exc:  # not even an http(s) URL: the request is wrong
             raise MediaError(ErrorCode.INVALID_REQUEST, str(exc)) from None
         try:
             addresses = await check_url(
-                url, policy, what="media URL", allow_setting=ALLOW_PRIVATE_SETTING
+                url,
+                policy,
+                what="media URL",
+                allow_setting=ALLOW_PRIVATE_SETTING,
+                resolver=resolver,
             )
         except UnsafeURLError as exc:
             raise MediaError(ErrorCode.MEDIA_UNAVAILABLE, str(exc)) from None
         if not addresses:
             raise UnresolvableHost(ErrorCode.MEDIA_UNAVAILABLE, f"cannot resolve {host}")
-        return str(addresses[0])
 
     return guard
-
-
-def pinned_request(
-    url: str, address: str | None
-) -> tuple[httpx.URL, dict[str, str], dict[str, str]]:
-    """(URL, headers, extensions) of a GET that connects to ``address`` while asking for
-    ``url``: the Host header keeps the name, and TLS sends it as SNI and checks the
-    certificate against it (httpcore's ``sni_hostname``)."""
-    target = httpx.URL(url)
-    if address is None:
-        return target, {}, {}
-    headers = {"Host": target.netloc.decode("ascii")}
-    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-    return target.copy_with(host=address), headers, extensions
 
 
 class MediaFetcher:
@@ -131,20 +127,36 @@ class MediaFetcher:
         allow_private: bool = False,
         guard: UrlGuard | None = None,
         verify: ssl.SSLContext | bool = True,
+        policy: AddressPolicy | None = None,
+        resolver: Resolver = resolve,
     ) -> None:
         self.max_bytes = max_bytes
         self.verify = verify  # certificate checks (an SSLContext with an extra CA in tests)
         self.timeout_s = timeout_s
-        self.guard = guard or default_url_guard(allow_private)
+        self.guard = guard or default_url_guard(allow_private, resolver)
+        # what connections may dial (zapfleet.ssrf.PinnedBackend), checked at connect time
+        self.policy = policy or AddressPolicy(allow_private=allow_private)
+        self.resolver = resolver
         self._client: httpx.AsyncClient | None = None
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
+            transport = httpx.AsyncHTTPTransport(verify=self.verify)
+            # httpx has no public hook for a network backend: its pool is replaced by one
+            # built the same way (httpx's limits) that dials through the pinned backend;
+            # no proxy either (one from the environment would dial the name)
+            transport._pool = httpcore.AsyncConnectionPool(
+                ssl_context=httpx.create_ssl_context(verify=self.verify),
+                max_connections=100,
+                max_keepalive_connections=20,
+                keepalive_expiry=5.0,
+                network_backend=PinnedBackend(self.policy, self.resolver),
+            )
             self._client = httpx.AsyncClient(
+                transport=transport,
                 follow_redirects=False,
                 timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)),
                 headers={"User-Agent": "zapfleet-agent media fetcher"},
-                verify=self.verify,
             )
         return self._client
 
@@ -195,12 +207,9 @@ class MediaFetcher:
             raise MediaError(ErrorCode.INVALID_REQUEST, "media has no URL")
         url = media.url
         for _ in range(MAX_REDIRECTS + 1):
-            address = await self.guard(url)
-            target, headers, extensions = pinned_request(url, address)
+            await self.guard(url)
             try:
-                async with self._http().stream(
-                    "GET", target, headers=headers, extensions=extensions
-                ) as response:
+                async with self._http().stream("GET", url) as response:
                     if response.is_redirect and "location" in response.headers:
                         url = urljoin(url, response.headers["location"])
                         continue
@@ -220,6 +229,8 @@ class MediaFetcher:
                             raise self._too_large(size)
                         chunks.append(chunk)
                     header_type = response.headers.get("content-type", "").split(";")[0].strip()
+            except UnsafeURLError as exc:  # refused at connect time (zapfleet.ssrf)
+                raise MediaError(ErrorCode.MEDIA_UNAVAILABLE, str(exc)) from None
             except httpx.HTTPError as exc:
                 raise MediaError(
                     ErrorCode.MEDIA_UNAVAILABLE, f"media download failed: {exc!r}"

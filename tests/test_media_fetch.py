@@ -1,10 +1,12 @@
 """Media by URL (node_agent/media.py) against a real HTTP server: the fetch connects to
-the address the SSRF guard checked — never to what the name resolves to a moment later
-(DNS rebinding) — while the server still sees the name, and every redirect hop is
-checked and pinned again."""
+an address the SSRF policy allows, resolved once for that connection — never to what
+the name resolves to otherwise (DNS rebinding) — while the server still sees the name,
+and every redirect hop is checked and pinned again. The pinning is the webhook client's
+(zapfleet.ssrf.dial_addresses, through zapfleet.ssrf.PinnedBackend)."""
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 import threading
 from collections.abc import Iterator
@@ -15,10 +17,12 @@ import trustme
 
 from node_agent.media import MediaError, MediaFetcher, UrlGuard, default_url_guard
 from node_agent.protocol import ErrorCode, Media
+from zapfleet.ssrf import AddressPolicy, IPAddress, Resolver
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"p" * 500
 # .invalid never resolves (RFC 6761): only a pinned connection can reach the server
 NAME = "media.invalid"
+TESTS = AddressPolicy.from_settings(False, ["127.0.0.1/32"])
 
 
 class Server:
@@ -68,19 +72,40 @@ def server() -> Iterator[Server]:
     running.close()
 
 
-def pinned_to(address: str, asked: list[str]) -> UrlGuard:
-    async def guard(url: str) -> str:
+def checked(asked: list[str]) -> UrlGuard:
+    """A guard that lets every URL through and records it."""
+
+    async def guard(url: str) -> None:
         asked.append(url)
-        return address
 
     return guard
+
+
+def answering(answers: list[str]) -> Resolver:
+    """A resolver giving every name ``answers`` (as they are at lookup time: a test may
+    change them, as a rebinding DNS server would)."""
+
+    async def resolver(host: str, port: int) -> list[IPAddress]:
+        return [ipaddress.ip_address(a) for a in answers]
+
+    return resolver
+
+
+def fetcher_for(asked: list[str], answers: list[str], **options: object) -> MediaFetcher:
+    return MediaFetcher(
+        max_bytes=10_000,
+        guard=checked(asked),
+        policy=TESTS,
+        resolver=answering(answers),
+        **options,  # type: ignore[arg-type]
+    )
 
 
 async def test_the_fetch_connects_to_the_checked_address_and_keeps_the_name(
     server: Server,
 ) -> None:
     asked: list[str] = []
-    fetcher = MediaFetcher(max_bytes=10_000, guard=pinned_to("127.0.0.1", asked))
+    fetcher = fetcher_for(asked, ["127.0.0.1"])
     try:
         url = f"http://{NAME}:{server.port}/pic.png"
         payload = await fetcher.fetch(Media(url=url))
@@ -94,7 +119,7 @@ async def test_the_fetch_connects_to_the_checked_address_and_keeps_the_name(
 
 async def test_each_redirect_hop_is_checked_and_pinned_again(server: Server) -> None:
     asked: list[str] = []
-    fetcher = MediaFetcher(max_bytes=10_000, guard=pinned_to("127.0.0.1", asked))
+    fetcher = fetcher_for(asked, ["127.0.0.1"])
     try:
         payload = await fetcher.fetch(Media(url=f"http://{NAME}:{server.port}/moved"))
     finally:
@@ -117,7 +142,7 @@ async def test_over_tls_the_name_is_the_sni_and_the_certificate_is_checked_again
     authority.configure_trust(client_tls)
     server = Server(tls=server_tls)
     asked: list[str] = []
-    fetcher = MediaFetcher(max_bytes=10_000, guard=pinned_to("127.0.0.1", asked), verify=client_tls)
+    fetcher = fetcher_for(asked, ["127.0.0.1"], verify=client_tls)
     try:
         payload = await fetcher.fetch(Media(url=f"https://{NAME}:{server.port}/pic.png"))
         assert payload.data == PNG
@@ -142,23 +167,42 @@ async def test_over_tls_the_name_is_the_sni_and_the_certificate_is_checked_again
         server.close()
 
 
-async def test_the_default_guard_returns_the_public_address_it_checked() -> None:
+async def test_a_name_rebound_after_the_check_is_refused_at_connect_time(server: Server) -> None:
+    """The guard saw an allowed address; when the connection resolves the name, it
+    answers another one (127.0.0.2: loopback outside the allowed /32). The connection
+    refuses it before dialling (the message is the policy's, not a refused connection),
+    and the server sees no request."""
+    answers = ["127.0.0.2"]
+    fetcher = fetcher_for([], answers)
+    try:
+        with pytest.raises(MediaError) as refused:
+            await fetcher.fetch(Media(url=f"http://{NAME}:{server.port}/pic.png"))
+        assert refused.value.code == ErrorCode.MEDIA_UNAVAILABLE
+        assert "loopback address (127.0.0.2)" in refused.value.message
+        assert server.hosts == []
+        answers[:] = ["127.0.0.2", "127.0.0.1"]  # one allowed address: that one is dialled
+        payload = await fetcher.fetch(Media(url=f"http://{NAME}:{server.port}/pic.png"))
+        assert payload.data == PNG
+    finally:
+        await fetcher.close()
+    assert server.hosts == [f"{NAME}:{server.port}"]
+
+
+async def test_the_default_guard_accepts_public_addresses_only() -> None:
     guard = default_url_guard(allow_private=False)
-    assert await guard("http://93.184.216.34/pic.png") == "93.184.216.34"
-    assert await guard("https://[2606:2800:220:1:248:1893:25c8:1946]/x") == (
-        "2606:2800:220:1:248:1893:25c8:1946"
-    )
+    await guard("http://93.184.216.34/pic.png")
+    await guard("https://[2606:2800:220:1:248:1893:25c8:1946]/x")
     with pytest.raises(MediaError) as refused:
         await guard("http://127.0.0.1/pic.png")
     assert refused.value.code == ErrorCode.MEDIA_UNAVAILABLE
     with pytest.raises(MediaError) as wrong:
         await guard("ftp://93.184.216.34/pic.png")
     assert wrong.value.code == ErrorCode.INVALID_REQUEST
-    # development setting (ZAPFLEET_ALLOW_PRIVATE_TARGETS): loopback and private hosts,
-    # still pinned to the checked address; link-local and unspecified never
+    # development setting (ZAPFLEET_ALLOW_PRIVATE_TARGETS): loopback and private hosts;
+    # link-local and unspecified never
     development = default_url_guard(allow_private=True)
-    assert await development("http://127.0.0.1/x") == "127.0.0.1"
-    assert await development("http://10.1.2.3/x") == "10.1.2.3"
+    await development("http://127.0.0.1/x")
+    await development("http://10.1.2.3/x")
     for url in ("http://169.254.169.254/latest/meta-data/", "http://0.0.0.0:8080/", "http://[::]/"):
         with pytest.raises(MediaError) as never:
             await development(url)

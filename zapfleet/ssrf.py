@@ -14,9 +14,16 @@ networks an operator names (``ZAPFLEET_WEBHOOK_ALLOWED_NETWORKS``, e.g. ``127.0.
 in tests).
 
 Webhooks are checked twice: when a URL is configured (a clear 422 for the user) and at
-connect time (``control_plane/webhooks/http.py`` dials only addresses the policy
-allows), so a name that later resolves elsewhere (DNS rebinding) is refused too. Media
-URLs are checked before each request and each redirect (``node_agent/media.py``).
+connect time, so a name that later resolves elsewhere (DNS rebinding) is refused too.
+Media URLs are checked before each request and each redirect (``node_agent/media.py``),
+and at connect time too.
+
+One pinned-dial mechanism for both: a connection resolves the name once with
+:func:`dial_addresses` (the addresses the policy allows) and connects to one of those
+addresses, never to the name, while TLS keeps the name (SNI and the certificate check).
+The webhook client (``control_plane/webhooks/http.py``) dials them itself; the media
+fetcher's httpx client does it through :class:`PinnedBackend`, an httpcore network
+backend.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+import httpcore
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -169,6 +178,61 @@ async def check_url(
     return addresses
 
 
+async def dial_addresses(
+    host: str, port: int, policy: AddressPolicy, resolver: Resolver = resolve
+) -> list[IPAddress]:
+    """The addresses a connection to ``host`` may dial, resolved now: the literal itself,
+    or every address the name resolves to that the policy allows (the refused ones are
+    left out, so a name with one bad record still reaches its good ones). UnsafeURLError
+    when none is allowed; an empty list when the name does not resolve."""
+    literal = ip_literal(host)
+    resolved = [literal] if literal is not None else await resolver(host, port)
+    allowed = [a for a in resolved if policy.refusal(a) is None]
+    if resolved and not allowed:
+        reason = policy.refusal(resolved[0])
+        raise UnsafeURLError(
+            f"{host} resolves to a {reason} address ({resolved[0]}): refused (SSRF guard)"
+        )
+    return allowed
+
+
+class PinnedBackend(httpcore.AsyncNetworkBackend):
+    """An httpcore (httpx) network backend that dials what :func:`dial_addresses` allows,
+    never the name itself; httpcore still uses the URL's name for the Host header, SNI and
+    the certificate check. Refusals raise UnsafeURLError; a name that does not resolve,
+    or no address that answers, httpcore.ConnectError."""
+
+    def __init__(self, policy: AddressPolicy, resolver: Resolver = resolve) -> None:
+        self.policy = policy
+        self.resolver = resolver
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's signature)
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        addresses = await dial_addresses(host, port, self.policy, self.resolver)
+        if not addresses:
+            raise httpcore.ConnectError(f"cannot resolve {host!r}")
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(
+                    str(address), port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
 def redact_url(url: str) -> str:
     """The URL without user info or query, for logs and errors (both may hold secrets)."""
     try:
@@ -185,9 +249,11 @@ def redact_url(url: str) -> str:
 __all__: list[Any] = [
     "ALLOW_PRIVATE_SETTING",
     "AddressPolicy",
+    "PinnedBackend",
     "Resolver",
     "UnsafeURLError",
     "check_url",
+    "dial_addresses",
     "ip_literal",
     "redact_url",
     "split_url",

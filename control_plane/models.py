@@ -19,6 +19,17 @@ PhoneNumber = Annotated[
     ),
 ]
 
+ChatId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=3,
+        max_length=80,
+        description="a chat: an E.164 number (with or without '+'), a group '<id>@g.us', "
+        "a LID '<id>@lid' or a newsletter '<id>@newsletter'",
+        examples=["+15550001111", "120363012345678901@g.us"],
+    ),
+]
+
 
 WebhookUrl = Annotated[
     str,
@@ -107,37 +118,37 @@ class QrView(msgspec.Struct, kw_only=True):
 
 
 class TextMessage(p.TextContent, kw_only=True, forbid_unknown_fields=True):
-    to: PhoneNumber
+    to: ChatId
 
 
 class ImageMessage(p.ImageContent, kw_only=True, forbid_unknown_fields=True):
-    to: PhoneNumber
+    to: ChatId
 
 
 class DocumentMessage(p.DocumentContent, kw_only=True, forbid_unknown_fields=True):
-    to: PhoneNumber
+    to: ChatId
 
 
 class AudioMessage(p.AudioContent, kw_only=True, forbid_unknown_fields=True):
-    to: PhoneNumber
+    to: ChatId
 
 
 class VideoMessage(p.VideoContent, kw_only=True, forbid_unknown_fields=True):
-    to: PhoneNumber
+    to: ChatId
 
 
 class LocationMessage(p.LocationContent, kw_only=True, forbid_unknown_fields=True):
-    to: PhoneNumber
+    to: ChatId
     latitude: Annotated[float, msgspec.Meta(ge=-90, le=90)]
     longitude: Annotated[float, msgspec.Meta(ge=-180, le=180)]
 
 
 class ContactMessage(p.ContactContent, kw_only=True, forbid_unknown_fields=True):
-    to: PhoneNumber
+    to: ChatId
 
 
 class ReactionMessage(p.ReactionContent, kw_only=True, forbid_unknown_fields=True):
-    to: PhoneNumber
+    to: ChatId
 
 
 OutboundMessage = (

@@ -33,6 +33,7 @@ AGENT_ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_CONNECTED: 409,
     ErrorCode.NOT_PAIRING: 409,
     ErrorCode.INVALID_NUMBER: 422,
+    ErrorCode.INVALID_CHAT_ID: 422,
     ErrorCode.UNSUPPORTED_MESSAGE: 422,
     ErrorCode.MEDIA_TOO_LARGE: 413,
     ErrorCode.MEDIA_UNAVAILABLE: 422,

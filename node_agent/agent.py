@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +18,6 @@ from typing import Any, TypeVar
 
 import msgspec
 import nats
-import phonenumbers
 from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -29,6 +27,7 @@ from nats.micro.service import Service
 from prometheus_client import Gauge
 
 from node_agent import _system
+from node_agent.chat_ids import ChatIdError, normalize_chat, normalize_phone
 from node_agent.device_store import DeviceStore
 from node_agent.engines._base import Engine
 from node_agent.events import EventPublisher
@@ -105,20 +104,20 @@ OPEN_FDS = Gauge("zapfleet_agent_open_fds", "Open file descriptors")
 RSS = Gauge("zapfleet_agent_rss_bytes", "Resident memory")
 
 
-@functools.lru_cache(maxsize=65_536)  # bulk sends repeat recipients; parsing is costly
 def normalize_number(raw: str) -> str:
     """E.164 digits without '+', or AgentError(INVALID_NUMBER)."""
-    text = raw.strip()
-    if text.endswith("@s.whatsapp.net"):
-        text = text.split("@", 1)[0]
-    candidate = text if text.startswith("+") else "+" + text
     try:
-        parsed = phonenumbers.parse(candidate, None)
-    except phonenumbers.NumberParseException:
-        raise AgentError(ErrorCode.INVALID_NUMBER, f"not a phone number: {raw!r}") from None
-    if not phonenumbers.is_possible_number(parsed):
-        raise AgentError(ErrorCode.INVALID_NUMBER, f"not a possible phone number: {raw!r}")
-    return f"{parsed.country_code}{parsed.national_number}"
+        return normalize_phone(raw)
+    except ChatIdError as exc:
+        raise AgentError(ErrorCode.INVALID_NUMBER, exc.message) from None
+
+
+def normalize_chat_id(raw: str) -> str:
+    """A chat id (node_agent/chat_ids.py), or AgentError(INVALID_NUMBER/INVALID_CHAT_ID)."""
+    try:
+        return normalize_chat(raw)
+    except ChatIdError as exc:
+        raise AgentError(ErrorCode(exc.code), exc.message) from None
 
 
 def make_engine(settings: AgentSettings, nc: NATS) -> Engine:
@@ -583,7 +582,7 @@ class Agent:
 
     async def op_send(self, request: SendMessage) -> SendAccepted:
         supervisor = self._get(SessionRef(session_id=request.session_id))
-        request.to = normalize_number(request.to)
+        request.to = normalize_chat_id(request.to)
         if not request.message_id:
             raise AgentError(ErrorCode.INVALID_REQUEST, "message_id is required")
         # sends are served concurrently (Agent._rpc): their media and outbox writes

@@ -122,6 +122,7 @@ class ErrorCode(enum.StrEnum):
     NOT_CONNECTED = "not_connected"
     NOT_PAIRING = "not_pairing"
     INVALID_NUMBER = "invalid_number"
+    INVALID_CHAT_ID = "invalid_chat_id"
     UNSUPPORTED_MESSAGE = "unsupported_message"
     MEDIA_TOO_LARGE = "media_too_large"
     MEDIA_UNAVAILABLE = "media_unavailable"

@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 from prometheus_client import Counter, Gauge, Histogram
 
+from node_agent.chat_ids import is_group
 from node_agent.engines._base import (
     Connected,
     Disconnected,
@@ -656,30 +657,32 @@ class SessionSupervisor:
         )
 
     def _on_inbound(self, event: Inbound) -> None:
+        chat = event.chat or event.sender or event.sender_lid or ""
         self.history.append(
             MessageRecord(
                 message_id=event.message_id,
                 direction="in",
-                peer=event.sender,
+                peer=chat,
                 type=event.type,
                 timestamp=event.timestamp,
                 status="received",
                 text=event.text,
             )
         )
-        self.events.emit(
-            EventType.MESSAGE_RECEIVED,
-            self.tenant,
-            self.session_id,
-            {
-                "message_id": event.message_id,
-                "from": event.sender,
-                "type": event.type,
-                "text": event.text,
-                "content": event.content,
-                "timestamp": event.timestamp,
-            },
-        )
+        data: dict[str, Any] = {
+            "message_id": event.message_id,
+            "from": event.sender,
+            "from_lid": event.sender_lid,
+            "chat": chat,
+            "is_group": is_group(chat),
+            "type": event.type,
+            "text": event.text,
+            "content": event.content,
+            "timestamp": event.timestamp,
+        }
+        if event.resolves:
+            data["resolves"] = True
+        self.events.emit(EventType.MESSAGE_RECEIVED, self.tenant, self.session_id, data)
 
     def _on_receipt(self, event: Receipt) -> None:
         message_id = self._engine_ids.get(event.message_id, event.message_id)

@@ -8,7 +8,6 @@ import secrets
 from typing import Annotated, Any
 
 import msgspec
-import phonenumbers
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.di import Provide
 from litestar.params import HeaderParameter, Parameter
@@ -28,6 +27,7 @@ from control_plane.models import (
 )
 from control_plane.problems import SMALL_ANSWERS, ProblemError
 from control_plane.services import Services
+from node_agent.chat_ids import ChatIdError, normalize_chat, normalize_phone
 from node_agent.protocol import (
     CheckNumbers,
     History,
@@ -46,6 +46,7 @@ JSON = MediaType.JSON
 _encode = msgspec.json.encode
 _status_decoder = msgspec.json.Decoder(NumberStatus)
 _recipients: dict[str, str] = {}
+_chats: dict[str, str] = {}
 _MAX_REMEMBERED = 50_000
 
 
@@ -55,17 +56,29 @@ def normalize_recipient(raw: str) -> str:
     known = _recipients.get(raw)
     if known is not None:
         return known
-    text = raw.strip().removesuffix("@s.whatsapp.net")
     try:
-        number = phonenumbers.parse(text if text.startswith("+") else "+" + text, None)
-    except phonenumbers.NumberParseException as exc:
-        raise ProblemError(422, "invalid_number", f"{raw!r} is not a phone number: {exc}") from None
-    if not phonenumbers.is_possible_number(number):
-        raise ProblemError(422, "invalid_number", f"{raw!r} is not a possible phone number")
-    normalized = f"{number.country_code}{number.national_number}"
+        normalized = normalize_phone(raw)
+    except ChatIdError as exc:
+        raise ProblemError(422, exc.code, exc.message) from None
     if len(_recipients) >= _MAX_REMEMBERED:
         _recipients.clear()
     _recipients[raw] = normalized
+    return normalized
+
+
+def normalize_chat_id(raw: str) -> str:
+    """A chat id (phone, group, LID, newsletter: node_agent/chat_ids.py), or a 422
+    problem: ``invalid_number`` for a malformed phone, ``invalid_chat_id`` otherwise."""
+    known = _chats.get(raw)
+    if known is not None:
+        return known
+    try:
+        normalized = normalize_chat(raw)
+    except ChatIdError as exc:
+        raise ProblemError(422, exc.code, exc.message) from None
+    if len(_chats) >= _MAX_REMEMBERED:
+        _chats.clear()
+    _chats[raw] = normalized
     return normalized
 
 
@@ -125,7 +138,7 @@ async def queue_message(
     """Queue one message on the session's node: the JSON of its MessageAccepted, and
     whether it is the replay of an earlier request with the same Idempotency-Key. The
     REST endpoint and the NATS command ``message_send`` share it."""
-    recipient = normalize_recipient(data.to)
+    recipient = normalize_chat_id(data.to)
     content = to_content(data)
     _check_media(content, services.settings.max_media_bytes)
     record = await load_record(services, principal, session_id)

@@ -43,12 +43,23 @@ class LoggedOut(msgspec.Struct, frozen=True):
 
 
 class Inbound(msgspec.Struct, frozen=True):
+    """An inbound message (or an edit, revoke, reaction, poll vote: ``type``).
+
+    ``sender`` is the sender's phone (E.164 digits) when known — never a LID;
+    ``sender_lid`` its LID (``<id>@lid``) when known. ``chat`` is the chat it was sent
+    in when that is not the sender's own chat: a group (``<id>@g.us``) or a newsletter;
+    None for a one-to-one chat. ``resolves``: the message was first reported
+    undecryptable (type ``undecryptable``) and this is its content after the retry."""
+
     message_id: str
-    sender: str
+    sender: str | None
     type: str
     timestamp: float
     text: str | None = None
     content: dict[str, object] | None = None
+    sender_lid: str | None = None
+    chat: str | None = None
+    resolves: bool = False
 
 
 AckStatus = Literal["server", "delivered", "read", "failed"]

@@ -632,10 +632,8 @@ class NeonizeSession:
         message_id: str,
         media: MediaPayload | None = None,
     ) -> str:
-        from neonize.utils.jid import build_jid
-
         gen = self._online()
-        jid = build_jid(to)
+        jid = _parse_jid(to)
         try:
             message = await self._build(gen, jid, content, media)
             response = await self._call(gen.client.send_message(jid, message))
@@ -739,7 +737,7 @@ class NeonizeSession:
         client = gen.client
 
         def handler(
-            event_type: Any, fn: Callable[[Any], None]
+            event_type: Any, fn: Callable[[Any], Any]
         ) -> Callable[[Any, Any], Coroutine[Any, Any, None]]:
             async def wrapped(_: Any, event: Any) -> None:
                 try:
@@ -748,7 +746,9 @@ class NeonizeSession:
                             # an abandoned dial came through after all: never two sockets
                             self.engine.spawn(self._stop_generation(gen))
                         return
-                    fn(event)
+                    result = fn(event)
+                    if asyncio.iscoroutine(result):
+                        await result
                 except Exception:
                     log.exception("neonize event handler failed", extra={"event": event_type})
 
@@ -896,34 +896,36 @@ class NeonizeSession:
     def _on_keepalive(self, gen: _Generation, errors: int) -> None:
         gen.keepalive_errors = errors
 
-    def _on_message(self, event: Any) -> None:
-        info = event.Info
-        source = info.MessageSource
-        if source.IsFromMe:
+    async def _on_message(self, event: Any) -> None:
+        inbound = inbound_of(event)
+        if inbound is None:
             return
-        kind, text, extra = describe_message(event.Message)
-        sender = str(source.Sender.User)
-        content: dict[str, object] = dict(extra)
-        if source.IsGroup:
-            content["group"] = f"{source.Chat.User}@{source.Chat.Server}"
-        if info.Pushname:
-            content["push_name"] = str(info.Pushname)
-        self._report(
-            Inbound(
-                message_id=str(info.ID),
-                sender=sender,
-                type=kind,
-                timestamp=float(info.Timestamp) / (1000 if info.Timestamp > 10**11 else 1),
-                text=text,
-                content=content or None,
+        if inbound.sender is None and inbound.sender_lid:
+            inbound = msgspec.structs.replace(
+                inbound, sender=await self._phone_of_lid(inbound.sender_lid)
             )
-        )
+        self._report(inbound)
+
+    async def _phone_of_lid(self, lid: str) -> str | None:
+        """whatsmeow's LID → phone mapping (``get_pn_from_lid``); None when unknown."""
+        gen = self._gen
+        if gen is None or not gen.link_up:
+            return None
+        try:
+            jid = await self._call(gen.client.get_pn_from_lid(_parse_jid(lid)))
+        except Exception as exc:
+            log.info("no phone known for a LID", extra={"error": repr(exc)})
+            return None
+        return phone_of(jid)
 
     def _on_receipt(self, event: Any) -> None:
         status = _RECEIPTS.get(int(event.Type))
         if status is None:
             return
-        peer = str(event.MessageSource.Chat.User) or None
+        source = event.MessageSource
+        # in a group the receipt comes from one participant; never a LID as a phone
+        who = source.Sender if source.IsGroup else source.Chat
+        peer = phone_of(who) or phone_of(source.SenderAlt) or jid_text(who) or None
         for message_id in event.MessageIDs:
             self._report(Receipt(message_id=str(message_id), status=status, peer=peer))
 
@@ -937,10 +939,64 @@ _RECEIPTS: dict[int, Literal["delivered", "read", "failed"]] = {
 
 
 def _parse_jid(text: str) -> Any:
+    """The JID of a chat id (node_agent/chat_ids.py): phone digits or ``user@server``."""
     from neonize.utils.jid import build_jid
 
     user, _, server = text.partition("@")
     return build_jid(user, server or "s.whatsapp.net")
+
+
+def jid_text(jid: Any) -> str:
+    """``user@server`` of a JID proto ("" when empty)."""
+    if jid is None or not jid.User:
+        return ""
+    return f"{jid.User}@{jid.Server}"
+
+
+def phone_of(jid: Any) -> str | None:
+    """The phone number (E.164 digits) of a JID on the phone server, else None: a LID
+    is never taken for a phone number."""
+    if jid is None or not jid.User or jid.Server != "s.whatsapp.net":
+        return None
+    return str(jid.User)
+
+
+def lid_of(jid: Any) -> str | None:
+    if jid is None or not jid.User or jid.Server != "lid":
+        return None
+    return f"{jid.User}@lid"
+
+
+def inbound_of(event: Any) -> Inbound | None:
+    """The :class:`Inbound` of a whatsmeow message event (None for our own messages).
+
+    With LID addressing ``Sender`` is the LID and ``SenderAlt`` the phone (or the other
+    way round): the phone goes to ``sender`` only when it is one, the LID to
+    ``sender_lid``; a LID-only sender has ``sender`` None until the phone is resolved.
+    In a group ``chat`` is the group and ``sender`` the participant."""
+    info = event.Info
+    source = info.MessageSource
+    if source.IsFromMe:
+        return None
+    kind, text, extra = describe_message(event.Message)
+    phone = phone_of(source.Sender) or phone_of(source.SenderAlt)
+    lid = lid_of(source.Sender) or lid_of(source.SenderAlt)
+    content: dict[str, object] = dict(extra)
+    if info.Pushname:
+        content["push_name"] = str(info.Pushname)
+    chat = None
+    if source.IsGroup or source.Chat.Server in ("g.us", "newsletter"):
+        chat = jid_text(source.Chat)
+    return Inbound(
+        message_id=str(info.ID),
+        sender=phone,
+        sender_lid=lid,
+        chat=chat,
+        type=kind,
+        timestamp=float(info.Timestamp) / (1000 if info.Timestamp > 10**11 else 1),
+        text=text,
+        content=content or None,
+    )
 
 
 def vcard(name: str, phone: str) -> str:

@@ -1,0 +1,206 @@
+"""Conversations (issue 15, non-media half) end to end on the sim engine, through the real
+control plane and agent processes: chat ids (groups, LIDs), and what a receiver sees of
+each capability, checked field by field — once through REST and once through the NATS
+commands (``zf.api.<tenant>.<op>``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import msgspec
+import pytest_asyncio
+from nats.aio.client import Client as NATS
+
+from node_agent.engines.sim import Faults, create_group, inject_faults, lid_of, link, qr_session_id
+from node_agent.protocol import Event
+from tests.agent_support import EventLog, phone
+from tests.conftest import Stack
+from tests.helpers import assert_problem, new_tenant, unique, wait_state
+
+NO_PACING = {"enabled": False}
+
+
+@dataclass
+class Account:
+    name: str  # the session's name in the API
+    key: str  # its internal key (sim faults are addressed by it)
+    phone: str
+
+    @property
+    def lid(self) -> str:
+        return lid_of(self.phone)
+
+
+@dataclass
+class Chat:
+    api: httpx.AsyncClient
+    nc: NATS
+    tenant: str
+    key: str  # the tenant's API key
+    log: EventLog
+    a: Account
+    b: Account
+    c: Account
+
+    async def send(self, sender: Account, body: dict[str, Any]) -> str:
+        response = await self.api.post(f"/v1/sessions/{sender.name}/messages", json=body)
+        assert response.status_code == 202, response.text
+        return str(response.json()["message_id"])
+
+    async def command(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        reply = await self.nc.request(
+            f"zf.api.{self.tenant}.{op}",
+            msgspec.json.encode(body),
+            timeout=10,
+            headers={"X-API-Key": self.key},
+        )
+        answer: dict[str, Any] = msgspec.json.decode(reply.data)
+        return answer
+
+    async def sent(self, sender: Account, message_id: str) -> Event:
+        """The ``message.sent`` of one of our messages (its engine id is what the
+        receiver's events refer to)."""
+        return await self.log.wait_for(
+            lambda e: (
+                e.session_id == sender.name
+                and e.type in ("message.sent", "message.ack")
+                and e.data.get("message_id") == message_id
+                and (e.type == "message.sent" or e.data.get("status") == "failed")
+            )
+        )
+
+    async def seen_by(
+        self, receiver: Account, type_: str, predicate: Callable[[Event], bool]
+    ) -> Event:
+        return await self.log.wait_for(
+            lambda e: e.session_id == receiver.name and e.type == type_ and predicate(e)
+        )
+
+
+async def _pair(api: httpx.AsyncClient, nc: NATS, name: str, number: str) -> Account:
+    created = await api.post("/v1/sessions", json={"session_id": name, "pacing": NO_PACING})
+    assert created.status_code == 201, created.text
+    await wait_state(api, name, "PAIRING")
+    code = (await api.get(f"/v1/sessions/{name}/qr")).json()["qr"]
+    assert (await link(nc, code, number)).ok
+    await wait_state(api, name, "CONNECTED")
+    return Account(name=name, key=qr_session_id(code), phone=number)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def chat(stack: Stack, nats_url: str) -> AsyncIterator[Chat]:
+    import nats
+
+    nc = await nats.connect(nats_url)
+    async with httpx.AsyncClient(base_url=stack.base_url, headers=stack.headers) as admin:
+        tenant, key = await new_tenant(admin, "conv")
+    log = EventLog()
+    await log.start(nc, tenant)
+    async with httpx.AsyncClient(
+        base_url=stack.base_url, headers={"X-API-Key": key}, timeout=15
+    ) as api:
+        a, b, c = [await _pair(api, nc, unique(n), phone()) for n in ("ann", "bob", "cid")]
+        yield Chat(api=api, nc=nc, tenant=tenant, key=key, log=log, a=a, b=b, c=c)
+        for account in (a, b, c):
+            await api.delete(f"/v1/sessions/{account.name}")
+    await log.stop()
+    await nc.close()
+
+
+# -- 1. chat ids ---------------------------------------------------------------------------
+
+
+async def test_lid_addressing_never_puts_a_lid_in_a_phone_field(chat: Chat) -> None:
+    """A sender that addresses by LID hides its phone; the receiver resolves it (sim:
+    like ``get_pn_from_lid``): ``from`` is the phone, ``from_lid`` the LID. A send to a
+    LID chat id reaches its account."""
+    await inject_faults(chat.nc, chat.a.key, Faults(lid_addressing=True))
+    try:
+        sent = await chat.send(chat.a, {"type": "text", "to": chat.b.lid, "text": "via lid"})
+        engine_id = (await chat.sent(chat.a, sent)).data["engine_message_id"]
+        seen = await chat.seen_by(
+            chat.b, "message.received", lambda e: e.data["message_id"] == engine_id
+        )
+    finally:
+        await inject_faults(chat.nc, chat.a.key, Faults())
+    assert seen.data["from"] == chat.a.phone
+    assert seen.data["from_lid"] == chat.a.lid
+    assert seen.data["chat"] == chat.a.phone
+    assert seen.data["is_group"] is False
+    assert seen.data["type"] == "text" and seen.data["text"] == "via lid"
+    queued = await chat.log.wait_for(
+        lambda e: e.type == "message.queued" and e.data["message_id"] == sent
+    )
+    assert queued.data["to"] == chat.b.lid
+
+
+async def test_a_group_message_names_the_group_as_chat_and_the_participant_as_from(
+    chat: Chat,
+) -> None:
+    group = await create_group(chat.nc, [chat.a.phone, chat.b.phone, chat.c.phone])
+    sent = await chat.send(chat.a, {"type": "text", "to": group, "text": "hello group"})
+    engine_id = (await chat.sent(chat.a, sent)).data["engine_message_id"]
+    for receiver in (chat.b, chat.c):
+        seen = await chat.seen_by(
+            receiver, "message.received", lambda e: e.data["message_id"] == engine_id
+        )
+        assert seen.data["chat"] == group
+        assert seen.data["is_group"] is True
+        assert seen.data["from"] == chat.a.phone
+        assert seen.data["from_lid"] == chat.a.lid
+        assert seen.data["text"] == "hello group"
+    # one delivery receipt per participant
+    acks = await chat.log.wait_count(
+        lambda e: (
+            e.session_id == chat.a.name
+            and e.type == "message.ack"
+            and e.data["message_id"] == sent
+            and e.data["status"] == "delivered"
+        ),
+        2,
+    )
+    assert {e.data["peer"] for e in acks} == {chat.b.phone, chat.c.phone}
+
+
+async def test_a_group_send_by_nats_command(chat: Chat) -> None:
+    group = await create_group(chat.nc, [chat.a.phone, chat.b.phone])
+    answer = await chat.command(
+        "message_send",
+        {"session_id": chat.b.name, "message": {"type": "text", "to": group, "text": "cmd"}},
+    )
+    assert answer["kind"] == "ok", answer
+    engine_id = (await chat.sent(chat.b, answer["value"]["message_id"])).data["engine_message_id"]
+    seen = await chat.seen_by(
+        chat.a, "message.received", lambda e: e.data["message_id"] == engine_id
+    )
+    assert (seen.data["chat"], seen.data["from"], seen.data["is_group"]) == (
+        group,
+        chat.b.phone,
+        True,
+    )
+    bad = await chat.command(
+        "message_send",
+        {"session_id": chat.b.name, "message": {"type": "text", "to": "1@g.us", "text": "x"}},
+    )
+    assert (bad["kind"], bad["code"], bad["status"]) == ("err", "invalid_chat_id", 422)
+
+
+async def test_malformed_chat_ids_are_422_before_anything_is_queued(chat: Chat) -> None:
+    url = f"/v1/sessions/{chat.a.name}/messages"
+    for to, code in (
+        ("12@g.us", "invalid_chat_id"),
+        ("abc@lid", "invalid_chat_id"),
+        ("123456@example.com", "invalid_chat_id"),
+        ("x@newsletter", "invalid_chat_id"),
+        ("not a number", "invalid_number"),
+        ("+1 23@s.whatsapp.net", "invalid_number"),
+    ):
+        body = {"type": "text", "to": to, "text": "x"}
+        assert_problem(await chat.api.post(url, json=body), 422, code)
+    # a group that does not exist is a well-formed id: queued, then failed by the network
+    sent = await chat.send(chat.a, {"type": "text", "to": "120363000000000001@g.us", "text": "?"})
+    failed = await chat.sent(chat.a, sent)
+    assert failed.type == "message.ack" and "does not exist" in failed.data["error"]

@@ -117,8 +117,21 @@ class QrView(msgspec.Struct, kw_only=True):
 # "type" ({"type": "text", "to": "+1555...", "text": "hi"}).
 
 
+MessageRef = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=128,
+        description="a message of this session: our message_id (m_...) or the message_id "
+        "of a received message",
+    ),
+]
+
+
 class TextMessage(p.TextContent, kw_only=True, forbid_unknown_fields=True):
     to: ChatId
+    reply_to: MessageRef | None = None
+    mentions: Annotated[list[ChatId], msgspec.Meta(max_length=1024)] | None = None
 
 
 class ImageMessage(p.ImageContent, kw_only=True, forbid_unknown_fields=True):
@@ -149,6 +162,38 @@ class ContactMessage(p.ContactContent, kw_only=True, forbid_unknown_fields=True)
 
 class ReactionMessage(p.ReactionContent, kw_only=True, forbid_unknown_fields=True):
     to: ChatId
+    message_id: MessageRef
+    emoji: Annotated[str, msgspec.Meta(max_length=32, description="'' removes the reaction")]
+
+
+# -- conversations (issue 15) ---------------------------------------------------------------
+
+PollOption = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+
+
+class EditMessage(p.EditContent, kw_only=True, forbid_unknown_fields=True):
+    """New text for a text message this session sent, inside WhatsApp's edit window."""
+
+    to: ChatId
+    message_id: MessageRef
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=65536)]
+
+
+class RevokeMessage(p.RevokeContent, kw_only=True, forbid_unknown_fields=True):
+    """Delete a message this session sent, for everyone, inside WhatsApp's window."""
+
+    to: ChatId
+    message_id: MessageRef
+
+
+class PollMessage(p.PollContent, kw_only=True, forbid_unknown_fields=True):
+    """A poll: 2-12 unique options; ``selectable`` = options a voter may pick (1 single
+    choice, 0 any number)."""
+
+    to: ChatId
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    options: Annotated[list[PollOption], msgspec.Meta(min_length=2, max_length=12)]
+    selectable: Annotated[int, msgspec.Meta(ge=0, le=12)] = 1
 
 
 OutboundMessage = (
@@ -160,6 +205,9 @@ OutboundMessage = (
     | LocationMessage
     | ContactMessage
     | ReactionMessage
+    | EditMessage
+    | RevokeMessage
+    | PollMessage
 )
 
 _CONTENT_OF: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
@@ -171,6 +219,9 @@ _CONTENT_OF: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     LocationMessage: p.LocationContent,
     ContactMessage: p.ContactContent,
     ReactionMessage: p.ReactionContent,
+    EditMessage: p.EditContent,
+    RevokeMessage: p.RevokeContent,
+    PollMessage: p.PollContent,
 }
 
 

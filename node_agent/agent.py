@@ -585,6 +585,8 @@ class Agent:
         request.to = normalize_chat_id(request.to)
         if not request.message_id:
             raise AgentError(ErrorCode.INVALID_REQUEST, "message_id is required")
+        if request.message_id not in supervisor.ledger.sent:  # a retried RPC is no new send
+            supervisor.ledger.check(request)  # edit/revoke/reply targets and windows
         # sends are served concurrently (Agent._rpc): their media and outbox writes
         # overlap, but each enqueues only after the one that arrived before it, so a
         # session sends in the order its messages were accepted

@@ -123,6 +123,10 @@ class ErrorCode(enum.StrEnum):
     NOT_PAIRING = "not_pairing"
     INVALID_NUMBER = "invalid_number"
     INVALID_CHAT_ID = "invalid_chat_id"
+    MESSAGE_NOT_FOUND = "message_not_found"  # edit/revoke/reply target unknown to the session
+    MESSAGE_NOT_EDITABLE = "message_not_editable"
+    EDIT_WINDOW_CLOSED = "edit_window_closed"
+    REVOKE_WINDOW_CLOSED = "revoke_window_closed"
     UNSUPPORTED_MESSAGE = "unsupported_message"
     MEDIA_TOO_LARGE = "media_too_large"
     MEDIA_UNAVAILABLE = "media_unavailable"
@@ -281,7 +285,14 @@ class Media(msgspec.Struct, kw_only=True):
 
 
 class TextContent(msgspec.Struct, tag="text", kw_only=True):
+    """Text. ``reply_to`` quotes a message of the chat (our ``m_`` id or the id of a
+    received message); ``mentions`` are chat ids (phones or LIDs) mentioned in the text;
+    ``mention_all`` mentions every participant of a group."""
+
     text: str
+    reply_to: str | None = None
+    mentions: list[str] | None = None
+    mention_all: bool = False
 
 
 class ImageContent(msgspec.Struct, tag="image", kw_only=True):
@@ -317,8 +328,35 @@ class ContactContent(msgspec.Struct, tag="contact", kw_only=True):
 
 
 class ReactionContent(msgspec.Struct, tag="reaction", kw_only=True):
+    """A reaction to a message; an empty ``emoji`` removes this account's reaction."""
+
     message_id: str
     emoji: str
+
+
+# -- conversations (issue 15): edits, revokes, polls go through the same send path --------
+
+
+class EditContent(msgspec.Struct, tag="edit", kw_only=True):
+    """Replace the text of a text message this session sent (WhatsApp's edit window)."""
+
+    message_id: str
+    text: str
+
+
+class RevokeContent(msgspec.Struct, tag="revoke", kw_only=True):
+    """Delete a message this session sent, for everyone (WhatsApp's revoke window)."""
+
+    message_id: str
+
+
+class PollContent(msgspec.Struct, tag="poll", kw_only=True):
+    """A poll: 2-12 unique options; ``selectable`` options per vote (1 = single choice,
+    0 = any number)."""
+
+    name: str
+    options: list[str]
+    selectable: int = 1
 
 
 MessageContent = (
@@ -330,6 +368,9 @@ MessageContent = (
     | LocationContent
     | ContactContent
     | ReactionContent
+    | EditContent
+    | RevokeContent
+    | PollContent
 )
 
 
@@ -419,6 +460,10 @@ class EventType(enum.StrEnum):
     MESSAGE_QUEUED = "message.queued"
     MESSAGE_SENT = "message.sent"
     MESSAGE_ACK = "message.ack"
+    MESSAGE_EDITED = "message.edited"
+    MESSAGE_REVOKED = "message.revoked"
+    MESSAGE_REACTION = "message.reaction"
+    MESSAGE_POLL_VOTE = "message.poll_vote"
     NODE_UP = "node.up"
     NODE_DOWN = "node.down"
     SESSION_MOVED = "session.moved"

@@ -24,6 +24,7 @@ import msgspec
 from prometheus_client import Counter, Gauge, Histogram
 
 from node_agent.chat_ids import is_group
+from node_agent.conversation import Ledger
 from node_agent.engines._base import (
     Connected,
     Disconnected,
@@ -49,7 +50,6 @@ from node_agent.protocol import (
     MessageRecord,
     PacingSettings,
     QrCode,
-    ReactionContent,
     SendMessage,
     SessionInfo,
     SessionSpec,
@@ -158,6 +158,7 @@ class SessionSupervisor:
         self._queued_ids: OrderedDict[str, None] = OrderedDict()
         self._engine_ids: OrderedDict[str, str] = OrderedDict()  # engine id -> our id
         self._our_ids: OrderedDict[str, str] = OrderedDict()  # our id -> engine id
+        self.ledger = Ledger()  # conversations: edit/revoke/reply targets (conversation.py)
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
         self._reconnect_task: asyncio.Task[None] | None = None  # a sleeping retry timer
@@ -496,6 +497,7 @@ class SessionSupervisor:
         self._queue.append(_Outbound(request, time.time(), media))
         self._queued_media_bytes += size
         self._remember(self._queued_ids, request.message_id, None)
+        self.ledger.accepted(request)
         QUEUE_DEPTH.inc()
         self._wake.set()
         self.events.emit(
@@ -581,10 +583,11 @@ class SessionSupervisor:
             except MediaError as exc:
                 self._finish_failed(item, exc.code, exc.message)
                 return
-        if isinstance(content, ReactionContent) and content.message_id in self._our_ids:
-            content = ReactionContent(
-                message_id=self._our_ids[content.message_id], emoji=content.emoji
-            )
+        prepared = self.ledger.for_engine(content)
+        if isinstance(prepared, str):
+            self._finish_failed(item, ErrorCode.MESSAGE_NOT_FOUND, prepared)
+            return
+        content = prepared
         started = time.perf_counter()
         item.attempts += 1
         try:
@@ -606,6 +609,7 @@ class SessionSupervisor:
         self.pacer.record_sent(request.to)
         self._remember(self._engine_ids, engine_id, request.message_id)
         self._remember(self._our_ids, request.message_id, engine_id)
+        self.ledger.on_sent(request.message_id, engine_id)
         self._record(request, "sent")
         self.events.emit(
             EventType.MESSAGE_SENT,
@@ -623,6 +627,7 @@ class SessionSupervisor:
     def _finish_failed(self, item: _Outbound, code: ErrorCode, error: str) -> None:
         request = item.request
         self._dequeue(item)
+        self.ledger.on_failed(request.message_id)
         SENDS.labels("failed").inc()
         self._record(request, "failed")
         self.events.emit(
@@ -658,6 +663,11 @@ class SessionSupervisor:
 
     def _on_inbound(self, event: Inbound) -> None:
         chat = event.chat or event.sender or event.sender_lid or ""
+        special = self.ledger.inbound_event(event, chat)
+        if special is not None:  # an edit, revoke, reaction or poll vote
+            self.events.emit(special[0], self.tenant, self.session_id, special[1])
+            return
+        self.ledger.on_received(event.message_id, chat)
         self.history.append(
             MessageRecord(
                 message_id=event.message_id,

@@ -204,3 +204,148 @@ async def test_malformed_chat_ids_are_422_before_anything_is_queued(chat: Chat) 
     sent = await chat.send(chat.a, {"type": "text", "to": "120363000000000001@g.us", "text": "?"})
     failed = await chat.sent(chat.a, sent)
     assert failed.type == "message.ack" and "does not exist" in failed.data["error"]
+
+
+# -- 2. outbound: replies, mentions, edits, revokes, reactions ------------------------------
+
+
+async def _received(chat: Chat, sender: Account, receiver: Account, message_id: str) -> Event:
+    """What ``receiver`` saw of our message ``message_id`` (sent by ``sender``)."""
+    engine_id = (await chat.sent(sender, message_id)).data["engine_message_id"]
+    return await chat.seen_by(
+        receiver, "message.received", lambda e: e.data["message_id"] == engine_id
+    )
+
+
+async def test_a_reply_quotes_and_mentions_reach_the_receiver(chat: Chat) -> None:
+    a, b = chat.a, chat.b
+    first = await chat.send(b, {"type": "text", "to": a.phone, "text": "question?"})
+    incoming = await _received(chat, b, a, first)
+    # reply to the received message (by its id), mentioning the asker
+    reply = await chat.send(
+        a,
+        {
+            "type": "text",
+            "to": b.phone,
+            "text": f"@{b.phone} answer",
+            "reply_to": incoming.data["message_id"],
+            "mentions": ["+" + b.phone],
+        },
+    )
+    seen = await _received(chat, a, b, reply)
+    assert seen.data["type"] == "text" and seen.data["text"] == f"@{b.phone} answer"
+    assert seen.data["content"]["reply_to"] == (await chat.sent(b, first)).data["engine_message_id"]
+    assert seen.data["content"]["mentions"] == [b.phone]
+    assert seen.data["from"] == a.phone and seen.data["chat"] == a.phone
+    # reply to one of our own messages by our m_ id: the receiver sees WhatsApp's id
+    again = await chat.send(a, {"type": "text", "to": b.phone, "text": "and", "reply_to": reply})
+    seen_again = await _received(chat, a, b, again)
+    assert seen_again.data["content"]["reply_to"] == seen.data["message_id"]
+
+
+async def test_mention_everyone_in_a_group(chat: Chat) -> None:
+    group = await create_group(chat.nc, [chat.a.phone, chat.b.phone, chat.c.phone])
+    sent = await chat.send(
+        chat.a, {"type": "text", "to": group, "text": "@all standup", "mention_all": True}
+    )
+    seen = await _received(chat, chat.a, chat.c, sent)
+    assert seen.data["chat"] == group and seen.data["from"] == chat.a.phone
+    assert seen.data["content"]["mentions"] == sorted([chat.b.phone, chat.c.phone])
+
+
+async def test_conversation_limits_are_422_up_front(chat: Chat) -> None:
+    url = f"/v1/sessions/{chat.a.name}/messages"
+    to = chat.b.phone
+    location = await chat.send(
+        chat.a, {"type": "location", "to": to, "latitude": 1, "longitude": 2}
+    )
+    await chat.sent(chat.a, location)
+    for body, code in (
+        ({"type": "text", "to": to, "text": "x", "mention_all": True}, "invalid_mentions"),
+        ({"type": "text", "to": to, "text": "x", "mentions": ["1@g.us"]}, "invalid_chat_id"),
+        ({"type": "text", "to": to, "text": "x", "reply_to": "m_nope"}, "message_not_found"),
+        ({"type": "edit", "to": to, "message_id": "m_nope", "text": "y"}, "message_not_found"),
+        ({"type": "edit", "to": to, "message_id": location, "text": "y"}, "message_not_editable"),
+        (
+            {"type": "edit", "to": chat.c.phone, "message_id": location, "text": "y"},
+            "message_not_found",
+        ),
+        ({"type": "revoke", "to": to, "message_id": "m_nope"}, "message_not_found"),
+    ):
+        assert_problem(await chat.api.post(url, json=body), 422, code)
+    assert_problem(
+        await chat.api.post(
+            url, json={"type": "edit", "to": to, "message_id": location, "text": ""}
+        ),
+        400,
+        "invalid_body",
+    )
+
+
+async def test_edit_revoke_and_reactions_as_the_receiver_sees_them(chat: Chat) -> None:
+    a, b = chat.a, chat.b
+    sent = await chat.send(a, {"type": "text", "to": b.phone, "text": "typo"})
+    original = await _received(chat, a, b, sent)
+    engine_id = original.data["message_id"]
+
+    await chat.send(a, {"type": "edit", "to": b.phone, "message_id": sent, "text": "fixed"})
+    edited = await chat.seen_by(b, "message.edited", lambda e: e.data["message_id"] == engine_id)
+    assert edited.data["text"] == "fixed"
+    assert (edited.data["from"], edited.data["chat"], edited.data["from_me"]) == (
+        a.phone,
+        a.phone,
+        False,
+    )
+    assert edited.data["event_message_id"] != engine_id
+
+    # the receiver reacts, then takes the reaction back: the sender sees both, by its id
+    await chat.send(b, {"type": "reaction", "to": a.phone, "message_id": engine_id, "emoji": "👍"})
+    added = await chat.seen_by(a, "message.reaction", lambda e: e.data["message_id"] == sent)
+    assert (added.data["emoji"], added.data["removed"], added.data["from_me"]) == (
+        "👍",
+        False,
+        True,
+    )
+    assert added.data["engine_message_id"] == engine_id and added.data["from"] == b.phone
+    await chat.send(b, {"type": "reaction", "to": a.phone, "message_id": engine_id, "emoji": ""})
+    removed = await chat.seen_by(
+        a, "message.reaction", lambda e: e.data["message_id"] == sent and e.data["removed"]
+    )
+    assert removed.data["emoji"] == ""
+
+    await chat.send(a, {"type": "revoke", "to": b.phone, "message_id": sent})
+    revoked = await chat.seen_by(b, "message.revoked", lambda e: e.data["message_id"] == engine_id)
+    assert (revoked.data["from"], revoked.data["chat"], revoked.data["is_group"]) == (
+        a.phone,
+        a.phone,
+        False,
+    )
+
+
+async def test_edit_revoke_reply_and_reaction_removal_by_nats_command(chat: Chat) -> None:
+    a, b = chat.a, chat.b
+
+    async def send(sender: Account, message: dict[str, Any]) -> str:
+        answer = await chat.command("message_send", {"session_id": sender.name, "message": message})
+        assert answer["kind"] == "ok", answer
+        return str(answer["value"]["message_id"])
+
+    sent = await send(a, {"type": "text", "to": b.phone, "text": "v1"})
+    engine_id = (await _received(chat, a, b, sent)).data["message_id"]
+    reply = await send(b, {"type": "text", "to": a.phone, "text": "re", "reply_to": engine_id})
+    quoted = await _received(chat, b, a, reply)
+    assert quoted.data["content"]["reply_to"] == engine_id
+    await send(a, {"type": "edit", "to": b.phone, "message_id": sent, "text": "v2"})
+    edited = await chat.seen_by(b, "message.edited", lambda e: e.data["message_id"] == engine_id)
+    assert edited.data["text"] == "v2" and edited.data["from"] == a.phone
+    await send(b, {"type": "reaction", "to": a.phone, "message_id": engine_id, "emoji": ""})
+    removed = await chat.seen_by(a, "message.reaction", lambda e: e.data["message_id"] == sent)
+    assert removed.data["removed"] is True and removed.data["from"] == b.phone
+    await send(a, {"type": "revoke", "to": b.phone, "message_id": sent})
+    revoked = await chat.seen_by(b, "message.revoked", lambda e: e.data["message_id"] == engine_id)
+    assert revoked.data["from"] == a.phone
+    refused = await chat.command(
+        "message_send",
+        {"session_id": a.name, "message": {"type": "revoke", "to": b.phone, "message_id": "m_x"}},
+    )
+    assert (refused["code"], refused["status"]) == ("message_not_found", 422)

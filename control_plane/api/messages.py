@@ -27,7 +27,7 @@ from control_plane.models import (
 )
 from control_plane.problems import SMALL_ANSWERS, ProblemError
 from control_plane.services import Services
-from node_agent.chat_ids import ChatIdError, normalize_chat, normalize_phone
+from node_agent.chat_ids import ChatIdError, chat_kind, is_group, normalize_chat, normalize_phone
 from node_agent.protocol import (
     CheckNumbers,
     History,
@@ -37,11 +37,14 @@ from node_agent.protocol import (
     NumberStatus,
     NumberStatuses,
     Op,
+    PollContent,
     SendAccepted,
     SendMessage,
+    TextContent,
 )
 
 MESSAGES = {"rate": "messages", SMALL_ANSWERS: True}
+MAX_POLL_OPTIONS = 12
 JSON = MediaType.JSON
 _encode = msgspec.json.encode
 _status_decoder = msgspec.json.Decoder(NumberStatus)
@@ -118,6 +121,44 @@ def _check_media(content: MessageContent, max_bytes: int) -> None:
             )
 
 
+def check_conversation(content: MessageContent, recipient: str) -> None:
+    """The limits of conversation content WhatsApp would refuse later (issue 15): mentions
+    are people (phones or LIDs) and ``mention_all`` needs a group; a poll has unique
+    options and no more selectable than it has. Shared by REST and NATS commands."""
+    if isinstance(content, TextContent):
+        if content.mentions:
+            mentioned = []
+            for raw in content.mentions:
+                chat = normalize_chat_id(raw)
+                if chat_kind(chat) not in ("phone", "lid"):
+                    raise ProblemError(
+                        422, "invalid_mentions", f"{raw!r}: only people can be mentioned"
+                    )
+                mentioned.append(chat)
+            content.mentions = list(dict.fromkeys(mentioned))
+        if content.mention_all and not is_group(recipient):
+            raise ProblemError(
+                422,
+                "invalid_mentions",
+                f"mention_all mentions a group's participants: {recipient!r} is not a group",
+            )
+    elif isinstance(content, PollContent):
+        names = [option.strip() for option in content.options]
+        if any(not name for name in names):
+            raise ProblemError(422, "invalid_poll", "poll options must not be blank")
+        if len(set(names)) != len(names):
+            raise ProblemError(422, "invalid_poll", "poll options must be unique")
+        if not 2 <= len(names) <= MAX_POLL_OPTIONS:
+            raise ProblemError(422, "invalid_poll", "a poll has 2 to 12 options")
+        if content.selectable > len(names):
+            raise ProblemError(
+                422,
+                "invalid_poll",
+                f"selectable ({content.selectable}) exceeds the {len(names)} options",
+            )
+        content.options = names
+
+
 IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
@@ -141,6 +182,7 @@ async def queue_message(
     recipient = normalize_chat_id(data.to)
     content = to_content(data)
     _check_media(content, services.settings.max_media_bytes)
+    check_conversation(content, recipient)
     record = await load_record(services, principal, session_id)
     assignment = running(record)
     key = record.spec.key
@@ -192,7 +234,7 @@ class MessageController(Controller):
         "/messages",
         status_code=202,
         opt=MESSAGES,
-        summary="Queue a message (text, media, location, contact, reaction)",
+        summary="Queue a message (text, media, location, contact, reaction, edit, revoke, poll)",
     )
     async def send(
         self,

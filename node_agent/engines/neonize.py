@@ -74,11 +74,14 @@ from node_agent.protocol import (
     AudioContent,
     ContactContent,
     DocumentContent,
+    EditContent,
     ImageContent,
     LocationContent,
     MessageContent,
     NumberStatus,
+    PollContent,
     ReactionContent,
+    RevokeContent,
     SessionSpec,
     TextContent,
     VideoContent,
@@ -371,6 +374,10 @@ class NeonizeSession:
         self._active = False  # between connect() and disconnect()
         self._guard: asyncio.Task[None] | None = None
         self._sent: OrderedDict[str, None] = OrderedDict()  # our engine ids (reactions)
+        # conversations (issue 15): messages a reply may quote (engine id -> participant
+        # JID, message proto) and the options of polls we sent (engine id -> name, options)
+        self._recent: OrderedDict[str, tuple[str, Any]] = OrderedDict()
+        self._polls: OrderedDict[str, tuple[str, list[str]]] = OrderedDict()
 
     def rebind(self, spec: SessionSpec, emit: Emit) -> None:
         self.spec = spec
@@ -647,6 +654,7 @@ class NeonizeSession:
         self._sent[engine_id] = None
         if len(self._sent) > 10_000:
             self._sent.popitem(last=False)
+        self._remember_sent(engine_id, content, message)
         # whatsmeow returns after the server accepted the message: that is the server ack
         self._report(Receipt(message_id=engine_id, status="server", peer=to))
         return engine_id
@@ -673,7 +681,22 @@ class NeonizeSession:
         from neonize.utils.enum import MediaType
 
         if isinstance(content, TextContent):
-            return e2e.Message(conversation=content.text)
+            mentions = list(content.mentions or [])
+            if content.mention_all:
+                mentions += await self._participants(gen, jid)
+            quote = self._recent.get(content.reply_to) if content.reply_to else None
+            return build_text(
+                content.text,
+                reply_to=content.reply_to,
+                quoted=quote,
+                mentions=mentions,
+            )
+        if isinstance(content, EditContent):
+            return build_edit(jid_text(jid), content.message_id, content.text)
+        if isinstance(content, RevokeContent):
+            return build_revoke(jid_text(jid), content.message_id)
+        if isinstance(content, PollContent):
+            return build_poll(content.name, content.options, content.selectable)
         if isinstance(content, LocationContent):
             return e2e.Message(
                 locationMessage=e2e.LocationMessage(
@@ -728,6 +751,44 @@ class NeonizeSession:
                 )
             )
         raise EngineError(f"unsupported content {type(content).__name__}")
+
+    async def _participants(self, gen: _Generation, jid: Any) -> list[str]:
+        """Every participant of a group, as chat ids ("mention everyone")."""
+        try:
+            info = await self._call(gen.client.get_group_info(jid))
+        except Exception as exc:
+            raise EngineError(f"group participants unavailable: {exc}") from None
+        found = []
+        for participant in info.Participants:
+            chat = phone_of(participant.JID) or jid_text(participant.JID)
+            if chat:
+                found.append(chat)
+        return found
+
+    def _remember_sent(self, engine_id: str, content: MessageContent, message: Any) -> None:
+        me = getattr(self._gen.client, "me", None) if self._gen is not None else None
+        own = jid_text(me.JID) if me is not None and me.HasField("JID") else ""
+        _bounded_put(self._recent, engine_id, (own, message))
+        if isinstance(content, PollContent):
+            _bounded_put(self._polls, engine_id, (content.name, list(content.options)))
+
+    async def _poll_vote(self, event: Any, inbound: Inbound) -> Inbound | None:
+        """Decrypt a poll vote (whatsmeow: ``decrypt_poll_vote``) and name the options."""
+        content = dict(inbound.content or {})
+        poll_id = str(content.get("message_id") or "")
+        poll = self._polls.get(poll_id)
+        gen = self._gen
+        if poll is None or gen is None or not gen.link_up:
+            log.info("poll vote for a poll this agent does not know", extra={"poll": poll_id})
+            return None
+        try:
+            vote = await self._call(gen.client.decrypt_poll_vote(event))
+        except Exception as exc:
+            log.warning("poll vote not decryptable", extra={"error": repr(exc)})
+            return None
+        content["poll"] = poll[0]
+        content["options"] = poll_option_names(poll[1], list(vote.selectedOptions))
+        return msgspec.structs.replace(inbound, content=content)
 
     # -- events from Go ------------------------------------------------------------------
 
@@ -900,6 +961,14 @@ class NeonizeSession:
         inbound = inbound_of(event)
         if inbound is None:
             return
+        if inbound.type == "poll_vote":
+            voted = await self._poll_vote(event, inbound)
+            if voted is None:
+                return
+            inbound = voted
+        else:
+            participant = jid_text(event.Info.MessageSource.Sender)
+            _bounded_put(self._recent, inbound.message_id, (participant, event.Message))
         if inbound.sender is None and inbound.sender_lid:
             inbound = msgspec.structs.replace(
                 inbound, sender=await self._phone_of_lid(inbound.sender_lid)
@@ -979,6 +1048,11 @@ def inbound_of(event: Any) -> Inbound | None:
     if source.IsFromMe:
         return None
     kind, text, extra = describe_message(event.Message)
+    if event.IsEdit and kind != "edit" and event.HasField("Raw"):
+        # whatsmeow unwrapped the edit (Message = the new content): the target is in Raw
+        raw_kind, raw_text, raw_extra = describe_message(event.Raw)
+        if raw_kind == "edit":
+            kind, text, extra = raw_kind, raw_text, raw_extra
     phone = phone_of(source.Sender) or phone_of(source.SenderAlt)
     lid = lid_of(source.Sender) or lid_of(source.SenderAlt)
     content: dict[str, object] = dict(extra)
@@ -999,6 +1073,103 @@ def inbound_of(event: Any) -> Inbound | None:
     )
 
 
+def _bounded_put(store: OrderedDict[str, Any], key: str, value: Any, limit: int = 2_000) -> None:
+    store[key] = value
+    if len(store) > limit:
+        store.popitem(last=False)
+
+
+def mention_jid(chat: str) -> str:
+    """The JID text WhatsApp expects in ``mentionedJID`` for a chat id."""
+    return chat if "@" in chat else f"{chat}@s.whatsapp.net"
+
+
+def build_text(
+    text: str,
+    *,
+    reply_to: str | None = None,
+    quoted: tuple[str, Any] | None = None,
+    mentions: list[str] | None = None,
+) -> Any:
+    """A text message; a reply or mentions make it an ``extendedTextMessage`` with a
+    ``contextInfo`` (quoted id, its sender, the quoted content, mentioned JIDs)."""
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    if reply_to is None and not mentions:
+        return e2e.Message(conversation=text)
+    context = e2e.ContextInfo()
+    if reply_to is not None:
+        context.stanzaID = reply_to
+        if quoted is not None:
+            participant, message = quoted
+            if participant:
+                context.participant = participant
+            if message is not None:
+                context.quotedMessage.CopyFrom(message)
+    if mentions:
+        context.mentionedJID.extend(dict.fromkeys(mention_jid(m) for m in mentions))
+    return e2e.Message(extendedTextMessage=e2e.ExtendedTextMessage(text=text, contextInfo=context))
+
+
+def build_edit(chat: str, message_id: str, text: str, now_ms: int | None = None) -> Any:
+    """whatsmeow's ``BuildEdit``: a MESSAGE_EDIT protocol message inside ``editedMessage``."""
+    from neonize.proto.waCommon.WACommon_pb2 import MessageKey
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    protocol = e2e.ProtocolMessage(
+        key=MessageKey(remoteJID=chat, fromMe=True, ID=message_id),
+        type=e2e.ProtocolMessage.MESSAGE_EDIT,
+        editedMessage=e2e.Message(conversation=text),
+        timestampMS=now_ms if now_ms is not None else int(time.time() * 1000),
+    )
+    return e2e.Message(
+        editedMessage=e2e.FutureProofMessage(message=e2e.Message(protocolMessage=protocol))
+    )
+
+
+def build_revoke(chat: str, message_id: str) -> Any:
+    """whatsmeow's ``BuildRevoke`` of our own message: a REVOKE protocol message."""
+    from neonize.proto.waCommon.WACommon_pb2 import MessageKey
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    return e2e.Message(
+        protocolMessage=e2e.ProtocolMessage(
+            key=MessageKey(remoteJID=chat, fromMe=True, ID=message_id),
+            type=e2e.ProtocolMessage.REVOKE,
+        )
+    )
+
+
+def build_poll(name: str, options: list[str], selectable: int, secret: bytes | None = None) -> Any:
+    """whatsmeow's ``BuildPollCreation``: the poll, and the 32-byte message secret votes
+    are encrypted with (``selectable`` 0 = any number of options)."""
+    import secrets as _secrets
+
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    if selectable < 0 or selectable > len(options):
+        selectable = 0
+    return e2e.Message(
+        pollCreationMessage=e2e.PollCreationMessage(
+            name=name,
+            options=[e2e.PollCreationMessage.Option(optionName=o) for o in options],
+            selectableOptionsCount=selectable,
+        ),
+        messageContextInfo=e2e.MessageContextInfo(
+            messageSecret=secret if secret is not None else _secrets.token_bytes(32)
+        ),
+    )
+
+
+def poll_option_names(options: list[str], selected: list[bytes]) -> list[str]:
+    """The names of the options a decrypted vote selected: WhatsApp sends the SHA-256 of
+    each chosen option's name; unknown hashes are left out."""
+    import hashlib
+
+    by_hash = {hashlib.sha256(o.encode()).digest(): o for o in options}
+    return [by_hash[h] for h in selected if h in by_hash]
+
+
 def vcard(name: str, phone: str) -> str:
     digits = "".join(c for c in phone if c.isdigit())
     safe = name.replace("\n", " ").replace(";", ",")
@@ -1009,10 +1180,39 @@ def describe_message(message: Any) -> tuple[str, str | None, dict[str, object]]:
     """(type, text, extra) of a WhatsApp message proto, for ``message.received``."""
     if message is None:
         return "unknown", None, {}
+    if message.HasField("editedMessage") and message.editedMessage.HasField("message"):
+        message = message.editedMessage.message  # FutureProofMessage around the edit
+    if message.HasField("protocolMessage"):
+        protocol = message.protocolMessage
+        target: dict[str, object] = {"message_id": str(protocol.key.ID)}
+        if protocol.type == 14:  # MESSAGE_EDIT
+            _, text, _ = describe_message(protocol.editedMessage)
+            return "edit", text, target
+        if protocol.type == 0:  # REVOKE
+            return "revoke", None, target
+        return "other", None, {}
     if message.conversation:
         return "text", str(message.conversation), {}
     if message.HasField("extendedTextMessage"):
-        return "text", str(message.extendedTextMessage.text), {}
+        extended = message.extendedTextMessage
+        return "text", str(extended.text), context_of(extended.contextInfo)
+    for poll_field in ("pollCreationMessage", "pollCreationMessageV2", "pollCreationMessageV3"):
+        if message.HasField(poll_field):
+            poll = getattr(message, poll_field)
+            return (
+                "poll",
+                str(poll.name),
+                {
+                    "options": [str(o.optionName) for o in poll.options],
+                    "selectable": int(poll.selectableOptionsCount),
+                },
+            )
+    if message.HasField("pollUpdateMessage"):
+        return (
+            "poll_vote",
+            None,
+            {"message_id": str(message.pollUpdateMessage.pollCreationMessageKey.ID)},
+        )
     for field, kind in (
         ("imageMessage", "image"),
         ("videoMessage", "video"),
@@ -1039,8 +1239,23 @@ def describe_message(message: Any) -> tuple[str, str | None, dict[str, object]]:
         return "contact", None, {"display_name": str(message.contactMessage.displayName)}
     if message.HasField("reactionMessage"):
         reaction = message.reactionMessage
-        return "reaction", str(reaction.text), {"message_id": str(reaction.key.ID)}
+        emoji = str(reaction.text)
+        return "reaction", emoji, {"message_id": str(reaction.key.ID), "emoji": emoji}
     return "other", None, {}
+
+
+def context_of(context: Any) -> dict[str, object]:
+    """What a ``contextInfo`` tells a receiver: the quoted message and the mentions."""
+    extra: dict[str, object] = {}
+    if context.stanzaID:
+        extra["reply_to"] = str(context.stanzaID)
+    mentions = []
+    for jid in context.mentionedJID:
+        user, _, server = str(jid).partition("@")
+        mentions.append(user if server == "s.whatsapp.net" else str(jid))
+    if mentions:
+        extra["mentions"] = mentions
+    return extra
 
 
 def _jpeg_thumbnail(data: bytes) -> bytes | None:

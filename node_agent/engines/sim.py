@@ -54,8 +54,10 @@ from node_agent.engines._base import (
 from node_agent.engines.sim_presence import Presence
 from node_agent.media import MediaPayload
 from node_agent.protocol import (
+    EditContent,
     MessageContent,
     NumberStatus,
+    PollContent,
     SessionSpec,
     TextContent,
 )
@@ -196,6 +198,33 @@ async def create_group(
     return chat
 
 
+async def vote(
+    nc: NATS,
+    voter: str,
+    poll_sender: str,
+    poll_id: str,
+    options: list[str],
+    *,
+    chat: str | None = None,
+) -> None:
+    """Act as the phone ``voter``: vote ``options`` (names) on the poll ``poll_id`` that
+    ``poll_sender`` sent (in ``chat`` when it is a group). The vote carries SHA-256 hashes
+    of the names, as WhatsApp's do."""
+    wire = Wire(
+        id="SIMV" + secrets.token_hex(8).upper(),
+        sender=voter,
+        sender_lid=lid_of(voter),
+        chat=chat,
+        type="poll_vote",
+        ts=time.time(),
+        content={
+            "message_id": poll_id,
+            "selected": [hashlib.sha256(o.encode()).hexdigest() for o in options],
+        },
+    )
+    await nc.request(f"zf.sim.inbox.{poll_sender}", _encode(wire), timeout=5)
+
+
 class SimEngine:
     name: Literal["sim"] = "sim"
 
@@ -331,6 +360,7 @@ class SimSession:
         self._pair_phone: str | None = None
         self._online = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._polls: dict[str, tuple[str, list[str]]] = {}  # polls we sent: id -> options
         self._presence = Presence(
             engine.nc,
             engine.kv,
@@ -511,7 +541,17 @@ class SimSession:
             self._spawn(self._send_read_receipt(wire, sender, read_after))
 
     def _on_wire(self, wire: Wire, sender: str | None) -> None:
-        """What the socket makes of a message it received (overridden per kind below)."""
+        """What the socket makes of a message it received."""
+        content = wire.content
+        if wire.type == "poll_vote" and content is not None:
+            # like WhatsApp: the vote names options by SHA-256; only the poll's sender
+            # knows the names (it keeps them, as whatsmeow's decrypt_poll_vote needs)
+            poll = self._polls.get(str(content.get("message_id")))
+            if poll is None:
+                return
+            by_hash = {hashlib.sha256(o.encode()).hexdigest(): o for o in poll[1]}
+            chosen = [by_hash[h] for h in content.get("selected", []) if h in by_hash]
+            content = {"message_id": content["message_id"], "poll": poll[0], "options": chosen}
         self.emit(
             Inbound(
                 message_id=wire.id,
@@ -521,7 +561,7 @@ class SimSession:
                 type=wire.type,
                 timestamp=wire.ts,
                 text=wire.text,
-                content=wire.content,
+                content=content,
             )
         )
 
@@ -598,6 +638,10 @@ class SimSession:
                 "filename": media.filename,
             }
         kind = chat_kind(to)
+        if isinstance(content, TextContent) and content.mention_all:
+            body["mentions"] = sorted(set(body.get("mentions") or []) | set(recipients))
+        if isinstance(content, PollContent):
+            self._polls[engine_id] = (content.name, list(content.options))
         wire = Wire(
             id=engine_id,
             sender=None if self.faults.lid_addressing else self.phone,
@@ -605,9 +649,11 @@ class SimSession:
             chat=to if kind in ("group", "newsletter") else None,
             type=type(content).__struct_config__.tag,  # type: ignore[arg-type]
             ts=time.time(),
-            text=content.text if isinstance(content, TextContent) else None,
+            text=content.text if isinstance(content, TextContent | EditContent) else None,
             content=body,
         )
+        if isinstance(content, PollContent):
+            wire.text = content.name
         self._spawn(self._deliver(to, recipients, wire))
         return engine_id
 
@@ -673,4 +719,5 @@ __all__ = [
     "inject_faults",
     "lid_of",
     "link",
+    "vote",
 ]

@@ -1,0 +1,73 @@
+"""The windows WhatsApp gives edits and revokes are checked when the send is accepted
+(node_agent/conversation.py): a closed window is refused up front, never a silent
+failure later. The windows are minutes and days, so the check is driven with its clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from node_agent.conversation import EDIT_WINDOW_S, REVOKE_WINDOW_S, Ledger
+from node_agent.protocol import (
+    EditContent,
+    ErrorCode,
+    RevokeContent,
+    SendMessage,
+    TextContent,
+)
+from node_agent.supervisor import AgentError
+
+
+def _ledger_with_one_sent_text() -> tuple[Ledger, float]:
+    ledger = Ledger()
+    ledger.accepted(
+        SendMessage(
+            session_id="k", message_id="m_1", to="15550001111", content=TextContent(text="x")
+        )
+    )
+    ledger.on_sent("m_1", "3EB0ONE")
+    sent_at = ledger.sent["m_1"].sent_at
+    assert sent_at is not None
+    return ledger, sent_at
+
+
+def _edit(target: str = "m_1") -> SendMessage:
+    return SendMessage(
+        session_id="k",
+        message_id="m_e",
+        to="15550001111",
+        content=EditContent(message_id=target, text="y"),
+    )
+
+
+def _revoke(target: str = "m_1") -> SendMessage:
+    return SendMessage(
+        session_id="k", message_id="m_r", to="15550001111", content=RevokeContent(message_id=target)
+    )
+
+
+def test_an_edit_inside_the_window_passes_and_one_past_it_is_refused() -> None:
+    ledger, sent_at = _ledger_with_one_sent_text()
+    ledger.check(_edit(), now=sent_at + EDIT_WINDOW_S - 1)
+    ledger.check(_edit("3EB0ONE"), now=sent_at + 1)  # by WhatsApp's id too
+    with pytest.raises(AgentError) as refused:
+        ledger.check(_edit(), now=sent_at + EDIT_WINDOW_S + 1)
+    assert refused.value.code is ErrorCode.EDIT_WINDOW_CLOSED
+    assert "900 s" in refused.value.message
+
+
+def test_a_revoke_inside_the_window_passes_and_one_past_it_is_refused() -> None:
+    ledger, sent_at = _ledger_with_one_sent_text()
+    ledger.check(_revoke(), now=sent_at + REVOKE_WINDOW_S - 1)
+    with pytest.raises(AgentError) as refused:
+        ledger.check(_revoke(), now=sent_at + REVOKE_WINDOW_S + 1)
+    assert refused.value.code is ErrorCode.REVOKE_WINDOW_CLOSED
+
+
+def test_a_failed_message_cannot_be_edited_and_the_engine_gets_whatsapps_ids() -> None:
+    ledger, _ = _ledger_with_one_sent_text()
+    prepared = ledger.for_engine(EditContent(message_id="m_1", text="y"))
+    assert prepared == EditContent(message_id="3EB0ONE", text="y")
+    ledger.on_failed("m_1")
+    with pytest.raises(AgentError) as refused:
+        ledger.check(_edit())
+    assert refused.value.code is ErrorCode.MESSAGE_NOT_FOUND

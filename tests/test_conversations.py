@@ -14,7 +14,15 @@ import msgspec
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 
-from node_agent.engines.sim import Faults, create_group, inject_faults, lid_of, link, qr_session_id
+from node_agent.engines.sim import (
+    Faults,
+    create_group,
+    inject_faults,
+    lid_of,
+    link,
+    qr_session_id,
+    vote,
+)
 from node_agent.protocol import Event
 from tests.agent_support import EventLog, phone
 from tests.conftest import Stack
@@ -349,3 +357,81 @@ async def test_edit_revoke_reply_and_reaction_removal_by_nats_command(chat: Chat
         {"session_id": a.name, "message": {"type": "revoke", "to": b.phone, "message_id": "m_x"}},
     )
     assert (refused["code"], refused["status"]) == ("message_not_found", 422)
+
+
+# -- 3. polls ------------------------------------------------------------------------------
+
+
+async def test_a_poll_and_its_votes_by_name(chat: Chat) -> None:
+    group = await create_group(chat.nc, [chat.a.phone, chat.b.phone, chat.c.phone])
+    options = ["Red", "Green", "Blue"]
+    sent = await chat.send(
+        chat.a,
+        {"type": "poll", "to": group, "name": "Colour?", "options": options, "selectable": 0},
+    )
+    poll = await _received(chat, chat.a, chat.b, sent)
+    assert (poll.data["type"], poll.data["text"], poll.data["chat"]) == ("poll", "Colour?", group)
+    assert poll.data["content"]["options"] == options
+    assert poll.data["content"]["selectable"] == 0
+    engine_id = poll.data["message_id"]
+
+    await vote(chat.nc, chat.b.phone, chat.a.phone, engine_id, ["Blue", "Red"], chat=group)
+    seen = await chat.seen_by(chat.a, "message.poll_vote", lambda e: e.data["message_id"] == sent)
+    assert seen.data["options"] == ["Blue", "Red"]
+    assert seen.data["poll"] == "Colour?"
+    assert (seen.data["from"], seen.data["from_lid"]) == (chat.b.phone, chat.b.lid)
+    assert (seen.data["chat"], seen.data["is_group"], seen.data["from_me"]) == (group, True, True)
+    assert seen.data["engine_message_id"] == engine_id
+    # a changed vote replaces the choice; an empty one withdraws it
+    await vote(chat.nc, chat.c.phone, chat.a.phone, engine_id, [], chat=group)
+    withdrawn = await chat.seen_by(
+        chat.a, "message.poll_vote", lambda e: e.data["from"] == chat.c.phone
+    )
+    assert withdrawn.data["options"] == []
+
+
+async def test_a_single_choice_poll_by_nats_command(chat: Chat) -> None:
+    answer = await chat.command(
+        "message_send",
+        {
+            "session_id": chat.b.name,
+            "message": {"type": "poll", "to": chat.a.phone, "name": "Yes?", "options": ["y", "n"]},
+        },
+    )
+    assert answer["kind"] == "ok", answer
+    sent = answer["value"]["message_id"]
+    poll = await _received(chat, chat.b, chat.a, sent)
+    assert poll.data["content"]["selectable"] == 1 and poll.data["content"]["options"] == ["y", "n"]
+    await vote(chat.nc, chat.a.phone, chat.b.phone, poll.data["message_id"], ["n"])
+    seen = await chat.seen_by(chat.b, "message.poll_vote", lambda e: e.data["message_id"] == sent)
+    assert (seen.data["options"], seen.data["from"], seen.data["chat"]) == (
+        ["n"],
+        chat.a.phone,
+        chat.a.phone,
+    )
+    duplicate = await chat.command(
+        "message_send",
+        {
+            "session_id": chat.b.name,
+            "message": {"type": "poll", "to": chat.a.phone, "name": "?", "options": ["y", "y "]},
+        },
+    )
+    assert (duplicate["code"], duplicate["status"]) == ("invalid_poll", 422)
+
+
+async def test_polls_outside_whatsapps_limits_are_refused(chat: Chat) -> None:
+    url = f"/v1/sessions/{chat.a.name}/messages"
+    poll = {"type": "poll", "to": chat.b.phone, "name": "Q"}
+    for options, extra, status, code in (
+        (["only"], {}, 400, "invalid_body"),
+        ([f"o{i}" for i in range(13)], {}, 400, "invalid_body"),
+        (["a", "b", "a"], {}, 422, "invalid_poll"),
+        (["a", "  "], {}, 422, "invalid_poll"),
+        (["a", "b"], {"selectable": 3}, 422, "invalid_poll"),
+        (["a", "b"], {"selectable": -1}, 400, "invalid_body"),
+        (["a", "x" * 101], {}, 400, "invalid_body"),
+    ):
+        response = await chat.api.post(url, json={**poll, "options": options, **extra})
+        assert_problem(response, status, code)
+    twelve = await chat.api.post(url, json={**poll, "options": [f"o{i}" for i in range(12)]})
+    assert twelve.status_code == 202, twelve.text

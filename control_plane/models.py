@@ -76,6 +76,9 @@ class Pacing(p.PacingSettings, kw_only=True, forbid_unknown_fields=True):
     jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.3
     daily_cap: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 1000
     queue_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
+    typing_before_send: bool = False
+    typing_s_per_char: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
+    typing_max_s: Annotated[float, msgspec.Meta(ge=0, le=30)] = 5.0
 
 
 class CreateSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -297,6 +300,36 @@ class PairCodeBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class PairCodeView(msgspec.Struct, kw_only=True):
     session_id: str
     code: str
+
+
+# -- chats: read marks and presence (issue 15) -------------------------------------------------
+
+
+class ReadChat(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Mark messages of ``chat`` read; without ``message_ids`` every message received in
+    it that this session has not marked read yet."""
+
+    chat: ChatId
+    message_ids: Annotated[list[MessageRef], msgspec.Meta(max_length=1000)] | None = None
+
+
+class ChatReadView(msgspec.Struct, kw_only=True):
+    session_id: str
+    chat: str
+    marked: list[str]
+
+
+class PresenceBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Show ``typing`` or ``recording`` (audio) in ``chat``, or stop (``paused``)."""
+
+    chat: ChatId
+    state: p.ChatPresenceState
+
+
+class PresenceView(msgspec.Struct, kw_only=True):
+    session_id: str
+    chat: str
+    state: p.ChatPresenceState
 
 
 # -- messages: history, number checks ------------------------------------------------------

@@ -38,6 +38,9 @@ from node_agent.protocol import (
     NODES_BUCKET,
     SERVICE_NAME,
     SESSIONS_BUCKET,
+    ChatPresence,
+    ChatRead,
+    ChatReadDone,
     CheckNumbers,
     ConfigureSession,
     DestroySession,
@@ -91,11 +94,14 @@ CONCURRENT_OPS = frozenset(
         Op.CONTACTS_CHECK,
         Op.HISTORY_LIST,
         Op.NODE_INFO,
+        Op.CHAT_READ,
+        Op.CHAT_PRESENCE,
     }
 )
 # a start reply waits this long at most for the engine's connect call to return
 START_SETTLE_S = 0.25
-RESTORE_ATTEMPT_S = 20.0  # one outbox read at a start; past it, tried again
+RESTORE_ATTEMPT_S = 20.0
+MAX_READ_IDS = 1000  # one outbox read at a start; past it, tried again
 
 SESSIONS = Gauge("zapfleet_agent_sessions", "Sessions by state", ["state"])
 CAPACITY = Gauge("zapfleet_agent_capacity", "Maximum sessions of this agent")
@@ -287,6 +293,8 @@ class Agent:
             Op.MESSAGE_SEND: (SendMessage, self.op_send),
             Op.CONTACTS_CHECK: (CheckNumbers, self.op_check),
             Op.HISTORY_LIST: (HistoryRequest, self.op_history),
+            Op.CHAT_READ: (ChatRead, self.op_chat_read),
+            Op.CHAT_PRESENCE: (ChatPresence, self.op_chat_presence),
             Op.NODE_INFO: (Empty, self.op_node_info),
         }
         for op, (request_type, handler) in routes.items():
@@ -572,6 +580,8 @@ class Agent:
             or pacing.daily_cap < 0
             or pacing.min_gap_per_recipient_s < 0
             or not 0 <= pacing.jitter <= 1
+            or not 0 <= pacing.typing_s_per_char <= 1
+            or not 0 <= pacing.typing_max_s <= 30
         ):
             raise AgentError(ErrorCode.INVALID_REQUEST, f"invalid pacing settings: {pacing}")
         supervisor.reconfigure(pacing, request.device_name, request.proxy)
@@ -695,6 +705,41 @@ class Agent:
         supervisor = self._get(SessionRef(session_id=request.session_id))
         limit = max(1, min(request.limit, 1000))
         return History(messages=list(supervisor.history)[-limit:][::-1])
+
+    # -- chats: read marks and presence (issue 15) ---------------------------------------
+
+    def _connected(self, session_id: str) -> SessionSupervisor:
+        supervisor = self._get(SessionRef(session_id=session_id))
+        if supervisor.state is not SessionState.CONNECTED:
+            raise AgentError(ErrorCode.NOT_CONNECTED, f"session is {supervisor.state}")
+        return supervisor
+
+    async def op_chat_read(self, request: ChatRead) -> ChatReadDone:
+        """Read receipts now (not queued: they are not messages). No ids: every message
+        received in the chat that was not marked read yet."""
+        chat = normalize_chat_id(request.chat)
+        if len(request.message_ids) > MAX_READ_IDS:
+            raise AgentError(
+                ErrorCode.INVALID_REQUEST, f"mark at most {MAX_READ_IDS} messages per call"
+            )
+        supervisor = self._connected(request.session_id)
+        ids = list(dict.fromkeys(request.message_ids)) or supervisor.ledger.unread(chat)
+        if ids:
+            try:
+                await supervisor.engine.mark_read(chat, ids)
+            except Exception as exc:
+                raise AgentError(ErrorCode.ENGINE_ERROR, str(exc)) from None
+            supervisor.ledger.marked_read(ids)
+        return ChatReadDone(chat=chat, marked=ids)
+
+    async def op_chat_presence(self, request: ChatPresence) -> Empty:
+        request.chat = normalize_chat_id(request.chat)
+        supervisor = self._connected(request.session_id)
+        try:
+            await supervisor.engine.send_presence(request.chat, request.state)
+        except Exception as exc:
+            raise AgentError(ErrorCode.ENGINE_ERROR, str(exc)) from None
+        return Empty()
 
     async def op_node_info(self, _: Empty) -> NodeInfo:
         return self.node_info()

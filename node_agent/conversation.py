@@ -63,6 +63,7 @@ class Ledger:
         self.sent: OrderedDict[str, Sent] = OrderedDict()  # our id -> what we sent
         self.by_engine: OrderedDict[str, str] = OrderedDict()  # engine id -> our id
         self.received: OrderedDict[str, str] = OrderedDict()  # engine id -> chat
+        self.read: OrderedDict[str, None] = OrderedDict()  # received ids marked read
 
     def _put(self, store: OrderedDict[str, Any], key: str, value: Any) -> None:
         store[key] = value
@@ -89,6 +90,14 @@ class Ledger:
 
     def on_received(self, engine_id: str, chat: str) -> None:
         self._put(self.received, engine_id, chat)
+
+    def unread(self, chat: str) -> list[str]:
+        """Messages received in ``chat`` not marked read yet, oldest first."""
+        return [m for m, c in self.received.items() if c == chat and m not in self.read]
+
+    def marked_read(self, message_ids: list[str]) -> None:
+        for message_id in message_ids:
+            self._put(self.read, message_id, None)
 
     def ours(self, message_id: str) -> tuple[str, Sent] | None:
         """(our id, entry) of a message we sent, by our id or by WhatsApp's."""

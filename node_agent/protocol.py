@@ -103,6 +103,8 @@ class Op(enum.StrEnum):
     MESSAGE_SEND = "message_send"
     CONTACTS_CHECK = "contacts_check"
     HISTORY_LIST = "history_list"
+    CHAT_READ = "chat_read"
+    CHAT_PRESENCE = "chat_presence"
     NODE_INFO = "node_info"
 
 
@@ -179,6 +181,11 @@ class PacingSettings(msgspec.Struct, kw_only=True):
     jitter: float = 0.3
     daily_cap: int = 1000
     queue_size: int = 500
+    # "type before send" (issue 15): show "typing…" in the chat before each text goes,
+    # for typing_s_per_char per character, at most typing_max_s
+    typing_before_send: bool = False
+    typing_s_per_char: float = 0.05
+    typing_max_s: float = 5.0
 
 
 class SessionSpec(msgspec.Struct, kw_only=True):
@@ -405,6 +412,33 @@ class NumberStatuses(msgspec.Struct, kw_only=True):
     results: list[NumberStatus]
 
 
+# -- chats: read marks and presence (issue 15) --------------------------------------------
+
+ChatPresenceState = Literal["typing", "recording", "paused"]
+
+
+class ChatRead(msgspec.Struct, kw_only=True):
+    """Mark messages of a chat read (blue ticks for their senders). No ids: every message
+    received in the chat that this session has not marked read yet."""
+
+    session_id: str
+    chat: str
+    message_ids: list[str] = msgspec.field(default_factory=list)
+
+
+class ChatReadDone(msgspec.Struct, kw_only=True):
+    chat: str
+    marked: list[str]
+
+
+class ChatPresence(msgspec.Struct, kw_only=True):
+    """Show "typing…" / "recording audio…" in a chat, or stop (``paused``)."""
+
+    session_id: str
+    chat: str
+    state: ChatPresenceState
+
+
 class HistoryRequest(msgspec.Struct, kw_only=True):
     session_id: str
     limit: int = 50
@@ -464,6 +498,7 @@ class EventType(enum.StrEnum):
     MESSAGE_REVOKED = "message.revoked"
     MESSAGE_REACTION = "message.reaction"
     MESSAGE_POLL_VOTE = "message.poll_vote"
+    CHAT_PRESENCE = "chat.presence"
     NODE_UP = "node.up"
     NODE_DOWN = "node.down"
     SESSION_MOVED = "session.moved"

@@ -34,6 +34,7 @@ from node_agent.engines._base import (
     Inbound,
     LoggedOut,
     Paired,
+    PresenceSeen,
     QrShown,
     Receipt,
 )
@@ -49,6 +50,7 @@ from node_agent.protocol import (
     MessageContent,
     MessageRecord,
     PacingSettings,
+    PollContent,
     QrCode,
     SendMessage,
     SessionInfo,
@@ -67,6 +69,11 @@ SEND_SECONDS = Histogram(
     "zapfleet_agent_send_seconds",
     "Engine send latency (after pacing)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+TYPING_SECONDS = Histogram(
+    "zapfleet_agent_typing_before_send_seconds",
+    "Typing shown before a send (pacing: type before send)",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
 QUEUE_DEPTH = Gauge("zapfleet_agent_send_queue_depth", "Messages waiting in send queues")
 
@@ -407,6 +414,8 @@ class SessionSupervisor:
                 self._on_inbound(event)
             case Receipt():
                 self._on_receipt(event)
+            case PresenceSeen():
+                self._on_presence(event)
 
     def _on_failure(self, reason: str, *, fatal: bool = False) -> None:
         if self._ending:
@@ -588,6 +597,7 @@ class SessionSupervisor:
             self._finish_failed(item, ErrorCode.MESSAGE_NOT_FOUND, prepared)
             return
         content = prepared
+        await self._type_before(request.to, content)
         started = time.perf_counter()
         item.attempts += 1
         try:
@@ -621,6 +631,39 @@ class SessionSupervisor:
                 "to": request.to,
                 "type": _content_type(request),
                 "queued_ms": round((time.time() - item.queued_at) * 1000, 1),
+            },
+        )
+
+    async def _type_before(self, to: str, content: MessageContent) -> None:
+        """Pacing's "type before send": "typing…" in the chat for a time proportional to
+        the text, bounded by ``typing_max_s``, then the message. Ban protection users
+        ask for; a failed indicator never holds the message back."""
+        pacing = self.spec.pacing
+        if not pacing.typing_before_send or not isinstance(content, TextContent | PollContent):
+            return
+        text = content.text if isinstance(content, TextContent) else content.name
+        duration = min(pacing.typing_max_s, len(text) * pacing.typing_s_per_char)
+        if duration <= 0:
+            return
+        try:
+            await self._engine.send_presence(to, "typing")
+        except Exception as exc:
+            log.info("typing indicator failed", extra={"error": repr(exc)})
+            return
+        TYPING_SECONDS.observe(duration)
+        await asyncio.sleep(duration)
+
+    def _on_presence(self, event: PresenceSeen) -> None:
+        self.events.emit(
+            EventType.CHAT_PRESENCE,
+            self.tenant,
+            self.session_id,
+            {
+                "chat": event.chat,
+                "from": event.sender,
+                "from_lid": event.sender_lid,
+                "is_group": is_group(event.chat),
+                "state": event.state,
             },
         )
 

@@ -5,6 +5,7 @@ commands (``zf.api.<tenant>.<op>``)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -435,3 +436,132 @@ async def test_polls_outside_whatsapps_limits_are_refused(chat: Chat) -> None:
         assert_problem(response, status, code)
     twelve = await chat.api.post(url, json={**poll, "options": [f"o{i}" for i in range(12)]})
     assert twelve.status_code == 202, twelve.text
+
+
+# -- 4. presence: read marks, typing, type before send ---------------------------------------
+
+
+async def test_mark_a_chat_read_and_typing_indicators(chat: Chat) -> None:
+    a, b = chat.a, chat.b
+    await inject_faults(chat.nc, b.key, Faults(auto_read=False))  # b reads only when told
+    try:
+        sent = [
+            await chat.send(a, {"type": "text", "to": b.phone, "text": f"n{i}"}) for i in (1, 2)
+        ]
+        engine_ids = [(await _received(chat, a, b, m)).data["message_id"] for m in sent]
+        read = await chat.api.post(f"/v1/sessions/{b.name}/read", json={"chat": "+" + a.phone})
+        assert read.status_code == 200, read.text
+        assert read.json() == {"session_id": b.name, "chat": a.phone, "marked": engine_ids}
+        for message_id in sent:
+            ack = await chat.log.wait_for(
+                lambda e, m=message_id: (
+                    e.session_id == a.name
+                    and e.type == "message.ack"
+                    and e.data["message_id"] == m
+                    and e.data["status"] == "read"
+                )
+            )
+            assert ack.data["peer"] == b.phone
+        again = await chat.api.post(f"/v1/sessions/{b.name}/read", json={"chat": a.phone})
+        assert again.json()["marked"] == []
+    finally:
+        await inject_faults(chat.nc, b.key, Faults())
+
+    typing = await chat.api.post(
+        f"/v1/sessions/{a.name}/presence", json={"chat": b.phone, "state": "typing"}
+    )
+    assert typing.json() == {"session_id": a.name, "chat": b.phone, "state": "typing"}
+    seen = await chat.seen_by(b, "chat.presence", lambda e: e.data["from"] == a.phone)
+    assert seen.data == {
+        "chat": a.phone,
+        "from": a.phone,
+        "from_lid": a.lid,
+        "is_group": False,
+        "state": "typing",
+    }
+    group = await create_group(chat.nc, [a.phone, b.phone, chat.c.phone])
+    await chat.api.post(
+        f"/v1/sessions/{a.name}/presence", json={"chat": group, "state": "recording"}
+    )
+    in_group = await chat.seen_by(chat.c, "chat.presence", lambda e: e.data["chat"] == group)
+    assert (in_group.data["from"], in_group.data["state"], in_group.data["is_group"]) == (
+        a.phone,
+        "recording",
+        True,
+    )
+    url = f"/v1/sessions/{a.name}/presence"
+    assert_problem(
+        await chat.api.post(url, json={"chat": b.phone, "state": "dancing"}), 400, "invalid_body"
+    )
+    assert_problem(
+        await chat.api.post(url, json={"chat": "1@g.us", "state": "typing"}), 422, "invalid_chat_id"
+    )
+    too_many = {"chat": b.phone, "message_ids": [f"x{i}" for i in range(1001)]}
+    assert_problem(
+        await chat.api.post(f"/v1/sessions/{a.name}/read", json=too_many), 400, "invalid_body"
+    )
+
+
+async def test_read_and_presence_by_nats_command(chat: Chat) -> None:
+    a, c = chat.a, chat.c
+    await inject_faults(chat.nc, c.key, Faults(auto_read=False))
+    try:
+        sent = await chat.send(a, {"type": "text", "to": c.phone, "text": "cmd read"})
+        engine_id = (await _received(chat, a, c, sent)).data["message_id"]
+        read = await chat.command(
+            "chat_read", {"session_id": c.name, "chat": a.phone, "message_ids": [engine_id]}
+        )
+        assert read == {
+            "kind": "ok",
+            "value": {"session_id": c.name, "chat": a.phone, "marked": [engine_id]},
+        }
+        ack = await chat.log.wait_for(
+            lambda e: (
+                e.session_id == a.name
+                and e.type == "message.ack"
+                and e.data["message_id"] == sent
+                and e.data["status"] == "read"
+            )
+        )
+        assert ack.data["peer"] == c.phone
+    finally:
+        await inject_faults(chat.nc, c.key, Faults())
+    shown = await chat.command(
+        "chat_presence", {"session_id": c.name, "chat": a.phone, "state": "paused"}
+    )
+    assert shown["kind"] == "ok", shown
+    seen = await chat.seen_by(
+        a, "chat.presence", lambda e: e.data["from"] == c.phone and e.data["state"] == "paused"
+    )
+    assert (seen.data["chat"], seen.data["from_lid"]) == (c.phone, c.lid)
+    bad = await chat.command("chat_presence", {"session_id": c.name, "chat": a.phone, "state": "x"})
+    assert (bad["code"], bad["status"]) == ("invalid_body", 400)
+
+
+async def test_type_before_send_shows_typing_first_for_a_bounded_time(chat: Chat) -> None:
+    a, b = chat.a, chat.b
+    settings = f"/v1/sessions/{a.name}/settings"
+    pacing = {
+        **NO_PACING,
+        "typing_before_send": True,
+        "typing_s_per_char": 0.01,
+        "typing_max_s": 0.3,
+    }
+    assert (await chat.api.patch(settings, json={"pacing": pacing})).status_code == 200
+    try:
+        # 1000 characters at 0.01 s would be 10 s of typing: bounded to 0.3 s
+        started = time.time()
+        sent = await chat.send(a, {"type": "text", "to": b.phone, "text": "x" * 1000})
+        received = await _received(chat, a, b, sent)
+        typing = await chat.seen_by(
+            b, "chat.presence", lambda e: e.data["from"] == a.phone and e.ts >= started
+        )
+        assert typing.data["state"] == "typing"
+        assert chat.log.events.index(typing) < chat.log.events.index(received)
+        assert received.ts - typing.ts >= 0.3 * 0.95  # it waited the bound (clock slack)
+        sent_event = await chat.sent(a, sent)
+        assert sent_event.data["queued_ms"] >= 0.3 * 0.95 * 1000
+    finally:
+        await chat.api.patch(settings, json={"pacing": NO_PACING})
+    bad = {"pacing": {**pacing, "typing_max_s": 31}}
+    assert_problem(await chat.api.patch(settings, json=bad), 400, "invalid_body")

@@ -254,3 +254,45 @@ def test_inbound_replies_mentions_polls_and_votes() -> None:
 
     chosen = [hashlib.sha256(b"Sushi").digest(), hashlib.sha256(b"Unknown").digest()]
     assert poll_option_names(["Pizza", "Sushi"], chosen) == ["Sushi"]
+
+
+# -- presence -----------------------------------------------------------------------------------
+
+
+def test_typing_recording_and_paused_map_to_whatsmeows_chat_presence() -> None:
+    from neonize.utils.enum import ChatPresence, ChatPresenceMedia
+
+    from node_agent.engines.neonize import chat_presence_args
+
+    assert chat_presence_args("typing") == (
+        ChatPresence.CHAT_PRESENCE_COMPOSING,
+        ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT,
+    )
+    assert chat_presence_args("recording") == (
+        ChatPresence.CHAT_PRESENCE_COMPOSING,
+        ChatPresenceMedia.CHAT_PRESENCE_MEDIA_AUDIO,
+    )
+    assert chat_presence_args("paused")[0] == ChatPresence.CHAT_PRESENCE_PAUSED
+
+
+def test_inbound_chat_presence_names_chat_and_person_without_lids_as_phones() -> None:
+    from neonize.proto.Neonize_pb2 import ChatPresence, MessageSource
+
+    from node_agent.engines.neonize import presence_of
+
+    source = MessageSource(
+        Chat=_jid("120363012345678901", "g.us"), Sender=_jid("5544332211", "lid"), IsGroup=True
+    )
+    source.SenderAlt.CopyFrom(_jid("15550003333", "s.whatsapp.net"))
+    seen = presence_of(ChatPresence(MessageSource=source, State=1, Media=2))
+    assert seen is not None
+    assert (seen.chat, seen.sender, seen.sender_lid, seen.state) == (
+        "120363012345678901@g.us",
+        "15550003333",
+        "5544332211@lid",
+        "recording",
+    )
+    alone = MessageSource(Chat=_jid("5544332211", "lid"), Sender=_jid("5544332211", "lid"))
+    paused = presence_of(ChatPresence(MessageSource=alone, State=2, Media=1))
+    assert paused is not None
+    assert (paused.chat, paused.sender, paused.state) == ("5544332211@lid", None, "paused")

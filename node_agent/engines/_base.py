@@ -71,7 +71,18 @@ class Receipt(msgspec.Struct, frozen=True):
     peer: str | None = None
 
 
-EngineEvent = QrShown | Paired | Connected | Disconnected | LoggedOut | Inbound | Receipt
+class PresenceSeen(msgspec.Struct, frozen=True):
+    """Someone is typing or recording in a chat with this account (or stopped)."""
+
+    chat: str
+    sender: str | None
+    state: Literal["typing", "recording", "paused"]
+    sender_lid: str | None = None
+
+
+EngineEvent = (
+    QrShown | Paired | Connected | Disconnected | LoggedOut | Inbound | Receipt | PresenceSeen
+)
 Emit = Callable[[EngineEvent], None]
 
 
@@ -107,6 +118,14 @@ class EngineSession(Protocol):
 
     async def ping(self) -> bool:
         """Cheap liveness probe used by the watchdog."""
+
+    async def mark_read(self, chat: str, message_ids: list[str]) -> None:
+        """Send read receipts for received messages of ``chat`` (issue 15)."""
+
+    async def send_presence(
+        self, chat: str, state: Literal["typing", "recording", "paused"]
+    ) -> None:
+        """Show typing / recording in ``chat``, or stop showing it (``paused``)."""
 
 
 class Engine(Protocol):

@@ -66,6 +66,7 @@ from node_agent.engines._base import (
     Inbound,
     LoggedOut,
     Paired,
+    PresenceSeen,
     QrShown,
     Receipt,
 )
@@ -752,6 +753,47 @@ class NeonizeSession:
             )
         raise EngineError(f"unsupported content {type(content).__name__}")
 
+    async def mark_read(self, chat: str, message_ids: list[str]) -> None:
+        """Read receipts (whatsmeow ``MarkRead``), one call per sender: in a group each
+        message's participant, else the chat itself."""
+        from neonize.utils.enum import ReceiptType
+
+        gen = self._online()
+        chat_jid = _parse_jid(chat)
+        by_sender: dict[str, list[str]] = {}
+        for message_id in message_ids:
+            participant = self._recent.get(message_id, ("", None))[0]
+            by_sender.setdefault(participant or jid_text(chat_jid), []).append(message_id)
+        for sender, ids in by_sender.items():
+            try:
+                await self._call(
+                    gen.client.mark_read(
+                        *ids, chat=chat_jid, sender=_parse_jid(sender), receipt=ReceiptType.READ
+                    )
+                )
+            except TimeoutError:
+                raise EngineError("mark read timed out") from None
+            except Exception as exc:
+                raise EngineError(f"mark read failed: {exc}") from None
+
+    async def send_presence(
+        self, chat: str, state: Literal["typing", "recording", "paused"]
+    ) -> None:
+        """Typing / recording indicators (whatsmeow ``SendChatPresence``)."""
+        gen = self._online()
+        presence, media = chat_presence_args(state)
+        try:
+            await self._call(gen.client.send_chat_presence(_parse_jid(chat), presence, media))
+        except TimeoutError:
+            raise EngineError("chat presence timed out") from None
+        except Exception as exc:
+            raise EngineError(f"chat presence failed: {exc}") from None
+
+    def _on_chat_presence(self, event: Any) -> None:
+        seen = presence_of(event)
+        if seen is not None:
+            self._report(seen)
+
     async def _participants(self, gen: _Generation, jid: Any) -> list[str]:
         """Every participant of a group, as chat ids ("mention everyone")."""
         try:
@@ -841,6 +883,7 @@ class NeonizeSession:
         handler(ev.KeepAliveRestoredEv, lambda e: self._on_keepalive(gen, 0))
         handler(ev.MessageEv, self._on_message)
         handler(ev.ReceiptEv, self._on_receipt)
+        handler(ev.ChatPresenceEv, self._on_chat_presence)
         handler(ev.StreamErrorEv, lambda e: log.warning("stream error", extra={"code": e.Code}))
 
         async def on_qr(_: Any, data: bytes) -> None:
@@ -1077,6 +1120,40 @@ def _bounded_put(store: OrderedDict[str, Any], key: str, value: Any, limit: int 
     store[key] = value
     if len(store) > limit:
         store.popitem(last=False)
+
+
+def chat_presence_args(state: str) -> tuple[Any, Any]:
+    """neonize's (ChatPresence, ChatPresenceMedia) of a presence state."""
+    from neonize.utils.enum import ChatPresence, ChatPresenceMedia
+
+    if state == "paused":
+        return ChatPresence.CHAT_PRESENCE_PAUSED, ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
+    media = (
+        ChatPresenceMedia.CHAT_PRESENCE_MEDIA_AUDIO
+        if state == "recording"
+        else (ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT)
+    )
+    return ChatPresence.CHAT_PRESENCE_COMPOSING, media
+
+
+def presence_of(event: Any) -> PresenceSeen | None:
+    """The :class:`PresenceSeen` of a whatsmeow ChatPresence event (State 1 composing,
+    2 paused; Media 2 audio = recording)."""
+    source = event.MessageSource
+    if source.IsFromMe:
+        return None
+    state: Literal["typing", "recording", "paused"]
+    if int(event.State) == 2:
+        state = "paused"
+    else:
+        state = "recording" if int(event.Media) == 2 else "typing"
+    phone = phone_of(source.Sender) or phone_of(source.SenderAlt)
+    lid = lid_of(source.Sender) or lid_of(source.SenderAlt)
+    if source.IsGroup:
+        chat = jid_text(source.Chat)
+    else:
+        chat = phone_of(source.Chat) or phone or jid_text(source.Chat)
+    return PresenceSeen(chat=chat, sender=phone, sender_lid=lid, state=state)
 
 
 def mention_jid(chat: str) -> str:

@@ -27,6 +27,7 @@ import logging
 import random
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -48,6 +49,7 @@ from node_agent.engines._base import (
     Inbound,
     LoggedOut,
     Paired,
+    PresenceSeen,
     QrShown,
     Receipt,
 )
@@ -95,6 +97,7 @@ class Faults(msgspec.Struct, kw_only=True):
     # not faults but network behaviours of this account (issue 15): send with LID
     # addressing (the phone is hidden; receivers resolve it like ``get_pn_from_lid``)
     lid_addressing: bool = False
+    auto_read: bool = True  # read received messages by itself after read_after_s
 
 
 class LinkRequest(msgspec.Struct, kw_only=True):
@@ -124,6 +127,15 @@ class WireReceipt(msgspec.Struct, kw_only=True):
     id: str
     status: Literal["delivered", "read"]
     peer: str
+
+
+class WirePresence(msgspec.Struct, kw_only=True):
+    """Typing / recording / paused in a chat, from one account to another."""
+
+    sender: str | None
+    sender_lid: str | None
+    state: Literal["typing", "recording", "paused"]
+    chat: str | None = None
 
 
 class Account(msgspec.Struct, kw_only=True):
@@ -361,6 +373,7 @@ class SimSession:
         self._online = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._polls: dict[str, tuple[str, list[str]]] = {}  # polls we sent: id -> options
+        self._received: OrderedDict[str, str] = OrderedDict()  # received id -> sender phone
         self._presence = Presence(
             engine.nc,
             engine.kv,
@@ -508,6 +521,7 @@ class SimSession:
         self.phone = phone
         self._subs.append(await self.nc.subscribe(f"zf.sim.inbox.{phone}", cb=self._on_inbox))
         self._subs.append(await self.nc.subscribe(f"zf.sim.receipt.{phone}", cb=self._on_receipt))
+        self._subs.append(await self.nc.subscribe(f"zf.sim.typing.{phone}", cb=self._on_typing))
         self._online = True
         self.emit(Connected(phone=phone))
 
@@ -536,7 +550,13 @@ class SimSession:
         if sender is None and wire.sender_lid:
             sender = await self.engine.phone_of_lid(wire.sender_lid)  # get_pn_from_lid
         self._on_wire(wire, sender)
+        if sender is not None:
+            self._received[wire.id] = sender
+            if len(self._received) > 10_000:
+                self._received.popitem(last=False)
         read_after = self.engine.config.read_after_s
+        if not self.faults.auto_read:
+            read_after = None
         if read_after is not None and self.phone is not None and sender is not None:
             self._spawn(self._send_read_receipt(wire, sender, read_after))
 
@@ -571,6 +591,52 @@ class SimSession:
             return
         receipt = WireReceipt(id=wire.id, status="read", peer=self.phone)
         await self.nc.publish(f"zf.sim.receipt.{sender}", _encode(receipt))
+
+    # -- chats: read marks and presence (issue 15) ---------------------------------------
+
+    async def mark_read(self, chat: str, message_ids: list[str]) -> None:
+        if not self._online or self.phone is None or not self.engine.may_act():
+            raise EngineError("not connected")
+        for message_id in message_ids:
+            sender = self._received.get(message_id)
+            if sender is None:
+                continue  # not received here: WhatsApp ignores such a receipt too
+            receipt = WireReceipt(id=message_id, status="read", peer=self.phone)
+            await self.nc.publish(f"zf.sim.receipt.{sender}", _encode(receipt))
+
+    async def send_presence(
+        self, chat: str, state: Literal["typing", "recording", "paused"]
+    ) -> None:
+        if not self._online or self.phone is None or not self.engine.may_act():
+            raise EngineError("not connected")
+        recipients = await self._recipients(chat)
+        presence = WirePresence(
+            sender=None if self.faults.lid_addressing else self.phone,
+            sender_lid=lid_of(self.phone),
+            state=state,
+            chat=chat if chat_kind(chat) in ("group", "newsletter") else None,
+        )
+        for phone in recipients:
+            await self.nc.publish(f"zf.sim.typing.{phone}", _encode(presence))
+
+    async def _on_typing(self, msg: Msg) -> None:
+        if not self.engine.may_act():
+            return
+        try:
+            presence = msgspec.json.decode(msg.data, type=WirePresence)
+        except msgspec.DecodeError:
+            return
+        sender = presence.sender
+        if sender is None and presence.sender_lid:
+            sender = await self.engine.phone_of_lid(presence.sender_lid)
+        self.emit(
+            PresenceSeen(
+                chat=presence.chat or sender or presence.sender_lid or "",
+                sender=sender,
+                sender_lid=presence.sender_lid,
+                state=presence.state,
+            )
+        )
 
     async def _on_receipt(self, msg: Msg) -> None:
         try:

@@ -711,6 +711,11 @@ class SessionSupervisor:
             self.events.emit(special[0], self.tenant, self.session_id, special[1])
             return
         self.ledger.on_received(event.message_id, chat)
+        if event.resolves:  # the content of a message first reported undecryptable
+            for record in reversed(self.history):
+                if record.message_id == event.message_id and record.direction == "in":
+                    self.history.remove(record)
+                    break
         self.history.append(
             MessageRecord(
                 message_id=event.message_id,

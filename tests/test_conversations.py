@@ -565,3 +565,57 @@ async def test_type_before_send_shows_typing_first_for_a_bounded_time(chat: Chat
         await chat.api.patch(settings, json={"pacing": NO_PACING})
     bad = {"pacing": {**pacing, "typing_max_s": 31}}
     assert_problem(await chat.api.patch(settings, json=bad), 400, "invalid_body")
+
+
+# -- 5. undecryptable, then resolved ---------------------------------------------------------
+
+
+async def _undecryptable_then_resolved(chat: Chat, sender: Account, message_id: str) -> None:
+    receiver = chat.b
+    engine_id = (await chat.sent(sender, message_id)).data["engine_message_id"]
+    first = await chat.seen_by(
+        receiver, "message.received", lambda e: e.data["message_id"] == engine_id
+    )
+    assert first.data["type"] == "undecryptable"
+    assert (first.data["text"], first.data["from"], first.data["chat"]) == (
+        None,
+        sender.phone,
+        sender.phone,
+    )
+    assert first.data["content"] == {"unavailable": False, "hidden": False}
+    assert "resolves" not in first.data
+    resolved = await chat.seen_by(
+        receiver,
+        "message.received",
+        lambda e: e.data["message_id"] == engine_id and e.data.get("resolves") is True,
+    )
+    assert (resolved.data["type"], resolved.data["text"]) == ("text", "secret")
+    assert (resolved.data["from"], resolved.data["from_lid"]) == (sender.phone, sender.lid)
+    history = await chat.api.get(f"/v1/sessions/{receiver.name}/messages", params={"limit": 1000})
+    records = [m for m in history.json()["messages"] if m["message_id"] == engine_id]
+    assert [(r["type"], r["text"]) for r in records] in ([("text", "secret")], [])
+
+
+async def test_an_undecryptable_message_is_reported_then_resolved(chat: Chat) -> None:
+    await inject_faults(chat.nc, chat.b.key, Faults(undecryptable_next=1))
+    try:
+        sent = await chat.send(chat.a, {"type": "text", "to": chat.b.phone, "text": "secret"})
+        await _undecryptable_then_resolved(chat, chat.a, sent)
+    finally:
+        await inject_faults(chat.nc, chat.b.key, Faults())
+
+
+async def test_an_undecryptable_message_sent_by_nats_command(chat: Chat) -> None:
+    await inject_faults(chat.nc, chat.b.key, Faults(undecryptable_next=1))
+    try:
+        answer = await chat.command(
+            "message_send",
+            {
+                "session_id": chat.c.name,
+                "message": {"type": "text", "to": chat.b.phone, "text": "secret"},
+            },
+        )
+        assert answer["kind"] == "ok", answer
+        await _undecryptable_then_resolved(chat, chat.c, answer["value"]["message_id"])
+    finally:
+        await inject_faults(chat.nc, chat.b.key, Faults())

@@ -296,3 +296,29 @@ def test_inbound_chat_presence_names_chat_and_person_without_lids_as_phones() ->
     paused = presence_of(ChatPresence(MessageSource=alone, State=2, Media=1))
     assert paused is not None
     assert (paused.chat, paused.sender, paused.state) == ("5544332211@lid", None, "paused")
+
+
+def test_an_undecryptable_message_is_reported_with_its_sender() -> None:
+    from neonize.proto.Neonize_pb2 import MessageInfo, MessageSource, UndecryptableMessage
+
+    from node_agent.engines.neonize import undecryptable_of
+
+    source = MessageSource(
+        Chat=_jid("120363012345678901", "g.us"), Sender=_jid("5544332211", "lid"), IsGroup=True
+    )
+    source.SenderAlt.CopyFrom(_jid("15550003333", "s.whatsapp.net"))
+    event = UndecryptableMessage(
+        Info=MessageInfo(MessageSource=source, ID="3EB0WAIT", Timestamp=1718000000),
+        IsUnavailable=True,
+        DecryptFailMode=UndecryptableMessage.DECRYPT_FAIL_HIDE,
+    )
+    inbound = undecryptable_of(event)
+    assert inbound is not None
+    assert (inbound.type, inbound.message_id, inbound.text) == ("undecryptable", "3EB0WAIT", None)
+    assert (inbound.sender, inbound.sender_lid, inbound.chat) == (
+        "15550003333",
+        "5544332211@lid",
+        "120363012345678901@g.us",
+    )
+    assert inbound.content == {"unavailable": True, "hidden": True}
+    assert inbound.timestamp == 1718000000.0

@@ -379,6 +379,8 @@ class NeonizeSession:
         # JID, message proto) and the options of polls we sent (engine id -> name, options)
         self._recent: OrderedDict[str, tuple[str, Any]] = OrderedDict()
         self._polls: OrderedDict[str, tuple[str, list[str]]] = OrderedDict()
+        # ids reported undecryptable: their content, once the retry works, "resolves" them
+        self._undecryptable: OrderedDict[str, None] = OrderedDict()
 
     def rebind(self, spec: SessionSpec, emit: Emit) -> None:
         self.spec = spec
@@ -884,6 +886,7 @@ class NeonizeSession:
         handler(ev.MessageEv, self._on_message)
         handler(ev.ReceiptEv, self._on_receipt)
         handler(ev.ChatPresenceEv, self._on_chat_presence)
+        handler(ev.UndecryptableMessageEv, self._on_undecryptable)
         handler(ev.StreamErrorEv, lambda e: log.warning("stream error", extra={"code": e.Code}))
 
         async def on_qr(_: Any, data: bytes) -> None:
@@ -1000,10 +1003,24 @@ class NeonizeSession:
     def _on_keepalive(self, gen: _Generation, errors: int) -> None:
         gen.keepalive_errors = errors
 
+    async def _on_undecryptable(self, event: Any) -> None:
+        inbound = undecryptable_of(event)
+        if inbound is None:
+            return
+        _bounded_put(self._undecryptable, inbound.message_id, None)
+        if inbound.sender is None and inbound.sender_lid:
+            inbound = msgspec.structs.replace(
+                inbound, sender=await self._phone_of_lid(inbound.sender_lid)
+            )
+        self._report(inbound)
+
     async def _on_message(self, event: Any) -> None:
         inbound = inbound_of(event)
         if inbound is None:
             return
+        if inbound.message_id in self._undecryptable:  # the retry worked
+            del self._undecryptable[inbound.message_id]
+            inbound = msgspec.structs.replace(inbound, resolves=True)
         if inbound.type == "poll_vote":
             voted = await self._poll_vote(event, inbound)
             if voted is None:
@@ -1120,6 +1137,31 @@ def _bounded_put(store: OrderedDict[str, Any], key: str, value: Any, limit: int 
     store[key] = value
     if len(store) > limit:
         store.popitem(last=False)
+
+
+def undecryptable_of(event: Any) -> Inbound | None:
+    """The ``message.received`` of a message WhatsApp could not decrypt yet ("waiting for
+    this message"): type ``undecryptable``; whatsmeow asks the sender's phone to send it
+    again, and the content arrives later as a message with the same id."""
+    info = event.Info
+    source = info.MessageSource
+    if source.IsFromMe:
+        return None
+    chat = None
+    if source.IsGroup or source.Chat.Server in ("g.us", "newsletter"):
+        chat = jid_text(source.Chat)
+    return Inbound(
+        message_id=str(info.ID),
+        sender=phone_of(source.Sender) or phone_of(source.SenderAlt),
+        sender_lid=lid_of(source.Sender) or lid_of(source.SenderAlt),
+        chat=chat,
+        type="undecryptable",
+        timestamp=float(info.Timestamp) / (1000 if info.Timestamp > 10**11 else 1),
+        content={
+            "unavailable": bool(event.IsUnavailable),
+            "hidden": int(event.DecryptFailMode) == 2,  # DECRYPT_FAIL_HIDE (SHOW is 1)
+        },
+    )
 
 
 def chat_presence_args(state: str) -> tuple[Any, Any]:

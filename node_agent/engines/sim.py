@@ -98,6 +98,10 @@ class Faults(msgspec.Struct, kw_only=True):
     # addressing (the phone is hidden; receivers resolve it like ``get_pn_from_lid``)
     lid_addressing: bool = False
     auto_read: bool = True  # read received messages by itself after read_after_s
+    # the next N messages received cannot be decrypted at first ("waiting for this
+    # message"); the retry brings their content resolve_after_ms later
+    undecryptable_next: int = 0
+    resolve_after_ms: float = 200.0
 
 
 class LinkRequest(msgspec.Struct, kw_only=True):
@@ -549,7 +553,22 @@ class SimSession:
         sender = wire.sender
         if sender is None and wire.sender_lid:
             sender = await self.engine.phone_of_lid(wire.sender_lid)  # get_pn_from_lid
-        self._on_wire(wire, sender)
+        if self.faults.undecryptable_next > 0:
+            self.faults.undecryptable_next -= 1
+            self.emit(
+                Inbound(
+                    message_id=wire.id,
+                    sender=sender,
+                    sender_lid=wire.sender_lid,
+                    chat=wire.chat,
+                    type="undecryptable",
+                    timestamp=wire.ts,
+                    content={"unavailable": False, "hidden": False},
+                )
+            )
+            self._spawn(self._resolve_later(wire, sender, self.faults.resolve_after_ms / 1000))
+        else:
+            self._on_wire(wire, sender)
         if sender is not None:
             self._received[wire.id] = sender
             if len(self._received) > 10_000:
@@ -560,7 +579,13 @@ class SimSession:
         if read_after is not None and self.phone is not None and sender is not None:
             self._spawn(self._send_read_receipt(wire, sender, read_after))
 
-    def _on_wire(self, wire: Wire, sender: str | None) -> None:
+    async def _resolve_later(self, wire: Wire, sender: str | None, delay: float) -> None:
+        """The sender's phone answered the retry receipt: the content arrives."""
+        await asyncio.sleep(delay)
+        if self._online:
+            self._on_wire(wire, sender, resolves=True)
+
+    def _on_wire(self, wire: Wire, sender: str | None, *, resolves: bool = False) -> None:
         """What the socket makes of a message it received."""
         content = wire.content
         if wire.type == "poll_vote" and content is not None:
@@ -582,6 +607,7 @@ class SimSession:
                 timestamp=wire.ts,
                 text=wire.text,
                 content=content,
+                resolves=resolves,
             )
         )
 

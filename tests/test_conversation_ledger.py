@@ -1,20 +1,28 @@
 """The windows WhatsApp gives edits and revokes are checked when the send is accepted
 (node_agent/conversation.py): a closed window is refused up front, never a silent
-failure later. The windows are minutes and days, so the check is driven with its clock."""
+failure later. The windows are minutes and days, so the check is driven with its clock.
+And the new kinds survive in the outbox (real nats-server) like every send."""
 
 from __future__ import annotations
 
 import pytest
+from nats.aio.client import Client as NATS
 
 from node_agent.conversation import EDIT_WINDOW_S, REVOKE_WINDOW_S, Ledger
+from node_agent.outbox import Outbox
 from node_agent.protocol import (
     EditContent,
     ErrorCode,
+    MessageContent,
+    PollContent,
+    ReactionContent,
     RevokeContent,
     SendMessage,
     TextContent,
+    ensure_jetstream,
 )
 from node_agent.supervisor import AgentError
+from tests.agent_support import unique
 
 
 def _ledger_with_one_sent_text() -> tuple[Ledger, float]:
@@ -71,3 +79,36 @@ def test_a_failed_message_cannot_be_edited_and_the_engine_gets_whatsapps_ids() -
     with pytest.raises(AgentError) as refused:
         ledger.check(_edit())
     assert refused.value.code is ErrorCode.MESSAGE_NOT_FOUND
+
+
+async def test_the_outbox_keeps_every_new_kind_for_the_next_agent(nc: NATS) -> None:
+    """Polls, edits, revokes, replies and mentions are ordinary sends: an agent that dies
+    with them accepted leaves them in the outbox, and the next one restores them intact."""
+    await ensure_jetstream(nc.jetstream(), events_max_age_s=3600, node_ttl_s=10)
+    session = unique("s")
+    contents: list[MessageContent] = [
+        PollContent(name="Lunch?", options=["Pizza", "Sushi"], selectable=0),
+        EditContent(message_id="m_1", text="fixed"),
+        RevokeContent(message_id="m_1"),
+        TextContent(text="@1555 re", reply_to="3EB0Q", mentions=["15550001111"]),
+        TextContent(text="@all", mention_all=True),
+        ReactionContent(message_id="3EB0Q", emoji=""),
+    ]
+    messages = [
+        SendMessage(
+            session_id=session, message_id=unique("m"), to="120363000000000001@g.us", content=c
+        )
+        for c in contents
+    ]
+    first = await Outbox.open(nc.jetstream())
+    for message in messages:
+        await first.put(message, None)
+    await first.close()
+    second = await Outbox.open(nc.jetstream())
+    try:
+        pending = await second.pending(session, "t")
+        assert [m for m, _ in pending] == messages
+    finally:
+        for message in messages:
+            second.forget(session, message.message_id)
+        await second.close()

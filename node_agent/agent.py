@@ -32,6 +32,7 @@ from node_agent.device_store import DeviceStore
 from node_agent.engines._base import Engine
 from node_agent.events import EventPublisher
 from node_agent.lease import AssignmentWatch, Lease, assigned_to, claim
+from node_agent.link_preview import close_fetchers as close_preview_fetchers
 from node_agent.media import MediaError, MediaFetcher, MediaPayload
 from node_agent.outbox import Outbox
 from node_agent.protocol import (
@@ -899,6 +900,7 @@ class Agent:
         if self._engine is not None:
             await self.engine.close()
         await self.media.close()
+        await close_preview_fetchers()
         self.lag.stop()
         if self._nodes_kv is not None:
             with contextlib.suppress(Exception):

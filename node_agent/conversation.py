@@ -22,6 +22,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from node_agent.chat_ids import is_group
 from node_agent.engines._base import Inbound
 from node_agent.protocol import (
@@ -192,12 +194,7 @@ class Ledger:
                 message_id=self.engine_id(content.message_id), emoji=content.emoji
             )
         if isinstance(content, TextContent) and content.reply_to is not None:
-            return TextContent(
-                text=content.text,
-                reply_to=self.engine_id(content.reply_to),
-                mentions=content.mentions,
-                mention_all=content.mention_all,
-            )
+            return msgspec.structs.replace(content, reply_to=self.engine_id(content.reply_to))
         return content
 
     # -- inbound -------------------------------------------------------------------------

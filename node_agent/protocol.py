@@ -294,12 +294,14 @@ class Media(msgspec.Struct, kw_only=True):
 class TextContent(msgspec.Struct, tag="text", kw_only=True):
     """Text. ``reply_to`` quotes a message of the chat (our ``m_`` id or the id of a
     received message); ``mentions`` are chat ids (phones or LIDs) mentioned in the text;
-    ``mention_all`` mentions every participant of a group."""
+    ``mention_all`` mentions every participant of a group; ``link_preview`` attaches a
+    preview card of the first http(s) URL (node_agent/link_preview.py)."""
 
     text: str
     reply_to: str | None = None
     mentions: list[str] | None = None
     mention_all: bool = False
+    link_preview: bool = False  # the agent attaches a preview of the first URL
 
 
 class ImageContent(msgspec.Struct, tag="image", kw_only=True):

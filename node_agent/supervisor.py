@@ -39,6 +39,7 @@ from node_agent.engines._base import (
     Receipt,
 )
 from node_agent.events import EventPublisher
+from node_agent.link_preview import with_preview
 from node_agent.media import MediaError, MediaFetcher, MediaPayload
 from node_agent.pacing import Pacer
 from node_agent.protocol import (
@@ -597,6 +598,8 @@ class SessionSupervisor:
             self._finish_failed(item, ErrorCode.MESSAGE_NOT_FOUND, prepared)
             return
         content = prepared
+        if isinstance(content, TextContent) and content.link_preview and self.media is not None:
+            content = await with_preview(self.media, content)
         await self._type_before(request.to, content)
         started = time.perf_counter()
         item.attempts += 1

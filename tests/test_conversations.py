@@ -451,7 +451,17 @@ async def test_mark_a_chat_read_and_typing_indicators(chat: Chat) -> None:
         engine_ids = [(await _received(chat, a, b, m)).data["message_id"] for m in sent]
         read = await chat.api.post(f"/v1/sessions/{b.name}/read", json={"chat": "+" + a.phone})
         assert read.status_code == 200, read.text
-        assert read.json() == {"session_id": b.name, "chat": a.phone, "marked": engine_ids}
+        answer = read.json()
+        assert (answer["session_id"], answer["chat"]) == (b.name, a.phone)
+        # every message of the chat this session has not marked read, oldest first: the
+        # two new ones last (earlier tests of the module leave others from a to b)
+        assert answer["marked"][-2:] == engine_ids
+        from_a = {
+            e.data["message_id"]
+            for e in chat.log.of(b.name, "message.received")
+            if e.data["chat"] == a.phone
+        }
+        assert set(answer["marked"]) <= from_a
         for message_id in sent:
             ack = await chat.log.wait_for(
                 lambda e, m=message_id: (
@@ -619,3 +629,32 @@ async def test_an_undecryptable_message_sent_by_nats_command(chat: Chat) -> None
         await _undecryptable_then_resolved(chat, chat.c, answer["value"]["message_id"])
     finally:
         await inject_faults(chat.nc, chat.b.key, Faults())
+
+
+# -- link previews -------------------------------------------------------------------------
+
+
+async def test_a_link_preview_the_agent_may_not_fetch_costs_the_card_not_the_message(
+    chat: Chat,
+) -> None:
+    """The stack's agent runs the production SSRF policy: a preview of a loopback page is
+    refused, and the text goes without a card (tests/test_link_preview.py builds cards
+    from a real page)."""
+    text = "see http://127.0.0.1:9/internal"
+    sent = await chat.send(
+        chat.a, {"type": "text", "to": chat.b.phone, "text": text, "link_preview": True}
+    )
+    seen = await _received(chat, chat.a, chat.b, sent)
+    assert seen.data["text"] == text
+    assert seen.data["content"]["link_preview"] is True
+    assert "preview" not in seen.data["content"]
+    answer = await chat.command(
+        "message_send",
+        {
+            "session_id": chat.c.name,
+            "message": {"type": "text", "to": chat.b.phone, "text": text, "link_preview": True},
+        },
+    )
+    assert answer["kind"] == "ok", answer
+    by_command = await _received(chat, chat.c, chat.b, answer["value"]["message_id"])
+    assert by_command.data["text"] == text and "preview" not in by_command.data["content"]

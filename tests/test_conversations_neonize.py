@@ -322,3 +322,29 @@ def test_an_undecryptable_message_is_reported_with_its_sender() -> None:
     )
     assert inbound.content == {"unavailable": True, "hidden": True}
     assert inbound.timestamp == 1718000000.0
+
+
+def test_a_link_preview_fills_the_extended_text_and_is_read_back() -> None:
+    from node_agent.engines.neonize import build_text
+    from node_agent.link_preview import LinkPreview
+
+    preview = LinkPreview(url="https://e.com/a", title="Title", description="Desc")
+    message = build_text("see https://e.com/a", preview=preview)
+    extended = message.extendedTextMessage
+    assert (extended.text, extended.matchedText, extended.title, extended.description) == (
+        "see https://e.com/a",
+        "https://e.com/a",
+        "Title",
+        "Desc",
+    )
+    assert not extended.HasField("contextInfo")
+    decoded = inbound_of(_from_ann(message))
+    assert decoded is not None and decoded.content is not None
+    assert decoded.content["preview"] == {
+        "url": "https://e.com/a",
+        "title": "Title",
+        "description": "Desc",
+    }
+    with_reply = build_text("x https://e.com/a", reply_to="3EB0Q", preview=preview)
+    assert with_reply.extendedTextMessage.contextInfo.stanzaID == "3EB0Q"
+    assert with_reply.extendedTextMessage.title == "Title"

@@ -70,6 +70,7 @@ from node_agent.engines._base import (
     QrShown,
     Receipt,
 )
+from node_agent.link_preview import LinkPreview, PreviewedText
 from node_agent.media import MediaPayload
 from node_agent.protocol import (
     AudioContent,
@@ -693,6 +694,7 @@ class NeonizeSession:
                 reply_to=content.reply_to,
                 quoted=quote,
                 mentions=mentions,
+                preview=content.preview if isinstance(content, PreviewedText) else None,
             )
         if isinstance(content, EditContent):
             return build_edit(jid_text(jid), content.message_id, content.text)
@@ -886,7 +888,10 @@ class NeonizeSession:
         handler(ev.MessageEv, self._on_message)
         handler(ev.ReceiptEv, self._on_receipt)
         handler(ev.ChatPresenceEv, self._on_chat_presence)
-        handler(ev.UndecryptableMessageEv, self._on_undecryptable)
+        # not re-exported by neonize.aioze.events, but registered like the others
+        from neonize.proto.Neonize_pb2 import UndecryptableMessage
+
+        handler(UndecryptableMessage, self._on_undecryptable)
         handler(ev.StreamErrorEv, lambda e: log.warning("stream error", extra={"code": e.Code}))
 
         async def on_qr(_: Any, data: bytes) -> None:
@@ -1209,13 +1214,23 @@ def build_text(
     reply_to: str | None = None,
     quoted: tuple[str, Any] | None = None,
     mentions: list[str] | None = None,
+    preview: LinkPreview | None = None,
 ) -> Any:
     """A text message; a reply or mentions make it an ``extendedTextMessage`` with a
-    ``contextInfo`` (quoted id, its sender, the quoted content, mentioned JIDs)."""
+    ``contextInfo`` (quoted id, its sender, the quoted content, mentioned JIDs); a link
+    preview fills its ``matchedText``, ``title`` and ``description``."""
     from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
-    if reply_to is None and not mentions:
+    if reply_to is None and not mentions and preview is None:
         return e2e.Message(conversation=text)
+    extended = e2e.ExtendedTextMessage(text=text)
+    if preview is not None:
+        extended.matchedText = preview.url
+        extended.title = preview.title
+        if preview.description:
+            extended.description = preview.description
+    if reply_to is None and not mentions:
+        return e2e.Message(extendedTextMessage=extended)
     context = e2e.ContextInfo()
     if reply_to is not None:
         context.stanzaID = reply_to
@@ -1227,7 +1242,8 @@ def build_text(
                 context.quotedMessage.CopyFrom(message)
     if mentions:
         context.mentionedJID.extend(dict.fromkeys(mention_jid(m) for m in mentions))
-    return e2e.Message(extendedTextMessage=e2e.ExtendedTextMessage(text=text, contextInfo=context))
+    extended.contextInfo.CopyFrom(context)
+    return e2e.Message(extendedTextMessage=extended)
 
 
 def build_edit(chat: str, message_id: str, text: str, now_ms: int | None = None) -> Any:
@@ -1314,7 +1330,14 @@ def describe_message(message: Any) -> tuple[str, str | None, dict[str, object]]:
         return "text", str(message.conversation), {}
     if message.HasField("extendedTextMessage"):
         extended = message.extendedTextMessage
-        return "text", str(extended.text), context_of(extended.contextInfo)
+        context = context_of(extended.contextInfo)
+        if extended.matchedText:
+            context["preview"] = {
+                "url": str(extended.matchedText),
+                "title": str(extended.title),
+                "description": str(extended.description) or None,
+            }
+        return "text", str(extended.text), context
     for poll_field in ("pollCreationMessage", "pollCreationMessageV2", "pollCreationMessageV3"):
         if message.HasField(poll_field):
             poll = getattr(message, poll_field)

@@ -598,6 +598,7 @@ class Agent:
             raise AgentError(ErrorCode.INVALID_REQUEST, "message_id is required")
         if request.message_id not in supervisor.ledger.sent:  # a retried RPC is no new send
             supervisor.ledger.check(request)  # edit/revoke/reply targets and windows
+            request.content = supervisor.ledger.resolved(request.content)
         # sends are served concurrently (Agent._rpc): their media and outbox writes
         # overlap, but each enqueues only after the one that arrived before it, so a
         # session sends in the order its messages were accepted

@@ -180,15 +180,30 @@ class Ledger:
 
     # -- just before the engine sends ----------------------------------------------------
 
+    def resolved(self, content: MessageContent) -> MessageContent:
+        """When a send is accepted: our ids already sent turned into WhatsApp's, so the
+        outbox keeps what another agent needs after a failover (its ledger is empty)."""
+        if isinstance(content, EditContent | RevokeContent | ReactionContent):
+            engine_id = self.engine_id(content.message_id)
+            if engine_id != content.message_id:
+                return msgspec.structs.replace(content, message_id=engine_id)
+        elif isinstance(content, TextContent) and content.reply_to is not None:
+            engine_id = self.engine_id(content.reply_to)
+            if engine_id != content.reply_to:
+                return msgspec.structs.replace(content, reply_to=engine_id)
+        return content
+
     def for_engine(self, content: MessageContent) -> MessageContent | str:
-        """The content with our ids turned into WhatsApp's, or why it cannot go."""
+        """The content with our ids turned into WhatsApp's, or why it cannot go. An id
+        this ledger does not know was resolved when accepted (by this agent or the one
+        before a failover) and goes as it is."""
         if isinstance(content, EditContent | RevokeContent):
             found = self.ours(content.message_id)
-            if found is None or found[1].engine_id is None:
-                return f"{content.message_id!r} was not sent (failed or unknown)"
-            if isinstance(content, EditContent):
-                return EditContent(message_id=found[1].engine_id, text=content.text)
-            return RevokeContent(message_id=found[1].engine_id)
+            if found is not None and (found[1].failed or found[1].engine_id is None):
+                return f"{content.message_id!r} was not sent"
+            engine_id = found[1].engine_id if found is not None else content.message_id
+            assert engine_id is not None
+            return msgspec.structs.replace(content, message_id=engine_id)
         if isinstance(content, ReactionContent):
             return ReactionContent(
                 message_id=self.engine_id(content.message_id), emoji=content.emoji

@@ -112,3 +112,16 @@ async def test_the_outbox_keeps_every_new_kind_for_the_next_agent(nc: NATS) -> N
         for message in messages:
             second.forget(session, message.message_id)
         await second.close()
+
+
+def test_ids_already_sent_are_resolved_when_accepted_for_the_agent_after_a_failover() -> None:
+    ledger, _ = _ledger_with_one_sent_text()
+    assert ledger.resolved(EditContent(message_id="m_1", text="y")) == EditContent(
+        message_id="3EB0ONE", text="y"
+    )
+    assert ledger.resolved(TextContent(text="re", reply_to="m_1")).reply_to == "3EB0ONE"
+    assert ledger.resolved(ReactionContent(message_id="m_1", emoji="")).message_id == "3EB0ONE"
+    # another agent's ledger knows nothing: the resolved id goes as it is
+    assert Ledger().for_engine(RevokeContent(message_id="3EB0ONE")) == RevokeContent(
+        message_id="3EB0ONE"
+    )

@@ -658,3 +658,33 @@ async def test_a_link_preview_the_agent_may_not_fetch_costs_the_card_not_the_mes
     assert answer["kind"] == "ok", answer
     by_command = await _received(chat, chat.c, chat.b, answer["value"]["message_id"])
     assert by_command.data["text"] == text and "preview" not in by_command.data["content"]
+
+
+async def test_mentions_and_lid_chat_ids_by_nats_command(chat: Chat) -> None:
+    group = await create_group(chat.nc, [chat.a.phone, chat.b.phone, chat.c.phone])
+    for message, receiver, expected in (
+        (
+            {"type": "text", "to": group, "text": "@all", "mention_all": True},
+            chat.b,
+            sorted([chat.b.phone, chat.c.phone]),
+        ),
+        (
+            {"type": "text", "to": chat.b.lid, "text": "@b", "mentions": [chat.b.lid]},
+            chat.b,
+            [chat.b.lid],
+        ),
+    ):
+        answer = await chat.command("message_send", {"session_id": chat.a.name, "message": message})
+        assert answer["kind"] == "ok", answer
+        seen = await _received(chat, chat.a, receiver, answer["value"]["message_id"])
+        assert seen.data["content"]["mentions"] == expected
+        assert seen.data["from"] == chat.a.phone
+        assert seen.data["chat"] == (group if message["to"] == group else chat.a.phone)
+    refused = await chat.command(
+        "message_send",
+        {
+            "session_id": chat.a.name,
+            "message": {"type": "text", "to": chat.b.phone, "text": "x", "mention_all": True},
+        },
+    )
+    assert (refused["code"], refused["status"]) == ("invalid_mentions", 422)

@@ -348,3 +348,22 @@ def test_a_link_preview_fills_the_extended_text_and_is_read_back() -> None:
     with_reply = build_text("x https://e.com/a", reply_to="3EB0Q", preview=preview)
     assert with_reply.extendedTextMessage.contextInfo.stanzaID == "3EB0Q"
     assert with_reply.extendedTextMessage.title == "Title"
+
+
+def test_mention_everyone_names_each_participant_as_the_group_addresses_it() -> None:
+    from neonize.proto.Neonize_pb2 import GroupInfo, GroupParticipant
+
+    from node_agent.engines.neonize import build_text, participant_ids
+
+    info = GroupInfo(
+        Participants=[
+            GroupParticipant(JID=_jid("15550001111", "s.whatsapp.net")),
+            GroupParticipant(
+                JID=_jid("5544332211", "lid"), PhoneNumber=_jid("15550002222", "s.whatsapp.net")
+            ),
+        ]
+    )
+    everyone = participant_ids(info)
+    assert everyone == ["15550001111", "5544332211@lid"]
+    context = build_text("@all", mentions=everyone).extendedTextMessage.contextInfo
+    assert list(context.mentionedJID) == ["15550001111@s.whatsapp.net", "5544332211@lid"]

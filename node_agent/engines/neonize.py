@@ -804,12 +804,7 @@ class NeonizeSession:
             info = await self._call(gen.client.get_group_info(jid))
         except Exception as exc:
             raise EngineError(f"group participants unavailable: {exc}") from None
-        found = []
-        for participant in info.Participants:
-            chat = phone_of(participant.JID) or jid_text(participant.JID)
-            if chat:
-                found.append(chat)
-        return found
+        return participant_ids(info)
 
     def _remember_sent(self, engine_id: str, content: MessageContent, message: Any) -> None:
         me = getattr(self._gen.client, "me", None) if self._gen is not None else None
@@ -1167,6 +1162,17 @@ def undecryptable_of(event: Any) -> Inbound | None:
             "hidden": int(event.DecryptFailMode) == 2,  # DECRYPT_FAIL_HIDE (SHOW is 1)
         },
     )
+
+
+def participant_ids(info: Any) -> list[str]:
+    """Chat ids of a group's participants as the group addresses them (its JID: a phone,
+    or a LID in a LID-addressed group) — what ``mentionedJID`` must name."""
+    found = []
+    for participant in info.Participants:
+        chat = phone_of(participant.JID) or jid_text(participant.JID)
+        if chat:
+            found.append(chat)
+    return found
 
 
 def chat_presence_args(state: str) -> tuple[Any, Any]:

@@ -15,6 +15,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from control_plane.allow_header import fix_allow_header
+from control_plane.api.chats import ChatController
 from control_plane.api.events import EventController
 from control_plane.api.messages import ContactController, MessageController
 from control_plane.api.monitoring import MonitoringController
@@ -76,6 +77,7 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
         SessionController,
         messages,
         ContactController,
+        ChatController,
         TenantController,
         NodeController,
         NodeAdminController,

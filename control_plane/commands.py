@@ -17,6 +17,8 @@ with "no responders".
 |---|---|---|
 | ``message_send`` | ``{"session_id", "message": {"type", "to", "text", ...}}`` | MessageAccepted |
 | ``session_status`` | ``{"session_id"}`` | SessionView |
+| ``chat_read`` | ``{"session_id", "chat", "message_ids"?}`` | ChatReadView |
+| ``chat_presence`` | ``{"session_id", "chat", "state"}`` | PresenceView |
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ from nats.micro import add_service
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
 from nats.micro.service import Endpoint, Service
 
+from control_plane.api.chats import mark_read, show_presence
 from control_plane.api.messages import queue_message
 from control_plane.api.sessions import live_info, load_record, view
 from control_plane.auth import Principal
-from control_plane.models import OutboundMessage, SessionId
+from control_plane.models import OutboundMessage, PresenceBody, ReadChat, SessionId
 from control_plane.problems import ProblemError
 from control_plane.services import Services
 from node_agent.protocol import api_subject
@@ -68,6 +71,14 @@ class SessionStatusCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
     session_id: SessionId
 
 
+class ChatReadCommand(ReadChat, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+
+
+class ChatPresenceCommand(PresenceBody, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -85,6 +96,18 @@ async def op_session_status(
 ) -> bytes:
     record = await load_record(services, principal, body.session_id)
     return _encoder.encode(view(record, await live_info(services, record)))
+
+
+async def op_chat_read(services: Services, principal: Principal, body: ChatReadCommand) -> bytes:
+    data = ReadChat(chat=body.chat, message_ids=body.message_ids)
+    return _encoder.encode(await mark_read(services, principal, body.session_id, data))
+
+
+async def op_chat_presence(
+    services: Services, principal: Principal, body: ChatPresenceCommand
+) -> bytes:
+    data = PresenceBody(chat=body.chat, state=body.state)
+    return _encoder.encode(await show_presence(services, principal, body.session_id, data))
 
 
 def _error(code: str, status: int, message: str) -> bytes:
@@ -213,6 +236,8 @@ async def serve_commands(services: Services) -> Commands:
     routes: dict[str, tuple[type[Any], Callable[..., Awaitable[bytes]]]] = {
         "message_send": (SendMessageCommand, op_message_send),
         "session_status": (SessionStatusCommand, op_session_status),
+        "chat_read": (ChatReadCommand, op_chat_read),
+        "chat_presence": (ChatPresenceCommand, op_chat_presence),
     }
     for op, (request_type, handler) in routes.items():
         counter = _Counter()

@@ -19,6 +19,17 @@ PhoneNumber = Annotated[
     ),
 ]
 
+ChatId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=3,
+        max_length=80,
+        description="a chat: an E.164 number (with or without '+'), a group '<id>@g.us', "
+        "a LID '<id>@lid' or a newsletter '<id>@newsletter'",
+        examples=["+15550001111", "120363012345678901@g.us"],
+    ),
+]
+
 
 WebhookUrl = Annotated[
     str,
@@ -72,6 +83,9 @@ class Pacing(p.PacingSettings, kw_only=True, forbid_unknown_fields=True):
     jitter: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.3
     daily_cap: Annotated[int, msgspec.Meta(ge=0, le=10_000_000)] = 1000
     queue_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
+    typing_before_send: bool = False
+    typing_s_per_char: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.05
+    typing_max_s: Annotated[float, msgspec.Meta(ge=0, le=30)] = 5.0
 
 
 class CreateSession(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -114,38 +128,83 @@ class QrView(msgspec.Struct, kw_only=True):
 # "type" ({"type": "text", "to": "+1555...", "text": "hi"}).
 
 
+MessageRef = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=128,
+        description="a message of this session: our message_id (m_...) or the message_id "
+        "of a received message",
+    ),
+]
+
+
 class TextMessage(p.TextContent, kw_only=True, forbid_unknown_fields=True):
-    to: PhoneNumber
+    to: ChatId
+    reply_to: MessageRef | None = None
+    mentions: Annotated[list[ChatId], msgspec.Meta(max_length=1024)] | None = None
 
 
 class ImageMessage(p.ImageContent, kw_only=True, forbid_unknown_fields=True):
-    to: PhoneNumber
+    to: ChatId
 
 
 class DocumentMessage(p.DocumentContent, kw_only=True, forbid_unknown_fields=True):
-    to: PhoneNumber
+    to: ChatId
 
 
 class AudioMessage(p.AudioContent, kw_only=True, forbid_unknown_fields=True):
-    to: PhoneNumber
+    to: ChatId
 
 
 class VideoMessage(p.VideoContent, kw_only=True, forbid_unknown_fields=True):
-    to: PhoneNumber
+    to: ChatId
 
 
 class LocationMessage(p.LocationContent, kw_only=True, forbid_unknown_fields=True):
-    to: PhoneNumber
+    to: ChatId
     latitude: Annotated[float, msgspec.Meta(ge=-90, le=90)]
     longitude: Annotated[float, msgspec.Meta(ge=-180, le=180)]
 
 
 class ContactMessage(p.ContactContent, kw_only=True, forbid_unknown_fields=True):
-    to: PhoneNumber
+    to: ChatId
 
 
 class ReactionMessage(p.ReactionContent, kw_only=True, forbid_unknown_fields=True):
-    to: PhoneNumber
+    to: ChatId
+    message_id: MessageRef
+    emoji: Annotated[str, msgspec.Meta(max_length=32, description="'' removes the reaction")]
+
+
+# -- conversations (issue 15) ---------------------------------------------------------------
+
+PollOption = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+
+
+class EditMessage(p.EditContent, kw_only=True, forbid_unknown_fields=True):
+    """New text for a text message this session sent, inside WhatsApp's edit window."""
+
+    to: ChatId
+    message_id: MessageRef
+    text: Annotated[str, msgspec.Meta(min_length=1, max_length=65536)]
+
+
+class RevokeMessage(p.RevokeContent, kw_only=True, forbid_unknown_fields=True):
+    """Delete a message this session sent, for everyone, inside WhatsApp's window."""
+
+    to: ChatId
+    message_id: MessageRef
+
+
+class PollMessage(p.PollContent, kw_only=True, forbid_unknown_fields=True):
+    """A poll: 2-12 unique options; ``selectable`` = options a voter may pick (1 single
+    choice, 0 any number)."""
+
+    to: ChatId
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    options: Annotated[list[PollOption], msgspec.Meta(min_length=2, max_length=12)]
+    selectable: Annotated[int, msgspec.Meta(ge=0, le=12)] = 1
 
 
 OutboundMessage = (
@@ -157,6 +216,9 @@ OutboundMessage = (
     | LocationMessage
     | ContactMessage
     | ReactionMessage
+    | EditMessage
+    | RevokeMessage
+    | PollMessage
 )
 
 _CONTENT_OF: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
@@ -168,6 +230,9 @@ _CONTENT_OF: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     LocationMessage: p.LocationContent,
     ContactMessage: p.ContactContent,
     ReactionMessage: p.ReactionContent,
+    EditMessage: p.EditContent,
+    RevokeMessage: p.RevokeContent,
+    PollMessage: p.PollContent,
 }
 
 
@@ -245,6 +310,36 @@ class PairCodeBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class PairCodeView(msgspec.Struct, kw_only=True):
     session_id: str
     code: str
+
+
+# -- chats: read marks and presence (issue 15) -------------------------------------------------
+
+
+class ReadChat(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Mark messages of ``chat`` read; without ``message_ids`` every message received in
+    it that this session has not marked read yet."""
+
+    chat: ChatId
+    message_ids: Annotated[list[MessageRef], msgspec.Meta(max_length=1000)] | None = None
+
+
+class ChatReadView(msgspec.Struct, kw_only=True):
+    session_id: str
+    chat: str
+    marked: list[str]
+
+
+class PresenceBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Show ``typing`` or ``recording`` (audio) in ``chat``, or stop (``paused``)."""
+
+    chat: ChatId
+    state: p.ChatPresenceState
+
+
+class PresenceView(msgspec.Struct, kw_only=True):
+    session_id: str
+    chat: str
+    state: p.ChatPresenceState
 
 
 # -- messages: history, number checks ------------------------------------------------------

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
-import phonenumbers
 from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -28,16 +26,21 @@ from nats.micro.service import Service
 from prometheus_client import Gauge
 
 from node_agent import _system
+from node_agent.chat_ids import ChatIdError, normalize_chat, normalize_phone
 from node_agent.device_store import DeviceStore
 from node_agent.engines._base import Engine
 from node_agent.events import EventPublisher
 from node_agent.lease import AssignmentWatch, Lease, assigned_to, claim
+from node_agent.link_preview import close_fetchers as close_preview_fetchers
 from node_agent.media import MediaError, MediaFetcher, MediaPayload
 from node_agent.outbox import Outbox
 from node_agent.protocol import (
     NODES_BUCKET,
     SERVICE_NAME,
     SESSIONS_BUCKET,
+    ChatPresence,
+    ChatRead,
+    ChatReadDone,
     CheckNumbers,
     ConfigureSession,
     DestroySession,
@@ -92,6 +95,8 @@ CONCURRENT_OPS = frozenset(
         Op.CONTACTS_CHECK,
         Op.HISTORY_LIST,
         Op.NODE_INFO,
+        Op.CHAT_READ,
+        Op.CHAT_PRESENCE,
     }
 )
 # a start reply waits this long at most for the engine's connect call to return
@@ -100,6 +105,7 @@ RESTORE_ATTEMPT_S = 20.0  # one outbox read at a start; past it, tried again
 # between outbox reads that failed: 1 s doubling to 30 s, jittered so the sessions of a
 # node that all failed at once (NATS away) do not retry in step
 OUTBOX_RETRY = Backoff(base_s=1.0, max_s=30.0, jitter="full", floor_s=1.0)
+MAX_READ_IDS = 1000  # message ids one chat_read call may mark
 
 SESSIONS = Gauge("zapfleet_agent_sessions", "Sessions by state", ["state"])
 CAPACITY = Gauge("zapfleet_agent_capacity", "Maximum sessions of this agent")
@@ -108,20 +114,20 @@ OPEN_FDS = Gauge("zapfleet_agent_open_fds", "Open file descriptors")
 RSS = Gauge("zapfleet_agent_rss_bytes", "Resident memory")
 
 
-@functools.lru_cache(maxsize=65_536)  # bulk sends repeat recipients; parsing is costly
 def normalize_number(raw: str) -> str:
     """E.164 digits without '+', or AgentError(INVALID_NUMBER)."""
-    text = raw.strip()
-    if text.endswith("@s.whatsapp.net"):
-        text = text.split("@", 1)[0]
-    candidate = text if text.startswith("+") else "+" + text
     try:
-        parsed = phonenumbers.parse(candidate, None)
-    except phonenumbers.NumberParseException:
-        raise AgentError(ErrorCode.INVALID_NUMBER, f"not a phone number: {raw!r}") from None
-    if not phonenumbers.is_possible_number(parsed):
-        raise AgentError(ErrorCode.INVALID_NUMBER, f"not a possible phone number: {raw!r}")
-    return f"{parsed.country_code}{parsed.national_number}"
+        return normalize_phone(raw)
+    except ChatIdError as exc:
+        raise AgentError(ErrorCode.INVALID_NUMBER, exc.message) from None
+
+
+def normalize_chat_id(raw: str) -> str:
+    """A chat id (node_agent/chat_ids.py), or AgentError(INVALID_NUMBER/INVALID_CHAT_ID)."""
+    try:
+        return normalize_chat(raw)
+    except ChatIdError as exc:
+        raise AgentError(ErrorCode(exc.code), exc.message) from None
 
 
 def make_engine(settings: AgentSettings, nc: NATS) -> Engine:
@@ -293,6 +299,8 @@ class Agent:
             Op.MESSAGE_SEND: (SendMessage, self.op_send),
             Op.CONTACTS_CHECK: (CheckNumbers, self.op_check),
             Op.HISTORY_LIST: (HistoryRequest, self.op_history),
+            Op.CHAT_READ: (ChatRead, self.op_chat_read),
+            Op.CHAT_PRESENCE: (ChatPresence, self.op_chat_presence),
             Op.NODE_INFO: (Empty, self.op_node_info),
         }
         for op, (request_type, handler) in routes.items():
@@ -578,6 +586,8 @@ class Agent:
             or pacing.daily_cap < 0
             or pacing.min_gap_per_recipient_s < 0
             or not 0 <= pacing.jitter <= 1
+            or not 0 <= pacing.typing_s_per_char <= 1
+            or not 0 <= pacing.typing_max_s <= 30
         ):
             raise AgentError(ErrorCode.INVALID_REQUEST, f"invalid pacing settings: {pacing}")
         supervisor.reconfigure(pacing, request.device_name, request.proxy)
@@ -588,9 +598,12 @@ class Agent:
 
     async def op_send(self, request: SendMessage) -> SendAccepted:
         supervisor = self._get(SessionRef(session_id=request.session_id))
-        request.to = normalize_number(request.to)
+        request.to = normalize_chat_id(request.to)
         if not request.message_id:
             raise AgentError(ErrorCode.INVALID_REQUEST, "message_id is required")
+        if request.message_id not in supervisor.ledger.sent:  # a retried RPC is no new send
+            supervisor.ledger.check(request)  # edit/revoke/reply targets and windows
+            request.content = supervisor.ledger.resolved(request.content)
         # sends are served concurrently (Agent._rpc): their media and outbox writes
         # overlap, but each enqueues only after the one that arrived before it, so a
         # session sends in the order its messages were accepted
@@ -699,6 +712,41 @@ class Agent:
         supervisor = self._get(SessionRef(session_id=request.session_id))
         limit = max(1, min(request.limit, 1000))
         return History(messages=list(supervisor.history)[-limit:][::-1])
+
+    # -- chats: read marks and presence (issue 15) ---------------------------------------
+
+    def _connected(self, session_id: str) -> SessionSupervisor:
+        supervisor = self._get(SessionRef(session_id=session_id))
+        if supervisor.state is not SessionState.CONNECTED:
+            raise AgentError(ErrorCode.NOT_CONNECTED, f"session is {supervisor.state}")
+        return supervisor
+
+    async def op_chat_read(self, request: ChatRead) -> ChatReadDone:
+        """Read receipts now (not queued: they are not messages). No ids: every message
+        received in the chat that was not marked read yet."""
+        chat = normalize_chat_id(request.chat)
+        if len(request.message_ids) > MAX_READ_IDS:
+            raise AgentError(
+                ErrorCode.INVALID_REQUEST, f"mark at most {MAX_READ_IDS} messages per call"
+            )
+        supervisor = self._connected(request.session_id)
+        ids = list(dict.fromkeys(request.message_ids)) or supervisor.ledger.unread(chat)
+        if ids:
+            try:
+                await supervisor.engine.mark_read(chat, ids)
+            except Exception as exc:
+                raise AgentError(ErrorCode.ENGINE_ERROR, str(exc)) from None
+            supervisor.ledger.marked_read(ids)
+        return ChatReadDone(chat=chat, marked=ids)
+
+    async def op_chat_presence(self, request: ChatPresence) -> Empty:
+        request.chat = normalize_chat_id(request.chat)
+        supervisor = self._connected(request.session_id)
+        try:
+            await supervisor.engine.send_presence(request.chat, request.state)
+        except Exception as exc:
+            raise AgentError(ErrorCode.ENGINE_ERROR, str(exc)) from None
+        return Empty()
 
     async def op_node_info(self, _: Empty) -> NodeInfo:
         return self.node_info()
@@ -858,6 +906,7 @@ class Agent:
         if self._engine is not None:
             await self.engine.close()
         await self.media.close()
+        await close_preview_fetchers()
         self.lag.stop()
         if self._nodes_kv is not None:
             with contextlib.suppress(Exception):

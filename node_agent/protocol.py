@@ -103,6 +103,8 @@ class Op(enum.StrEnum):
     MESSAGE_SEND = "message_send"
     CONTACTS_CHECK = "contacts_check"
     HISTORY_LIST = "history_list"
+    CHAT_READ = "chat_read"
+    CHAT_PRESENCE = "chat_presence"
     NODE_INFO = "node_info"
 
 
@@ -122,6 +124,11 @@ class ErrorCode(enum.StrEnum):
     NOT_CONNECTED = "not_connected"
     NOT_PAIRING = "not_pairing"
     INVALID_NUMBER = "invalid_number"
+    INVALID_CHAT_ID = "invalid_chat_id"
+    MESSAGE_NOT_FOUND = "message_not_found"  # edit/revoke/reply target unknown to the session
+    MESSAGE_NOT_EDITABLE = "message_not_editable"
+    EDIT_WINDOW_CLOSED = "edit_window_closed"
+    REVOKE_WINDOW_CLOSED = "revoke_window_closed"
     UNSUPPORTED_MESSAGE = "unsupported_message"
     MEDIA_TOO_LARGE = "media_too_large"
     MEDIA_UNAVAILABLE = "media_unavailable"
@@ -174,6 +181,11 @@ class PacingSettings(msgspec.Struct, kw_only=True):
     jitter: float = 0.3
     daily_cap: int = 1000
     queue_size: int = 500
+    # "type before send" (issue 15): show "typing…" in the chat before each text goes,
+    # for typing_s_per_char per character, at most typing_max_s
+    typing_before_send: bool = False
+    typing_s_per_char: float = 0.05
+    typing_max_s: float = 5.0
 
 
 class SessionSpec(msgspec.Struct, kw_only=True):
@@ -280,7 +292,16 @@ class Media(msgspec.Struct, kw_only=True):
 
 
 class TextContent(msgspec.Struct, tag="text", kw_only=True):
+    """Text. ``reply_to`` quotes a message of the chat (our ``m_`` id or the id of a
+    received message); ``mentions`` are chat ids (phones or LIDs) mentioned in the text;
+    ``mention_all`` mentions every participant of a group; ``link_preview`` attaches a
+    preview card of the first http(s) URL (node_agent/link_preview.py)."""
+
     text: str
+    reply_to: str | None = None
+    mentions: list[str] | None = None
+    mention_all: bool = False
+    link_preview: bool = False  # the agent attaches a preview of the first URL
 
 
 class ImageContent(msgspec.Struct, tag="image", kw_only=True):
@@ -316,8 +337,35 @@ class ContactContent(msgspec.Struct, tag="contact", kw_only=True):
 
 
 class ReactionContent(msgspec.Struct, tag="reaction", kw_only=True):
+    """A reaction to a message; an empty ``emoji`` removes this account's reaction."""
+
     message_id: str
     emoji: str
+
+
+# -- conversations (issue 15): edits, revokes, polls go through the same send path --------
+
+
+class EditContent(msgspec.Struct, tag="edit", kw_only=True):
+    """Replace the text of a text message this session sent (WhatsApp's edit window)."""
+
+    message_id: str
+    text: str
+
+
+class RevokeContent(msgspec.Struct, tag="revoke", kw_only=True):
+    """Delete a message this session sent, for everyone (WhatsApp's revoke window)."""
+
+    message_id: str
+
+
+class PollContent(msgspec.Struct, tag="poll", kw_only=True):
+    """A poll: 2-12 unique options; ``selectable`` options per vote (1 = single choice,
+    0 = any number)."""
+
+    name: str
+    options: list[str]
+    selectable: int = 1
 
 
 MessageContent = (
@@ -329,6 +377,9 @@ MessageContent = (
     | LocationContent
     | ContactContent
     | ReactionContent
+    | EditContent
+    | RevokeContent
+    | PollContent
 )
 
 
@@ -361,6 +412,33 @@ class NumberStatus(msgspec.Struct, kw_only=True):
 
 class NumberStatuses(msgspec.Struct, kw_only=True):
     results: list[NumberStatus]
+
+
+# -- chats: read marks and presence (issue 15) --------------------------------------------
+
+ChatPresenceState = Literal["typing", "recording", "paused"]
+
+
+class ChatRead(msgspec.Struct, kw_only=True):
+    """Mark messages of a chat read (blue ticks for their senders). No ids: every message
+    received in the chat that this session has not marked read yet."""
+
+    session_id: str
+    chat: str
+    message_ids: list[str] = msgspec.field(default_factory=list)
+
+
+class ChatReadDone(msgspec.Struct, kw_only=True):
+    chat: str
+    marked: list[str]
+
+
+class ChatPresence(msgspec.Struct, kw_only=True):
+    """Show "typing…" / "recording audio…" in a chat, or stop (``paused``)."""
+
+    session_id: str
+    chat: str
+    state: ChatPresenceState
 
 
 class HistoryRequest(msgspec.Struct, kw_only=True):
@@ -418,6 +496,11 @@ class EventType(enum.StrEnum):
     MESSAGE_QUEUED = "message.queued"
     MESSAGE_SENT = "message.sent"
     MESSAGE_ACK = "message.ack"
+    MESSAGE_EDITED = "message.edited"
+    MESSAGE_REVOKED = "message.revoked"
+    MESSAGE_REACTION = "message.reaction"
+    MESSAGE_POLL_VOTE = "message.poll_vote"
+    CHAT_PRESENCE = "chat.presence"
     NODE_UP = "node.up"
     NODE_DOWN = "node.down"
     SESSION_MOVED = "session.moved"

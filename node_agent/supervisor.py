@@ -22,6 +22,8 @@ from typing import Any
 import msgspec
 from prometheus_client import Counter, Gauge, Histogram
 
+from node_agent.chat_ids import is_group
+from node_agent.conversation import Ledger
 from node_agent.engines._base import (
     Connected,
     Disconnected,
@@ -31,10 +33,12 @@ from node_agent.engines._base import (
     Inbound,
     LoggedOut,
     Paired,
+    PresenceSeen,
     QrShown,
     Receipt,
 )
 from node_agent.events import EventPublisher
+from node_agent.link_preview import with_preview
 from node_agent.media import MediaError, MediaFetcher, MediaPayload
 from node_agent.pacing import Pacer
 from node_agent.protocol import (
@@ -46,8 +50,8 @@ from node_agent.protocol import (
     MessageContent,
     MessageRecord,
     PacingSettings,
+    PollContent,
     QrCode,
-    ReactionContent,
     SendMessage,
     SessionInfo,
     SessionSpec,
@@ -66,6 +70,11 @@ SEND_SECONDS = Histogram(
     "zapfleet_agent_send_seconds",
     "Engine send latency (after pacing)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+TYPING_SECONDS = Histogram(
+    "zapfleet_agent_typing_before_send_seconds",
+    "Typing shown before a send (pacing: type before send)",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
 )
 QUEUE_DEPTH = Gauge("zapfleet_agent_send_queue_depth", "Messages waiting in send queues")
 
@@ -157,6 +166,7 @@ class SessionSupervisor:
         self._queued_ids: OrderedDict[str, None] = OrderedDict()
         self._engine_ids: OrderedDict[str, str] = OrderedDict()  # engine id -> our id
         self._our_ids: OrderedDict[str, str] = OrderedDict()  # our id -> engine id
+        self.ledger = Ledger()  # conversations: edit/revoke/reply targets (conversation.py)
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
         self._reconnect_task: asyncio.Task[None] | None = None  # a sleeping retry timer
@@ -405,6 +415,8 @@ class SessionSupervisor:
                 self._on_inbound(event)
             case Receipt():
                 self._on_receipt(event)
+            case PresenceSeen():
+                self._on_presence(event)
 
     def _on_failure(self, reason: str, *, fatal: bool = False) -> None:
         if self._ending:
@@ -494,6 +506,7 @@ class SessionSupervisor:
         self._queue.append(_Outbound(request, time.time(), media))
         self._queued_media_bytes += size
         self._remember(self._queued_ids, request.message_id, None)
+        self.ledger.accepted(request)
         QUEUE_DEPTH.inc()
         self._wake.set()
         self.events.emit(
@@ -579,10 +592,14 @@ class SessionSupervisor:
             except MediaError as exc:
                 self._finish_failed(item, exc.code, exc.message)
                 return
-        if isinstance(content, ReactionContent) and content.message_id in self._our_ids:
-            content = ReactionContent(
-                message_id=self._our_ids[content.message_id], emoji=content.emoji
-            )
+        prepared = self.ledger.for_engine(content)
+        if isinstance(prepared, str):
+            self._finish_failed(item, ErrorCode.MESSAGE_NOT_FOUND, prepared)
+            return
+        content = prepared
+        if isinstance(content, TextContent) and content.link_preview and self.media is not None:
+            content = await with_preview(self.media, content)
+        await self._type_before(request.to, content)
         started = time.perf_counter()
         item.attempts += 1
         try:
@@ -604,6 +621,7 @@ class SessionSupervisor:
         self.pacer.record_sent(request.to)
         self._remember(self._engine_ids, engine_id, request.message_id)
         self._remember(self._our_ids, request.message_id, engine_id)
+        self.ledger.on_sent(request.message_id, engine_id)
         self._record(request, "sent")
         self.events.emit(
             EventType.MESSAGE_SENT,
@@ -618,9 +636,43 @@ class SessionSupervisor:
             },
         )
 
+    async def _type_before(self, to: str, content: MessageContent) -> None:
+        """Pacing's "type before send": "typing…" in the chat for a time proportional to
+        the text, bounded by ``typing_max_s``, then the message. Ban protection users
+        ask for; a failed indicator never holds the message back."""
+        pacing = self.spec.pacing
+        if not pacing.typing_before_send or not isinstance(content, TextContent | PollContent):
+            return
+        text = content.text if isinstance(content, TextContent) else content.name
+        duration = min(pacing.typing_max_s, len(text) * pacing.typing_s_per_char)
+        if duration <= 0:
+            return
+        try:
+            await self._engine.send_presence(to, "typing")
+        except Exception as exc:
+            log.info("typing indicator failed", extra={"error": repr(exc)})
+            return
+        TYPING_SECONDS.observe(duration)
+        await asyncio.sleep(duration)
+
+    def _on_presence(self, event: PresenceSeen) -> None:
+        self.events.emit(
+            EventType.CHAT_PRESENCE,
+            self.tenant,
+            self.session_id,
+            {
+                "chat": event.chat,
+                "from": event.sender,
+                "from_lid": event.sender_lid,
+                "is_group": is_group(event.chat),
+                "state": event.state,
+            },
+        )
+
     def _finish_failed(self, item: _Outbound, code: ErrorCode, error: str) -> None:
         request = item.request
         self._dequeue(item)
+        self.ledger.on_failed(request.message_id)
         SENDS.labels("failed").inc()
         self._record(request, "failed")
         self.events.emit(
@@ -655,30 +707,42 @@ class SessionSupervisor:
         )
 
     def _on_inbound(self, event: Inbound) -> None:
+        chat = event.chat or event.sender or event.sender_lid or ""
+        special = self.ledger.inbound_event(event, chat)
+        if special is not None:  # an edit, revoke, reaction or poll vote
+            self.events.emit(special[0], self.tenant, self.session_id, special[1])
+            return
+        self.ledger.on_received(event.message_id, chat)
+        if event.resolves:  # the content of a message first reported undecryptable
+            for record in reversed(self.history):
+                if record.message_id == event.message_id and record.direction == "in":
+                    self.history.remove(record)
+                    break
         self.history.append(
             MessageRecord(
                 message_id=event.message_id,
                 direction="in",
-                peer=event.sender,
+                peer=chat,
                 type=event.type,
                 timestamp=event.timestamp,
                 status="received",
                 text=event.text,
             )
         )
-        self.events.emit(
-            EventType.MESSAGE_RECEIVED,
-            self.tenant,
-            self.session_id,
-            {
-                "message_id": event.message_id,
-                "from": event.sender,
-                "type": event.type,
-                "text": event.text,
-                "content": event.content,
-                "timestamp": event.timestamp,
-            },
-        )
+        data: dict[str, Any] = {
+            "message_id": event.message_id,
+            "from": event.sender,
+            "from_lid": event.sender_lid,
+            "chat": chat,
+            "is_group": is_group(chat),
+            "type": event.type,
+            "text": event.text,
+            "content": event.content,
+            "timestamp": event.timestamp,
+        }
+        if event.resolves:
+            data["resolves"] = True
+        self.events.emit(EventType.MESSAGE_RECEIVED, self.tenant, self.session_id, data)
 
     def _on_receipt(self, event: Receipt) -> None:
         message_id = self._engine_ids.get(event.message_id, event.message_id)

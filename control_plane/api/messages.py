@@ -8,7 +8,6 @@ import secrets
 from typing import Annotated, Any
 
 import msgspec
-import phonenumbers
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.di import Provide
 from litestar.params import HeaderParameter, Parameter
@@ -28,6 +27,7 @@ from control_plane.models import (
 )
 from control_plane.problems import SMALL_ANSWERS, ProblemError
 from control_plane.services import Services
+from node_agent.chat_ids import ChatIdError, chat_kind, is_group, normalize_chat, normalize_phone
 from node_agent.protocol import (
     CheckNumbers,
     History,
@@ -37,15 +37,19 @@ from node_agent.protocol import (
     NumberStatus,
     NumberStatuses,
     Op,
+    PollContent,
     SendAccepted,
     SendMessage,
+    TextContent,
 )
 
 MESSAGES = {"rate": "messages", SMALL_ANSWERS: True}
+MAX_POLL_OPTIONS = 12
 JSON = MediaType.JSON
 _encode = msgspec.json.encode
 _status_decoder = msgspec.json.Decoder(NumberStatus)
 _recipients: dict[str, str] = {}
+_chats: dict[str, str] = {}
 _MAX_REMEMBERED = 50_000
 
 
@@ -55,17 +59,29 @@ def normalize_recipient(raw: str) -> str:
     known = _recipients.get(raw)
     if known is not None:
         return known
-    text = raw.strip().removesuffix("@s.whatsapp.net")
     try:
-        number = phonenumbers.parse(text if text.startswith("+") else "+" + text, None)
-    except phonenumbers.NumberParseException as exc:
-        raise ProblemError(422, "invalid_number", f"{raw!r} is not a phone number: {exc}") from None
-    if not phonenumbers.is_possible_number(number):
-        raise ProblemError(422, "invalid_number", f"{raw!r} is not a possible phone number")
-    normalized = f"{number.country_code}{number.national_number}"
+        normalized = normalize_phone(raw)
+    except ChatIdError as exc:
+        raise ProblemError(422, exc.code, exc.message) from None
     if len(_recipients) >= _MAX_REMEMBERED:
         _recipients.clear()
     _recipients[raw] = normalized
+    return normalized
+
+
+def normalize_chat_id(raw: str) -> str:
+    """A chat id (phone, group, LID, newsletter: node_agent/chat_ids.py), or a 422
+    problem: ``invalid_number`` for a malformed phone, ``invalid_chat_id`` otherwise."""
+    known = _chats.get(raw)
+    if known is not None:
+        return known
+    try:
+        normalized = normalize_chat(raw)
+    except ChatIdError as exc:
+        raise ProblemError(422, exc.code, exc.message) from None
+    if len(_chats) >= _MAX_REMEMBERED:
+        _chats.clear()
+    _chats[raw] = normalized
     return normalized
 
 
@@ -105,6 +121,44 @@ def _check_media(content: MessageContent, max_bytes: int) -> None:
             )
 
 
+def check_conversation(content: MessageContent, recipient: str) -> None:
+    """The limits of conversation content WhatsApp would refuse later (issue 15): mentions
+    are people (phones or LIDs) and ``mention_all`` needs a group; a poll has unique
+    options and no more selectable than it has. Shared by REST and NATS commands."""
+    if isinstance(content, TextContent):
+        if content.mentions:
+            mentioned = []
+            for raw in content.mentions:
+                chat = normalize_chat_id(raw)
+                if chat_kind(chat) not in ("phone", "lid"):
+                    raise ProblemError(
+                        422, "invalid_mentions", f"{raw!r}: only people can be mentioned"
+                    )
+                mentioned.append(chat)
+            content.mentions = list(dict.fromkeys(mentioned))
+        if content.mention_all and not is_group(recipient):
+            raise ProblemError(
+                422,
+                "invalid_mentions",
+                f"mention_all mentions a group's participants: {recipient!r} is not a group",
+            )
+    elif isinstance(content, PollContent):
+        names = [option.strip() for option in content.options]
+        if any(not name for name in names):
+            raise ProblemError(422, "invalid_poll", "poll options must not be blank")
+        if len(set(names)) != len(names):
+            raise ProblemError(422, "invalid_poll", "poll options must be unique")
+        if not 2 <= len(names) <= MAX_POLL_OPTIONS:
+            raise ProblemError(422, "invalid_poll", "a poll has 2 to 12 options")
+        if content.selectable > len(names):
+            raise ProblemError(
+                422,
+                "invalid_poll",
+                f"selectable ({content.selectable}) exceeds the {len(names)} options",
+            )
+        content.options = names
+
+
 IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
@@ -125,9 +179,10 @@ async def queue_message(
     """Queue one message on the session's node: the JSON of its MessageAccepted, and
     whether it is the replay of an earlier request with the same Idempotency-Key. The
     REST endpoint and the NATS command ``message_send`` share it."""
-    recipient = normalize_recipient(data.to)
+    recipient = normalize_chat_id(data.to)
     content = to_content(data)
     _check_media(content, services.settings.max_media_bytes)
+    check_conversation(content, recipient)
     record = await load_record(services, principal, session_id)
     assignment = running(record)
     key = record.spec.key
@@ -179,7 +234,7 @@ class MessageController(Controller):
         "/messages",
         status_code=202,
         opt=MESSAGES,
-        summary="Queue a message (text, media, location, contact, reaction)",
+        summary="Queue a message (text, media, location, contact, reaction, edit, revoke, poll)",
     )
     async def send(
         self,

@@ -43,12 +43,23 @@ class LoggedOut(msgspec.Struct, frozen=True):
 
 
 class Inbound(msgspec.Struct, frozen=True):
+    """An inbound message (or an edit, revoke, reaction, poll vote: ``type``).
+
+    ``sender`` is the sender's phone (E.164 digits) when known — never a LID;
+    ``sender_lid`` its LID (``<id>@lid``) when known. ``chat`` is the chat it was sent
+    in when that is not the sender's own chat: a group (``<id>@g.us``) or a newsletter;
+    None for a one-to-one chat. ``resolves``: the message was first reported
+    undecryptable (type ``undecryptable``) and this is its content after the retry."""
+
     message_id: str
-    sender: str
+    sender: str | None
     type: str
     timestamp: float
     text: str | None = None
     content: dict[str, object] | None = None
+    sender_lid: str | None = None
+    chat: str | None = None
+    resolves: bool = False
 
 
 AckStatus = Literal["server", "delivered", "read", "failed"]
@@ -60,7 +71,18 @@ class Receipt(msgspec.Struct, frozen=True):
     peer: str | None = None
 
 
-EngineEvent = QrShown | Paired | Connected | Disconnected | LoggedOut | Inbound | Receipt
+class PresenceSeen(msgspec.Struct, frozen=True):
+    """Someone is typing or recording in a chat with this account (or stopped)."""
+
+    chat: str
+    sender: str | None
+    state: Literal["typing", "recording", "paused"]
+    sender_lid: str | None = None
+
+
+EngineEvent = (
+    QrShown | Paired | Connected | Disconnected | LoggedOut | Inbound | Receipt | PresenceSeen
+)
 Emit = Callable[[EngineEvent], None]
 
 
@@ -96,6 +118,14 @@ class EngineSession(Protocol):
 
     async def ping(self) -> bool:
         """Cheap liveness probe used by the watchdog."""
+
+    async def mark_read(self, chat: str, message_ids: list[str]) -> None:
+        """Send read receipts for received messages of ``chat`` (issue 15)."""
+
+    async def send_presence(
+        self, chat: str, state: Literal["typing", "recording", "paused"]
+    ) -> None:
+        """Show typing / recording in ``chat``, or stop showing it (``paused``)."""
 
 
 class Engine(Protocol):

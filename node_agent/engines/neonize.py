@@ -66,19 +66,24 @@ from node_agent.engines._base import (
     Inbound,
     LoggedOut,
     Paired,
+    PresenceSeen,
     QrShown,
     Receipt,
 )
+from node_agent.link_preview import LinkPreview, PreviewedText
 from node_agent.media import MediaPayload
 from node_agent.protocol import (
     AudioContent,
     ContactContent,
     DocumentContent,
+    EditContent,
     ImageContent,
     LocationContent,
     MessageContent,
     NumberStatus,
+    PollContent,
     ReactionContent,
+    RevokeContent,
     SessionSpec,
     TextContent,
     VideoContent,
@@ -376,6 +381,12 @@ class NeonizeSession:
         self._active = False  # between connect() and disconnect()
         self._guard: asyncio.Task[None] | None = None
         self._sent: OrderedDict[str, None] = OrderedDict()  # our engine ids (reactions)
+        # conversations (issue 15): messages a reply may quote (engine id -> participant
+        # JID, message proto) and the options of polls we sent (engine id -> name, options)
+        self._recent: OrderedDict[str, tuple[str, Any]] = OrderedDict()
+        self._polls: OrderedDict[str, tuple[str, list[str]]] = OrderedDict()
+        # ids reported undecryptable: their content, once the retry works, "resolves" them
+        self._undecryptable: OrderedDict[str, None] = OrderedDict()
 
     def rebind(self, spec: SessionSpec, emit: Emit) -> None:
         self.spec = spec
@@ -637,10 +648,8 @@ class NeonizeSession:
         message_id: str,
         media: MediaPayload | None = None,
     ) -> str:
-        from neonize.utils.jid import build_jid
-
         gen = self._online()
-        jid = build_jid(to)
+        jid = _parse_jid(to)
         try:
             message = await self._build(gen, jid, content, media)
             response = await self._call(gen.client.send_message(jid, message))
@@ -654,6 +663,7 @@ class NeonizeSession:
         self._sent[engine_id] = None
         if len(self._sent) > 10_000:
             self._sent.popitem(last=False)
+        self._remember_sent(engine_id, content, message)
         # whatsmeow returns after the server accepted the message: that is the server ack
         self._report(Receipt(message_id=engine_id, status="server", peer=to))
         return engine_id
@@ -680,7 +690,23 @@ class NeonizeSession:
         from neonize.utils.enum import MediaType
 
         if isinstance(content, TextContent):
-            return e2e.Message(conversation=content.text)
+            mentions = list(content.mentions or [])
+            if content.mention_all:
+                mentions += await self._participants(gen, jid)
+            quote = self._recent.get(content.reply_to) if content.reply_to else None
+            return build_text(
+                content.text,
+                reply_to=content.reply_to,
+                quoted=quote,
+                mentions=mentions,
+                preview=content.preview if isinstance(content, PreviewedText) else None,
+            )
+        if isinstance(content, EditContent):
+            return build_edit(jid_text(jid), content.message_id, content.text)
+        if isinstance(content, RevokeContent):
+            return build_revoke(jid_text(jid), content.message_id)
+        if isinstance(content, PollContent):
+            return build_poll(content.name, content.options, content.selectable)
         if isinstance(content, LocationContent):
             return e2e.Message(
                 locationMessage=e2e.LocationMessage(
@@ -736,6 +762,80 @@ class NeonizeSession:
             )
         raise EngineError(f"unsupported content {type(content).__name__}")
 
+    async def mark_read(self, chat: str, message_ids: list[str]) -> None:
+        """Read receipts (whatsmeow ``MarkRead``), one call per sender: in a group each
+        message's participant, else the chat itself."""
+        from neonize.utils.enum import ReceiptType
+
+        gen = self._online()
+        chat_jid = _parse_jid(chat)
+        by_sender: dict[str, list[str]] = {}
+        for message_id in message_ids:
+            participant = self._recent.get(message_id, ("", None))[0]
+            by_sender.setdefault(participant or jid_text(chat_jid), []).append(message_id)
+        for sender, ids in by_sender.items():
+            try:
+                await self._call(
+                    gen.client.mark_read(
+                        *ids, chat=chat_jid, sender=_parse_jid(sender), receipt=ReceiptType.READ
+                    )
+                )
+            except TimeoutError:
+                raise EngineError("mark read timed out") from None
+            except Exception as exc:
+                raise EngineError(f"mark read failed: {exc}") from None
+
+    async def send_presence(
+        self, chat: str, state: Literal["typing", "recording", "paused"]
+    ) -> None:
+        """Typing / recording indicators (whatsmeow ``SendChatPresence``)."""
+        gen = self._online()
+        presence, media = chat_presence_args(state)
+        try:
+            await self._call(gen.client.send_chat_presence(_parse_jid(chat), presence, media))
+        except TimeoutError:
+            raise EngineError("chat presence timed out") from None
+        except Exception as exc:
+            raise EngineError(f"chat presence failed: {exc}") from None
+
+    def _on_chat_presence(self, event: Any) -> None:
+        seen = presence_of(event)
+        if seen is not None:
+            self._report(seen)
+
+    async def _participants(self, gen: _Generation, jid: Any) -> list[str]:
+        """Every participant of a group, as chat ids ("mention everyone")."""
+        try:
+            info = await self._call(gen.client.get_group_info(jid))
+        except Exception as exc:
+            raise EngineError(f"group participants unavailable: {exc}") from None
+        return participant_ids(info)
+
+    def _remember_sent(self, engine_id: str, content: MessageContent, message: Any) -> None:
+        me = getattr(self._gen.client, "me", None) if self._gen is not None else None
+        own = jid_text(me.JID) if me is not None and me.HasField("JID") else ""
+        _bounded_put(self._recent, engine_id, (own, message))
+        if isinstance(content, PollContent):
+            _bounded_put(self._polls, engine_id, (content.name, list(content.options)))
+
+    async def _poll_vote(self, event: Any, inbound: Inbound) -> Inbound | None:
+        """Decrypt a poll vote (whatsmeow: ``decrypt_poll_vote``) and name the options."""
+        content = dict(inbound.content or {})
+        poll_id = str(content.get("message_id") or "")
+        poll = self._polls.get(poll_id)
+        gen = self._gen
+        if poll is None or gen is None or not gen.link_up:
+            log.info("poll vote for a poll this agent does not know", extra={"poll": poll_id})
+            return None
+        try:
+            vote = await self._call(gen.client.decrypt_poll_vote(event))
+        except Exception as exc:
+            log.warning("poll vote not decryptable", extra={"error": repr(exc)})
+            return None
+        content["poll"] = poll[0]
+        content["options"] = poll_option_names(poll[1], list(vote.selectedOptions))
+        return msgspec.structs.replace(inbound, content=content)
+
     # -- events from Go ------------------------------------------------------------------
 
     def _install_handlers(self, gen: _Generation) -> None:
@@ -744,7 +844,7 @@ class NeonizeSession:
         client = gen.client
 
         def handler(
-            event_type: Any, fn: Callable[[Any], None]
+            event_type: Any, fn: Callable[[Any], Any]
         ) -> Callable[[Any, Any], Coroutine[Any, Any, None]]:
             async def wrapped(_: Any, event: Any) -> None:
                 try:
@@ -753,7 +853,9 @@ class NeonizeSession:
                             # an abandoned dial came through after all: never two sockets
                             self.engine.spawn(self._stop_generation(gen))
                         return
-                    fn(event)
+                    result = fn(event)
+                    if asyncio.iscoroutine(result):
+                        await result
                 except Exception:
                     log.exception("neonize event handler failed", extra={"event": event_type})
 
@@ -785,6 +887,11 @@ class NeonizeSession:
         handler(ev.KeepAliveRestoredEv, lambda e: self._on_keepalive(gen, 0))
         handler(ev.MessageEv, self._on_message)
         handler(ev.ReceiptEv, self._on_receipt)
+        handler(ev.ChatPresenceEv, self._on_chat_presence)
+        # not re-exported by neonize.aioze.events, but registered like the others
+        from neonize.proto.Neonize_pb2 import UndecryptableMessage
+
+        handler(UndecryptableMessage, self._on_undecryptable)
         handler(ev.StreamErrorEv, lambda e: log.warning("stream error", extra={"code": e.Code}))
 
         async def on_qr(_: Any, data: bytes) -> None:
@@ -901,34 +1008,58 @@ class NeonizeSession:
     def _on_keepalive(self, gen: _Generation, errors: int) -> None:
         gen.keepalive_errors = errors
 
-    def _on_message(self, event: Any) -> None:
-        info = event.Info
-        source = info.MessageSource
-        if source.IsFromMe:
+    async def _on_undecryptable(self, event: Any) -> None:
+        inbound = undecryptable_of(event)
+        if inbound is None:
             return
-        kind, text, extra = describe_message(event.Message)
-        sender = str(source.Sender.User)
-        content: dict[str, object] = dict(extra)
-        if source.IsGroup:
-            content["group"] = f"{source.Chat.User}@{source.Chat.Server}"
-        if info.Pushname:
-            content["push_name"] = str(info.Pushname)
-        self._report(
-            Inbound(
-                message_id=str(info.ID),
-                sender=sender,
-                type=kind,
-                timestamp=float(info.Timestamp) / (1000 if info.Timestamp > 10**11 else 1),
-                text=text,
-                content=content or None,
+        _bounded_put(self._undecryptable, inbound.message_id, None)
+        if inbound.sender is None and inbound.sender_lid:
+            inbound = msgspec.structs.replace(
+                inbound, sender=await self._phone_of_lid(inbound.sender_lid)
             )
-        )
+        self._report(inbound)
+
+    async def _on_message(self, event: Any) -> None:
+        inbound = inbound_of(event)
+        if inbound is None:
+            return
+        if inbound.message_id in self._undecryptable:  # the retry worked
+            del self._undecryptable[inbound.message_id]
+            inbound = msgspec.structs.replace(inbound, resolves=True)
+        if inbound.type == "poll_vote":
+            voted = await self._poll_vote(event, inbound)
+            if voted is None:
+                return
+            inbound = voted
+        else:
+            participant = jid_text(event.Info.MessageSource.Sender)
+            _bounded_put(self._recent, inbound.message_id, (participant, event.Message))
+        if inbound.sender is None and inbound.sender_lid:
+            inbound = msgspec.structs.replace(
+                inbound, sender=await self._phone_of_lid(inbound.sender_lid)
+            )
+        self._report(inbound)
+
+    async def _phone_of_lid(self, lid: str) -> str | None:
+        """whatsmeow's LID → phone mapping (``get_pn_from_lid``); None when unknown."""
+        gen = self._gen
+        if gen is None or not gen.link_up:
+            return None
+        try:
+            jid = await self._call(gen.client.get_pn_from_lid(_parse_jid(lid)))
+        except Exception as exc:
+            log.info("no phone known for a LID", extra={"error": repr(exc)})
+            return None
+        return phone_of(jid)
 
     def _on_receipt(self, event: Any) -> None:
         status = _RECEIPTS.get(int(event.Type))
         if status is None:
             return
-        peer = str(event.MessageSource.Chat.User) or None
+        source = event.MessageSource
+        # in a group the receipt comes from one participant; never a LID as a phone
+        who = source.Sender if source.IsGroup else source.Chat
+        peer = phone_of(who) or phone_of(source.SenderAlt) or jid_text(who) or None
         for message_id in event.MessageIDs:
             self._report(Receipt(message_id=str(message_id), status=status, peer=peer))
 
@@ -942,10 +1073,247 @@ _RECEIPTS: dict[int, Literal["delivered", "read", "failed"]] = {
 
 
 def _parse_jid(text: str) -> Any:
+    """The JID of a chat id (node_agent/chat_ids.py): phone digits or ``user@server``."""
     from neonize.utils.jid import build_jid
 
     user, _, server = text.partition("@")
     return build_jid(user, server or "s.whatsapp.net")
+
+
+def jid_text(jid: Any) -> str:
+    """``user@server`` of a JID proto ("" when empty)."""
+    if jid is None or not jid.User:
+        return ""
+    return f"{jid.User}@{jid.Server}"
+
+
+def phone_of(jid: Any) -> str | None:
+    """The phone number (E.164 digits) of a JID on the phone server, else None: a LID
+    is never taken for a phone number."""
+    if jid is None or not jid.User or jid.Server != "s.whatsapp.net":
+        return None
+    return str(jid.User)
+
+
+def lid_of(jid: Any) -> str | None:
+    if jid is None or not jid.User or jid.Server != "lid":
+        return None
+    return f"{jid.User}@lid"
+
+
+def inbound_of(event: Any) -> Inbound | None:
+    """The :class:`Inbound` of a whatsmeow message event (None for our own messages).
+
+    With LID addressing ``Sender`` is the LID and ``SenderAlt`` the phone (or the other
+    way round): the phone goes to ``sender`` only when it is one, the LID to
+    ``sender_lid``; a LID-only sender has ``sender`` None until the phone is resolved.
+    In a group ``chat`` is the group and ``sender`` the participant."""
+    info = event.Info
+    source = info.MessageSource
+    if source.IsFromMe:
+        return None
+    kind, text, extra = describe_message(event.Message)
+    if event.IsEdit and kind != "edit" and event.HasField("Raw"):
+        # whatsmeow unwrapped the edit (Message = the new content): the target is in Raw
+        raw_kind, raw_text, raw_extra = describe_message(event.Raw)
+        if raw_kind == "edit":
+            kind, text, extra = raw_kind, raw_text, raw_extra
+    phone = phone_of(source.Sender) or phone_of(source.SenderAlt)
+    lid = lid_of(source.Sender) or lid_of(source.SenderAlt)
+    content: dict[str, object] = dict(extra)
+    if info.Pushname:
+        content["push_name"] = str(info.Pushname)
+    chat = None
+    if source.IsGroup or source.Chat.Server in ("g.us", "newsletter"):
+        chat = jid_text(source.Chat)
+    return Inbound(
+        message_id=str(info.ID),
+        sender=phone,
+        sender_lid=lid,
+        chat=chat,
+        type=kind,
+        timestamp=float(info.Timestamp) / (1000 if info.Timestamp > 10**11 else 1),
+        text=text,
+        content=content or None,
+    )
+
+
+def _bounded_put(store: OrderedDict[str, Any], key: str, value: Any, limit: int = 2_000) -> None:
+    store[key] = value
+    if len(store) > limit:
+        store.popitem(last=False)
+
+
+def undecryptable_of(event: Any) -> Inbound | None:
+    """The ``message.received`` of a message WhatsApp could not decrypt yet ("waiting for
+    this message"): type ``undecryptable``; whatsmeow asks the sender's phone to send it
+    again, and the content arrives later as a message with the same id."""
+    info = event.Info
+    source = info.MessageSource
+    if source.IsFromMe:
+        return None
+    chat = None
+    if source.IsGroup or source.Chat.Server in ("g.us", "newsletter"):
+        chat = jid_text(source.Chat)
+    return Inbound(
+        message_id=str(info.ID),
+        sender=phone_of(source.Sender) or phone_of(source.SenderAlt),
+        sender_lid=lid_of(source.Sender) or lid_of(source.SenderAlt),
+        chat=chat,
+        type="undecryptable",
+        timestamp=float(info.Timestamp) / (1000 if info.Timestamp > 10**11 else 1),
+        content={
+            "unavailable": bool(event.IsUnavailable),
+            "hidden": int(event.DecryptFailMode) == 2,  # DECRYPT_FAIL_HIDE (SHOW is 1)
+        },
+    )
+
+
+def participant_ids(info: Any) -> list[str]:
+    """Chat ids of a group's participants as the group addresses them (its JID: a phone,
+    or a LID in a LID-addressed group) — what ``mentionedJID`` must name."""
+    found = []
+    for participant in info.Participants:
+        chat = phone_of(participant.JID) or jid_text(participant.JID)
+        if chat:
+            found.append(chat)
+    return found
+
+
+def chat_presence_args(state: str) -> tuple[Any, Any]:
+    """neonize's (ChatPresence, ChatPresenceMedia) of a presence state."""
+    from neonize.utils.enum import ChatPresence, ChatPresenceMedia
+
+    if state == "paused":
+        return ChatPresence.CHAT_PRESENCE_PAUSED, ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT
+    media = (
+        ChatPresenceMedia.CHAT_PRESENCE_MEDIA_AUDIO
+        if state == "recording"
+        else (ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT)
+    )
+    return ChatPresence.CHAT_PRESENCE_COMPOSING, media
+
+
+def presence_of(event: Any) -> PresenceSeen | None:
+    """The :class:`PresenceSeen` of a whatsmeow ChatPresence event (State 1 composing,
+    2 paused; Media 2 audio = recording)."""
+    source = event.MessageSource
+    if source.IsFromMe:
+        return None
+    state: Literal["typing", "recording", "paused"]
+    if int(event.State) == 2:
+        state = "paused"
+    else:
+        state = "recording" if int(event.Media) == 2 else "typing"
+    phone = phone_of(source.Sender) or phone_of(source.SenderAlt)
+    lid = lid_of(source.Sender) or lid_of(source.SenderAlt)
+    if source.IsGroup:
+        chat = jid_text(source.Chat)
+    else:
+        chat = phone_of(source.Chat) or phone or jid_text(source.Chat)
+    return PresenceSeen(chat=chat, sender=phone, sender_lid=lid, state=state)
+
+
+def mention_jid(chat: str) -> str:
+    """The JID text WhatsApp expects in ``mentionedJID`` for a chat id."""
+    return chat if "@" in chat else f"{chat}@s.whatsapp.net"
+
+
+def build_text(
+    text: str,
+    *,
+    reply_to: str | None = None,
+    quoted: tuple[str, Any] | None = None,
+    mentions: list[str] | None = None,
+    preview: LinkPreview | None = None,
+) -> Any:
+    """A text message; a reply or mentions make it an ``extendedTextMessage`` with a
+    ``contextInfo`` (quoted id, its sender, the quoted content, mentioned JIDs); a link
+    preview fills its ``matchedText``, ``title`` and ``description``."""
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    if reply_to is None and not mentions and preview is None:
+        return e2e.Message(conversation=text)
+    extended = e2e.ExtendedTextMessage(text=text)
+    if preview is not None:
+        extended.matchedText = preview.url
+        extended.title = preview.title
+        if preview.description:
+            extended.description = preview.description
+    if reply_to is None and not mentions:
+        return e2e.Message(extendedTextMessage=extended)
+    context = e2e.ContextInfo()
+    if reply_to is not None:
+        context.stanzaID = reply_to
+        if quoted is not None:
+            participant, message = quoted
+            if participant:
+                context.participant = participant
+            if message is not None:
+                context.quotedMessage.CopyFrom(message)
+    if mentions:
+        context.mentionedJID.extend(dict.fromkeys(mention_jid(m) for m in mentions))
+    extended.contextInfo.CopyFrom(context)
+    return e2e.Message(extendedTextMessage=extended)
+
+
+def build_edit(chat: str, message_id: str, text: str, now_ms: int | None = None) -> Any:
+    """whatsmeow's ``BuildEdit``: a MESSAGE_EDIT protocol message inside ``editedMessage``."""
+    from neonize.proto.waCommon.WACommon_pb2 import MessageKey
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    protocol = e2e.ProtocolMessage(
+        key=MessageKey(remoteJID=chat, fromMe=True, ID=message_id),
+        type=e2e.ProtocolMessage.MESSAGE_EDIT,
+        editedMessage=e2e.Message(conversation=text),
+        timestampMS=now_ms if now_ms is not None else int(time.time() * 1000),
+    )
+    return e2e.Message(
+        editedMessage=e2e.FutureProofMessage(message=e2e.Message(protocolMessage=protocol))
+    )
+
+
+def build_revoke(chat: str, message_id: str) -> Any:
+    """whatsmeow's ``BuildRevoke`` of our own message: a REVOKE protocol message."""
+    from neonize.proto.waCommon.WACommon_pb2 import MessageKey
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    return e2e.Message(
+        protocolMessage=e2e.ProtocolMessage(
+            key=MessageKey(remoteJID=chat, fromMe=True, ID=message_id),
+            type=e2e.ProtocolMessage.REVOKE,
+        )
+    )
+
+
+def build_poll(name: str, options: list[str], selectable: int, secret: bytes | None = None) -> Any:
+    """whatsmeow's ``BuildPollCreation``: the poll, and the 32-byte message secret votes
+    are encrypted with (``selectable`` 0 = any number of options)."""
+    import secrets as _secrets
+
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    if selectable < 0 or selectable > len(options):
+        selectable = 0
+    return e2e.Message(
+        pollCreationMessage=e2e.PollCreationMessage(
+            name=name,
+            options=[e2e.PollCreationMessage.Option(optionName=o) for o in options],
+            selectableOptionsCount=selectable,
+        ),
+        messageContextInfo=e2e.MessageContextInfo(
+            messageSecret=secret if secret is not None else _secrets.token_bytes(32)
+        ),
+    )
+
+
+def poll_option_names(options: list[str], selected: list[bytes]) -> list[str]:
+    """The names of the options a decrypted vote selected: WhatsApp sends the SHA-256 of
+    each chosen option's name; unknown hashes are left out."""
+    import hashlib
+
+    by_hash = {hashlib.sha256(o.encode()).digest(): o for o in options}
+    return [by_hash[h] for h in selected if h in by_hash]
 
 
 def vcard(name: str, phone: str) -> str:
@@ -958,10 +1326,46 @@ def describe_message(message: Any) -> tuple[str, str | None, dict[str, object]]:
     """(type, text, extra) of a WhatsApp message proto, for ``message.received``."""
     if message is None:
         return "unknown", None, {}
+    if message.HasField("editedMessage") and message.editedMessage.HasField("message"):
+        message = message.editedMessage.message  # FutureProofMessage around the edit
+    if message.HasField("protocolMessage"):
+        protocol = message.protocolMessage
+        target: dict[str, object] = {"message_id": str(protocol.key.ID)}
+        if protocol.type == 14:  # MESSAGE_EDIT
+            _, text, _ = describe_message(protocol.editedMessage)
+            return "edit", text, target
+        if protocol.type == 0:  # REVOKE
+            return "revoke", None, target
+        return "other", None, {}
     if message.conversation:
         return "text", str(message.conversation), {}
     if message.HasField("extendedTextMessage"):
-        return "text", str(message.extendedTextMessage.text), {}
+        extended = message.extendedTextMessage
+        context = context_of(extended.contextInfo)
+        if extended.matchedText:
+            context["preview"] = {
+                "url": str(extended.matchedText),
+                "title": str(extended.title),
+                "description": str(extended.description) or None,
+            }
+        return "text", str(extended.text), context
+    for poll_field in ("pollCreationMessage", "pollCreationMessageV2", "pollCreationMessageV3"):
+        if message.HasField(poll_field):
+            poll = getattr(message, poll_field)
+            return (
+                "poll",
+                str(poll.name),
+                {
+                    "options": [str(o.optionName) for o in poll.options],
+                    "selectable": int(poll.selectableOptionsCount),
+                },
+            )
+    if message.HasField("pollUpdateMessage"):
+        return (
+            "poll_vote",
+            None,
+            {"message_id": str(message.pollUpdateMessage.pollCreationMessageKey.ID)},
+        )
     for field, kind in (
         ("imageMessage", "image"),
         ("videoMessage", "video"),
@@ -988,8 +1392,23 @@ def describe_message(message: Any) -> tuple[str, str | None, dict[str, object]]:
         return "contact", None, {"display_name": str(message.contactMessage.displayName)}
     if message.HasField("reactionMessage"):
         reaction = message.reactionMessage
-        return "reaction", str(reaction.text), {"message_id": str(reaction.key.ID)}
+        emoji = str(reaction.text)
+        return "reaction", emoji, {"message_id": str(reaction.key.ID), "emoji": emoji}
     return "other", None, {}
+
+
+def context_of(context: Any) -> dict[str, object]:
+    """What a ``contextInfo`` tells a receiver: the quoted message and the mentions."""
+    extra: dict[str, object] = {}
+    if context.stanzaID:
+        extra["reply_to"] = str(context.stanzaID)
+    mentions = []
+    for jid in context.mentionedJID:
+        user, _, server = str(jid).partition("@")
+        mentions.append(user if server == "s.whatsapp.net" else str(jid))
+    if mentions:
+        extra["mentions"] = mentions
+    return extra
 
 
 def _jpeg_thumbnail(data: bytes) -> bytes | None:

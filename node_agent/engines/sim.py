@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -38,6 +40,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
+from node_agent.chat_ids import chat_kind
 from node_agent.engines._base import (
     Connected,
     Disconnected,
@@ -46,14 +49,17 @@ from node_agent.engines._base import (
     Inbound,
     LoggedOut,
     Paired,
+    PresenceSeen,
     QrShown,
     Receipt,
 )
 from node_agent.engines.sim_presence import Presence
 from node_agent.media import MediaPayload
 from node_agent.protocol import (
+    EditContent,
     MessageContent,
     NumberStatus,
+    PollContent,
     SessionSpec,
     TextContent,
 )
@@ -87,6 +93,14 @@ class Faults(msgspec.Struct, kw_only=True):
     disconnect: bool = False
     zombie: bool = False
     fail_connects: int = 0
+    # not faults but network behaviours of this account (issue 15): send with LID
+    # addressing (the phone is hidden; receivers resolve it like ``get_pn_from_lid``)
+    lid_addressing: bool = False
+    auto_read: bool = True  # read received messages by itself after read_after_s
+    # the next N messages received cannot be decrypted at first ("waiting for this
+    # message"); the retry brings their content resolve_after_ms later
+    undecryptable_next: int = 0
+    resolve_after_ms: float = 200.0
 
 
 class LinkRequest(msgspec.Struct, kw_only=True):
@@ -103,17 +117,28 @@ class Wire(msgspec.Struct, kw_only=True):
     """A message on the simulated network."""
 
     id: str
-    sender: str
+    sender: str | None  # the sender's phone; None when the sender addresses by LID
     type: str
     ts: float
     text: str | None = None
     content: dict[str, Any] | None = None
+    sender_lid: str | None = None
+    chat: str | None = None  # a group or newsletter; None in a one-to-one chat
 
 
 class WireReceipt(msgspec.Struct, kw_only=True):
     id: str
     status: Literal["delivered", "read"]
     peer: str
+
+
+class WirePresence(msgspec.Struct, kw_only=True):
+    """Typing / recording / paused in a chat, from one account to another."""
+
+    sender: str | None
+    sender_lid: str | None
+    state: Literal["typing", "recording", "paused"]
+    chat: str | None = None
 
 
 class Account(msgspec.Struct, kw_only=True):
@@ -164,6 +189,58 @@ async def seed_account(nc: NATS, session_id: str, phone: str) -> None:
     kv = await key_value(nc.jetstream(), KeyValueConfig(bucket=SIM_BUCKET, history=1), 1)
     await kv.put(f"acct.{session_id}", _encode(Account(phone=phone, paired_at=time.time())))
     await kv.put(f"num.{phone}", session_id.encode())
+
+
+def lid_of(phone: str) -> str:
+    """The sim's LID of an account: stable digits derived from its phone number."""
+    digest = hashlib.sha256(phone.encode()).hexdigest()
+    return f"{int(digest[:13], 16) % 10**15:015d}@lid"
+
+
+def _group_key(chat: str) -> str:
+    user, _, server = chat.partition("@")
+    return f"{'newsletter' if server == 'newsletter' else 'group'}.{user}"
+
+
+async def create_group(
+    nc: NATS, members: list[str], *, kind: Literal["group", "newsletter"] = "group"
+) -> str:
+    """A sim group (or newsletter) whose participants are ``members`` (phones); returns
+    its chat id. Test helper until group management exists (the next issue)."""
+    from nats.js.api import KeyValueConfig
+
+    kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket=SIM_BUCKET, history=1))
+    digits = "120363" + f"{secrets.randbelow(10**12):012d}"
+    chat = f"{digits}@{'g.us' if kind == 'group' else 'newsletter'}"
+    await kv.put(_group_key(chat), _encode(sorted(set(members))))
+    return chat
+
+
+async def vote(
+    nc: NATS,
+    voter: str,
+    poll_sender: str,
+    poll_id: str,
+    options: list[str],
+    *,
+    chat: str | None = None,
+) -> None:
+    """Act as the phone ``voter``: vote ``options`` (names) on the poll ``poll_id`` that
+    ``poll_sender`` sent (in ``chat`` when it is a group). The vote carries SHA-256 hashes
+    of the names, as WhatsApp's do."""
+    wire = Wire(
+        id="SIMV" + secrets.token_hex(8).upper(),
+        sender=voter,
+        sender_lid=lid_of(voter),
+        chat=chat,
+        type="poll_vote",
+        ts=time.time(),
+        content={
+            "message_id": poll_id,
+            "selected": [hashlib.sha256(o.encode()).hexdigest() for o in options],
+        },
+    )
+    await nc.request(f"zf.sim.inbox.{poll_sender}", _encode(wire), timeout=5)
 
 
 class SimEngine:
@@ -240,6 +317,21 @@ class SimEngine:
             return None
         return msgspec.json.decode(entry.value, type=Account)
 
+    async def phone_of_lid(self, lid: str) -> str | None:
+        """The phone behind a LID (whatsmeow: ``get_pn_from_lid``), None when unknown."""
+        try:
+            entry = await self.kv.get(f"lid.{lid.partition('@')[0]}")
+        except KeyNotFoundError:
+            return None
+        return entry.value.decode() if entry.value else None
+
+    async def group_members(self, chat: str) -> list[str] | None:
+        try:
+            entry = await self.kv.get(_group_key(chat))
+        except KeyNotFoundError:
+            return None
+        return msgspec.json.decode(entry.value, type=list[str]) if entry.value else None
+
     async def is_registered(self, phone: str) -> bool:
         if phone in self._registered:
             return True
@@ -266,6 +358,8 @@ class SimSession:
         self._pair_phone: str | None = None
         self._online = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._polls: dict[str, tuple[str, list[str]]] = {}  # polls we sent: id -> options
+        self._received: OrderedDict[str, str] = OrderedDict()  # received id -> sender phone
         self._presence = Presence(
             engine.nc,
             engine.kv,
@@ -409,9 +503,11 @@ class SimSession:
             self.emit(Disconnected(reason="network unreachable"))
             return
         await self._presence.claim(phone)
+        await self.engine.kv.put(f"lid.{lid_of(phone).partition('@')[0]}", phone.encode())
         self.phone = phone
         self._subs.append(await self.nc.subscribe(f"zf.sim.inbox.{phone}", cb=self._on_inbox))
         self._subs.append(await self.nc.subscribe(f"zf.sim.receipt.{phone}", cb=self._on_receipt))
+        self._subs.append(await self.nc.subscribe(f"zf.sim.typing.{phone}", cb=self._on_typing))
         self._online = True
         self.emit(Connected(phone=phone))
 
@@ -436,26 +532,119 @@ class SimSession:
         except msgspec.DecodeError:
             return
         await msg.respond(b'{"ok":true}')
+        sender = wire.sender
+        if sender is None and wire.sender_lid:
+            sender = await self.engine.phone_of_lid(wire.sender_lid)  # get_pn_from_lid
+        if self.faults.undecryptable_next > 0:
+            self.faults.undecryptable_next -= 1
+            self.emit(
+                Inbound(
+                    message_id=wire.id,
+                    sender=sender,
+                    sender_lid=wire.sender_lid,
+                    chat=wire.chat,
+                    type="undecryptable",
+                    timestamp=wire.ts,
+                    content={"unavailable": False, "hidden": False},
+                )
+            )
+            self._spawn(self._resolve_later(wire, sender, self.faults.resolve_after_ms / 1000))
+        else:
+            self._on_wire(wire, sender)
+        if sender is not None:
+            self._received[wire.id] = sender
+            if len(self._received) > 10_000:
+                self._received.popitem(last=False)
+        read_after = self.engine.config.read_after_s
+        if not self.faults.auto_read:
+            read_after = None
+        if read_after is not None and self.phone is not None and sender is not None:
+            self._spawn(self._send_read_receipt(wire, sender, read_after))
+
+    async def _resolve_later(self, wire: Wire, sender: str | None, delay: float) -> None:
+        """The sender's phone answered the retry receipt: the content arrives."""
+        await asyncio.sleep(delay)
+        if self._online:
+            self._on_wire(wire, sender, resolves=True)
+
+    def _on_wire(self, wire: Wire, sender: str | None, *, resolves: bool = False) -> None:
+        """What the socket makes of a message it received."""
+        content = wire.content
+        if wire.type == "poll_vote" and content is not None:
+            # like WhatsApp: the vote names options by SHA-256; only the poll's sender
+            # knows the names (it keeps them, as whatsmeow's decrypt_poll_vote needs)
+            poll = self._polls.get(str(content.get("message_id")))
+            if poll is None:
+                return
+            by_hash = {hashlib.sha256(o.encode()).hexdigest(): o for o in poll[1]}
+            chosen = [by_hash[h] for h in content.get("selected", []) if h in by_hash]
+            content = {"message_id": content["message_id"], "poll": poll[0], "options": chosen}
         self.emit(
             Inbound(
                 message_id=wire.id,
-                sender=wire.sender,
+                sender=sender,
+                sender_lid=wire.sender_lid,
+                chat=wire.chat,
                 type=wire.type,
                 timestamp=wire.ts,
                 text=wire.text,
-                content=wire.content,
+                content=content,
+                resolves=resolves,
             )
         )
-        read_after = self.engine.config.read_after_s
-        if read_after is not None and self.phone is not None:
-            self._spawn(self._send_read_receipt(wire, read_after))
 
-    async def _send_read_receipt(self, wire: Wire, delay: float) -> None:
+    async def _send_read_receipt(self, wire: Wire, sender: str, delay: float) -> None:
         await asyncio.sleep(delay)
         if self.phone is None:
             return
         receipt = WireReceipt(id=wire.id, status="read", peer=self.phone)
-        await self.nc.publish(f"zf.sim.receipt.{wire.sender}", _encode(receipt))
+        await self.nc.publish(f"zf.sim.receipt.{sender}", _encode(receipt))
+
+    # -- chats: read marks and presence (issue 15) ---------------------------------------
+
+    async def mark_read(self, chat: str, message_ids: list[str]) -> None:
+        if not self._online or self.phone is None or not self.engine.may_act():
+            raise EngineError("not connected")
+        for message_id in message_ids:
+            sender = self._received.get(message_id)
+            if sender is None:
+                continue  # not received here: WhatsApp ignores such a receipt too
+            receipt = WireReceipt(id=message_id, status="read", peer=self.phone)
+            await self.nc.publish(f"zf.sim.receipt.{sender}", _encode(receipt))
+
+    async def send_presence(
+        self, chat: str, state: Literal["typing", "recording", "paused"]
+    ) -> None:
+        if not self._online or self.phone is None or not self.engine.may_act():
+            raise EngineError("not connected")
+        recipients = await self._recipients(chat)
+        presence = WirePresence(
+            sender=None if self.faults.lid_addressing else self.phone,
+            sender_lid=lid_of(self.phone),
+            state=state,
+            chat=chat if chat_kind(chat) in ("group", "newsletter") else None,
+        )
+        for phone in recipients:
+            await self.nc.publish(f"zf.sim.typing.{phone}", _encode(presence))
+
+    async def _on_typing(self, msg: Msg) -> None:
+        if not self.engine.may_act():
+            return
+        try:
+            presence = msgspec.json.decode(msg.data, type=WirePresence)
+        except msgspec.DecodeError:
+            return
+        sender = presence.sender
+        if sender is None and presence.sender_lid:
+            sender = await self.engine.phone_of_lid(presence.sender_lid)
+        self.emit(
+            PresenceSeen(
+                chat=presence.chat or sender or presence.sender_lid or "",
+                sender=sender,
+                sender_lid=presence.sender_lid,
+                state=presence.state,
+            )
+        )
 
     async def _on_receipt(self, msg: Msg) -> None:
         try:
@@ -503,15 +692,15 @@ class SimSession:
         if self.faults.send_failure_rate and random.random() < self.faults.send_failure_rate:
             raise EngineError("send failed (injected)")
         try:
-            registered = await self.engine.is_registered(to)
+            recipients = await self._recipients(to)
+        except EngineError:
+            raise
         except Exception as exc:
             # the simulated network (NATS) is unreachable: the socket is gone, like a real
             # one losing its connection; the message waits in the queue for the reconnect
             self._online = False
             self.emit(Disconnected(reason=f"network unreachable: {exc!r}"))
             raise EngineError("network unreachable") from None
-        if not registered:
-            raise EngineError(f"{to} is not on WhatsApp")
         engine_id = "SIM" + secrets.token_hex(8).upper()
         body: dict[str, Any] = msgspec.to_builtins(content)
         if media is not None:
@@ -522,25 +711,56 @@ class SimSession:
                 "mimetype": media.mimetype,
                 "filename": media.filename,
             }
+        kind = chat_kind(to)
+        if isinstance(content, TextContent) and content.mention_all:
+            body["mentions"] = sorted(set(body.get("mentions") or []) | set(recipients))
+        if isinstance(content, PollContent):
+            self._polls[engine_id] = (content.name, list(content.options))
         wire = Wire(
             id=engine_id,
-            sender=self.phone,
+            sender=None if self.faults.lid_addressing else self.phone,
+            sender_lid=lid_of(self.phone),
+            chat=to if kind in ("group", "newsletter") else None,
             type=type(content).__struct_config__.tag,  # type: ignore[arg-type]
             ts=time.time(),
-            text=content.text if isinstance(content, TextContent) else None,
+            text=content.text if isinstance(content, TextContent | EditContent) else None,
             content=body,
         )
-        self._spawn(self._deliver(to, wire))
+        if isinstance(content, PollContent):
+            wire.text = content.name
+        self._spawn(self._deliver(to, recipients, wire))
         return engine_id
 
-    async def _deliver(self, to: str, wire: Wire) -> None:
-        """The server side: accept (server ack), then hand to the recipient's socket."""
+    async def _recipients(self, to: str) -> list[str]:
+        """The phones a message to chat ``to`` reaches (EngineError when none can)."""
+        kind = chat_kind(to)
+        if kind == "phone":
+            if not await self.engine.is_registered(to):
+                raise EngineError(f"{to} is not on WhatsApp")
+            return [to]
+        if kind == "lid":
+            phone = await self.engine.phone_of_lid(to)
+            if phone is None or not await self.engine.is_registered(phone):
+                raise EngineError(f"{to} is not on WhatsApp")
+            return [phone]
+        members = await self.engine.group_members(to)
+        if members is None:
+            raise EngineError(f"{kind} {to} does not exist")
+        if self.phone not in members:
+            raise EngineError(f"this account is not a participant of {to}")
+        return [m for m in members if m != self.phone]
+
+    async def _deliver(self, to: str, recipients: list[str], wire: Wire) -> None:
+        """The server side: accept (server ack), then hand to each recipient's socket
+        (one delivery receipt per participant in a group)."""
         self.emit(Receipt(message_id=wire.id, status="server", peer=to))
-        try:
-            await self.nc.request(f"zf.sim.inbox.{to}", _encode(wire), timeout=5)
-        except (NoRespondersError, NatsTimeout):
-            return  # recipient offline: like WhatsApp, the server keeps it (server ack only)
-        self.emit(Receipt(message_id=wire.id, status="delivered", peer=to))
+        data = _encode(wire)
+        for phone in recipients:
+            try:
+                await self.nc.request(f"zf.sim.inbox.{phone}", data, timeout=5)
+            except (NoRespondersError, NatsTimeout):
+                continue  # recipient offline: like WhatsApp, the server keeps it
+            self.emit(Receipt(message_id=wire.id, status="delivered", peer=phone))
 
     async def check_numbers(self, numbers: list[str]) -> list[NumberStatus]:
         results = []
@@ -563,4 +783,15 @@ class SimSession:
             log.info("sim background step failed", extra={"error": repr(task.exception())})
 
 
-__all__ = ["Faults", "LoggedOut", "SimConfig", "SimEngine", "SimSession", "inject_faults", "link"]
+__all__ = [
+    "Faults",
+    "LoggedOut",
+    "SimConfig",
+    "SimEngine",
+    "SimSession",
+    "create_group",
+    "inject_faults",
+    "lid_of",
+    "link",
+    "vote",
+]

@@ -140,6 +140,10 @@ class ReactionMessage(p.ReactionContent, kw_only=True, forbid_unknown_fields=Tru
     to: PhoneNumber
 
 
+class StickerMessage(p.StickerContent, kw_only=True, forbid_unknown_fields=True):
+    to: PhoneNumber
+
+
 OutboundMessage = (
     TextMessage
     | ImageMessage
@@ -149,6 +153,7 @@ OutboundMessage = (
     | LocationMessage
     | ContactMessage
     | ReactionMessage
+    | StickerMessage
 )
 
 _CONTENT_OF: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
@@ -160,6 +165,7 @@ _CONTENT_OF: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     LocationMessage: p.LocationContent,
     ContactMessage: p.ContactContent,
     ReactionMessage: p.ReactionContent,
+    StickerMessage: p.StickerContent,
 }
 
 

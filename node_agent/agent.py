@@ -72,6 +72,7 @@ from node_agent.supervisor import (
     AgentError,
     SessionSupervisor,
     SupervisorConfig,
+    converted,
     media_of,
 )
 from zapfleet import __version__
@@ -622,6 +623,8 @@ class Agent:
         if media is not None:
             try:
                 payload = await self.media.accept(media)
+                if payload is not None:  # inline: converted now, so bad input is a 422
+                    payload = await converted(request.content, payload)
             except MediaError as exc:
                 raise AgentError(exc.code, exc.message) from None
             if payload is not None:

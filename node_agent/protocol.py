@@ -131,6 +131,8 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
     LEASE_EXPIRED = "lease_expired"
     STORAGE_UNAVAILABLE = "storage_unavailable"  # JetStream could not store the message
+    UNDECODABLE_MEDIA = "undecodable_media"  # a sticker or voice note that cannot be converted
+    MEDIA_NOT_FOUND = "media_not_found"  # inbound media not stored (mode, retention, size)
 
 
 class Ok(msgspec.Struct, Generic[T], tag="ok", tag_field="kind"):
@@ -298,6 +300,12 @@ class AudioContent(msgspec.Struct, tag="audio", kw_only=True):
     voice_note: bool = False
 
 
+class StickerContent(msgspec.Struct, tag="sticker", kw_only=True):
+    """A sticker: WebP ≤ 512x512, converted from PNG/JPEG/… by the agent when needed."""
+
+    media: Media
+
+
 class VideoContent(msgspec.Struct, tag="video", kw_only=True):
     media: Media
     caption: str | None = None
@@ -329,6 +337,7 @@ MessageContent = (
     | LocationContent
     | ContactContent
     | ReactionContent
+    | StickerContent
 )
 
 

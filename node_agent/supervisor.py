@@ -53,6 +53,7 @@ from node_agent.protocol import (
     SessionInfo,
     SessionSpec,
     SessionState,
+    StickerContent,
     TextContent,
     VideoContent,
 )
@@ -119,9 +120,21 @@ class _Outbound:
 
 def media_of(content: MessageContent) -> Any:
     """The :class:`~node_agent.protocol.Media` of media content, else None."""
-    if isinstance(content, ImageContent | DocumentContent | AudioContent | VideoContent):
+    if isinstance(
+        content, ImageContent | DocumentContent | AudioContent | VideoContent | StickerContent
+    ):
         return content.media
     return None
+
+
+async def converted(content: MessageContent, payload: MediaPayload) -> MediaPayload:
+    """Stickers as WebP, voice notes as OGG/Opus (node_agent/media_convert.py); other
+    media unchanged. Raises MediaError (``undecodable_media``) for what cannot be."""
+    from node_agent.media_convert import convert_for
+
+    voice_note = isinstance(content, AudioContent) and content.voice_note
+    kind = str(type(content).__struct_config__.tag)
+    return await convert_for(kind, payload, voice_note)
 
 
 class SessionSupervisor:
@@ -576,7 +589,7 @@ class SessionSupervisor:
                 self._finish_failed(item, ErrorCode.MEDIA_UNAVAILABLE, "no media fetcher")
                 return
             try:
-                media = await self.media.fetch(remote)
+                media = await converted(content, await self.media.fetch(remote))
             except MediaError as exc:
                 self._finish_failed(item, exc.code, exc.message)
                 return

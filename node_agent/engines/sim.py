@@ -35,8 +35,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import KeyNotFoundError
+from nats.js.api import ObjectStoreConfig
+from nats.js.errors import KeyNotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from node_agent.engines._base import (
     Connected,
@@ -44,6 +46,7 @@ from node_agent.engines._base import (
     Emit,
     EngineError,
     Inbound,
+    InboundMedia,
     LoggedOut,
     Paired,
     QrShown,
@@ -64,6 +67,7 @@ log = logging.getLogger(__name__)
 DIRECTORY_REFRESH_S = 30.0
 
 SIM_BUCKET = "zf_sim"
+SIM_MEDIA_BUCKET = "zf_sim_media"  # the simulated media servers (WhatsApp's CDN)
 QR_PREFIX = "SIM1"
 
 
@@ -75,6 +79,7 @@ class SimConfig(msgspec.Struct, kw_only=True):
     read_after_s: float | None = 0.5
     keepalive_s: float = 5.0  # presence probe period (sim_presence.py)
     probe_timeout_s: float = 0.25
+    media_ttl_s: float = 86400.0  # how long the simulated media servers keep a file
 
 
 class Faults(msgspec.Struct, kw_only=True):
@@ -171,6 +176,7 @@ class SimEngine:
         self.nc = nc
         self.config = config or SimConfig()
         self._kv: KeyValue | None = None
+        self._media: ObjectStore | None = None
         self.may_act: Callable[[], bool] = lambda: True
         # the network's phone book, kept current by a KV watch: a send to a known number
         # needs no lookup (measured: the lookup was 3.4 % of the agent's CPU per send)
@@ -180,6 +186,12 @@ class SimEngine:
     def set_lease_guard(self, may_act: Callable[[], bool]) -> None:
         """The agent's lease check: a socket does nothing on the network without it."""
         self.may_act = may_act
+
+    @property
+    def media(self) -> ObjectStore:
+        if self._media is None:
+            raise RuntimeError("SimEngine.start() was not awaited")
+        return self._media
 
     @property
     def kv(self) -> KeyValue:
@@ -192,6 +204,9 @@ class SimEngine:
         from nats.js.api import KeyValueConfig
 
         self._kv = await js.create_key_value(KeyValueConfig(bucket=SIM_BUCKET, history=1))
+        self._media = await js.create_object_store(
+            SIM_MEDIA_BUCKET, config=ObjectStoreConfig(ttl=self.config.media_ttl_s)
+        )
         self._directory = asyncio.create_task(self._follow_directory(), name="sim-directory")
 
     async def _follow_directory(self) -> None:
@@ -462,6 +477,7 @@ class SimSession:
                 timestamp=wire.ts,
                 text=wire.text,
                 content=wire.content,
+                media=_wire_media(wire),
             )
         )
         read_after = self.engine.config.read_after_s
@@ -533,13 +549,23 @@ class SimSession:
         engine_id = "SIM" + secrets.token_hex(8).upper()
         body: dict[str, Any] = msgspec.to_builtins(content)
         if media is not None:
-            # the simulated network carries a description of the media, not its bytes
+            # like WhatsApp: the bytes go to the media servers, the message carries a
+            # description and where to fetch them
+            ref = f"{engine_id}.bin"
+            await self.engine.media.put(ref, media.data)
             body["media"] = {
                 "size": media.size,
                 "sha256": media.sha256(),
                 "mimetype": media.mimetype,
                 "filename": media.filename,
+                "ref": ref,
             }
+            if media.seconds is not None:
+                body["media"]["seconds"] = media.seconds
+            if media.waveform is not None:
+                body["media"]["waveform"] = list(media.waveform)
+            if media.width is not None:
+                body["media"]["width"], body["media"]["height"] = media.width, media.height
         wire = Wire(
             id=engine_id,
             sender=self.phone,
@@ -560,6 +586,15 @@ class SimSession:
             return  # recipient offline: like WhatsApp, the server keeps it (server ack only)
         self.emit(Receipt(message_id=wire.id, status="delivered", peer=to))
 
+    async def download(self, media: InboundMedia) -> bytes:
+        if not isinstance(media.handle, str):
+            raise EngineError("no media to download")
+        try:
+            found = await self.engine.media.get(media.handle)
+        except ObjectNotFoundError:
+            raise EngineError("media expired on the (simulated) media servers") from None
+        return found.data or b""
+
     async def check_numbers(self, numbers: list[str]) -> list[NumberStatus]:
         results = []
         for number in numbers:
@@ -579,6 +614,22 @@ class SimSession:
             # the network went away under a background step (delivery, receipt): the
             # simulated server drops it, like a real one losing a connection
             log.info("sim background step failed", extra={"error": repr(task.exception())})
+
+
+def _wire_media(wire: Wire) -> InboundMedia | None:
+    """The media description a simulated message carries, if any."""
+    described = (wire.content or {}).get("media")
+    if not isinstance(described, dict) or "ref" not in described:
+        return None
+    seconds = described.get("seconds")
+    return InboundMedia(
+        mimetype=str(described.get("mimetype") or "application/octet-stream"),
+        size=int(described.get("size") or 0),
+        filename=described.get("filename"),
+        sha256=described.get("sha256"),
+        seconds=float(seconds) if seconds is not None else None,
+        handle=str(described["ref"]),
+    )
 
 
 __all__ = ["Faults", "LoggedOut", "SimConfig", "SimEngine", "SimSession", "inject_faults", "link"]

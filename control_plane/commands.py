@@ -17,6 +17,7 @@ with "no responders".
 |---|---|---|
 | ``message_send`` | ``{"session_id", "message": {"type", "to", "text", ...}}`` | MessageAccepted |
 | ``session_status`` | ``{"session_id"}`` | SessionView |
+| ``media_link`` | ``{"session_id", "media_id"}`` | MediaLink (a signed URL of received media) |
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ class SessionStatusCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
     session_id: SessionId
 
 
+class MediaLinkCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    media_id: str
+
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -85,6 +91,13 @@ async def op_session_status(
 ) -> bytes:
     record = await load_record(services, principal, body.session_id)
     return _encoder.encode(view(record, await live_info(services, record)))
+
+
+async def op_media_link(services: Services, principal: Principal, body: MediaLinkCommand) -> bytes:
+    from control_plane.api.media import media_link
+
+    link = await media_link(services, principal, body.session_id, body.media_id)
+    return _encoder.encode(link)
 
 
 def _error(code: str, status: int, message: str) -> bytes:
@@ -213,6 +226,7 @@ async def serve_commands(services: Services) -> Commands:
     routes: dict[str, tuple[type[Any], Callable[..., Awaitable[bytes]]]] = {
         "message_send": (SendMessageCommand, op_message_send),
         "session_status": (SessionStatusCommand, op_session_status),
+        "media_link": (MediaLinkCommand, op_media_link),
     }
     for op, (request_type, handler) in routes.items():
         counter = _Counter()

@@ -32,6 +32,7 @@ from node_agent import _system
 from node_agent.device_store import DeviceStore
 from node_agent.engines._base import Engine
 from node_agent.events import EventPublisher
+from node_agent.inbound_media import MediaStore
 from node_agent.lease import AssignmentWatch, Lease, assigned_to, claim
 from node_agent.media import MediaError, MediaFetcher, MediaPayload
 from node_agent.outbox import Outbox
@@ -183,6 +184,7 @@ class Agent:
         self._fenced = False
         self._assignments: AssignmentWatch | None = None
         self._device_store: DeviceStore | None = None
+        self._media_store: MediaStore | None = None  # inbound media (zf_media)
         self._supervisor_config = SupervisorConfig(
             backoff_base_s=settings.backoff_base_s,
             backoff_max_s=settings.backoff_max_s,
@@ -240,6 +242,13 @@ class Agent:
             self._outbox = await Outbox.open(js)
             self.events.on_stored = self._on_event_stored
         self.events.start()
+        self._media_store = await MediaStore.open(
+            js,
+            max_bytes=self.settings.media_store_max_bytes,
+            ttl_s=self.settings.media_store_ttl_s,
+            max_object_bytes=self.settings.media_inbound_max_bytes,
+            downloads=self.settings.media_downloads,
+        )
         if self._engine is None:
             self._engine = make_engine(self.settings, self.nc)
         # engines that can check the lease before each network action get the check
@@ -463,6 +472,7 @@ class Agent:
             self._supervisor_config,
             media=self.media,
         )
+        supervisor.media_store = self._media_store
         self.sessions[spec.key] = supervisor
         self._assigned_at[spec.key] = revision
         self._keys[(spec.tenant, spec.session_id)] = spec.key
@@ -496,8 +506,8 @@ class Agent:
     async def op_destroy(self, request: DestroySession) -> Empty:
         """The session is deleted: unlink its device and delete what this node and the
         shared stores keep of it (device store file and backup, PostgreSQL jid, sim
-        account, outbox). Served by every node of the engine (files stay where a session
-        once ran); idempotent."""
+        account, outbox, inbound media). Served by every node of the engine (files stay
+        where a session once ran); idempotent."""
         spec = request.spec
         if spec.engine != self.engine.name:
             raise AgentError(
@@ -514,6 +524,8 @@ class Agent:
                 await self._device_store.forget(spec.key)
             if self._outbox is not None:
                 await self._outbox.destroy(spec.key)
+            if self._media_store is not None:
+                await self._media_store.destroy(spec.key)
         except Exception as exc:
             raise AgentError(
                 ErrorCode.ENGINE_ERROR, f"device state not deleted: {exc!r}", retry_after_s=1.0
@@ -577,6 +589,8 @@ class Agent:
         ):
             raise AgentError(ErrorCode.INVALID_REQUEST, f"invalid pacing settings: {pacing}")
         supervisor.reconfigure(pacing, request.device_name, request.proxy)
+        if request.media is not None:
+            supervisor.spec.media = request.media  # applies to the next received message
         return supervisor.info()
 
     async def op_list(self, _: Empty) -> SessionList:

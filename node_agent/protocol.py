@@ -35,6 +35,7 @@ PLACEMENT_BUCKET = "zf_placement"
 LEASES_BUCKET = "zf_leases"
 DEVICE_STORE_BUCKET = "zf_device_store"
 SESSION_NAMES_BUCKET = "zf_session_names"  # "<tenant>.<session_id>" -> internal key
+MEDIA_BUCKET = "zf_media"  # inbound media: object "<session key>/<media id>"
 SYSTEM_TENANT = "_system"  # tenant segment of node events: zf.events._system.<node_id>.node.*
 
 
@@ -78,6 +79,12 @@ def name_target(value: bytes | None) -> tuple[str, float]:
         return key, float(at or 0)
     except ValueError:
         return key, 0.0
+
+
+def media_object(key: str, media_id: str) -> str:
+    """Name of one inbound file in Object Store ``zf_media``: the session's internal key,
+    so a session's files are found (and deleted) by its key alone."""
+    return f"{key}/{media_id}"
 
 
 def api_subject(tenant: str, op: str) -> str:
@@ -178,6 +185,22 @@ class PacingSettings(msgspec.Struct, kw_only=True):
     queue_size: int = 500
 
 
+InboundMediaMode = Literal["off", "metadata", "store"]
+
+
+class MediaSettings(msgspec.Struct, kw_only=True):
+    """What a session does with received media (docs/api.md, "Inbound media").
+
+    ``inbound``: ``off`` (events say nothing of the file), ``metadata`` (type, size,
+    mimetype, sha256 in ``message.received``), ``store`` (downloaded by the agent into
+    Object Store ``zf_media``; the event carries its ``id``).
+    ``webhook_inline_max_bytes``: stored files up to this size are also sent inline
+    (base64) in webhook deliveries; 0 = never."""
+
+    inbound: InboundMediaMode = "metadata"
+    webhook_inline_max_bytes: int = 0
+
+
 class SessionSpec(msgspec.Struct, kw_only=True):
     """What a session should be; stored by the control plane, run by an agent.
 
@@ -193,6 +216,7 @@ class SessionSpec(msgspec.Struct, kw_only=True):
     device_name: str = "zapfleet"
     proxy: str | None = None
     pacing: PacingSettings = msgspec.field(default_factory=PacingSettings)
+    media: MediaSettings = msgspec.field(default_factory=MediaSettings)
 
     @property
     def key(self) -> str:
@@ -220,6 +244,7 @@ class SessionRef(msgspec.Struct, kw_only=True):
 class ConfigureSession(msgspec.Struct, kw_only=True):
     session_id: str
     pacing: PacingSettings | None = None
+    media: MediaSettings | None = None
     device_name: str | None = None
     proxy: str | None = None
 
@@ -260,7 +285,8 @@ class SessionInfo(msgspec.Struct, kw_only=True):
 
 class DestroySession(msgspec.Struct, kw_only=True):
     """Unlink the session's device and delete every trace of it on the fleet: device
-    store (file, Object Store backup, PostgreSQL jid), sim account, outbox."""
+    store (file, Object Store backup, PostgreSQL jid), sim account, outbox, inbound
+    media (Object Store ``zf_media``)."""
 
     spec: SessionSpec
 
@@ -385,6 +411,7 @@ class MessageRecord(msgspec.Struct, kw_only=True):
     timestamp: float
     status: str
     text: str | None = None
+    media: dict[str, Any] | None = None  # received media: as in message.received
 
 
 class History(msgspec.Struct, kw_only=True):

@@ -30,12 +30,14 @@ from node_agent.engines._base import (
     EngineEvent,
     EngineSession,
     Inbound,
+    InboundMedia,
     LoggedOut,
     Paired,
     QrShown,
     Receipt,
 )
 from node_agent.events import EventPublisher
+from node_agent.inbound_media import MediaStore
 from node_agent.media import MediaError, MediaFetcher, MediaPayload
 from node_agent.pacing import Pacer
 from node_agent.protocol import (
@@ -173,6 +175,9 @@ class SessionSupervisor:
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
         self._reconnect_task: asyncio.Task[None] | None = None  # a sleeping retry timer
+        # inbound media (node_agent/inbound_media.py): set by the agent when it has a store
+        self.media_store: MediaStore | None = None
+        self._media_tasks: set[asyncio.Task[None]] = set()
         self._connect_task: asyncio.Task[None] | None = None  # an attempt in flight
         self._engine = open_engine_session(spec, self._on_engine_event)
         self._sender: asyncio.Task[None] | None = None
@@ -669,30 +674,83 @@ class SessionSupervisor:
         )
 
     def _on_inbound(self, event: Inbound) -> None:
-        self.history.append(
-            MessageRecord(
-                message_id=event.message_id,
-                direction="in",
-                peer=event.sender,
-                type=event.type,
-                timestamp=event.timestamp,
-                status="received",
-                text=event.text,
-            )
+        record = MessageRecord(
+            message_id=event.message_id,
+            direction="in",
+            peer=event.sender,
+            type=event.type,
+            timestamp=event.timestamp,
+            status="received",
+            text=event.text,
         )
-        self.events.emit(
-            EventType.MESSAGE_RECEIVED,
-            self.tenant,
-            self.session_id,
-            {
-                "message_id": event.message_id,
-                "from": event.sender,
-                "type": event.type,
-                "text": event.text,
-                "content": event.content,
-                "timestamp": event.timestamp,
-            },
-        )
+        self.history.append(record)
+        data: dict[str, Any] = {
+            "message_id": event.message_id,
+            "from": event.sender,
+            "type": event.type,
+            "text": event.text,
+            "content": event.content,
+            "timestamp": event.timestamp,
+        }
+        mode = self.spec.media.inbound
+        if event.media is None or mode == "off":
+            self.events.emit(EventType.MESSAGE_RECEIVED, self.tenant, self.session_id, data)
+            return
+        data["media"] = _describe(event.media)
+        record.media = dict(data["media"])
+        if mode == "metadata" or self.media_store is None:
+            self.events.emit(EventType.MESSAGE_RECEIVED, self.tenant, self.session_id, data)
+            return
+        # store: the event follows once the file is stored (or could not be)
+        task = asyncio.create_task(self._store_inbound(event, data, record))
+        self._media_tasks.add(task)
+        task.add_done_callback(self._media_tasks.discard)
+
+    async def _store_inbound(
+        self, event: Inbound, data: dict[str, Any], record: MessageRecord
+    ) -> None:
+        """Download the file of a received message into ``zf_media``, then emit its
+        ``message.received`` (node_agent/inbound_media.py)."""
+        from node_agent.inbound_media import STORED, StoredMedia, new_media_id
+
+        store = self.media_store
+        media = event.media
+        described: dict[str, Any] = data["media"]
+        try:
+            assert store is not None and media is not None
+            if media.size > store.max_object_bytes:
+                STORED.labels("too_large").inc()
+                described["stored"] = False
+                described["error"] = (
+                    f"{media.size} bytes: larger than the {store.max_object_bytes} bytes stored"
+                )
+                return
+            async with store.slots:
+                blob = await self._engine.download(media)
+                media_id = new_media_id()
+                meta = StoredMedia(
+                    tenant=self.tenant,
+                    session_id=self.session_id,
+                    message_id=event.message_id,
+                    mimetype=media.mimetype,
+                    filename=media.filename,
+                )
+                digest = await store.put(self.key, media_id, blob, meta)
+            STORED.labels("stored").inc()
+            described.update(id=media_id, stored=True, size=len(blob), sha256=digest)
+            inline = self.spec.media.webhook_inline_max_bytes
+            if inline and len(blob) <= inline:
+                described["inline"] = True  # the webhook delivery adds the bytes (base64)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            STORED.labels("failed").inc()
+            log.info("inbound media not stored", extra={"error": repr(exc)})
+            described["stored"] = False
+            described["error"] = f"not stored: {exc}"
+        finally:
+            record.media = dict(described)
+            self.events.emit(EventType.MESSAGE_RECEIVED, self.tenant, self.session_id, data)
 
     def _on_receipt(self, event: Receipt) -> None:
         message_id = self._engine_ids.get(event.message_id, event.message_id)
@@ -722,6 +780,18 @@ class SessionSupervisor:
     @property
     def engine(self) -> EngineSession:
         return self._engine
+
+
+def _describe(media: InboundMedia) -> dict[str, Any]:
+    """The ``media`` of a ``message.received`` event, before any download."""
+    described: dict[str, Any] = {"mimetype": media.mimetype, "size": media.size}
+    if media.filename:
+        described["filename"] = media.filename
+    if media.sha256:
+        described["sha256"] = media.sha256
+    if media.seconds is not None:
+        described["seconds"] = media.seconds
+    return described
 
 
 # receipts may arrive out of order (read before delivered): history keeps the furthest

@@ -43,6 +43,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
+from control_plane.media_links import MediaReader, with_media_links
 from control_plane.settings import ControlPlaneSettings
 from control_plane.webhooks import metrics
 from control_plane.webhooks.config import Target, Unknown, WebhookRegistry
@@ -163,6 +164,7 @@ class Dispatcher:
             connect_timeout_s=min(5.0, settings.webhook_timeout_s),
         )
         self._housekeeping: asyncio.Task[None] | None = None
+        self.media = MediaReader(js)
         self._acks: list[Msg] = []
         self._ack_timer: asyncio.TimerHandle | None = None
 
@@ -314,6 +316,8 @@ class Dispatcher:
             self._ack_soon(msg)
             return
         urls = (only,) if only is not None and only in target.urls else target.urls
+        if head.type == "message.received":
+            body = await self._with_media(body, head)
         done = self._partial.pop(key, set())
         pending = [url for url in urls if url not in done]
         attempt = max(1, delivered - self._deferrals.get(key, 0))
@@ -358,6 +362,16 @@ class Dispatcher:
         metrics.DEFERRED.inc()
         self._note(self._deferrals, key, self._deferrals.get(key, 0) + 1)
         await msg.nak(delay=random.uniform(1.0, 3.0))
+
+    async def _with_media(self, body: bytes, head: _Head) -> bytes:
+        """Stored inbound media gets a signed URL (and inline bytes) at delivery time
+        (control_plane/media_links.py); a failure leaves the event as it is."""
+        try:
+            key = self.registry.session_key(head.tenant, head.session_id)
+            return await with_media_links(body, key, self.settings, self.media)
+        except Exception as exc:
+            log.warning("media link not added", extra={"event_id": head.id, "error": repr(exc)})
+            return body
 
     async def _target(self, head: _Head) -> Target | None:
         found = self.registry.lookup(head.tenant, head.session_id, head.type)

@@ -571,7 +571,10 @@ class SimSession:
             sender=self.phone,
             type=type(content).__struct_config__.tag,  # type: ignore[arg-type]
             ts=time.time(),
-            text=content.text if isinstance(content, TextContent) else None,
+            # a caption is the text of media, as WhatsApp (and the neonize engine) show it
+            text=content.text
+            if isinstance(content, TextContent)
+            else getattr(content, "caption", None),
             content=body,
         )
         self._spawn(self._deliver(to, wire))

@@ -17,6 +17,7 @@ with "no responders".
 |---|---|---|
 | ``message_send`` | ``{"session_id", "message": {"type", "to", "text", ...}}`` | MessageAccepted |
 | ``session_status`` | ``{"session_id"}`` | SessionView |
+| ``messages_list`` | ``{"session_id", "chat"?, "limit"?, "before"?}`` | HistoryView |
 | ``media_link`` | ``{"session_id", "media_id"}`` | MediaLink (a signed URL of received media) |
 """
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -69,6 +70,13 @@ class SessionStatusCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=T
     session_id: SessionId
 
 
+class MessagesListCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    chat: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
+    before: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+
+
 class MediaLinkCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     session_id: SessionId
     media_id: str
@@ -91,6 +99,22 @@ async def op_session_status(
 ) -> bytes:
     record = await load_record(services, principal, body.session_id)
     return _encoder.encode(view(record, await live_info(services, record)))
+
+
+async def op_messages_list(
+    services: Services, principal: Principal, body: MessagesListCommand
+) -> bytes:
+    from control_plane.api.messages import message_history
+
+    page, _ = await message_history(
+        services,
+        principal,
+        body.session_id,
+        limit=body.limit,
+        chat=body.chat,
+        before=body.before,
+    )
+    return page
 
 
 async def op_media_link(services: Services, principal: Principal, body: MediaLinkCommand) -> bytes:
@@ -226,6 +250,7 @@ async def serve_commands(services: Services) -> Commands:
     routes: dict[str, tuple[type[Any], Callable[..., Awaitable[bytes]]]] = {
         "message_send": (SendMessageCommand, op_message_send),
         "session_status": (SessionStatusCommand, op_session_status),
+        "messages_list": (MessagesListCommand, op_messages_list),
         "media_link": (MediaLinkCommand, op_media_link),
     }
     for op, (request_type, handler) in routes.items():

@@ -249,6 +249,7 @@ class PairCodeView(msgspec.Struct, kw_only=True):
 class HistoryView(msgspec.Struct, kw_only=True):
     session_id: str
     messages: list[p.MessageRecord]
+    next_before: str | None = None  # pass as ?before= for the next (older) page
 
 
 class NumberCheck(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -710,7 +710,11 @@ class Agent:
     async def op_history(self, request: HistoryRequest) -> History:
         supervisor = self._get(SessionRef(session_id=request.session_id))
         limit = max(1, min(request.limit, 1000))
-        return History(messages=list(supervisor.history)[-limit:][::-1])
+        chat = normalize_number(request.chat) if request.chat and "@" not in request.chat else None
+        messages, next_before = supervisor.history.page(
+            chat=chat or request.chat, before=request.before, limit=limit
+        )
+        return History(messages=messages, next_before=next_before)
 
     async def op_node_info(self, _: Empty) -> NodeInfo:
         return self.node_info()

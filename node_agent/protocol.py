@@ -401,6 +401,8 @@ class NumberStatuses(msgspec.Struct, kw_only=True):
 class HistoryRequest(msgspec.Struct, kw_only=True):
     session_id: str
     limit: int = 50
+    chat: str | None = None  # only this chat (a phone, E.164 digits, or a chat id)
+    before: str | None = None  # cursor: the last message_id of the previous page
 
 
 class MessageRecord(msgspec.Struct, kw_only=True):
@@ -412,10 +414,13 @@ class MessageRecord(msgspec.Struct, kw_only=True):
     status: str
     text: str | None = None
     media: dict[str, Any] | None = None  # received media: as in message.received
+    engine_message_id: str | None = None  # WhatsApp's id, once sent
+    error: str | None = None  # why it failed
 
 
 class History(msgspec.Struct, kw_only=True):
     messages: list[MessageRecord]
+    next_before: str | None = None  # cursor of the next (older) page; None: no more
 
 
 # -- nodes -------------------------------------------------------------------------------

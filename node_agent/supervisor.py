@@ -37,6 +37,7 @@ from node_agent.engines._base import (
     Receipt,
 )
 from node_agent.events import EventPublisher
+from node_agent.history import MessageLog
 from node_agent.inbound_media import MediaStore
 from node_agent.media import MediaError, MediaFetcher, MediaPayload
 from node_agent.pacing import Pacer
@@ -90,7 +91,7 @@ class SupervisorConfig(msgspec.Struct, kw_only=True):
     breaker_cooldown_s: float = 600.0
     watchdog_interval_s: float = 30.0
     watchdog_timeout_s: float = 10.0
-    history_size: int = 200
+    history_size: int = 1000
     send_attempts: int = 3
     send_retry_delay_s: float = 1.0
     max_queued_media_bytes: int = 64 * 1024 * 1024
@@ -166,7 +167,7 @@ class SessionSupervisor:
         self.failures = 0
         self.breaker_open_until: float | None = None
         self.pacer = Pacer(spec.pacing)
-        self.history: deque[MessageRecord] = deque(maxlen=config.history_size)
+        self.history = MessageLog(config.history_size)  # node_agent/history.py
         self._queue: deque[_Outbound] = deque()
         self._queued_media_bytes = 0
         self._queued_ids: OrderedDict[str, None] = OrderedDict()
@@ -511,6 +512,7 @@ class SessionSupervisor:
                 retry_after_s=round(self._retry_after(), 1),
             )
         self._queue.append(_Outbound(request, time.time(), media))
+        self._record(request, "queued")
         self._queued_media_bytes += size
         self._remember(self._queued_ids, request.message_id, None)
         QUEUE_DEPTH.inc()
@@ -623,7 +625,7 @@ class SessionSupervisor:
         self.pacer.record_sent(request.to)
         self._remember(self._engine_ids, engine_id, request.message_id)
         self._remember(self._our_ids, request.message_id, engine_id)
-        self._record(request, "sent")
+        self._record(request, "sent", engine_message_id=engine_id)
         self.events.emit(
             EventType.MESSAGE_SENT,
             self.tenant,
@@ -641,7 +643,7 @@ class SessionSupervisor:
         request = item.request
         self._dequeue(item)
         SENDS.labels("failed").inc()
-        self._record(request, "failed")
+        self._record(request, "failed", error=error)
         self.events.emit(
             EventType.MESSAGE_ACK,
             self.tenant,
@@ -659,18 +661,33 @@ class SessionSupervisor:
         for item in list(self._queue):
             self._finish_failed(item, ErrorCode.NOT_CONNECTED, reason)
 
-    def _record(self, request: SendMessage, status: str) -> None:
-        content = request.content
-        self.history.append(
-            MessageRecord(
-                message_id=request.message_id,
-                direction="out",
-                peer=request.to,
-                type=_content_type(request),
-                timestamp=time.time(),
-                status=status,
-                text=content.text if isinstance(content, TextContent) else None,
+    def _record(
+        self,
+        request: SendMessage,
+        status: str,
+        *,
+        engine_message_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """The history of an outbound message: created ``queued`` when accepted, then
+        moved on in place (node_agent/history.py)."""
+        if self.history.get(request.message_id) is None:
+            content = request.content
+            self.history.add(
+                MessageRecord(
+                    message_id=request.message_id,
+                    direction="out",
+                    peer=request.to,
+                    type=_content_type(request),
+                    timestamp=time.time(),
+                    status="queued",
+                    text=content.text
+                    if isinstance(content, TextContent)
+                    else getattr(content, "caption", None),
+                )
             )
+        self.history.advance(
+            request.message_id, status, engine_message_id=engine_message_id, error=error
         )
 
     def _on_inbound(self, event: Inbound) -> None:
@@ -683,7 +700,7 @@ class SessionSupervisor:
             status="received",
             text=event.text,
         )
-        self.history.append(record)
+        self.history.add(record)
         data: dict[str, Any] = {
             "message_id": event.message_id,
             "from": event.sender,
@@ -754,11 +771,7 @@ class SessionSupervisor:
 
     def _on_receipt(self, event: Receipt) -> None:
         message_id = self._engine_ids.get(event.message_id, event.message_id)
-        for record in reversed(self.history):
-            if record.message_id == message_id and record.direction == "out":
-                if _ACK_RANK.get(event.status, 0) >= _ACK_RANK.get(record.status, 0):
-                    record.status = event.status
-                break
+        self.history.advance(message_id, event.status)
         self.events.emit(
             EventType.MESSAGE_ACK,
             self.tenant,
@@ -792,10 +805,6 @@ def _describe(media: InboundMedia) -> dict[str, Any]:
     if media.seconds is not None:
         described["seconds"] = media.seconds
     return described
-
-
-# receipts may arrive out of order (read before delivered): history keeps the furthest
-_ACK_RANK = {"failed": 0, "sent": 1, "server": 2, "delivered": 3, "read": 4}
 
 
 def _content_type(request: SendMessage) -> str:

@@ -194,6 +194,7 @@ class Agent:
             watchdog_timeout_s=settings.watchdog_timeout_s,
             send_attempts=settings.send_attempts,
             send_retry_delay_s=settings.send_retry_delay_s,
+            history_size=settings.history_size,
         )
         self.media = MediaFetcher(
             max_bytes=settings.max_media_bytes,

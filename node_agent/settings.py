@@ -23,6 +23,7 @@
 | ZAPFLEET_MEDIA_STORE_TTL_S | 604800 | ... each file kept this long (7 days) |
 | ZAPFLEET_MEDIA_INBOUND_MAX_BYTES | 67108864 | larger inbound media is described, not stored |
 | ZAPFLEET_MEDIA_DOWNLOADS | 4 | inbound media downloads at once per agent |
+| ZAPFLEET_HISTORY_SIZE | 1000 | messages per session in the history (memory; queued kept longest) |
 | ZAPFLEET_FFMPEG | (wheel) | ffmpeg binary for voice notes (default: imageio-ffmpeg's) |
 | ZAPFLEET_ALLOW_PRIVATE_TARGETS | false | media + webhooks may reach loopback/private (dev only) |
 | ZAPFLEET_START_STAGGER_S | 0.05 | pause between two neonize dials (staggered starts) |
@@ -81,6 +82,7 @@ class AgentSettings(msgspec.Struct, kw_only=True):
     media_store_ttl_s: float = 7 * 86400.0
     media_inbound_max_bytes: int = 64 * 1024 * 1024
     media_downloads: int = 4
+    history_size: int = 1000
     allow_private_targets: bool = False  # the control plane's webhooks read it too
     start_stagger_s: float = 0.05
     max_check_numbers: int = 500

@@ -110,6 +110,7 @@ def _request(method: str, path: str) -> dict[str, Any]:
         ("post", "messages"): {"type": "text", "to": "15550001111", "text": "hi"},
         ("post", "contacts/check"): {"numbers": ["15550001111"]},
         ("patch", "settings"): {"device_name": "x"},
+        ("put", "settings/media"): {"inbound": "store"},
     }
     tail = path.split("{session_id}", 1)[1].lstrip("/")
     body = bodies.get((method, tail))

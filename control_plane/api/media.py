@@ -90,8 +90,8 @@ async def media_link(
     services: Services, principal: Principal, session_id: str, media_id: str
 ) -> MediaLink:
     """A signed URL of one stored file (REST and the NATS command ``media_link``)."""
+    record = await load_record(services, principal, session_id)  # the session first
     _check_id(media_id)
-    record = await load_record(services, principal, session_id)
     store = await reader(services).store()
     if store is None:
         raise _not_found(media_id)
@@ -121,8 +121,8 @@ class MediaController(Controller):
     async def media_file(
         self, session_id: str, media_id: str, services: Services, principal: Principal
     ) -> Response[bytes]:
+        record = await load_record(services, principal, session_id)  # the session first
         _check_id(media_id)
-        record = await load_record(services, principal, session_id)
         found = await reader(services).get(record.spec.key, media_id)
         if found is None:
             raise _not_found(media_id)

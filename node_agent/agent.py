@@ -243,13 +243,16 @@ class Agent:
             self._outbox = await Outbox.open(js)
             self.events.on_stored = self._on_event_stored
         self.events.start()
-        self._media_store = await MediaStore.open(
-            js,
-            max_bytes=self.settings.media_store_max_bytes,
-            ttl_s=self.settings.media_store_ttl_s,
-            max_object_bytes=self.settings.media_inbound_max_bytes,
-            downloads=self.settings.media_downloads,
-        )
+        try:
+            self._media_store = await MediaStore.open(
+                js,
+                max_bytes=self.settings.media_store_max_bytes,
+                ttl_s=self.settings.media_store_ttl_s,
+                max_object_bytes=self.settings.media_inbound_max_bytes,
+                downloads=self.settings.media_downloads,
+            )
+        except Exception as exc:  # e.g. the account's JetStream limits: run without it
+            log.error("inbound media store unavailable", extra={"error": repr(exc)})
         if self._engine is None:
             self._engine = make_engine(self.settings, self.nc)
         # engines that can check the lease before each network action get the check

@@ -716,6 +716,9 @@ class SessionSupervisor:
         data["media"] = _describe(event.media)
         record.media = dict(data["media"])
         if mode == "metadata" or self.media_store is None:
+            if mode == "store":  # the agent could not open zf_media (logged at start)
+                data["media"].update(stored=False, error="the agent has no media store")
+                record.media = dict(data["media"])
             self.events.emit(EventType.MESSAGE_RECEIVED, self.tenant, self.session_id, data)
             return
         # store: the event follows once the file is stored (or could not be)

@@ -17,6 +17,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from control_plane.allow_header import fix_allow_header
 from control_plane.api.chats import ChatController
 from control_plane.api.events import EventController
+from control_plane.api.media import MediaController, SignedMediaController
 from control_plane.api.messages import ContactController, MessageController
 from control_plane.api.monitoring import MonitoringController
 from control_plane.api.nodes import NodeController
@@ -84,6 +85,8 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
         MonitoringController,
         WebhookController,
         EventController,
+        MediaController,
+        SignedMediaController,
     ]
     if settings.ui_enabled:
         handlers.extend(ui_route_handlers())

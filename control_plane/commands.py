@@ -19,13 +19,15 @@ with "no responders".
 | ``session_status`` | ``{"session_id"}`` | SessionView |
 | ``chat_read`` | ``{"session_id", "chat", "message_ids"?}`` | ChatReadView |
 | ``chat_presence`` | ``{"session_id", "chat", "state"}`` | PresenceView |
+| ``messages_list`` | ``{"session_id", "chat"?, "limit"?, "before"?}`` | HistoryView |
+| ``media_link`` | ``{"session_id", "media_id"}`` | MediaLink (a signed URL of received media) |
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -79,6 +81,18 @@ class ChatPresenceCommand(PresenceBody, kw_only=True, forbid_unknown_fields=True
     session_id: SessionId
 
 
+class MessagesListCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    chat: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
+    before: Annotated[str, msgspec.Meta(max_length=128)] | None = None
+
+
+class MediaLinkCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    media_id: str
+
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -108,6 +122,29 @@ async def op_chat_presence(
 ) -> bytes:
     data = PresenceBody(chat=body.chat, state=body.state)
     return _encoder.encode(await show_presence(services, principal, body.session_id, data))
+
+
+async def op_messages_list(
+    services: Services, principal: Principal, body: MessagesListCommand
+) -> bytes:
+    from control_plane.api.messages import message_history
+
+    page, _ = await message_history(
+        services,
+        principal,
+        body.session_id,
+        limit=body.limit,
+        chat=body.chat,
+        before=body.before,
+    )
+    return page
+
+
+async def op_media_link(services: Services, principal: Principal, body: MediaLinkCommand) -> bytes:
+    from control_plane.api.media import media_link
+
+    link = await media_link(services, principal, body.session_id, body.media_id)
+    return _encoder.encode(link)
 
 
 def _error(code: str, status: int, message: str) -> bytes:
@@ -238,6 +275,8 @@ async def serve_commands(services: Services) -> Commands:
         "session_status": (SessionStatusCommand, op_session_status),
         "chat_read": (ChatReadCommand, op_chat_read),
         "chat_presence": (ChatPresenceCommand, op_chat_presence),
+        "messages_list": (MessagesListCommand, op_messages_list),
+        "media_link": (MediaLinkCommand, op_media_link),
     }
     for op, (request_type, handler) in routes.items():
         counter = _Counter()

@@ -207,6 +207,10 @@ class PollMessage(p.PollContent, kw_only=True, forbid_unknown_fields=True):
     selectable: Annotated[int, msgspec.Meta(ge=0, le=12)] = 1
 
 
+class StickerMessage(p.StickerContent, kw_only=True, forbid_unknown_fields=True):
+    to: ChatId
+
+
 OutboundMessage = (
     TextMessage
     | ImageMessage
@@ -219,6 +223,7 @@ OutboundMessage = (
     | EditMessage
     | RevokeMessage
     | PollMessage
+    | StickerMessage
 )
 
 _CONTENT_OF: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
@@ -233,6 +238,7 @@ _CONTENT_OF: dict[type[msgspec.Struct], type[msgspec.Struct]] = {
     EditMessage: p.EditContent,
     RevokeMessage: p.RevokeContent,
     PollMessage: p.PollContent,
+    StickerMessage: p.StickerContent,
 }
 
 
@@ -348,6 +354,7 @@ class PresenceView(msgspec.Struct, kw_only=True):
 class HistoryView(msgspec.Struct, kw_only=True):
     session_id: str
     messages: list[p.MessageRecord]
+    next_before: str | None = None  # pass as ?before= for the next (older) page
 
 
 class NumberCheck(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

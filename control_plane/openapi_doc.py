@@ -39,6 +39,7 @@ from control_plane.problems import PROBLEM_JSON
 from control_plane.tenants import TENANT_ID_PATTERN
 
 PUBLIC_PATHS = frozenset({"/monitoring/health", "/monitoring/ready"})
+PUBLIC_PREFIXES = ("/v1/media/",)  # signed media URLs: the URL is the credential
 # paths whose operations call a node agent: they may answer 502 or 503
 _NODE_PATH_PREFIXES = ("/v1/sessions", "/monitoring/instances", "/ui/api/sessions")
 
@@ -123,7 +124,11 @@ IDEMPOTENCY_KEY = Schema(
     description="printable ASCII: same key + same body = same answer (24 h); same key + "
     "other body = 409",
 )
-_BINARY = {"image/png": "QR code as a PNG image", "image/svg+xml": "QR code as an SVG image"}
+_BINARY = {
+    "image/png": "QR code as a PNG image",
+    "image/svg+xml": "QR code as an SVG image",
+    "application/octet-stream": "the file (served with its own Content-Type)",
+}
 MEDIA_ONE_OF = [
     Schema(
         required=["url"],
@@ -187,6 +192,7 @@ def _complete_operation(path: str, method: str, operation: Operation) -> None:
                 media_type: OpenAPIMediaType(schema=binary),
                 "application/octet-stream": OpenAPIMediaType(schema=binary),
             }
+            break
 
 
 def complete(openapi: OpenAPI, *, metrics_public: bool) -> OpenAPI:
@@ -216,7 +222,7 @@ def complete(openapi: OpenAPI, *, metrics_public: bool) -> OpenAPI:
             if path.startswith(_NODE_PATH_PREFIXES):
                 responses["502"] = ENGINE_ERROR
                 responses["503"] = UNAVAILABLE
-            if path in public:
+            if path in public or path.startswith(PUBLIC_PREFIXES):
                 operation.security = []
                 if path == "/monitoring/ready":
                     responses["503"] = OpenAPIResponse(

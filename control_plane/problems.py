@@ -47,6 +47,8 @@ AGENT_ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.INTERNAL: 500,
     ErrorCode.STORAGE_UNAVAILABLE: 503,
     ErrorCode.LEASE_EXPIRED: 503,
+    ErrorCode.UNDECODABLE_MEDIA: 422,
+    ErrorCode.MEDIA_NOT_FOUND: 404,
 }
 
 

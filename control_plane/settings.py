@@ -49,6 +49,9 @@
 | ZAPFLEET_LOG_LEVEL / ZAPFLEET_LOG_FORMAT | INFO / json | logging |
 | ZAPFLEET_MAX_BODY_BYTES | 1048576 | largest request body, except message sends |
 | ZAPFLEET_MAX_MEDIA_BYTES | 16777216 | largest inline media (decoded) of a send |
+| ZAPFLEET_PUBLIC_URL | http://<host>:<port> | base of links handed out (signed media URLs) |
+| ZAPFLEET_MEDIA_URL_SECRET | (from admin key) | HMAC secret of signed media URLs |
+| ZAPFLEET_MEDIA_URL_TTL_S | 3600 | signed media URLs in webhooks expire after this |
 | ZAPFLEET_AUTH_CACHE_TTL_S | 10 | verified keys cached this long (revocation: KV watch, ≤ TTL) |
 | ZAPFLEET_TRUSTED_PROXIES | (none) | comma-separated IPs/CIDRs whose X-Forwarded-For is believed |
 | ZAPFLEET_RATE_LIMITS_ENABLED | true | GCRA rate limits in Valkey |
@@ -101,6 +104,9 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     move_concurrency: int = 32
     max_body_bytes: int = 1024 * 1024
     max_media_bytes: int = 16 * 1024 * 1024
+    public_url: str | None = None
+    media_url_secret: str | None = None
+    media_url_ttl_s: float = 3600.0
     webhook_url: str | None = None
     webhook_secret: str | None = None
     webhook_events: list[str] | None = None
@@ -154,6 +160,13 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     cache_history_ttl_s: float = 60.0
     idempotency_ttl_s: float = 86400.0
     metrics_public: bool = True
+
+    def public_base_url(self) -> str:
+        """Where clients reach this API (signed media URLs): ZAPFLEET_PUBLIC_URL."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.http_host if self.http_host not in ("0.0.0.0", "::") else "127.0.0.1"
+        return f"http://{host}:{self.http_port}"
 
     def validate(self) -> None:
         parse_nats_urls(self.nats_url)

@@ -30,6 +30,7 @@ from node_agent.chat_ids import ChatIdError, normalize_chat, normalize_phone
 from node_agent.device_store import DeviceStore
 from node_agent.engines._base import Engine
 from node_agent.events import EventPublisher
+from node_agent.inbound_media import MediaStore
 from node_agent.lease import AssignmentWatch, Lease, assigned_to, claim
 from node_agent.link_preview import close_fetchers as close_preview_fetchers
 from node_agent.media import MediaError, MediaFetcher, MediaPayload
@@ -74,6 +75,7 @@ from node_agent.supervisor import (
     AgentError,
     SessionSupervisor,
     SupervisorConfig,
+    converted,
     media_of,
 )
 from zapfleet import __version__, natsjs
@@ -193,6 +195,7 @@ class Agent:
         self._fenced = False
         self._assignments: AssignmentWatch | None = None
         self._device_store: DeviceStore | None = None
+        self._media_store: MediaStore | None = None  # inbound media (zf_media)
         self._supervisor_config = SupervisorConfig(
             backoff_base_s=settings.backoff_base_s,
             backoff_max_s=settings.backoff_max_s,
@@ -202,6 +205,7 @@ class Agent:
             watchdog_timeout_s=settings.watchdog_timeout_s,
             send_attempts=settings.send_attempts,
             send_retry_delay_s=settings.send_retry_delay_s,
+            history_size=settings.history_size,
         )
         self.media = MediaFetcher(
             max_bytes=settings.max_media_bytes,
@@ -248,6 +252,17 @@ class Agent:
             self._outbox = await Outbox.open(js, replicas=self.settings.replicas)
             self.events.on_stored = self._on_event_stored
         self.events.start()
+        try:
+            self._media_store = await MediaStore.open(
+                js,
+                replicas=self.settings.replicas,
+                max_bytes=self.settings.media_store_max_bytes,
+                ttl_s=self.settings.media_store_ttl_s,
+                max_object_bytes=self.settings.media_inbound_max_bytes,
+                downloads=self.settings.media_downloads,
+            )
+        except Exception as exc:  # e.g. the account's JetStream limits: run without it
+            log.error("inbound media store unavailable", extra={"error": repr(exc)})
         if self._engine is None:
             self._engine = make_engine(self.settings, self.nc)
         # engines that can check the lease before each network action get the check
@@ -475,6 +490,7 @@ class Agent:
             self._supervisor_config,
             media=self.media,
         )
+        supervisor.media_store = self._media_store
         self.sessions[spec.key] = supervisor
         self._assigned_at[spec.key] = revision
         self._keys[(spec.tenant, spec.session_id)] = spec.key
@@ -508,8 +524,8 @@ class Agent:
     async def op_destroy(self, request: DestroySession) -> Empty:
         """The session is deleted: unlink its device and delete what this node and the
         shared stores keep of it (device store file and backup, PostgreSQL jid, sim
-        account, outbox). Served by every node of the engine (files stay where a session
-        once ran); idempotent."""
+        account, outbox, inbound media). Served by every node of the engine (files stay
+        where a session once ran); idempotent."""
         spec = request.spec
         if spec.engine != self.engine.name:
             raise AgentError(
@@ -526,6 +542,8 @@ class Agent:
                 await self._device_store.forget(spec.key)
             if self._outbox is not None:
                 await self._outbox.destroy(spec.key)
+            if self._media_store is not None:
+                await self._media_store.destroy(spec.key)
         except Exception as exc:
             raise AgentError(
                 ErrorCode.ENGINE_ERROR, f"device state not deleted: {exc!r}", retry_after_s=1.0
@@ -591,6 +609,8 @@ class Agent:
         ):
             raise AgentError(ErrorCode.INVALID_REQUEST, f"invalid pacing settings: {pacing}")
         supervisor.reconfigure(pacing, request.device_name, request.proxy)
+        if request.media is not None:
+            supervisor.spec.media = request.media  # applies to the next received message
         return supervisor.info()
 
     async def op_list(self, _: Empty) -> SessionList:
@@ -640,6 +660,8 @@ class Agent:
         if media is not None:
             try:
                 payload = await self.media.accept(media)
+                if payload is not None:  # inline: converted now, so bad input is a 422
+                    payload = await converted(request.content, payload)
             except MediaError as exc:
                 raise AgentError(exc.code, exc.message) from None
             if payload is not None:
@@ -711,7 +733,11 @@ class Agent:
     async def op_history(self, request: HistoryRequest) -> History:
         supervisor = self._get(SessionRef(session_id=request.session_id))
         limit = max(1, min(request.limit, 1000))
-        return History(messages=list(supervisor.history)[-limit:][::-1])
+        chat = normalize_number(request.chat) if request.chat and "@" not in request.chat else None
+        messages, next_before = supervisor.history.page(
+            chat=chat or request.chat, before=request.before, limit=limit
+        )
+        return History(messages=messages, next_before=next_before)
 
     # -- chats: read marks and presence (issue 15) ---------------------------------------
 

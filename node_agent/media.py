@@ -67,6 +67,12 @@ class MediaPayload(msgspec.Struct, kw_only=True):
     data: bytes
     mimetype: str
     filename: str | None = None
+    # set by node_agent/media_convert.py for stickers and voice notes
+    width: int | None = None
+    height: int | None = None
+    animated: bool = False
+    seconds: float | None = None
+    waveform: bytes | None = None
 
     @property
     def size(self) -> int:

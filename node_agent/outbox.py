@@ -65,6 +65,12 @@ class OutboxEntry(msgspec.Struct, kw_only=True):
     queued_at: float
     mimetype: str | None = None  # set when inline media bytes are in the object store
     filename: str | None = None
+    # what media_convert.py found out of a sticker or voice note (kept for a restore)
+    width: int | None = None
+    height: int | None = None
+    animated: bool = False
+    seconds: float | None = None
+    waveform: bytes | None = None
 
 
 _decoder = msgspec.json.Decoder(OutboxEntry)
@@ -131,6 +137,8 @@ class Outbox:
             await self.media.put(key, media.data)
             self._with_media.add(key)
             entry.mimetype, entry.filename = media.mimetype, media.filename
+            entry.width, entry.height, entry.animated = media.width, media.height, media.animated
+            entry.seconds, entry.waveform = media.seconds, media.waveform
         sequence = await self.kv.put(key, msgspec.json.encode(entry))
         self._track(request.session_id, key, sequence)
 
@@ -185,7 +193,14 @@ class Outbox:
                     continue
                 self._with_media.add(key)
                 payload = MediaPayload(
-                    data=stored.data or b"", mimetype=entry.mimetype, filename=entry.filename
+                    data=stored.data or b"",
+                    mimetype=entry.mimetype,
+                    filename=entry.filename,
+                    width=entry.width,
+                    height=entry.height,
+                    animated=entry.animated,
+                    seconds=entry.seconds,
+                    waveform=entry.waveform,
                 )
             restored.append((entry.request, payload))
         RESTORED.inc(len(restored))

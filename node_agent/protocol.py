@@ -35,6 +35,7 @@ PLACEMENT_BUCKET = "zf_placement"
 LEASES_BUCKET = "zf_leases"
 DEVICE_STORE_BUCKET = "zf_device_store"
 SESSION_NAMES_BUCKET = "zf_session_names"  # "<tenant>.<session_id>" -> internal key
+MEDIA_BUCKET = "zf_media"  # inbound media: object "<session key>/<media id>"
 SYSTEM_TENANT = "_system"  # tenant segment of node events: zf.events._system.<node_id>.node.*
 
 
@@ -78,6 +79,12 @@ def name_target(value: bytes | None) -> tuple[str, float]:
         return key, float(at or 0)
     except ValueError:
         return key, 0.0
+
+
+def media_object(key: str, media_id: str) -> str:
+    """Name of one inbound file in Object Store ``zf_media``: the session's internal key,
+    so a session's files are found (and deleted) by its key alone."""
+    return f"{key}/{media_id}"
 
 
 def api_subject(tenant: str, op: str) -> str:
@@ -138,6 +145,8 @@ class ErrorCode(enum.StrEnum):
     INTERNAL = "internal"
     LEASE_EXPIRED = "lease_expired"
     STORAGE_UNAVAILABLE = "storage_unavailable"  # JetStream could not store the message
+    UNDECODABLE_MEDIA = "undecodable_media"  # a sticker or voice note that cannot be converted
+    MEDIA_NOT_FOUND = "media_not_found"  # inbound media not stored (mode, retention, size)
 
 
 class Ok(msgspec.Struct, Generic[T], tag="ok", tag_field="kind"):
@@ -188,6 +197,22 @@ class PacingSettings(msgspec.Struct, kw_only=True):
     typing_max_s: float = 5.0
 
 
+InboundMediaMode = Literal["off", "metadata", "store"]
+
+
+class MediaSettings(msgspec.Struct, kw_only=True):
+    """What a session does with received media (docs/api.md, "Inbound media").
+
+    ``inbound``: ``off`` (events say nothing of the file), ``metadata`` (type, size,
+    mimetype, sha256 in ``message.received``), ``store`` (downloaded by the agent into
+    Object Store ``zf_media``; the event carries its ``id``).
+    ``webhook_inline_max_bytes``: stored files up to this size are also sent inline
+    (base64) in webhook deliveries; 0 = never."""
+
+    inbound: InboundMediaMode = "metadata"
+    webhook_inline_max_bytes: int = 0
+
+
 class SessionSpec(msgspec.Struct, kw_only=True):
     """What a session should be; stored by the control plane, run by an agent.
 
@@ -203,6 +228,7 @@ class SessionSpec(msgspec.Struct, kw_only=True):
     device_name: str = "zapfleet"
     proxy: str | None = None
     pacing: PacingSettings = msgspec.field(default_factory=PacingSettings)
+    media: MediaSettings = msgspec.field(default_factory=MediaSettings)
 
     @property
     def key(self) -> str:
@@ -230,6 +256,7 @@ class SessionRef(msgspec.Struct, kw_only=True):
 class ConfigureSession(msgspec.Struct, kw_only=True):
     session_id: str
     pacing: PacingSettings | None = None
+    media: MediaSettings | None = None
     device_name: str | None = None
     proxy: str | None = None
 
@@ -270,7 +297,8 @@ class SessionInfo(msgspec.Struct, kw_only=True):
 
 class DestroySession(msgspec.Struct, kw_only=True):
     """Unlink the session's device and delete every trace of it on the fleet: device
-    store (file, Object Store backup, PostgreSQL jid), sim account, outbox."""
+    store (file, Object Store backup, PostgreSQL jid), sim account, outbox, inbound
+    media (Object Store ``zf_media``)."""
 
     spec: SessionSpec
 
@@ -317,6 +345,12 @@ class DocumentContent(msgspec.Struct, tag="document", kw_only=True):
 class AudioContent(msgspec.Struct, tag="audio", kw_only=True):
     media: Media
     voice_note: bool = False
+
+
+class StickerContent(msgspec.Struct, tag="sticker", kw_only=True):
+    """A sticker: WebP ≤ 512x512, converted from PNG/JPEG/… by the agent when needed."""
+
+    media: Media
 
 
 class VideoContent(msgspec.Struct, tag="video", kw_only=True):
@@ -380,6 +414,7 @@ MessageContent = (
     | EditContent
     | RevokeContent
     | PollContent
+    | StickerContent
 )
 
 
@@ -444,6 +479,8 @@ class ChatPresence(msgspec.Struct, kw_only=True):
 class HistoryRequest(msgspec.Struct, kw_only=True):
     session_id: str
     limit: int = 50
+    chat: str | None = None  # only this chat (a phone, E.164 digits, or a chat id)
+    before: str | None = None  # cursor: the last message_id of the previous page
 
 
 class MessageRecord(msgspec.Struct, kw_only=True):
@@ -454,10 +491,14 @@ class MessageRecord(msgspec.Struct, kw_only=True):
     timestamp: float
     status: str
     text: str | None = None
+    media: dict[str, Any] | None = None  # received media: as in message.received
+    engine_message_id: str | None = None  # WhatsApp's id, once sent
+    error: str | None = None  # why it failed
 
 
 class History(msgspec.Struct, kw_only=True):
     messages: list[MessageRecord]
+    next_before: str | None = None  # cursor of the next (older) page; None: no more
 
 
 # -- nodes -------------------------------------------------------------------------------

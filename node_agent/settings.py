@@ -20,6 +20,12 @@
 | ZAPFLEET_OUTBOX | true | accepted sends are kept in KV zf_outbox until sent (survive kill -9) |
 | ZAPFLEET_MAX_MEDIA_BYTES | 16777216 | largest media (base64 or URL) a message may carry |
 | ZAPFLEET_MEDIA_TIMEOUT_S | 30 | media URL download timeout |
+| ZAPFLEET_MEDIA_STORE_MAX_BYTES | 1 GiB | Object Store ``zf_media`` (inbound media): total size |
+| ZAPFLEET_MEDIA_STORE_TTL_S | 604800 | ... each file kept this long (7 days) |
+| ZAPFLEET_MEDIA_INBOUND_MAX_BYTES | 67108864 | larger inbound media is described, not stored |
+| ZAPFLEET_MEDIA_DOWNLOADS | 4 | inbound media downloads at once per agent |
+| ZAPFLEET_HISTORY_SIZE | 1000 | messages per session in the history (memory; queued kept longest) |
+| ZAPFLEET_FFMPEG | (wheel) | ffmpeg binary for voice notes (default: imageio-ffmpeg's) |
 | ZAPFLEET_ALLOW_PRIVATE_TARGETS | false | media + webhooks may reach loopback/private (dev only) |
 | ZAPFLEET_START_STAGGER_S | 0.05 | pause between two neonize dials (staggered starts) |
 | ZAPFLEET_MAX_CHECK_NUMBERS | 500 | largest batch of one contacts check |
@@ -75,6 +81,11 @@ class AgentSettings(msgspec.Struct, kw_only=True):
     max_media_bytes: int = 16 * 1024 * 1024
     outbox: bool = True
     media_timeout_s: float = 30.0
+    media_store_max_bytes: int = 1024**3
+    media_store_ttl_s: float = 7 * 86400.0
+    media_inbound_max_bytes: int = 64 * 1024 * 1024
+    media_downloads: int = 4
+    history_size: int = 1000
     allow_private_targets: bool = False  # the control plane's webhooks read it too
     start_stagger_s: float = 0.05
     max_check_numbers: int = 500

@@ -31,6 +31,7 @@ from node_agent.engines._base import (
     EngineEvent,
     EngineSession,
     Inbound,
+    InboundMedia,
     LoggedOut,
     Paired,
     PresenceSeen,
@@ -38,6 +39,8 @@ from node_agent.engines._base import (
     Receipt,
 )
 from node_agent.events import EventPublisher
+from node_agent.history import MessageLog
+from node_agent.inbound_media import MediaStore
 from node_agent.link_preview import with_preview
 from node_agent.media import MediaError, MediaFetcher, MediaPayload
 from node_agent.pacing import Pacer
@@ -56,6 +59,7 @@ from node_agent.protocol import (
     SessionInfo,
     SessionSpec,
     SessionState,
+    StickerContent,
     TextContent,
     VideoContent,
 )
@@ -96,7 +100,7 @@ class SupervisorConfig(msgspec.Struct, kw_only=True):
     breaker_cooldown_s: float = 600.0
     watchdog_interval_s: float = 30.0
     watchdog_timeout_s: float = 10.0
-    history_size: int = 200
+    history_size: int = 1000
     send_attempts: int = 3
     send_retry_delay_s: float = 1.0
     max_queued_media_bytes: int = 64 * 1024 * 1024
@@ -128,9 +132,21 @@ class _Outbound:
 
 def media_of(content: MessageContent) -> Any:
     """The :class:`~node_agent.protocol.Media` of media content, else None."""
-    if isinstance(content, ImageContent | DocumentContent | AudioContent | VideoContent):
+    if isinstance(
+        content, ImageContent | DocumentContent | AudioContent | VideoContent | StickerContent
+    ):
         return content.media
     return None
+
+
+async def converted(content: MessageContent, payload: MediaPayload) -> MediaPayload:
+    """Stickers as WebP, voice notes as OGG/Opus (node_agent/media_convert.py); other
+    media unchanged. Raises MediaError (``undecodable_media``) for what cannot be."""
+    from node_agent.media_convert import convert_for
+
+    voice_note = isinstance(content, AudioContent) and content.voice_note
+    kind = str(type(content).__struct_config__.tag)
+    return await convert_for(kind, payload, voice_note)
 
 
 class SessionSupervisor:
@@ -160,7 +176,7 @@ class SessionSupervisor:
         self.failures = 0
         self.breaker_open_until: float | None = None
         self.pacer = Pacer(spec.pacing)
-        self.history: deque[MessageRecord] = deque(maxlen=config.history_size)
+        self.history = MessageLog(config.history_size)  # node_agent/history.py
         self._queue: deque[_Outbound] = deque()
         self._queued_media_bytes = 0
         self._queued_ids: OrderedDict[str, None] = OrderedDict()
@@ -170,6 +186,9 @@ class SessionSupervisor:
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
         self._reconnect_task: asyncio.Task[None] | None = None  # a sleeping retry timer
+        # inbound media (node_agent/inbound_media.py): set by the agent when it has a store
+        self.media_store: MediaStore | None = None
+        self._media_tasks: set[asyncio.Task[None]] = set()
         self._connect_task: asyncio.Task[None] | None = None  # an attempt in flight
         self._engine = open_engine_session(spec, self._on_engine_event)
         self._sender: asyncio.Task[None] | None = None
@@ -504,6 +523,7 @@ class SessionSupervisor:
                 retry_after_s=round(self._retry_after(), 1),
             )
         self._queue.append(_Outbound(request, time.time(), media))
+        self._record(request, "queued")
         self._queued_media_bytes += size
         self._remember(self._queued_ids, request.message_id, None)
         self.ledger.accepted(request)
@@ -588,7 +608,7 @@ class SessionSupervisor:
                 self._finish_failed(item, ErrorCode.MEDIA_UNAVAILABLE, "no media fetcher")
                 return
             try:
-                media = await self.media.fetch(remote)
+                media = await converted(content, await self.media.fetch(remote))
             except MediaError as exc:
                 self._finish_failed(item, exc.code, exc.message)
                 return
@@ -622,7 +642,7 @@ class SessionSupervisor:
         self._remember(self._engine_ids, engine_id, request.message_id)
         self._remember(self._our_ids, request.message_id, engine_id)
         self.ledger.on_sent(request.message_id, engine_id)
-        self._record(request, "sent")
+        self._record(request, "sent", engine_message_id=engine_id)
         self.events.emit(
             EventType.MESSAGE_SENT,
             self.tenant,
@@ -674,7 +694,7 @@ class SessionSupervisor:
         self._dequeue(item)
         self.ledger.on_failed(request.message_id)
         SENDS.labels("failed").inc()
-        self._record(request, "failed")
+        self._record(request, "failed", error=error)
         self.events.emit(
             EventType.MESSAGE_ACK,
             self.tenant,
@@ -692,18 +712,33 @@ class SessionSupervisor:
         for item in list(self._queue):
             self._finish_failed(item, ErrorCode.NOT_CONNECTED, reason)
 
-    def _record(self, request: SendMessage, status: str) -> None:
-        content = request.content
-        self.history.append(
-            MessageRecord(
-                message_id=request.message_id,
-                direction="out",
-                peer=request.to,
-                type=_content_type(request),
-                timestamp=time.time(),
-                status=status,
-                text=content.text if isinstance(content, TextContent) else None,
+    def _record(
+        self,
+        request: SendMessage,
+        status: str,
+        *,
+        engine_message_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """The history of an outbound message: created ``queued`` when accepted, then
+        moved on in place (node_agent/history.py)."""
+        if self.history.get(request.message_id) is None:
+            content = request.content
+            self.history.add(
+                MessageRecord(
+                    message_id=request.message_id,
+                    direction="out",
+                    peer=request.to,
+                    type=_content_type(request),
+                    timestamp=time.time(),
+                    status="queued",
+                    text=content.text
+                    if isinstance(content, TextContent)
+                    else getattr(content, "caption", None),
+                )
             )
+        self.history.advance(
+            request.message_id, status, engine_message_id=engine_message_id, error=error
         )
 
     def _on_inbound(self, event: Inbound) -> None:
@@ -713,12 +748,7 @@ class SessionSupervisor:
             self.events.emit(special[0], self.tenant, self.session_id, special[1])
             return
         self.ledger.on_received(event.message_id, chat)
-        if event.resolves:  # the content of a message first reported undecryptable
-            for record in reversed(self.history):
-                if record.message_id == event.message_id and record.direction == "in":
-                    self.history.remove(record)
-                    break
-        self.history.append(
+        record = self.history.add(
             MessageRecord(
                 message_id=event.message_id,
                 direction="in",
@@ -729,6 +759,8 @@ class SessionSupervisor:
                 text=event.text,
             )
         )
+        if event.resolves:  # the content of a message first reported undecryptable
+            record.type, record.text = event.type, event.text
         data: dict[str, Any] = {
             "message_id": event.message_id,
             "from": event.sender,
@@ -742,15 +774,72 @@ class SessionSupervisor:
         }
         if event.resolves:
             data["resolves"] = True
-        self.events.emit(EventType.MESSAGE_RECEIVED, self.tenant, self.session_id, data)
+        mode = self.spec.media.inbound
+        if event.media is None or mode == "off":
+            self.events.emit(EventType.MESSAGE_RECEIVED, self.tenant, self.session_id, data)
+            return
+        data["media"] = _describe(event.media)
+        record.media = dict(data["media"])
+        if mode == "metadata" or self.media_store is None:
+            if mode == "store":  # the agent could not open zf_media (logged at start)
+                data["media"].update(stored=False, error="the agent has no media store")
+                record.media = dict(data["media"])
+            self.events.emit(EventType.MESSAGE_RECEIVED, self.tenant, self.session_id, data)
+            return
+        # store: the event follows once the file is stored (or could not be)
+        task = asyncio.create_task(self._store_inbound(event, data, record))
+        self._media_tasks.add(task)
+        task.add_done_callback(self._media_tasks.discard)
+
+    async def _store_inbound(
+        self, event: Inbound, data: dict[str, Any], record: MessageRecord
+    ) -> None:
+        """Download the file of a received message into ``zf_media``, then emit its
+        ``message.received`` (node_agent/inbound_media.py)."""
+        from node_agent.inbound_media import STORED, StoredMedia, new_media_id
+
+        store = self.media_store
+        media = event.media
+        described: dict[str, Any] = data["media"]
+        try:
+            assert store is not None and media is not None
+            if media.size > store.max_object_bytes:
+                STORED.labels("too_large").inc()
+                described["stored"] = False
+                described["error"] = (
+                    f"{media.size} bytes: larger than the {store.max_object_bytes} bytes stored"
+                )
+                return
+            async with store.slots:
+                blob = await self._engine.download(media)
+                media_id = new_media_id()
+                meta = StoredMedia(
+                    tenant=self.tenant,
+                    session_id=self.session_id,
+                    message_id=event.message_id,
+                    mimetype=media.mimetype,
+                    filename=media.filename,
+                )
+                digest = await store.put(self.key, media_id, blob, meta)
+            STORED.labels("stored").inc()
+            described.update(id=media_id, stored=True, size=len(blob), sha256=digest)
+            inline = self.spec.media.webhook_inline_max_bytes
+            if inline and len(blob) <= inline:
+                described["inline"] = True  # the webhook delivery adds the bytes (base64)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            STORED.labels("failed").inc()
+            log.info("inbound media not stored", extra={"error": repr(exc)})
+            described["stored"] = False
+            described["error"] = f"not stored: {exc}"
+        finally:
+            record.media = dict(described)
+            self.events.emit(EventType.MESSAGE_RECEIVED, self.tenant, self.session_id, data)
 
     def _on_receipt(self, event: Receipt) -> None:
         message_id = self._engine_ids.get(event.message_id, event.message_id)
-        for record in reversed(self.history):
-            if record.message_id == message_id and record.direction == "out":
-                if _ACK_RANK.get(event.status, 0) >= _ACK_RANK.get(record.status, 0):
-                    record.status = event.status
-                break
+        self.history.advance(message_id, event.status)
         self.events.emit(
             EventType.MESSAGE_ACK,
             self.tenant,
@@ -774,8 +863,16 @@ class SessionSupervisor:
         return self._engine
 
 
-# receipts may arrive out of order (read before delivered): history keeps the furthest
-_ACK_RANK = {"failed": 0, "sent": 1, "server": 2, "delivered": 3, "read": 4}
+def _describe(media: InboundMedia) -> dict[str, Any]:
+    """The ``media`` of a ``message.received`` event, before any download."""
+    described: dict[str, Any] = {"mimetype": media.mimetype, "size": media.size}
+    if media.filename:
+        described["filename"] = media.filename
+    if media.sha256:
+        described["sha256"] = media.sha256
+    if media.seconds is not None:
+        described["seconds"] = media.seconds
+    return described
 
 
 def _content_type(request: SendMessage) -> str:

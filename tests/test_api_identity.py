@@ -112,6 +112,7 @@ def _request(method: str, path: str) -> dict[str, Any]:
         ("patch", "settings"): {"device_name": "x"},
         ("post", "read"): {"chat": "15550001111"},
         ("post", "presence"): {"chat": "15550001111", "state": "typing"},
+        ("put", "settings/media"): {"inbound": "store"},
     }
     tail = path.split("{session_id}", 1)[1].lstrip("/")
     body = bodies.get((method, tail))

@@ -18,6 +18,7 @@ from control_plane.resp import FastValkey
 from control_plane.settings import ControlPlaneSettings
 from tests.conftest import Stack
 from tests.helpers import assert_problem, new_tenant, pair_session, unique
+from tests.test_media_out import png, wav
 from zapfleet.cli import session_key
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64).decode()
@@ -63,13 +64,19 @@ async def test_every_message_type_is_accepted(
 ) -> None:
     api, sender, _ = pair
     to = "+" + phones[1]
-    media = {"base64": PNG, "mimetype": "image/png", "filename": "x.png"}
+    media = {
+        "base64": base64.b64encode(png()).decode(),
+        "mimetype": "image/png",
+        "filename": "x.png",
+    }
+    voice = {"base64": base64.b64encode(wav(0.5)).decode(), "mimetype": "audio/wav"}
     bodies: list[dict[str, Any]] = [
         {"type": "text", "text": "hello"},
         {"type": "image", "media": media, "caption": "a picture"},
         {"type": "image", "media": {"url": "https://example.com/a.png"}},
         {"type": "document", "media": {**media, "filename": "doc.pdf"}, "caption": "doc"},
-        {"type": "audio", "media": media, "voice_note": True},
+        {"type": "audio", "media": voice, "voice_note": True},
+        {"type": "sticker", "media": media},
         {"type": "video", "media": media, "caption": "clip"},
         {"type": "location", "latitude": 52.52, "longitude": 13.4, "name": "Berlin"},
         {"type": "contact", "display_name": "Ann", "phone": "+15550309999"},

@@ -17,6 +17,7 @@ from control_plane.reconciler import Leadership
 from control_plane.settings import ControlPlaneSettings
 from node_agent.device_store import DeviceStore
 from node_agent.engines.sim import SimConfig, SimEngine
+from node_agent.inbound_media import MediaStore
 from node_agent.outbox import Outbox
 from node_agent.protocol import EVENTS_STREAM, SESSIONS_BUCKET, ensure_jetstream
 from node_agent.settings import AgentSettings
@@ -167,6 +168,9 @@ async def test_r1_assets_are_raised_to_r3_in_place_and_never_lowered(
     outboxes = [await Outbox.open(js, ttl_s=3600, replicas=1)]
     store = await DeviceStore.open(js, tmp_path, replicas=1)
     await store.store.put("s1", b"device bytes")
+    await MediaStore.open(
+        js, max_bytes=10**7, ttl_s=3600, max_object_bytes=10**6, downloads=1, replicas=1
+    )
     sim = SimEngine(cnc, SimConfig(replicas=1))
     await sim.start()
     await Leadership(js, 3, replicas=1)._bucket()
@@ -174,7 +178,7 @@ async def test_r1_assets_are_raised_to_r3_in_place_and_never_lowered(
     await sessions.put("s1", b"spec")
     await js.publish("zf.events.default.s1.session.status", b"{}")
     names = {str(info.config.name) for info in await js.streams_info()}
-    assert len(names) == 13, names  # 3 streams, 8 buckets, 2 object stores
+    assert len(names) == 15, names  # 3 streams, 8 buckets, 4 object stores
     before = await replicas_of(cnc, names)
     assert set(before.values()) == {1}, before
 
@@ -182,6 +186,9 @@ async def test_r1_assets_are_raised_to_r3_in_place_and_never_lowered(
     await ensure_jetstream(js, events_max_age_s=3600, node_ttl_s=10, replicas=3)
     outboxes.append(await Outbox.open(js, ttl_s=3600, replicas=3))
     await DeviceStore.open(js, tmp_path, replicas=3)
+    await MediaStore.open(
+        js, max_bytes=10**7, ttl_s=3600, max_object_bytes=10**6, downloads=1, replicas=3
+    )
     sim3 = SimEngine(cnc, SimConfig(replicas=3))
     await sim3.start()
     await Leadership(js, 3, replicas=3)._bucket()

@@ -254,7 +254,11 @@ class MessageController(Controller):
     @get(
         "/messages",
         opt=QUERIES,
-        summary="Recent messages of the session, newest first (cached 60 s)",
+        summary=(
+            "Messages of the session, newest first, with delivery status (queued, sent, "
+            "server, delivered, read, failed); by chat, paged (the unfiltered first page "
+            "is cached 60 s)"
+        ),
     )
     async def history(
         self,
@@ -262,22 +266,58 @@ class MessageController(Controller):
         services: Services,
         principal: Principal,
         limit: int = Parameter(default=50, ge=1, le=1000),
+        chat: str | None = Parameter(
+            default=None,
+            max_length=128,
+            description="only this chat: a phone number (E.164) or a chat id",
+        ),
+        before: str | None = Parameter(
+            default=None,
+            max_length=128,
+            description="cursor: `next_before` of the previous page (older messages)",
+        ),
     ) -> Response[HistoryView]:
-        record = await load_record(services, principal, session_id)
+        body, cached = await message_history(
+            services, principal, session_id, limit=limit, chat=chat, before=before
+        )
+        return Response(body, media_type=JSON, headers={"X-Cache": "hit" if cached else "miss"})  # type: ignore[arg-type]
+
+
+async def message_history(
+    services: Services,
+    principal: Principal,
+    session_id: str,
+    *,
+    limit: int = 50,
+    chat: str | None = None,
+    before: str | None = None,
+) -> tuple[bytes, bool]:
+    """The JSON of a HistoryView page, and whether it came from the cache. REST ``GET
+    …/messages`` and the NATS command ``messages_list`` share it."""
+    if chat is not None and "@" not in chat:
+        chat = normalize_recipient(chat)
+    record = await load_record(services, principal, session_id)
+    plain = chat is None and before is None  # only the first unfiltered page is cached
+    if plain:
         cached = await services.cache.get_history(cache_id(record), limit)
         if cached is not None:
-            return Response(cached, media_type=JSON, headers={"X-Cache": "hit"})  # type: ignore[arg-type]
-        assignment = running(record)
-        history = await call_agent(
-            services,
-            assignment.node_id,
-            Op.HISTORY_LIST,
-            HistoryRequest(session_id=record.spec.key, limit=limit),
-            History,
+            return cached, True
+    assignment = running(record)
+    history = await call_agent(
+        services,
+        assignment.node_id,
+        Op.HISTORY_LIST,
+        HistoryRequest(session_id=record.spec.key, limit=limit, chat=chat, before=before),
+        History,
+    )
+    body = _encode(
+        HistoryView(
+            session_id=session_id, messages=history.messages, next_before=history.next_before
         )
-        body = _encode(HistoryView(session_id=session_id, messages=history.messages))
+    )
+    if plain:
         await services.cache.put_history(cache_id(record), limit, body)
-        return Response(body, media_type=JSON, headers={"X-Cache": "miss"})  # type: ignore[arg-type]
+    return body, False
 
 
 class ContactController(Controller):

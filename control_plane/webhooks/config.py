@@ -260,6 +260,7 @@ class WebhookRegistry:
         # by name_key(tenant, session_id): events name sessions per tenant
         self._sessions: dict[str, _SessionHook | None] = {}
         self._names: dict[str, str] = {}  # internal key (zf_sessions key) -> name key
+        self._keys: dict[str, str] = {}  # name key -> internal key (signed media URLs)
         self._reading: dict[str, asyncio.Future[_SessionHook | None]] = {}
         self._sessions_kv: KeyValue | None = None
         self._names_kv: KeyValue | None = None
@@ -311,10 +312,12 @@ class WebhookRegistry:
             name = self._names.pop(key, None)
             if name is not None:
                 self._sessions[name] = None
+                self._keys.pop(name, None)
             return
         record = _record_decoder.decode(value)
         name = name_key(record.spec.tenant, record.spec.session_id)
         self._names[key] = name
+        self._keys[name] = key
         self._sessions[name] = _session_hook(record)
 
     def _sessions_loaded(self, keys: set[str], _revision: int) -> None:
@@ -347,7 +350,12 @@ class WebhookRegistry:
                 record = _record_decoder.decode(entry.value)
                 if (record.spec.tenant, record.spec.session_id) == (tenant, name):
                     hook = _session_hook(record)
+                    self._keys.setdefault(name_key(tenant, name), record.spec.key)
         return self._sessions.setdefault(name_key(tenant, name), hook)
+
+    def session_key(self, tenant: str, session_id: str) -> str | None:
+        """The internal key of a session the registry has seen (signed media URLs)."""
+        return self._keys.get(name_key(tenant, session_id))
 
     def lookup(self, tenant: str, session_id: str, event_type: str) -> Target | Unknown | None:
         """:meth:`target` from memory alone; UNKNOWN for a session not seen yet."""

@@ -50,6 +50,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
+from control_plane.media_links import MediaReader, with_media_links
 from control_plane.settings import ControlPlaneSettings
 from control_plane.webhooks import metrics
 from control_plane.webhooks.backlog import (
@@ -249,6 +250,7 @@ class Dispatcher:
         )
         self._housekeeping: asyncio.Task[None] | None = None
         self._scanner: asyncio.Task[None] | None = None
+        self.media = MediaReader(js)
         self._acks: list[Msg] = []
         self._ack_timer: asyncio.TimerHandle | None = None
         self._stopping = False
@@ -435,6 +437,8 @@ class Dispatcher:
             self._ack_soon(msg)
             return
         urls = (only,) if only is not None and only in target.urls else target.urls
+        if head.type == "message.received":
+            body = await self._with_media(body, head)
         done = self._partial.pop(key, set())
         pending = [url for url in urls if url not in done]
         attempt = max(1, delivered - self._deferrals.get(key, 0))
@@ -589,6 +593,16 @@ class Dispatcher:
         return Backoff(
             self.settings.webhook_backoff_base_s, self.settings.webhook_backoff_max_s
         ).ceiling(attempts)
+
+    async def _with_media(self, body: bytes, head: _Head) -> bytes:
+        """Stored inbound media gets a signed URL (and inline bytes) at delivery time
+        (control_plane/media_links.py); a failure leaves the event as it is."""
+        try:
+            key = self.registry.session_key(head.tenant, head.session_id)
+            return await with_media_links(body, key, self.settings, self.media)
+        except Exception as exc:
+            log.warning("media link not added", extra={"event_id": head.id, "error": repr(exc)})
+            return body
 
     async def _target(self, head: _Head) -> Target | None:
         found = self.registry.lookup(head.tenant, head.session_id, head.type)

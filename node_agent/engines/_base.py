@@ -8,7 +8,7 @@ supervisor owns the state machine and reconnects; engines only report facts.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -42,6 +42,19 @@ class LoggedOut(msgspec.Struct, frozen=True):
     reason: str
 
 
+class InboundMedia(msgspec.Struct, frozen=True):
+    """What an inbound media message says about its file. ``handle`` is the engine's own
+    way to fetch the bytes (:meth:`EngineSession.download`): the sim's object name, the
+    neonize message proto. It never leaves the agent."""
+
+    mimetype: str
+    size: int
+    filename: str | None = None
+    sha256: str | None = None
+    seconds: float | None = None
+    handle: Any = None
+
+
 class Inbound(msgspec.Struct, frozen=True):
     """An inbound message (or an edit, revoke, reaction, poll vote: ``type``).
 
@@ -60,6 +73,7 @@ class Inbound(msgspec.Struct, frozen=True):
     sender_lid: str | None = None
     chat: str | None = None
     resolves: bool = False
+    media: InboundMedia | None = None
 
 
 AckStatus = Literal["server", "delivered", "read", "failed"]
@@ -112,6 +126,9 @@ class EngineSession(Protocol):
         (already fetched and size-checked). Returns the engine's message id."""
 
     async def check_numbers(self, numbers: list[str]) -> list[NumberStatus]: ...
+
+    async def download(self, media: InboundMedia) -> bytes:
+        """The bytes of inbound media (decrypted); EngineError when they cannot be had."""
 
     async def pair_phone(self, phone: str) -> str:
         """Ask for a phone pairing code (the 8 characters the user types on the phone)."""

@@ -64,6 +64,7 @@ from node_agent.engines._base import (
     Emit,
     EngineError,
     Inbound,
+    InboundMedia,
     LoggedOut,
     Paired,
     PresenceSeen,
@@ -85,6 +86,7 @@ from node_agent.protocol import (
     ReactionContent,
     RevokeContent,
     SessionSpec,
+    StickerContent,
     TextContent,
     VideoContent,
 )
@@ -641,6 +643,20 @@ class NeonizeSession:
             results.append(NumberStatus(number=number, on_whatsapp=on, jid=jid))
         return results
 
+    async def download(self, media: InboundMedia) -> bytes:
+        """Fetch and decrypt inbound media: ``download_any`` on the message proto, a
+        read of the Go maps like a send (shared FFI lock, bounded wait)."""
+        gen = self._online()
+        if media.handle is None:
+            raise EngineError("no media to download")
+        try:
+            data = await self._call(gen.client.download_any(media.handle))
+        except TimeoutError:
+            raise EngineError("media download timed out") from None
+        except Exception as exc:
+            raise EngineError(f"media download failed: {exc}") from None
+        return bytes(data or b"")
+
     async def send(
         self,
         to: str,
@@ -751,7 +767,10 @@ class NeonizeSession:
             return e2e.Message(videoMessage=e2e.VideoMessage(**fields, caption=content.caption))
         if isinstance(content, AudioContent):
             fields = await self._uploaded(gen, media, MediaType.MediaAudio)
-            return e2e.Message(audioMessage=e2e.AudioMessage(**fields, PTT=content.voice_note))
+            return audio_message(fields, media, content.voice_note)
+        if isinstance(content, StickerContent):
+            fields = await self._uploaded(gen, media, MediaType.MediaImage)
+            return sticker_message(fields, media)
         if isinstance(content, DocumentContent):
             fields = await self._uploaded(gen, media, MediaType.MediaDocument)
             name = media.filename or "document"
@@ -1409,6 +1428,60 @@ def context_of(context: Any) -> dict[str, object]:
     if mentions:
         extra["mentions"] = mentions
     return extra
+
+
+_MEDIA_FIELDS = (
+    "imageMessage",
+    "videoMessage",
+    "audioMessage",
+    "documentMessage",
+    "stickerMessage",
+)
+
+
+def inbound_media(message: Any) -> InboundMedia | None:
+    """What a received media message says of its file, with the message itself as the
+    handle ``download_any`` takes (it finds the media part and decrypts it)."""
+    if message is None:
+        return None
+    for field in _MEDIA_FIELDS:
+        if message.HasField(field):
+            part = getattr(message, field)
+            seconds = getattr(part, "seconds", 0) or None
+            return InboundMedia(
+                mimetype=str(part.mimetype) or "application/octet-stream",
+                size=int(part.fileLength),
+                filename=str(getattr(part, "fileName", "")) or None,
+                sha256=bytes(part.fileSHA256).hex() or None,
+                seconds=float(seconds) if seconds else None,
+                handle=message,
+            )
+    return None
+
+
+def audio_message(fields: dict[str, Any], media: MediaPayload, voice_note: bool) -> Any:
+    """An audioMessage; a voice note (PTT) carries its duration and waveform, which
+    WhatsApp needs to draw it as a voice note (node_agent/media_convert.py made them)."""
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    extra: dict[str, Any] = {}
+    if media.seconds is not None:
+        extra["seconds"] = max(1, round(media.seconds))
+    if voice_note and media.waveform:
+        extra["waveform"] = media.waveform
+    return e2e.Message(audioMessage=e2e.AudioMessage(**fields, PTT=voice_note, **extra))
+
+
+def sticker_message(fields: dict[str, Any], media: MediaPayload) -> Any:
+    """A stickerMessage of WebP bytes already uploaded (as an image, like WhatsApp's)."""
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    extra: dict[str, Any] = {}
+    if media.width is not None and media.height is not None:
+        extra["width"], extra["height"] = media.width, media.height
+    return e2e.Message(
+        stickerMessage=e2e.StickerMessage(**fields, isAnimated=media.animated, **extra)
+    )
 
 
 def _jpeg_thumbnail(data: bytes) -> bytes | None:

@@ -37,8 +37,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import KeyNotFoundError
+from nats.js.api import ObjectStoreConfig
+from nats.js.errors import KeyNotFoundError, ObjectNotFoundError
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 from node_agent.chat_ids import chat_kind
 from node_agent.engines._base import (
@@ -47,6 +49,7 @@ from node_agent.engines._base import (
     Emit,
     EngineError,
     Inbound,
+    InboundMedia,
     LoggedOut,
     Paired,
     PresenceSeen,
@@ -68,6 +71,7 @@ from zapfleet._mirror import Change, KVMirror
 log = logging.getLogger(__name__)
 
 SIM_BUCKET = "zf_sim"
+SIM_MEDIA_BUCKET = "zf_sim_media"  # the simulated media servers (WhatsApp's CDN)
 QR_PREFIX = "SIM1"
 
 
@@ -80,6 +84,7 @@ class SimConfig(msgspec.Struct, kw_only=True):
     keepalive_s: float = 5.0  # presence probe period (sim_presence.py)
     probe_timeout_s: float = 0.25
     replicas: int = 1  # of the zf_sim bucket (ZAPFLEET_NATS_REPLICAS)
+    media_ttl_s: float = 86400.0  # how long the simulated media servers keep a file
 
 
 class Faults(msgspec.Struct, kw_only=True):
@@ -178,15 +183,20 @@ async def inject_faults(nc: NATS, session_id: str, faults: Faults) -> None:
     await nc.request(f"zf.sim.fault.{session_id}", _encode(faults), timeout=5)
 
 
-async def seed_account(nc: NATS, session_id: str, phone: str) -> None:
-    """Link ``session_id`` to ``phone`` without a scan (tests, demos and benchmarks):
-    the session connects straight away when it starts, on any agent."""
+async def _network(nc: NATS) -> KeyValue:
+    """The sim network's bucket, for helpers acting from outside an engine; an existing
+    bucket is used as it is (replicas: never lowered)."""
     from nats.js.api import KeyValueConfig
 
     from zapfleet.natsjs import key_value
 
-    # an existing bucket is used as it is (replicas: never lowered)
-    kv = await key_value(nc.jetstream(), KeyValueConfig(bucket=SIM_BUCKET, history=1), 1)
+    return await key_value(nc.jetstream(), KeyValueConfig(bucket=SIM_BUCKET, history=1), 1)
+
+
+async def seed_account(nc: NATS, session_id: str, phone: str) -> None:
+    """Link ``session_id`` to ``phone`` without a scan (tests, demos and benchmarks):
+    the session connects straight away when it starts, on any agent."""
+    kv = await _network(nc)
     await kv.put(f"acct.{session_id}", _encode(Account(phone=phone, paired_at=time.time())))
     await kv.put(f"num.{phone}", session_id.encode())
 
@@ -207,9 +217,7 @@ async def create_group(
 ) -> str:
     """A sim group (or newsletter) whose participants are ``members`` (phones); returns
     its chat id. Test helper until group management exists (the next issue)."""
-    from nats.js.api import KeyValueConfig
-
-    kv = await nc.jetstream().create_key_value(KeyValueConfig(bucket=SIM_BUCKET, history=1))
+    kv = await _network(nc)
     digits = "120363" + f"{secrets.randbelow(10**12):012d}"
     chat = f"{digits}@{'g.us' if kind == 'group' else 'newsletter'}"
     await kv.put(_group_key(chat), _encode(sorted(set(members))))
@@ -250,6 +258,7 @@ class SimEngine:
         self.nc = nc
         self.config = config or SimConfig()
         self._kv: KeyValue | None = None
+        self._media: ObjectStore | None = None
         self.may_act: Callable[[], bool] = lambda: True
         # the network's phone book, kept current by a KV watch: a send to a known number
         # needs no lookup (measured: the lookup was 3.4 % of the agent's CPU per send)
@@ -261,6 +270,12 @@ class SimEngine:
         self.may_act = may_act
 
     @property
+    def media(self) -> ObjectStore:
+        if self._media is None:
+            raise RuntimeError("SimEngine.start() was not awaited")
+        return self._media
+
+    @property
     def kv(self) -> KeyValue:
         if self._kv is None:
             raise RuntimeError("SimEngine.start() was not awaited")
@@ -270,10 +285,16 @@ class SimEngine:
         js = self.nc.jetstream()
         from nats.js.api import KeyValueConfig
 
-        from zapfleet.natsjs import key_value
+        from zapfleet.natsjs import key_value, object_store
 
         self._kv = await key_value(
             js, KeyValueConfig(bucket=SIM_BUCKET, history=1), self.config.replicas
+        )
+        self._media = await object_store(
+            js,
+            SIM_MEDIA_BUCKET,
+            self.config.replicas,
+            ObjectStoreConfig(ttl=self.config.media_ttl_s),
         )
         # the phone book: a number missing here is still looked up in KV, so a mirror
         # that lags or reloads only costs speed; a reload starts from an empty book, so
@@ -590,6 +611,7 @@ class SimSession:
                 text=wire.text,
                 content=content,
                 resolves=resolves,
+                media=_wire_media(wire),
             )
         )
 
@@ -704,13 +726,23 @@ class SimSession:
         engine_id = "SIM" + secrets.token_hex(8).upper()
         body: dict[str, Any] = msgspec.to_builtins(content)
         if media is not None:
-            # the simulated network carries a description of the media, not its bytes
+            # like WhatsApp: the bytes go to the media servers, the message carries a
+            # description and where to fetch them
+            ref = f"{engine_id}.bin"
+            await self.engine.media.put(ref, media.data)
             body["media"] = {
                 "size": media.size,
                 "sha256": media.sha256(),
                 "mimetype": media.mimetype,
                 "filename": media.filename,
+                "ref": ref,
             }
+            if media.seconds is not None:
+                body["media"]["seconds"] = media.seconds
+            if media.waveform is not None:
+                body["media"]["waveform"] = list(media.waveform)
+            if media.width is not None:
+                body["media"]["width"], body["media"]["height"] = media.width, media.height
         kind = chat_kind(to)
         if isinstance(content, TextContent) and content.mention_all:
             body["mentions"] = sorted(set(body.get("mentions") or []) | set(recipients))
@@ -723,7 +755,10 @@ class SimSession:
             chat=to if kind in ("group", "newsletter") else None,
             type=type(content).__struct_config__.tag,  # type: ignore[arg-type]
             ts=time.time(),
-            text=content.text if isinstance(content, TextContent | EditContent) else None,
+            # a caption is the text of media, as WhatsApp (and the neonize engine) show it
+            text=content.text
+            if isinstance(content, TextContent | EditContent)
+            else getattr(content, "caption", None),
             content=body,
         )
         if isinstance(content, PollContent):
@@ -762,6 +797,15 @@ class SimSession:
                 continue  # recipient offline: like WhatsApp, the server keeps it
             self.emit(Receipt(message_id=wire.id, status="delivered", peer=phone))
 
+    async def download(self, media: InboundMedia) -> bytes:
+        if not isinstance(media.handle, str):
+            raise EngineError("no media to download")
+        try:
+            found = await self.engine.media.get(media.handle)
+        except ObjectNotFoundError:
+            raise EngineError("media expired on the (simulated) media servers") from None
+        return found.data or b""
+
     async def check_numbers(self, numbers: list[str]) -> list[NumberStatus]:
         results = []
         for number in numbers:
@@ -781,6 +825,22 @@ class SimSession:
             # the network went away under a background step (delivery, receipt): the
             # simulated server drops it, like a real one losing a connection
             log.info("sim background step failed", extra={"error": repr(task.exception())})
+
+
+def _wire_media(wire: Wire) -> InboundMedia | None:
+    """The media description a simulated message carries, if any."""
+    described = (wire.content or {}).get("media")
+    if not isinstance(described, dict) or "ref" not in described:
+        return None
+    seconds = described.get("seconds")
+    return InboundMedia(
+        mimetype=str(described.get("mimetype") or "application/octet-stream"),
+        size=int(described.get("size") or 0),
+        filename=described.get("filename"),
+        sha256=described.get("sha256"),
+        seconds=float(seconds) if seconds is not None else None,
+        handle=str(described["ref"]),
+    )
 
 
 __all__ = [

@@ -304,6 +304,68 @@ async def test_inline_media_over_the_limit_is_413_media_too_large(catalog: Catal
     assert_problem(response, 413, "media_too_large")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "sticker"},
+        {"type": "audio", "voice_note": True},
+    ],
+    ids=["sticker", "voice-note"],
+)
+@pytest.mark.parametrize(
+    "data",
+    [b"\x00garbage" * 40, b"\x89PNG\r\n\x1a\n" + b"\x00" * 100],
+    ids=["random", "truncated-png"],
+)
+async def test_media_that_cannot_be_converted_is_422_undecodable_media(
+    catalog: Catalog, body: dict[str, Any], data: bytes
+) -> None:
+    media = {"base64": base64.b64encode(data).decode(), "mimetype": "image/png"}
+    async with catalog.client(catalog.acme) as api:
+        before = (await api.get(f"/v1/sessions/{catalog.acme.session_id}")).json()["queue_depth"]
+        response = await api.post(
+            messages(catalog.acme.session_id), json={**body, "to": "+15550700002", "media": media}
+        )
+        assert_problem(response, 422, "undecodable_media")
+        after = (await api.get(f"/v1/sessions/{catalog.acme.session_id}")).json()["queue_depth"]
+    assert after == before  # nothing queued
+
+
+async def test_received_media_ids_and_signed_urls_that_name_nothing_are_refused(
+    catalog: Catalog,
+) -> None:
+    session = catalog.acme.session_id
+    async with catalog.client(catalog.acme) as api:
+        for media_id in ("md_" + "0" * 24, "md_ZZ", "x" * 300, "%2e%2e"):
+            assert_problem(
+                await api.get(f"/v1/sessions/{session}/media/{media_id}"), 404, "media_not_found"
+            )
+        # a slash in the id matches no route at all
+        traversal = await api.get(f"/v1/sessions/{session}/media/..%2F..%2Fetc")
+        assert traversal.status_code == 404, traversal.text
+        # another tenant's session: 404 for the session, whatever the id
+        assert_problem(
+            await api.get(f"/v1/sessions/{catalog.globex.session_id}/media/md_{'0' * 24}"),
+            404,
+            "session_not_found",
+        )
+    async with catalog.client() as anonymous:
+        for token in ("x", "a.b", "%00.%00", "A" * 4000 + "." + "B" * 43):
+            assert_problem(await anonymous.get(f"/v1/media/{token}"), 403, "invalid_media_url")
+
+
+async def test_media_settings_and_history_filters_outside_their_bounds(catalog: Catalog) -> None:
+    session = catalog.acme.session_id
+    async with catalog.client(catalog.acme) as api:
+        for body in ({"inbound": "all"}, {"webhook_inline_max_bytes": -1}, {"x": 1}):
+            response = await api.put(f"/v1/sessions/{session}/settings/media", json=body)
+            assert_problem(response, 400, "invalid_body")
+        bad_chat = await api.get(messages(session), params={"chat": "+1 23"})
+        assert_problem(bad_chat, 422, "invalid_number")
+        long_chat = await api.get(messages(session), params={"chat": "1" * 200})
+        assert long_chat.status_code == 400, long_chat.text
+
+
 @pytest.mark.parametrize("size", [200 * 1024, 8 * 1024 * 1024], ids=["200KiB", "8MiB"])
 async def test_base64_far_over_the_body_limit_is_refused_without_decoding(
     catalog: Catalog, size: int

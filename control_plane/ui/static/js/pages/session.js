@@ -217,7 +217,15 @@ export function mount(view, { arg: sessionId, navigate }) {
 
   // The page is built on the first successful read: an unknown id shows one message only.
   function build() {
-    const title = h("h1", {}, h("a", { href: "#/sessions", class: "muted" }, "Sessions"), " / ", sessionId);
+    const title = h(
+      "h1",
+      {},
+      h("a", { href: "#/sessions", class: "muted" }, "Sessions"),
+      " / ",
+      sessionId,
+      " ",
+      h("a", { href: `#/chats/${enc(sessionId)}`, id: "open-conversations", class: "small" }, "Conversations"),
+    );
     const detailBox = h("div", {}, h("p", { class: "muted" }, "Loading…"));
     const error = h("p", { class: "error", id: "session-error", hidden: true });
     const qrImage = h("img", { id: "qr-image", alt: "QR code to scan with WhatsApp", width: 264, height: 264, hidden: true });

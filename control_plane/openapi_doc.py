@@ -14,6 +14,8 @@ it cannot know (tests/reliability/test_schemathesis.py holds the API to it).
   false`` on bodies that refuse unknown fields, media with exactly one of ``url`` (http(s))
   and ``base64``; QR images are binary (``format: binary``, also offered as
   ``application/octet-stream`` so generic generators type them as bytes).
+- Every event type's delivery is in the ``webhooks`` section, its ``data`` typed
+  (:mod:`control_plane.openapi_events`, :mod:`node_agent.event_data`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from litestar.openapi.spec import (
 )
 
 from control_plane.idempotency import MAX_KEY_LENGTH
+from control_plane.openapi_events import event_components, webhooks
 from control_plane.problems import PROBLEM_JSON
 from control_plane.tenants import TENANT_ID_PATTERN
 
@@ -210,7 +213,13 @@ def complete(openapi: OpenAPI, *, metrics_public: bool) -> OpenAPI:
     if "Media" in schemas:
         schemas["Media"].one_of = MEDIA_ONE_OF
         schemas["Media"].description = "exactly one of `url` (http or https) and `base64`"
+    for name, schema in event_components().items():
+        known = schemas.setdefault(name, schema)
+        # a name both use is one type (the SessionState enum): anything else would be a clash
+        if known is not schema and set(known.enum or ()) != set(schema.enum or ()):
+            raise RuntimeError(f"event schema {name} clashes with the API's schema of that name")
     components.schemas = schemas
+    openapi.webhooks = webhooks()
     for path, item in (openapi.paths or {}).items():
         for method in ("get", "put", "post", "delete", "patch"):
             operation = getattr(item, method, None)

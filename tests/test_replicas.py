@@ -177,7 +177,15 @@ async def test_r1_assets_are_raised_to_r3_in_place_and_never_lowered(
     sessions = await js.key_value(SESSIONS_BUCKET)
     await sessions.put("s1", b"spec")
     await js.publish("zf.events.default.s1.session.status", b"{}")
-    names = {str(info.config.name) for info in await js.streams_info()}
+    names: set[str] = set()
+
+    async def all_listed() -> bool:
+        # a clustered stream list leaves out a stream whose peers do not answer in time
+        # (seen under load: 12 of 13): the list is read until it names every asset
+        names.update(str(info.config.name) for info in await js.streams_info())
+        return len(names) >= 15
+
+    await until(all_listed, 30, "every asset listed", 0.2)
     assert len(names) == 15, names  # 3 streams, 8 buckets, 4 object stores
     before = await replicas_of(cnc, names)
     assert set(before.values()) == {1}, before

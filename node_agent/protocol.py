@@ -335,6 +335,7 @@ class TextContent(msgspec.Struct, tag="text", kw_only=True):
 class ImageContent(msgspec.Struct, tag="image", kw_only=True):
     media: Media
     caption: str | None = None
+    view_once: bool = False  # the receiver can open it once (WhatsApp's "view once")
 
 
 class DocumentContent(msgspec.Struct, tag="document", kw_only=True):
@@ -345,6 +346,7 @@ class DocumentContent(msgspec.Struct, tag="document", kw_only=True):
 class AudioContent(msgspec.Struct, tag="audio", kw_only=True):
     media: Media
     voice_note: bool = False
+    view_once: bool = False  # WhatsApp plays a view-once voice note once
 
 
 class StickerContent(msgspec.Struct, tag="sticker", kw_only=True):
@@ -356,6 +358,7 @@ class StickerContent(msgspec.Struct, tag="sticker", kw_only=True):
 class VideoContent(msgspec.Struct, tag="video", kw_only=True):
     media: Media
     caption: str | None = None
+    view_once: bool = False
 
 
 class LocationContent(msgspec.Struct, tag="location", kw_only=True):

@@ -120,6 +120,38 @@ async def test_a_png_sticker_arrives_as_a_webp_sticker(
     assert len(media["sha256"]) == 64
 
 
+async def test_view_once_media_arrives_marked_view_once_and_plain_media_does_not(
+    pair: tuple[httpx.AsyncClient, str, str, str],
+) -> None:
+    """``view_once`` on an image (and video, audio) reaches the receiver as
+    ``content.view_once``; media sent without it says nothing of it."""
+    api, sender, receiver, to = pair
+    received: dict[bool, dict[str, Any]] = {}
+    for view_once in (True, False):
+        body: dict[str, Any] = {
+            "type": "image",
+            "to": to,
+            "caption": f"once={view_once}",
+            "media": {"base64": b64(png(40, 30)), "filename": "p.png"},
+        }
+        if view_once:
+            body["view_once"] = True
+        sent = await api.post(f"/v1/sessions/{sender}/messages", json=body)
+        assert sent.status_code == 202, sent.text
+        message_id: str = sent.json()["message_id"]
+        out = await wait_event(
+            api, sender, "message.sent", lambda e, m=message_id: e["data"]["message_id"] == m
+        )
+        engine_id: str = out["data"]["engine_message_id"]
+        event = await wait_event(
+            api, receiver, "message.received", lambda e, m=engine_id: e["data"]["message_id"] == m
+        )
+        received[view_once] = event["data"]
+    assert received[True]["type"] == "image" and received[True]["text"] == "once=True"
+    assert received[True]["content"]["view_once"] is True
+    assert "view_once" not in received[False]["content"]
+
+
 async def test_a_voice_note_is_sent_as_ogg_opus_with_duration_and_waveform(
     stack: Stack, nc: NATS, pair: tuple[httpx.AsyncClient, str, str, str]
 ) -> None:

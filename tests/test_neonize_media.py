@@ -184,7 +184,7 @@ async def test_a_received_image_is_reported_with_its_media_and_downloaded_under_
         ),
         Message=image,
     )
-    session._on_message(event)
+    await session._on_message(event)
     [inbound] = emitted
     assert isinstance(inbound, Inbound)
     assert (inbound.message_id, inbound.sender, inbound.type) == ("3EB0ABC", "15550001111", "image")
@@ -211,3 +211,43 @@ async def test_a_failed_or_impossible_download_is_an_engine_error() -> None:
     session._gen.link_up = False
     with pytest.raises(EngineError, match="not connected"):
         await session.download(media)
+
+
+def test_view_once_media_sets_view_once_and_is_recognised_wrapped_or_flagged() -> None:
+    """Outbound: the media part carries ``viewOnce`` (what current clients send).
+    Inbound: a flagged part, or one inside the older ``viewOnceMessageV2`` wrapper, is
+    described as its media type with ``view_once``; its file is found inside the wrapper."""
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    from node_agent.engines.neonize import (
+        describe_message,
+        image_message,
+        inbound_media,
+        video_message,
+    )
+    from node_agent.protocol import ImageContent, Media, VideoContent
+
+    media = Media(base64="aGk=")
+    image = image_message({}, ImageContent(media=media, caption="c", view_once=True), None)
+    assert image.imageMessage.viewOnce is True and image.imageMessage.caption == "c"
+    plain = image_message({}, ImageContent(media=media), None)
+    assert plain.imageMessage.HasField("viewOnce") is False
+    video = video_message({}, VideoContent(media=media, view_once=True))
+    assert video.videoMessage.viewOnce is True
+
+    part = e2e.ImageMessage(mimetype="image/jpeg", fileLength=10, caption="see")
+    wrapped = e2e.Message(
+        viewOnceMessageV2=e2e.FutureProofMessage(message=e2e.Message(imageMessage=part))
+    )
+    assert describe_message(wrapped) == (
+        "image",
+        "see",
+        {"mimetype": "image/jpeg", "size": 10, "view_once": True},
+    )
+    found = inbound_media(wrapped)
+    assert found is not None and found.mimetype == "image/jpeg" and found.size == 10
+    flagged = e2e.Message(
+        imageMessage=e2e.ImageMessage(mimetype="image/png", fileLength=3, viewOnce=True)
+    )
+    assert describe_message(flagged)[2]["view_once"] is True
+    assert "view_once" not in describe_message(e2e.Message(imageMessage=part))[2]

@@ -757,17 +757,13 @@ class NeonizeSession:
         if isinstance(content, ImageContent):
             fields = await self._uploaded(gen, media, MediaType.MediaImage)
             thumbnail = await asyncio.to_thread(_jpeg_thumbnail, media.data)
-            return e2e.Message(
-                imageMessage=e2e.ImageMessage(
-                    **fields, caption=content.caption, JPEGThumbnail=thumbnail
-                )
-            )
+            return image_message(fields, content, thumbnail)
         if isinstance(content, VideoContent):
             fields = await self._uploaded(gen, media, MediaType.MediaVideo)
-            return e2e.Message(videoMessage=e2e.VideoMessage(**fields, caption=content.caption))
+            return video_message(fields, content)
         if isinstance(content, AudioContent):
             fields = await self._uploaded(gen, media, MediaType.MediaAudio)
-            return audio_message(fields, media, content.voice_note)
+            return audio_message(fields, media, content.voice_note, view_once=content.view_once)
         if isinstance(content, StickerContent):
             fields = await self._uploaded(gen, media, MediaType.MediaImage)
             return sticker_message(fields, media)
@@ -1154,6 +1150,7 @@ def inbound_of(event: Any) -> Inbound | None:
         timestamp=float(info.Timestamp) / (1000 if info.Timestamp > 10**11 else 1),
         text=text,
         content=content or None,
+        media=inbound_media(event.Message),
     )
 
 
@@ -1347,6 +1344,7 @@ def describe_message(message: Any) -> tuple[str, str | None, dict[str, object]]:
         return "unknown", None, {}
     if message.HasField("editedMessage") and message.editedMessage.HasField("message"):
         message = message.editedMessage.message  # FutureProofMessage around the edit
+    message, wrapped_once = unwrap_view_once(message)
     if message.HasField("protocolMessage"):
         protocol = message.protocolMessage
         target: dict[str, object] = {"message_id": str(protocol.key.ID)}
@@ -1398,6 +1396,8 @@ def describe_message(message: Any) -> tuple[str, str | None, dict[str, object]]:
                 "mimetype": str(part.mimetype),
                 "size": int(part.fileLength),
             }
+            if wrapped_once or getattr(part, "viewOnce", False):
+                extra["view_once"] = True
             caption = getattr(part, "caption", "") or None
             return kind, caption, extra
     if message.HasField("locationMessage"):
@@ -1414,6 +1414,19 @@ def describe_message(message: Any) -> tuple[str, str | None, dict[str, object]]:
         emoji = str(reaction.text)
         return "reaction", emoji, {"message_id": str(reaction.key.ID), "emoji": emoji}
     return "other", None, {}
+
+
+_VIEW_ONCE_WRAPPERS = ("viewOnceMessage", "viewOnceMessageV2", "viewOnceMessageV2Extension")
+
+
+def unwrap_view_once(message: Any) -> tuple[Any, bool]:
+    """The message inside a view-once wrapper (older clients send FutureProofMessages
+    ``viewOnceMessage``/``V2``/``V2Extension``; current ones set ``viewOnce`` on the media
+    part instead), and whether it was wrapped."""
+    for wrapper in _VIEW_ONCE_WRAPPERS:
+        if message.HasField(wrapper) and getattr(message, wrapper).HasField("message"):
+            return getattr(message, wrapper).message, True
+    return message, False
 
 
 def context_of(context: Any) -> dict[str, object]:
@@ -1444,6 +1457,7 @@ def inbound_media(message: Any) -> InboundMedia | None:
     handle ``download_any`` takes (it finds the media part and decrypts it)."""
     if message is None:
         return None
+    message, _ = unwrap_view_once(message)
     for field in _MEDIA_FIELDS:
         if message.HasField(field):
             part = getattr(message, field)
@@ -1459,12 +1473,35 @@ def inbound_media(message: Any) -> InboundMedia | None:
     return None
 
 
-def audio_message(fields: dict[str, Any], media: MediaPayload, voice_note: bool) -> Any:
+def image_message(fields: dict[str, Any], content: ImageContent, thumbnail: bytes | None) -> Any:
+    """An imageMessage of bytes already uploaded; ``viewOnce`` set for view-once media
+    (the flag whatsmeow's current clients send, no viewOnceMessage wrapper)."""
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    extra: dict[str, Any] = {"viewOnce": True} if content.view_once else {}
+    return e2e.Message(
+        imageMessage=e2e.ImageMessage(
+            **fields, caption=content.caption, JPEGThumbnail=thumbnail, **extra
+        )
+    )
+
+
+def video_message(fields: dict[str, Any], content: VideoContent) -> Any:
+    """A videoMessage of bytes already uploaded (``viewOnce`` as for images)."""
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    extra: dict[str, Any] = {"viewOnce": True} if content.view_once else {}
+    return e2e.Message(videoMessage=e2e.VideoMessage(**fields, caption=content.caption, **extra))
+
+
+def audio_message(
+    fields: dict[str, Any], media: MediaPayload, voice_note: bool, *, view_once: bool = False
+) -> Any:
     """An audioMessage; a voice note (PTT) carries its duration and waveform, which
     WhatsApp needs to draw it as a voice note (node_agent/media_convert.py made them)."""
     from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"viewOnce": True} if view_once else {}
     if media.seconds is not None:
         extra["seconds"] = max(1, round(media.seconds))
     if voice_note and media.waveform:

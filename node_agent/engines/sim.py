@@ -725,6 +725,8 @@ class SimSession:
             raise EngineError("network unreachable") from None
         engine_id = "SIM" + secrets.token_hex(8).upper()
         body: dict[str, Any] = msgspec.to_builtins(content)
+        if not body.get("view_once"):
+            body.pop("view_once", None)  # as WhatsApp: only view-once media say so
         if media is not None:
             # like WhatsApp: the bytes go to the media servers, the message carries a
             # description and where to fetch them

@@ -37,13 +37,13 @@ from nats.micro import add_service
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
 from nats.micro.service import Endpoint, Service
 
-from control_plane.api.chats import mark_read, show_presence
-from control_plane.api.messages import queue_message
-from control_plane.api.sessions import live_info, load_record, view
 from control_plane.auth import Principal
+from control_plane.media import media_link
+from control_plane.messages import mark_read, message_history, queue_message, show_presence
 from control_plane.models import OutboundMessage, PresenceBody, ReadChat, SessionId
 from control_plane.problems import ProblemError
 from control_plane.services import Services
+from control_plane.sessions import read_session
 from node_agent.protocol import api_subject
 from zapfleet import __version__
 
@@ -108,8 +108,7 @@ async def op_message_send(
 async def op_session_status(
     services: Services, principal: Principal, body: SessionStatusCommand
 ) -> bytes:
-    record = await load_record(services, principal, body.session_id)
-    return _encoder.encode(view(record, await live_info(services, record)))
+    return _encoder.encode(await read_session(services, principal, body.session_id))
 
 
 async def op_chat_read(services: Services, principal: Principal, body: ChatReadCommand) -> bytes:
@@ -127,8 +126,6 @@ async def op_chat_presence(
 async def op_messages_list(
     services: Services, principal: Principal, body: MessagesListCommand
 ) -> bytes:
-    from control_plane.api.messages import message_history
-
     page, _ = await message_history(
         services,
         principal,
@@ -141,8 +138,6 @@ async def op_messages_list(
 
 
 async def op_media_link(services: Services, principal: Principal, body: MediaLinkCommand) -> bytes:
-    from control_plane.api.media import media_link
-
     link = await media_link(services, principal, body.session_id, body.media_id)
     return _encoder.encode(link)
 

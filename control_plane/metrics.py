@@ -12,7 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.metrics_core import Metric
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -32,8 +39,6 @@ REQUEST_SECONDS = Histogram(
 
 def _registry() -> CollectorRegistry:
     if os.environ.get(ENV):
-        from prometheus_client import multiprocess
-
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return registry

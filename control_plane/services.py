@@ -11,6 +11,9 @@ import valkey.asyncio as valkey
 from litestar.datastructures import State
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
+from valkey.asyncio.retry import Retry
+from valkey.backoff import NoBackoff
+from valkey.exceptions import ConnectionError as ValkeyConnectionError
 
 from control_plane.agents import AgentClient
 from control_plane.caches import ApiCache
@@ -128,10 +131,6 @@ def valkey_client(settings: ControlPlaneSettings) -> valkey.Valkey:
     """Short timeouts (a request never waits long on Valkey: see valkey_guard), and one
     retry on a connection error, so a pooled connection that a Valkey restart closed is
     replaced transparently."""
-    from valkey.asyncio.retry import Retry
-    from valkey.backoff import NoBackoff
-    from valkey.exceptions import ConnectionError as ValkeyConnectionError
-
     client: valkey.Valkey = valkey.Valkey.from_url(
         settings.valkey_url,
         socket_timeout=settings.valkey_timeout_s,

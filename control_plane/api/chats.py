@@ -1,56 +1,22 @@
 """/v1/sessions/{id}/read and /presence: read marks and typing indicators (issue 15).
 
 Not messages: they go to the session's node at once (no queue, no outbox) and answer
-what was done. The REST endpoints and the NATS commands ``chat_read`` and
-``chat_presence`` share the functions below.
+what was done. The controller maps HTTP to the message service (control_plane/messages.py),
+which the NATS commands ``chat_read`` and ``chat_presence`` call too; ``mark_read`` and
+``show_presence`` are re-exported here for code written before the service existed.
 """
 
 from __future__ import annotations
 
-import msgspec
 from litestar import Controller, post
 from litestar.di import Provide
 
-from control_plane.api.messages import MESSAGES, normalize_chat_id
-from control_plane.api.sessions import call_agent, load_record, running
+from control_plane import messages as message_service
+from control_plane.api.messages import MESSAGES
 from control_plane.auth import Principal, authenticate
+from control_plane.messages import mark_read, show_presence
 from control_plane.models import ChatReadView, PresenceBody, PresenceView, ReadChat
 from control_plane.services import Services
-from node_agent.protocol import ChatPresence, ChatRead, ChatReadDone, Empty, Op
-
-_encode = msgspec.json.encode
-
-
-async def mark_read(
-    services: Services, principal: Principal, session_id: str, data: ReadChat
-) -> ChatReadView:
-    chat = normalize_chat_id(data.chat)
-    record = await load_record(services, principal, session_id)
-    assignment = running(record)
-    done = await call_agent(
-        services,
-        assignment.node_id,
-        Op.CHAT_READ,
-        ChatRead(session_id=record.spec.key, chat=chat, message_ids=data.message_ids or []),
-        ChatReadDone,
-    )
-    return ChatReadView(session_id=session_id, chat=done.chat, marked=done.marked)
-
-
-async def show_presence(
-    services: Services, principal: Principal, session_id: str, data: PresenceBody
-) -> PresenceView:
-    chat = normalize_chat_id(data.chat)
-    record = await load_record(services, principal, session_id)
-    assignment = running(record)
-    await call_agent(
-        services,
-        assignment.node_id,
-        Op.CHAT_PRESENCE,
-        ChatPresence(session_id=record.spec.key, chat=chat, state=data.state),
-        Empty,
-    )
-    return PresenceView(session_id=session_id, chat=chat, state=data.state)
 
 
 class ChatController(Controller):
@@ -67,7 +33,7 @@ class ChatController(Controller):
     async def read(
         self, session_id: str, data: ReadChat, services: Services, principal: Principal
     ) -> ChatReadView:
-        return await mark_read(services, principal, session_id, data)
+        return await message_service.mark_read(services, principal, session_id, data)
 
     @post(
         "/presence",
@@ -78,4 +44,7 @@ class ChatController(Controller):
     async def presence(
         self, session_id: str, data: PresenceBody, services: Services, principal: Principal
     ) -> PresenceView:
-        return await show_presence(services, principal, session_id, data)
+        return await message_service.show_presence(services, principal, session_id, data)
+
+
+__all__ = ["ChatController", "mark_read", "show_presence"]

@@ -17,7 +17,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from control_plane import metrics
 from control_plane.agents import AgentCallError, AgentUnavailable
-from control_plane.api.sessions import live_assignment
 from control_plane.auth import Principal, authenticate, require_admin
 from control_plane.caches import CACHE_NAMES
 from control_plane.models import (
@@ -33,6 +32,7 @@ from control_plane.models import (
     WebhookMetrics,
 )
 from control_plane.services import Services
+from control_plane.sessions import live_assignment
 from control_plane.webhooks.backlog import backlog_depths
 from node_agent.protocol import DLQ_STREAM, EVENTS_STREAM, Empty, Op, SessionList
 from zapfleet import __version__

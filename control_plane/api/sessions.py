@@ -1,26 +1,26 @@
-"""/v1/sessions: create, list, read, delete, operate and pair sessions."""
+"""/v1/sessions: create, list, read, delete, operate and pair sessions.
+
+The controller maps HTTP to the session service (control_plane/sessions.py): routes,
+parameters, rate classes, cache headers and QR images. The names other modules imported
+from here before the service existed are re-exported (``__all__``) for code written
+against the old layout; new code imports them from control_plane/sessions.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import io
-import logging
-import secrets
-import time
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import msgspec
 import segno
 from litestar import Controller, MediaType, Request, Response, delete, get, patch, post
 from litestar.di import Provide
 from litestar.params import Parameter
-from nats.js.errors import KeyNotFoundError
 
-from control_plane.agents import AgentCallError, AgentUnavailable
+from control_plane import sessions as session_service
 from control_plane.api.webhooks import ensure_event_patterns, ensure_safe_url, ensure_secret_fits
 from control_plane.auth import Principal, authenticate
 from control_plane.caches import cache_id
-from control_plane.fleet import NoCapacity, PlacementConflict
 from control_plane.models import (
     CreateSession,
     PairCodeBody,
@@ -32,289 +32,37 @@ from control_plane.models import (
     SessionView,
     SettingsPatch,
 )
-from control_plane.problems import SMALL_ANSWERS, ProblemError
+from control_plane.problems import SMALL_ANSWERS
 from control_plane.services import Services
-from control_plane.store import ConflictError, SessionExists
-from control_plane.webhooks.signing import LEGACY, STANDARD
-from node_agent.protocol import (
-    Assignment,
-    ConfigureSession,
-    DestroySession,
-    Empty,
-    ErrorCode,
-    Op,
-    PacingSettings,
-    PairCode,
-    PairCodeRequest,
-    QrCode,
-    SessionInfo,
-    SessionRecord,
-    SessionRef,
-    SessionSpec,
-    SessionState,
-    new_uid,
+from control_plane.sessions import (  # the re-exported names (see the docstring)
+    STOPPED_BY,
+    call_agent,
+    current_qr,
+    destroy_device,
+    engine_nodes,
+    live_assignment,
+    live_info,
+    load_record,
+    not_found,
+    not_running,
+    place,
+    remove_session,
+    running,
+    running_op,
+    settings_of,
+    status_of,
+    stopped_reason,
+    unplace,
+    update_record,
+    view,
 )
-from node_agent.protocol import SessionList as AgentSessionList
-
-T = TypeVar("T")
-log = logging.getLogger(__name__)
+from control_plane.webhooks.signing import LEGACY, STANDARD
+from node_agent.protocol import Op, SessionState
 
 SESSION_OPS = {"rate": "sessions"}
 QUERIES = {"rate": "queries"}
 JSON = MediaType.JSON
-_encode = msgspec.json.encode
 _qr_decoder = msgspec.json.Decoder(QrView)
-_LIVE = frozenset(
-    {
-        SessionState.STARTING,
-        SessionState.PAIRING,
-        SessionState.CONNECTED,
-        SessionState.DISCONNECTED,
-        SessionState.RECONNECTING,
-    }
-)
-
-
-def not_found(session_id: str) -> ProblemError:
-    return ProblemError(404, "session_not_found", f"no session {session_id!r}")
-
-
-def not_running(session_id: str) -> ProblemError:
-    return ProblemError(
-        409, "not_running", f"session {session_id!r} is not running (POST .../start)"
-    )
-
-
-def running(record: SessionRecord) -> Assignment:
-    """Where the session runs, or 409 when it is not meant to run anywhere."""
-    if record.desired != "running" or record.assignment is None:
-        raise not_running(record.spec.session_id)
-    return record.assignment
-
-
-def live_assignment(record: SessionRecord) -> Assignment | None:
-    return record.assignment if record.desired == "running" else None
-
-
-async def load_record(services: Services, principal: Principal, session_id: str) -> SessionRecord:
-    """The caller's session of that name, or 404. Names are per tenant: another tenant's
-    session of the same name is a different session, never found here."""
-    record = await services.index.lookup(principal.tenant, session_id)
-    if record is None or record.spec.tenant != principal.tenant:
-        raise not_found(session_id)
-    return record
-
-
-async def call_agent(
-    services: Services, node_id: str, op: Op, request: msgspec.Struct, reply_type: type[T]
-) -> T:
-    try:
-        return await services.agents.call(node_id, op, request, reply_type)
-    except (AgentCallError, AgentUnavailable) as exc:
-        raise exc.to_problem() from None
-
-
-def stopped_reason(record: SessionRecord) -> str | None:
-    """Why a session that runs nowhere was stopped (by stop or logout), if it was."""
-    return record.stopped_reason if record.desired == "stopped" else None
-
-
-def view(record: SessionRecord, info: SessionInfo | None) -> SessionView:
-    assignment = record.assignment
-    state = info.state if info else SessionState.STOPPED
-    return SessionView(
-        session_id=record.spec.session_id,
-        tenant=record.spec.tenant,
-        engine=record.spec.engine,
-        state=state,
-        desired=record.desired,
-        node_id=assignment.node_id if assignment else None,
-        epoch=assignment.epoch if assignment else None,
-        phone=info.phone if info else None,
-        reason=info.reason if info else stopped_reason(record),
-        since=info.since if info else None,
-        queue_depth=info.queue_depth if info else 0,
-        webhook_url=record.webhook_url,
-        created_at=record.created_at,
-    )
-
-
-def status_of(record: SessionRecord, info: SessionInfo | None) -> SessionStatus:
-    assignment = record.assignment
-    return SessionStatus(
-        session_id=record.spec.session_id,
-        state=info.state if info else SessionState.STOPPED,
-        desired=record.desired,
-        node_id=assignment.node_id if assignment else None,
-        epoch=assignment.epoch if assignment else None,
-        phone=info.phone if info else None,
-        reason=info.reason if info else stopped_reason(record) or "not placed on any node",
-        since=info.since if info else None,
-        reconnect_attempts=info.reconnect_attempts if info else 0,
-        breaker_open_until=info.breaker_open_until if info else None,
-    )
-
-
-async def live_info(services: Services, record: SessionRecord) -> SessionInfo | None:
-    assignment = live_assignment(record)
-    if assignment is None:
-        return None
-    try:
-        return await services.agents.call(
-            assignment.node_id,
-            Op.SESSION_STATUS,
-            SessionRef(session_id=record.spec.key),
-            SessionInfo,
-        )
-    except (AgentCallError, AgentUnavailable):
-        return None
-
-
-async def update_record(services: Services, current: SessionRecord, change: Any) -> SessionRecord:
-    try:
-        record, revision = await services.sessions.update_with_revision(current.spec.key, change)
-    except KeyNotFoundError:
-        raise not_found(current.spec.session_id) from None
-    except ConflictError as exc:
-        raise ProblemError(409, "conflict", str(exc), headers={"Retry-After": "1"}) from None
-    services.index.note(record, revision)
-    return record
-
-
-async def place(services: Services, record: SessionRecord) -> SessionInfo:
-    """Assign the session to the best node (slot by KV CAS, epoch + 1) and start it there
-    (control_plane/fleet.py)."""
-    try:
-        info = await services.fleet.place(record.spec.key)
-    except NoCapacity as exc:
-        raise ProblemError(503, "no_capacity", str(exc), headers={"Retry-After": "5"}) from None
-    except PlacementConflict as exc:
-        raise ProblemError(409, "conflict", str(exc), headers={"Retry-After": "1"}) from None
-    except KeyNotFoundError:
-        raise not_found(record.spec.session_id) from None
-    except (AgentCallError, AgentUnavailable) as exc:
-        raise exc.to_problem() from None
-    finally:
-        await services.cache.invalidate_session(cache_id(record))
-    return info
-
-
-STOPPED_BY = {
-    Op.SESSION_STOP: "stopped by request",
-    Op.SESSION_LOGOUT: "logged out by request: pair again to use it",
-}
-
-
-async def unplace(services: Services, record: SessionRecord, op: Op) -> SessionInfo | None:
-    """Record the session as stopped (so no agent resumes it), then stop or log it out
-    on its node. A node that no longer runs it, or is gone, is not an error."""
-    session_id = record.spec.key
-    assignment = live_assignment(record)
-
-    def stop(current: SessionRecord) -> None:
-        # the assignment stays: its epoch keeps growing across stops and starts (fencing)
-        current.desired = "stopped"
-        current.stopped_reason = STOPPED_BY[op]
-
-    await update_record(services, record, stop)
-    info = None
-    if assignment is not None:
-        try:
-            info = await services.agents.call(
-                assignment.node_id,
-                op,
-                SessionRef(session_id=session_id, epoch=assignment.epoch),
-                SessionInfo,
-            )
-        except AgentCallError as exc:
-            if exc.code not in (ErrorCode.SESSION_NOT_FOUND, ErrorCode.STALE_EPOCH):
-                raise exc.to_problem() from None
-        except AgentUnavailable:
-            pass
-        await services.fleet.release(assignment.node_id, [session_id])  # its slot is free
-    await services.cache.invalidate_session(cache_id(record))
-    return info
-
-
-async def running_op(
-    services: Services, principal: Principal, session_id: str, op: Op
-) -> SessionView:
-    record = await load_record(services, principal, session_id)
-    assignment = running(record)
-    info = await call_agent(
-        services, assignment.node_id, op, SessionRef(session_id=record.spec.key), SessionInfo
-    )
-    await services.cache.invalidate_session(cache_id(record), qr=False)
-    return view(record, info)
-
-
-async def current_qr(services: Services, principal: Principal, session_id: str) -> bytes:
-    """The QR view as JSON bytes, from the cache or the agent."""
-    record = await load_record(services, principal, session_id)
-    key = record.spec.key
-    cached = await services.cache.get_qr(cache_id(record))
-    if cached is not None:
-        return cached
-    assignment = running(record)
-    code = await call_agent(
-        services,
-        assignment.node_id,
-        Op.SESSION_QR,
-        SessionRef(session_id=key),
-        QrCode,
-    )
-    body = _encode(QrView(session_id=session_id, qr=code.code, expires_at=code.expires_at))
-    await services.cache.put_qr(cache_id(record), body, code.expires_at - time.time())
-    return body
-
-
-def engine_nodes(services: Services, engine: str) -> list[str]:
-    """Live nodes that run ``engine`` (draining or cordoned ones too)."""
-    fleet = services.fleet
-    return sorted(
-        node_id
-        for node_id, state in fleet.nodes.items()
-        if state.info is not None and state.info.engine == engine and fleet.alive(node_id)
-    )
-
-
-async def destroy_device(services: Services, record: SessionRecord) -> None:
-    """Delete the device state of a session being deleted, on every live node of its
-    engine (a moved session left files where it ran; shared stores go with the first).
-    A session never placed has none. 503 when no node could do it: the record stays,
-    so the delete can be retried rather than leave a linked device nobody can reach."""
-    if record.assignment is None:
-        return
-    nodes = engine_nodes(services, record.spec.engine)
-    request = DestroySession(spec=record.spec)
-
-    async def one(node_id: str) -> bool:
-        try:
-            await services.agents.call(node_id, Op.SESSION_DESTROY, request, Empty)
-        except (AgentCallError, AgentUnavailable):
-            return False
-        return True
-
-    if not any(await asyncio.gather(*(one(n) for n in nodes))):
-        raise ProblemError(
-            503,
-            "unavailable",
-            f"no node of the {record.spec.engine} engine could unlink the device of "
-            f"session {record.spec.session_id!r}; the session is kept, retry the delete",
-            headers={"Retry-After": "5"},
-        )
-
-
-async def remove_session(services: Services, record: SessionRecord) -> None:
-    """Unlink the device, delete its state everywhere, then the record and its name."""
-    key = record.spec.key
-    await unplace(services, record, Op.SESSION_LOGOUT)
-    await destroy_device(services, record)
-    current = await services.sessions.get(key)
-    await services.sessions.delete(key)
-    services.index.forget(key, (current[1] + 1) if current else 0)
-    await services.sessions.release_name(record)
-    await services.cache.invalidate_session(cache_id(record))
 
 
 class SessionController(Controller):
@@ -326,67 +74,11 @@ class SessionController(Controller):
     async def create(
         self, data: CreateSession, services: Services, principal: Principal
     ) -> SessionView:
-        session_id = data.session_id or "s_" + secrets.token_hex(8)
         if data.webhook_url:
             await ensure_safe_url(services, data.webhook_url)
         ensure_event_patterns(data.webhook_events)
         ensure_secret_fits(data.webhook_scheme or STANDARD, data.webhook_secret)
-        spec = SessionSpec(
-            session_id=session_id,
-            tenant=principal.tenant,
-            uid=new_uid(),
-            engine=data.engine or services.settings.default_engine,
-            device_name=data.device_name,
-            proxy=data.proxy,
-            pacing=data.pacing or PacingSettings(),
-        )
-        record = SessionRecord(
-            spec=spec,
-            desired="running" if data.start else "stopped",
-            webhook_url=data.webhook_url,
-            webhook_events=data.webhook_events,
-            node_labels=data.node_labels,
-            webhook_secret=data.webhook_secret,
-            webhook_scheme=data.webhook_scheme or STANDARD,
-        )
-        exists = ProblemError(409, "session_exists", f"a session {session_id!r} already exists")
-        try:
-            await services.sessions.claim_name(record)  # unique per tenant
-        except SessionExists:
-            raise exists from None
-        except ConflictError as exc:
-            raise ProblemError(409, "conflict", str(exc), headers={"Retry-After": "1"}) from None
-        try:
-            revision = await services.sessions.create(record)
-        except BaseException:
-            await services.sessions.release_name(record)
-            raise
-        services.index.note(record, revision)
-        if not data.start:
-            return view(record, None)
-        try:
-            info = await place(services, record)
-        except BaseException:
-            # atomic: a session that could not be placed is not stored either
-            await self._undo_create(services, record)
-            raise
-        placed = await load_record(services, principal, session_id)
-        return view(placed, info)
-
-    @staticmethod
-    async def _undo_create(services: Services, record: SessionRecord) -> None:
-        current = await services.sessions.get(record.spec.key)
-        try:
-            if current is not None and current[0].assignment is not None:
-                # placed, but its start failed: it may run there; unlink it like a delete
-                await remove_session(services, current[0])
-                return
-        except Exception:
-            log.exception("undoing a failed create", extra={"session_id": record.spec.key})
-        await services.sessions.delete(record.spec.key)
-        services.index.forget(record.spec.key, (current[1] + 1) if current else 0)
-        await services.sessions.release_name(record)
-        await services.cache.invalidate_session(cache_id(record))
+        return await session_service.create_session(services, principal, data)
 
     @get("/", opt=QUERIES, summary="The caller's sessions with their live state")
     async def list_sessions(
@@ -399,36 +91,11 @@ class SessionController(Controller):
             SessionState | None, Parameter(query="state", description="only this state")
         ] = None,
     ) -> SessionList:
-        records = sorted(services.index.records(principal.tenant), key=lambda r: r.spec.session_id)
-        nodes = {a.node_id for r in records if (a := live_assignment(r)) is not None}
-        infos: dict[str, SessionInfo] = {}  # by internal key
-
-        async def from_node(node_id: str) -> None:
-            try:
-                listed = await services.agents.call(
-                    node_id, Op.SESSIONS_LIST, Empty(), AgentSessionList
-                )
-            except (AgentCallError, AgentUnavailable):
-                return
-            for info in listed.sessions:
-                infos[info.ref] = info
-
-        await asyncio.gather(*(from_node(n) for n in nodes))
-        views = []
-        for record in records:
-            info = infos.get(record.spec.key)
-            assignment = live_assignment(record)
-            if info is not None and (assignment is None or info.epoch != assignment.epoch):
-                info = None
-            views.append(view(record, info))
-        if only_state is not None:
-            views = [v for v in views if v.state == only_state]
-        return SessionList(sessions=views[offset : offset + limit], total=len(views))
+        return await session_service.list_sessions(services, principal, limit, offset, only_state)
 
     @get("/{session_id:str}", opt=QUERIES, summary="A session and its live state")
     async def read(self, session_id: str, services: Services, principal: Principal) -> SessionView:
-        record = await load_record(services, principal, session_id)
-        return view(record, await live_info(services, record))
+        return await session_service.read_session(services, principal, session_id)
 
     @delete(
         "/{session_id:str}",
@@ -451,17 +118,11 @@ class SessionController(Controller):
             description="ignored (kept for old clients): a delete always unlinks the device",
         ),
     ) -> None:
-        record = await load_record(services, principal, session_id)
-        await remove_session(services, record)
+        await session_service.delete_session(services, principal, session_id)
 
     @post("/{session_id:str}/start", status_code=200, opt=SESSION_OPS, summary="Start a session")
     async def start(self, session_id: str, services: Services, principal: Principal) -> SessionView:
-        record = await load_record(services, principal, session_id)
-        info = await live_info(services, record)
-        if info is not None and info.state in _LIVE and record.desired == "running":
-            return view(record, info)
-        info = await place(services, record)
-        return view(await load_record(services, principal, session_id), info)
+        return await session_service.start_session(services, principal, session_id)
 
     @post(
         "/{session_id:str}/stop",
@@ -470,9 +131,7 @@ class SessionController(Controller):
         summary="Stop a session (stays paired; start it again any time)",
     )
     async def stop(self, session_id: str, services: Services, principal: Principal) -> SessionView:
-        record = await load_record(services, principal, session_id)
-        info = await unplace(services, record, Op.SESSION_STOP)
-        return view(await load_record(services, principal, session_id), info)
+        return await session_service.stop_session(services, principal, session_id)
 
     @post(
         "/{session_id:str}/logout",
@@ -483,10 +142,7 @@ class SessionController(Controller):
     async def logout(
         self, session_id: str, services: Services, principal: Principal
     ) -> SessionView:
-        record = await load_record(services, principal, session_id)
-        running(record)
-        info = await unplace(services, record, Op.SESSION_LOGOUT)
-        return view(await load_record(services, principal, session_id), info)
+        return await session_service.logout_session(services, principal, session_id)
 
     @post(
         "/{session_id:str}/restart",
@@ -497,7 +153,7 @@ class SessionController(Controller):
     async def restart(
         self, session_id: str, services: Services, principal: Principal
     ) -> SessionView:
-        return await running_op(services, principal, session_id, Op.SESSION_RESTART)
+        return await session_service.running_op(services, principal, session_id, Op.SESSION_RESTART)
 
     @post(
         "/{session_id:str}/reconnect",
@@ -508,7 +164,9 @@ class SessionController(Controller):
     async def reconnect(
         self, session_id: str, services: Services, principal: Principal
     ) -> SessionView:
-        return await running_op(services, principal, session_id, Op.SESSION_RECONNECT)
+        return await session_service.running_op(
+            services, principal, session_id, Op.SESSION_RECONNECT
+        )
 
     @post(
         "/{session_id:str}/reset-breaker",
@@ -519,7 +177,9 @@ class SessionController(Controller):
     async def reset_breaker(
         self, session_id: str, services: Services, principal: Principal
     ) -> SessionView:
-        return await running_op(services, principal, session_id, Op.SESSION_RESET_BREAKER)
+        return await session_service.running_op(
+            services, principal, session_id, Op.SESSION_RESET_BREAKER
+        )
 
     @get(
         "/{session_id:str}/status",
@@ -551,10 +211,7 @@ class SessionController(Controller):
             cached, generation = await services.cache.get_status(cache_id(record))
         if cached is not None:
             return Response(cached, media_type=JSON, headers={"X-Cache": "hit"})  # type: ignore[arg-type]
-        info = await live_info(services, record)
-        body = _encode(status_of(record, info))
-        if info is not None:
-            await services.cache.put_status(cache_id(record), generation, body)
+        body = await session_service.fresh_status(services, record, generation)
         return Response(body, media_type=JSON, headers={"X-Cache": "miss"})  # type: ignore[arg-type]
 
     @get(
@@ -565,7 +222,7 @@ class SessionController(Controller):
     async def qr(
         self, session_id: str, services: Services, principal: Principal
     ) -> Response[QrView]:
-        body = await current_qr(services, principal, session_id)
+        body = await session_service.current_qr(services, principal, session_id)
         return Response(body, media_type=JSON)  # type: ignore[arg-type]
 
     @get(
@@ -581,7 +238,7 @@ class SessionController(Controller):
         principal: Principal,
         scale: int = Parameter(default=8, ge=1, le=32),
     ) -> Response[bytes]:
-        qr = _qr_decoder.decode(await current_qr(services, principal, session_id))
+        qr = _qr_decoder.decode(await session_service.current_qr(services, principal, session_id))
         return Response(
             _render(qr.qr, "png", scale),
             media_type="image/png",
@@ -601,7 +258,7 @@ class SessionController(Controller):
         principal: Principal,
         scale: int = Parameter(default=8, ge=1, le=32),
     ) -> Response[bytes]:
-        qr = _qr_decoder.decode(await current_qr(services, principal, session_id))
+        qr = _qr_decoder.decode(await session_service.current_qr(services, principal, session_id))
         return Response(
             _render(qr.qr, "svg", scale),
             media_type="image/svg+xml",
@@ -617,25 +274,13 @@ class SessionController(Controller):
     async def pair_code(
         self, session_id: str, data: PairCodeBody, services: Services, principal: Principal
     ) -> PairCodeView:
-        from control_plane.api.messages import normalize_recipient
-
-        phone = normalize_recipient(data.phone)
-        record = await load_record(services, principal, session_id)
-        assignment = running(record)
-        code = await call_agent(
-            services,
-            assignment.node_id,
-            Op.SESSION_PAIR_CODE,
-            PairCodeRequest(session_id=record.spec.key, phone=phone),
-            PairCode,
-        )
-        return PairCodeView(session_id=session_id, code=code.code)
+        return await session_service.pair_code(services, principal, session_id, data.phone)
 
     @get("/{session_id:str}/settings", opt=QUERIES, summary="Pacing, proxy, device, webhook")
     async def get_settings(
         self, session_id: str, services: Services, principal: Principal
     ) -> SessionSettings:
-        return settings_of(await load_record(services, principal, session_id))
+        return await session_service.read_settings(services, principal, session_id)
 
     @patch(
         "/{session_id:str}/settings",
@@ -657,39 +302,7 @@ class SessionController(Controller):
         )
         if data.webhook_secret is not msgspec.UNSET:
             ensure_secret_fits(scheme, data.webhook_secret)
-
-        def change(current: SessionRecord) -> None:
-            if data.device_name is not msgspec.UNSET:
-                current.spec.device_name = data.device_name
-            if data.proxy is not msgspec.UNSET:
-                current.spec.proxy = data.proxy
-            if data.pacing is not msgspec.UNSET:
-                current.spec.pacing = data.pacing
-            if data.webhook_url is not msgspec.UNSET:
-                current.webhook_url = data.webhook_url
-            if data.webhook_events is not msgspec.UNSET:
-                current.webhook_events = data.webhook_events
-            if data.webhook_secret is not msgspec.UNSET:
-                current.webhook_secret = data.webhook_secret
-            if data.webhook_scheme is not msgspec.UNSET:
-                current.webhook_scheme = data.webhook_scheme
-
-        record = await update_record(services, loaded, change)
-        assignment = live_assignment(record)
-        if assignment is not None and data.pacing is not msgspec.UNSET:
-            try:
-                await services.agents.call(
-                    assignment.node_id,
-                    Op.SESSION_CONFIGURE,
-                    ConfigureSession(session_id=record.spec.key, pacing=data.pacing),
-                    SessionInfo,
-                )
-            except AgentCallError as exc:
-                if exc.code is not ErrorCode.SESSION_NOT_FOUND:
-                    raise exc.to_problem() from None
-            except AgentUnavailable:
-                pass  # the stored settings apply when the session starts again
-        return settings_of(record)
+        return await session_service.change_settings(services, loaded, data)
 
 
 def _render(code: str, kind: str, scale: int) -> bytes:
@@ -698,16 +311,29 @@ def _render(code: str, kind: str, scale: int) -> bytes:
     return buffer.getvalue()
 
 
-def settings_of(record: SessionRecord) -> SessionSettings:
-    return SessionSettings(
-        session_id=record.spec.session_id,
-        device_name=record.spec.device_name,
-        proxy=record.spec.proxy,
-        pacing=record.spec.pacing,
-        webhook_url=record.webhook_url,
-        webhook_events=record.webhook_events,
-        webhook_scheme=record.webhook_scheme or LEGACY,
-    )
-
-
-__all__: list[Any] = ["SessionController", "load_record", "place", "view"]
+# names imported from here before the session service existed (see the docstring)
+__all__ = [
+    "QUERIES",
+    "SESSION_OPS",
+    "STOPPED_BY",
+    "SessionController",
+    "call_agent",
+    "current_qr",
+    "destroy_device",
+    "engine_nodes",
+    "live_assignment",
+    "live_info",
+    "load_record",
+    "not_found",
+    "not_running",
+    "place",
+    "remove_session",
+    "running",
+    "running_op",
+    "settings_of",
+    "status_of",
+    "stopped_reason",
+    "unplace",
+    "update_record",
+    "view",
+]

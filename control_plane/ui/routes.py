@@ -25,11 +25,9 @@ from litestar.di import Provide
 from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 
-from control_plane.agents import AgentCallError, AgentUnavailable
-from control_plane.api.sessions import load_record
+from control_plane import sessions as session_service
 from control_plane.auth import Principal, authenticate
 from control_plane.services import Services
-from node_agent.protocol import ErrorCode, Op, QrCode, SessionRef
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -68,22 +66,9 @@ class UiApiController(Controller):
     async def pairing_qr(
         self, session_id: str, services: Services, principal: Principal
     ) -> PairingQr:
-        record = await load_record(services, principal, session_id)
-        if record.assignment is None:
+        code = await session_service.pairing_qr(services, principal, session_id)
+        if code is None:
             return PairingQr(session_id=session_id)
-        try:
-            code = await services.agents.call(
-                record.assignment.node_id,
-                Op.SESSION_QR,
-                SessionRef(session_id=record.spec.key),
-                QrCode,
-            )
-        except AgentCallError as exc:
-            if exc.code in (ErrorCode.NOT_PAIRING, ErrorCode.SESSION_NOT_FOUND):
-                return PairingQr(session_id=session_id)
-            raise exc.to_problem() from None
-        except AgentUnavailable as exc:
-            raise exc.to_problem() from None
         return PairingQr(
             session_id=session_id, qr=code.code, svg=qr_svg(code.code), expires_at=code.expires_at
         )

@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import ConsumerConfig
 from nats.js.client import JetStreamContext
+from nats.js.errors import BadRequestError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,6 @@ _UPDATABLE = ("ack_wait", "max_ack_pending", "max_deliver", "max_waiting")
 async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerConfig) -> None:
     """Create the durable consumer, or bring the settings that may change (ack wait,
     limits) of an existing one up to date; its start position is never changed."""
-    from nats.js.errors import BadRequestError, NotFoundError
-
     assert config.durable_name is not None
     try:
         current = await js.consumer_info(stream, config.durable_name)

@@ -18,6 +18,7 @@ import json
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from control_plane.stream_reader import StoredMessage, read_one, read_page
 from node_agent.protocol import DLQ_STREAM, Event, dlq_subject, redrive_subject
@@ -132,8 +133,6 @@ class DeadLetterStore:
         return True
 
     async def _delete(self, seq: int) -> None:
-        from nats.js.errors import NotFoundError
-
         with contextlib.suppress(NotFoundError):  # a concurrent redrive or purge was first
             await self.js.delete_msg(DLQ_STREAM, seq)
 

@@ -10,17 +10,16 @@ from collections.abc import AsyncIterator
 
 from litestar import Litestar
 
+from control_plane.commands import serve_commands
 from control_plane.services import Services
+from control_plane.webhooks.config import WebhookRegistry
+from control_plane.webhooks.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager
 async def events_lifespan(app: Litestar) -> AsyncIterator[None]:
-    from control_plane.commands import serve_commands
-    from control_plane.webhooks.config import WebhookRegistry
-    from control_plane.webhooks.dispatcher import Dispatcher
-
     services: Services = app.state.services
     settings = services.settings
     dispatcher = None

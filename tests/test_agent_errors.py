@@ -249,13 +249,13 @@ async def test_an_unknown_message_type_is_unsupported_and_a_broken_body_invalid(
 ) -> None:
     body = {
         "session_id": connected_session,
-        "message_id": "m-sticker",
+        "message_id": "m-hologram",
         "to": "15550001111",
-        "content": {"type": "sticker", "media": {"url": "https://example.com/s.webp"}},
+        "content": {"type": "hologram", "media": {"url": "https://example.com/h.bin"}},
     }
     reply = await client.raw(Op.MESSAGE_SEND, msgspec.json.encode(body))
     assert isinstance(reply, Err) and reply.code == ErrorCode.UNSUPPORTED_MESSAGE
-    assert "sticker" in reply.message
+    assert "hologram" in reply.message
     reply = await client.raw(Op.MESSAGE_SEND, b'{"session_id": "x", ')
     assert isinstance(reply, Err) and reply.code == ErrorCode.INVALID_REQUEST
     missing = {"session_id": connected_session, "to": "15550001111"}

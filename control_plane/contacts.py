@@ -205,8 +205,8 @@ async def list_contacts(services: Services, principal: Principal, session_id: st
 async def contact_info(
     services: Services, principal: Principal, session_id: str, chat: str
 ) -> ContactView:
+    record = await load_record(services, principal, session_id)  # the session first
     target = contact_chat(chat)
-    record = await load_record(services, principal, session_id)
     details = await call_agent(
         services,
         running(record).node_id,
@@ -232,8 +232,8 @@ async def contact_picture(
 async def block_contact(
     services: Services, principal: Principal, session_id: str, chat: str, block: bool
 ) -> BlocklistView:
+    record = await load_record(services, principal, session_id)  # the session first
     target = contact_chat(chat)
-    record = await load_record(services, principal, session_id)
     result = await call_agent(
         services,
         running(record).node_id,
@@ -282,6 +282,7 @@ async def set_profile(
     picture: str | None = None,
     remove_picture: bool = False,
 ) -> ProfileView:
+    record = await load_record(services, principal, session_id)  # the session first
     if name is None and about is None and picture is None and not remove_picture:
         raise ProblemError(
             422, "invalid_request", "nothing to change: give name, about or a picture"
@@ -289,7 +290,6 @@ async def set_profile(
     if picture is not None and remove_picture:
         raise ProblemError(422, "invalid_request", "give a picture or remove it, not both")
     jpeg = await picture_jpeg(picture) if picture is not None else None
-    record = await load_record(services, principal, session_id)
     updated = await call_agent(
         services,
         running(record).node_id,
@@ -327,10 +327,10 @@ async def get_privacy(services: Services, principal: Principal, session_id: str)
 async def set_privacy(
     services: Services, principal: Principal, session_id: str, data: PrivacyBody
 ) -> PrivacyView:
+    record = await load_record(services, principal, session_id)  # the session first
     settings = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not None}
     if not settings:
         raise ProblemError(422, "invalid_request", "no privacy setting to change")
-    record = await load_record(services, principal, session_id)
     privacy = await call_agent(
         services,
         running(record).node_id,

@@ -53,6 +53,7 @@ AGENT_ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_ON_WHATSAPP: 404,
     ErrorCode.INVALID_IMAGE: 422,
     ErrorCode.INVALID_PRIVACY_VALUE: 422,
+    ErrorCode.NOT_SUPPORTED: 501,
 }
 
 

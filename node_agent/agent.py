@@ -28,7 +28,7 @@ from prometheus_client import Gauge
 from node_agent import _system
 from node_agent.chat_ids import ChatIdError, normalize_chat, normalize_phone
 from node_agent.device_store import DeviceStore
-from node_agent.engines._base import CallOffered, Engine, NotOnWhatsApp  # issue 16
+from node_agent.engines._base import CallOffered, Engine, NotOnWhatsApp, NotSupported
 from node_agent.events import EventPublisher
 from node_agent.inbound_media import MediaStore
 from node_agent.lease import AssignmentWatch, Lease, assigned_to, claim
@@ -862,6 +862,8 @@ class Agent:
             return await awaitable
         except NotOnWhatsApp as exc:
             raise AgentError(ErrorCode.NOT_ON_WHATSAPP, str(exc)) from None
+        except NotSupported as exc:
+            raise AgentError(ErrorCode.NOT_SUPPORTED, str(exc)) from None
         except AgentError:
             raise
         except Exception as exc:

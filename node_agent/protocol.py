@@ -159,6 +159,7 @@ class ErrorCode(enum.StrEnum):
     NOT_ON_WHATSAPP = "not_on_whatsapp"  # a contact lookup of a number nobody uses
     INVALID_IMAGE = "invalid_image"  # a profile picture that is not an image
     INVALID_PRIVACY_VALUE = "invalid_privacy_value"  # a value WhatsApp refuses for a setting
+    NOT_SUPPORTED = "not_supported"  # the session's engine cannot do this
 
 
 class Ok(msgspec.Struct, Generic[T], tag="ok", tag_field="kind"):

@@ -13,7 +13,13 @@ import pytest
 from neonize.proto import Neonize_pb2 as nz
 from neonize.utils.enum import BlocklistAction, PrivacySetting, PrivacySettingType
 
-from node_agent.engines._base import BlockChanged, CallOffered, EngineError, NotOnWhatsApp
+from node_agent.engines._base import (
+    BlockChanged,
+    CallOffered,
+    EngineError,
+    NotOnWhatsApp,
+    NotSupported,
+)
 from node_agent.engines.neonize import NeonizeConfig, NeonizeEngine, NeonizeSession, _Generation
 from node_agent.engines.neonize_contacts import (
     block_changes_of,
@@ -311,12 +317,12 @@ async def test_block_unblock_and_the_block_list() -> None:
 async def test_own_profile_and_privacy_requests() -> None:
     session, client, _ = online_session()
     assert await session.set_profile("Ann", "Busy", b"\xff\xd8jpeg", False) == "PIC9"
-    assert await session.set_profile(None, None, None, True) is None
+    with pytest.raises(NotSupported, match=r"neonize 0\.5\.2"):
+        await session.set_profile(None, None, None, True)
     assert client.calls == [
         ("set_profile_name", "Ann"),
         ("set_status_message", "Busy"),
         ("set_profile_photo", 6),
-        ("set_profile_photo", 0),  # whatsmeow: no picture removes it
     ]
     client.calls.clear()
     privacy = await session.set_privacy({"last_seen": "none"})

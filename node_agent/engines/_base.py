@@ -150,6 +150,10 @@ class NotOnWhatsApp(EngineError):  # issue 16
     """A contact operation on a number (or LID) nobody uses on WhatsApp."""
 
 
+class NotSupported(EngineError):  # issue 16
+    """The engine cannot do this operation (a limitation of its library)."""
+
+
 class EngineSession(Protocol):
     async def connect(self) -> None:
         """Begin connecting. Returns quickly; the outcome arrives as events

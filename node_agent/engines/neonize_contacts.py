@@ -8,7 +8,8 @@ stores panic before connect and after stop, ../shared/NEONIZE.md). The decoders 
 tested offline in tests/test_contacts_neonize.py.
 
 neonize 0.5.2 calls: ``reject_call``, ``update_blocklist``, ``get_blocklist``,
-``set_profile_name``, ``set_status_message``, ``set_profile_photo``,
+``set_profile_name``, ``set_status_message``, ``set_profile_photo`` (no removal: see
+:meth:`ContactsMixin.set_profile`),
 ``get_privacy_settings``, ``set_privacy_setting``, ``contact.get_all_contacts``,
 ``contact.get_contact``, ``get_user_info``, ``get_profile_picture``,
 ``get_lid_from_pn`` / ``get_pn_from_lid``; events ``CallOfferEv``,
@@ -21,7 +22,13 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from node_agent.engines._base import BlockChanged, CallOffered, EngineError, NotOnWhatsApp
+from node_agent.engines._base import (
+    BlockChanged,
+    CallOffered,
+    EngineError,
+    NotOnWhatsApp,
+    NotSupported,
+)
 from node_agent.protocol import Contact, ContactDetails, Privacy
 
 log = logging.getLogger(__name__)
@@ -127,9 +134,13 @@ class ContactsMixin:
         if about is not None:
             await self._ffi("about text", client.set_status_message(about))
         if remove_picture:
-            # whatsmeow removes the picture when it is given none
-            await self._ffi("picture removal", client.set_profile_photo(b""))
-            return None
+            # whatsmeow removes a picture when given nil, but neonize 0.5.2's
+            # SetProfilePhoto always hands it a (possibly empty, never nil) byte slice:
+            # the removal cannot be expressed, so it is refused rather than guessed at
+            raise NotSupported(
+                "removing the profile picture is not possible with neonize 0.5.2; "
+                "set another picture instead"
+            )
         if picture is not None:
             return str(await self._ffi("profile picture", client.set_profile_photo(picture)))
         return None

@@ -16,7 +16,13 @@ import msgspec
 import pytest_asyncio
 from nats.aio.msg import Msg
 
-from node_agent.engines.sim import call, call_end_subject, make_business, save_contact
+from node_agent.engines.sim import (
+    call,
+    call_end_subject,
+    create_group,
+    make_business,
+    save_contact,
+)
 from node_agent.protocol import Event
 from tests.agent_support import EventLog, phone
 from tests.conftest import Stack
@@ -190,6 +196,10 @@ async def test_block_and_unblock_and_what_the_blocked_sender_sees(chat: Chat) ->
     hidden_engine_id = (await chat.sent(b, hidden)).data["engine_message_id"]
     _, rung = await call(chat.nc, b.phone, a.phone)
     assert rung is False
+    # in a group the blocked contact is still heard, as on WhatsApp
+    group = await create_group(chat.nc, [a.phone, b.phone])
+    in_group = await chat.send(b, {"type": "text", "to": group, "text": "group hello"})
+    assert (await _received(chat, b, a, in_group)).data["chat"] == group
     unblocked = await chat.api.post(f"/v1/sessions/{a.name}/contacts/{b.lid}/unblock")
     assert unblocked.json() == {"session_id": a.name, "blocked": []}
     event = await chat.seen_by(

@@ -652,7 +652,8 @@ class SimSession:
         sender = wire.sender
         if sender is None and wire.sender_lid:
             sender = await self.engine.phone_of_lid(wire.sender_lid)  # get_pn_from_lid
-        if sender is not None and sender in self._blocked:  # issue 16: blocked, not delivered
+        # issue 16: a blocked contact's own chat stays silent (groups go on, as on WhatsApp)
+        if sender is not None and wire.chat is None and sender in self._blocked:
             await msg.respond(b'{"ok":false,"blocked":true}')
             return
         await msg.respond(b'{"ok":true}')

@@ -20,13 +20,15 @@ from node_agent.engines.sim import (
     call,
     call_end_subject,
     create_group,
+    link,
     make_business,
+    qr_session_id,
     save_contact,
 )
 from node_agent.protocol import Event
 from tests.agent_support import EventLog, phone
 from tests.conftest import Stack
-from tests.helpers import assert_problem, new_tenant, unique
+from tests.helpers import assert_problem, new_tenant, unique, wait_state
 from tests.test_conversations import Account, Chat, _pair, _received
 
 
@@ -410,3 +412,37 @@ async def test_contacts_by_nats_command(chat: Chat) -> None:
     await _err(
         chat, "contact_info", {"session_id": b.name, "chat": "15550000003"}, 404, "not_on_whatsapp"
     )
+
+
+async def test_call_settings_of_a_stopped_session_apply_when_it_starts(chat: Chat) -> None:
+    """The setting lives in the session's spec: set while the session runs nowhere, it
+    reaches the agent with the start. Operations that need the session answer 409."""
+    name, number = unique("dan"), phone()
+    created = await chat.api.post(
+        "/v1/sessions", json={"session_id": name, "start": False, "pacing": {"enabled": False}}
+    )
+    assert created.status_code == 201, created.text
+    try:
+        body = {"reject": True, "reply_text": "Set while stopped"}
+        put = await chat.api.put(f"/v1/sessions/{name}/settings/calls", json=body)
+        assert put.status_code == 200 and put.json()["reject"] is True, put.text
+        for method, path in (
+            ("get", "contacts"),
+            ("get", "blocklist"),
+            ("get", "privacy"),
+            ("post", f"contacts/{chat.a.phone}/block"),
+        ):
+            response = await chat.api.request(method, f"/v1/sessions/{name}/{path}")
+            assert_problem(response, 409, "not_running")
+        assert (await chat.api.post(f"/v1/sessions/{name}/start")).status_code == 200
+        await wait_state(chat.api, name, "PAIRING")
+        code = (await chat.api.get(f"/v1/sessions/{name}/qr")).json()["qr"]
+        assert (await link(chat.nc, code, number)).ok
+        await wait_state(chat.api, name, "CONNECTED")
+        dan = Account(name=name, key=qr_session_id(code), phone=number)
+        call_id, _ = await call(chat.nc, chat.b.phone, dan.phone)
+        rejected = await _call_event(chat, dan, "call.rejected", call_id)
+        text = await _received(chat, dan, chat.b, rejected.data["reply_message_id"])
+        assert text.data["text"] == "Set while stopped"
+    finally:
+        await chat.api.delete(f"/v1/sessions/{name}")

@@ -10,6 +10,8 @@ reach each other through NATS subjects:
 - ``zf.sim.inbox.<phone>``       a message for the socket logged in as ``phone``
 - ``zf.sim.receipt.<phone>``     delivery/read receipts for messages ``phone`` sent
 - ``zf.sim.fault.<session key>`` inject latency, send failures or a disconnect
+- ``zf.sim.call.<phone>``        a call offer for ``phone``; ``zf.sim.callend.<phone>``
+                                 tells the caller its call was rejected (issue 16)
 
 Everything is keyed by the session's internal key (``SessionSpec.key``: its ``uid``, or
 its name for records older than uids), never by the caller's name alone.

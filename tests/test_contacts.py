@@ -251,6 +251,9 @@ async def test_block_bad_input(chat: Chat) -> None:
         await chat.api.post(f"{base}/120363000000000001@g.us/block"), 422, "invalid_chat_id"
     )
     assert_problem(await chat.api.post(f"{base}/15550000001/block"), 404, "not_on_whatsapp")
+    # "check" (the number check's path) is no contact: never taken for one, never a 500
+    probe = await chat.api.get(f"{base}/check")
+    assert probe.status_code in (405, 422), probe.text
 
 
 # -- own profile ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from control_plane.allow_header import fix_allow_header
 from control_plane.api.chats import ChatController
+from control_plane.api.contacts import ContactsController  # issue 16
 from control_plane.api.events import EventController
 from control_plane.api.media import MediaController, SignedMediaController
 from control_plane.api.messages import ContactController, MessageController
@@ -87,6 +88,7 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
         EventController,
         MediaController,
         SignedMediaController,
+        ContactsController,  # issue 16
     ]
     if settings.ui_enabled:
         handlers.extend(ui_route_handlers())

@@ -21,6 +21,15 @@ with "no responders".
 | ``chat_presence`` | ``{"session_id", "chat", "state"}`` | PresenceView |
 | ``messages_list`` | ``{"session_id", "chat"?, "limit"?, "before"?}`` | HistoryView |
 | ``media_link`` | ``{"session_id", "media_id"}`` | MediaLink (a signed URL of received media) |
+| ``contacts_list`` | ``{"session_id"}`` | ContactsView |
+| ``contact_info`` | ``{"session_id", "chat"}`` | ContactView |
+| ``contact_block`` | ``{"session_id", "chat", "block"?}`` (false: unblock) | BlocklistView |
+| ``blocklist_get`` | ``{"session_id"}`` | BlocklistView |
+| ``profile_set`` | ``{"session_id", "name"?, "about"?, "picture_base64"?, ...}`` | ProfileView |
+| ``privacy_get`` | ``{"session_id"}`` | PrivacyView |
+| ``privacy_set`` | ``{"session_id", "read_receipts"?, "last_seen"?, ...}`` | PrivacyView |
+| ``call_settings_get`` | ``{"session_id"}`` | CallSettingsView |
+| ``call_settings_set`` | ``{"session_id", "reject", "reply_text"?}`` | CallSettingsView |
 """
 
 from __future__ import annotations
@@ -37,10 +46,17 @@ from nats.micro import add_service
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
 from nats.micro.service import Endpoint, Service
 
+from control_plane import contacts  # issue 16
 from control_plane.auth import Principal
+from control_plane.contacts import (  # issue 16
+    CallSettingsBody,
+    PictureBase64,
+    PrivacyBody,
+    ProfileBody,
+)
 from control_plane.media import media_link
 from control_plane.messages import mark_read, message_history, queue_message, show_presence
-from control_plane.models import OutboundMessage, PresenceBody, ReadChat, SessionId
+from control_plane.models import ChatId, OutboundMessage, PresenceBody, ReadChat, SessionId
 from control_plane.problems import ProblemError
 from control_plane.services import Services
 from control_plane.sessions import read_session
@@ -140,6 +156,96 @@ async def op_messages_list(
 async def op_media_link(services: Services, principal: Principal, body: MediaLinkCommand) -> bytes:
     link = await media_link(services, principal, body.session_id, body.media_id)
     return _encoder.encode(link)
+
+
+# -- contacts, profile, calls (issue 16) --
+
+
+class SessionCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+
+
+class ContactCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    chat: ChatId
+
+
+class ContactBlockCommand(ContactCommand, kw_only=True, forbid_unknown_fields=True):
+    block: bool = True
+
+
+class ProfileCommand(ProfileBody, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    picture_base64: PictureBase64 | None = None
+    remove_picture: bool = False
+
+
+class PrivacyCommand(PrivacyBody, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+
+
+class CallSettingsCommand(CallSettingsBody, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+
+
+async def op_contacts_list(services: Services, principal: Principal, body: SessionCommand) -> bytes:
+    return _encoder.encode(await contacts.list_contacts(services, principal, body.session_id))
+
+
+async def op_contact_info(services: Services, principal: Principal, body: ContactCommand) -> bytes:
+    found = await contacts.contact_info(services, principal, body.session_id, body.chat)
+    return _encoder.encode(found)
+
+
+async def op_contact_block(
+    services: Services, principal: Principal, body: ContactBlockCommand
+) -> bytes:
+    result = await contacts.block_contact(
+        services, principal, body.session_id, body.chat, body.block
+    )
+    return _encoder.encode(result)
+
+
+async def op_blocklist_get(services: Services, principal: Principal, body: SessionCommand) -> bytes:
+    return _encoder.encode(await contacts.blocklist(services, principal, body.session_id))
+
+
+async def op_profile_set(services: Services, principal: Principal, body: ProfileCommand) -> bytes:
+    updated = await contacts.set_profile(
+        services,
+        principal,
+        body.session_id,
+        name=body.name,
+        about=body.about,
+        picture=body.picture_base64,
+        remove_picture=body.remove_picture,
+    )
+    return _encoder.encode(updated)
+
+
+async def op_privacy_get(services: Services, principal: Principal, body: SessionCommand) -> bytes:
+    return _encoder.encode(await contacts.get_privacy(services, principal, body.session_id))
+
+
+async def op_privacy_set(services: Services, principal: Principal, body: PrivacyCommand) -> bytes:
+    fields = msgspec.structs.asdict(body)
+    fields.pop("session_id")
+    data = PrivacyBody(**fields)
+    return _encoder.encode(await contacts.set_privacy(services, principal, body.session_id, data))
+
+
+async def op_call_settings_get(
+    services: Services, principal: Principal, body: SessionCommand
+) -> bytes:
+    return _encoder.encode(await contacts.get_call_settings(services, principal, body.session_id))
+
+
+async def op_call_settings_set(
+    services: Services, principal: Principal, body: CallSettingsCommand
+) -> bytes:
+    data = CallSettingsBody(reject=body.reject, reply_text=body.reply_text)
+    settings = await contacts.put_call_settings(services, principal, body.session_id, data)
+    return _encoder.encode(settings)
 
 
 def _error(code: str, status: int, message: str) -> bytes:
@@ -272,6 +378,16 @@ async def serve_commands(services: Services) -> Commands:
         "chat_presence": (ChatPresenceCommand, op_chat_presence),
         "messages_list": (MessagesListCommand, op_messages_list),
         "media_link": (MediaLinkCommand, op_media_link),
+        # -- contacts, profile, calls (issue 16) --
+        "contacts_list": (SessionCommand, op_contacts_list),
+        "contact_info": (ContactCommand, op_contact_info),
+        "contact_block": (ContactBlockCommand, op_contact_block),
+        "blocklist_get": (SessionCommand, op_blocklist_get),
+        "profile_set": (ProfileCommand, op_profile_set),
+        "privacy_get": (SessionCommand, op_privacy_get),
+        "privacy_set": (PrivacyCommand, op_privacy_set),
+        "call_settings_get": (SessionCommand, op_call_settings_get),
+        "call_settings_set": (CallSettingsCommand, op_call_settings_set),
     }
     for op, (request_type, handler) in routes.items():
         counter = _Counter()

@@ -49,6 +49,11 @@ AGENT_ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.LEASE_EXPIRED: 503,
     ErrorCode.UNDECODABLE_MEDIA: 422,
     ErrorCode.MEDIA_NOT_FOUND: 404,
+    # -- contacts, profile, calls (issue 16) --
+    ErrorCode.NOT_ON_WHATSAPP: 404,
+    ErrorCode.INVALID_IMAGE: 422,
+    ErrorCode.INVALID_PRIVACY_VALUE: 422,
+    ErrorCode.NOT_SUPPORTED: 501,
 }
 
 

@@ -28,26 +28,33 @@ from prometheus_client import Gauge
 from node_agent import _system
 from node_agent.chat_ids import ChatIdError, normalize_chat, normalize_phone
 from node_agent.device_store import DeviceStore
-from node_agent.engines._base import Engine
+from node_agent.engines._base import CallOffered, Engine, NotOnWhatsApp, NotSupported
 from node_agent.events import EventPublisher
 from node_agent.inbound_media import MediaStore
 from node_agent.lease import AssignmentWatch, Lease, assigned_to, claim
 from node_agent.link_preview import close_fetchers as close_preview_fetchers
 from node_agent.media import MediaError, MediaFetcher, MediaPayload
 from node_agent.outbox import Outbox
-from node_agent.protocol import (
+from node_agent.protocol import (  # -- contacts, profile, calls (issue 16) --
     NODES_BUCKET,
+    PRIVACY_VALUES,
     SERVICE_NAME,
     SESSIONS_BUCKET,
+    Blocklist,
+    BlockRequest,
     ChatPresence,
     ChatRead,
     ChatReadDone,
     CheckNumbers,
     ConfigureSession,
+    ContactDetails,
+    ContactList,
+    ContactRequest,
     DestroySession,
     Empty,
     ErrorCode,
     Event,
+    EventType,
     History,
     HistoryRequest,
     NodeInfo,
@@ -55,6 +62,10 @@ from node_agent.protocol import (
     Op,
     PairCode,
     PairCodeRequest,
+    Privacy,
+    PrivacyChange,
+    ProfileUpdate,
+    ProfileUpdated,
     SendAccepted,
     SendMessage,
     SessionInfo,
@@ -63,6 +74,7 @@ from node_agent.protocol import (
     SessionRef,
     SessionState,
     StartSession,
+    TextContent,
     encode,
     ensure_jetstream,
     err,
@@ -85,6 +97,7 @@ from zapfleet.backoff import Backoff, Retrier
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=msgspec.Struct)
+T = TypeVar("T")
 HOLDS_SLOT = LIVE_STATES | {SessionState.FAILED}
 # ops whose requests may be served side by side: sends (in arrival order per session, see
 # op_send) and reads; lifecycle ops stay one at a time
@@ -99,6 +112,14 @@ CONCURRENT_OPS = frozenset(
         Op.NODE_INFO,
         Op.CHAT_READ,
         Op.CHAT_PRESENCE,
+        # -- contacts, profile, calls (issue 16) --
+        Op.CONTACTS_LIST,
+        Op.CONTACT_INFO,
+        Op.CONTACT_BLOCK,
+        Op.BLOCKLIST_GET,
+        Op.PROFILE_SET,
+        Op.PRIVACY_GET,
+        Op.PRIVACY_SET,
     }
 )
 # a start reply waits this long at most for the engine's connect call to return
@@ -317,6 +338,14 @@ class Agent:
             Op.CHAT_READ: (ChatRead, self.op_chat_read),
             Op.CHAT_PRESENCE: (ChatPresence, self.op_chat_presence),
             Op.NODE_INFO: (Empty, self.op_node_info),
+            # -- contacts, profile, calls (issue 16) --
+            Op.CONTACTS_LIST: (SessionRef, self.op_contacts_list),
+            Op.CONTACT_INFO: (ContactRequest, self.op_contact_info),
+            Op.CONTACT_BLOCK: (BlockRequest, self.op_contact_block),
+            Op.BLOCKLIST_GET: (SessionRef, self.op_blocklist),
+            Op.PROFILE_SET: (ProfileUpdate, self.op_profile_set),
+            Op.PRIVACY_GET: (SessionRef, self.op_privacy_get),
+            Op.PRIVACY_SET: (PrivacyChange, self.op_privacy_set),
         }
         for op, (request_type, handler) in routes.items():
             # queue group per node: several connections of one agent never double-serve
@@ -491,6 +520,7 @@ class Agent:
             media=self.media,
         )
         supervisor.media_store = self._media_store
+        supervisor.on_call_reject = self._on_call_reject  # issue 16
         self.sessions[spec.key] = supervisor
         self._assigned_at[spec.key] = revision
         self._keys[(spec.tenant, spec.session_id)] = spec.key
@@ -611,6 +641,8 @@ class Agent:
         supervisor.reconfigure(pacing, request.device_name, request.proxy)
         if request.media is not None:
             supervisor.spec.media = request.media  # applies to the next received message
+        if request.calls is not None:  # issue 16: applies to the next call
+            supervisor.spec.calls = request.calls
         return supervisor.info()
 
     async def op_list(self, _: Empty) -> SessionList:
@@ -773,6 +805,146 @@ class Agent:
         except Exception as exc:
             raise AgentError(ErrorCode.ENGINE_ERROR, str(exc)) from None
         return Empty()
+
+    # -- contacts, profile, calls (issue 16) --
+
+    def _on_call_reject(self, supervisor: SessionSupervisor, call: CallOffered) -> None:
+        task = asyncio.create_task(self._reject_call(supervisor, call), name="call-reject")
+        self._restoring.add(task)
+        task.add_done_callback(self._restoring.discard)
+
+    async def _reject_call(self, supervisor: SessionSupervisor, call: CallOffered) -> None:
+        """Decline the call, then answer the caller with the session's text through the
+        ordinary send path (outbox, queue, pacing): the reply survives an agent crash,
+        and a call offer seen twice answers once (the message id comes from the call)."""
+        import hashlib
+
+        error: str | None = None
+        try:
+            await supervisor.engine.reject_call(call.reject_to, call.call_id)
+        except Exception as exc:
+            error = f"reject failed: {exc}"
+        reply_id: str | None = None
+        text = supervisor.spec.calls.reply_text
+        to = call.caller or call.caller_lid
+        if text and to:
+            digest = hashlib.sha256(f"{supervisor.key}:{call.call_id}".encode()).hexdigest()
+            reply_id = "m_" + digest[:20]
+            request = SendMessage(
+                session_id=supervisor.key,
+                message_id=reply_id,
+                to=to,
+                content=TextContent(text=text),
+            )
+            try:
+                await self.op_send(request)
+            except AgentError as exc:
+                error = f"{error + '; ' if error else ''}reply not queued: {exc.message}"
+                reply_id = None
+        supervisor.events.emit(
+            EventType.CALL_REJECTED,
+            supervisor.tenant,
+            supervisor.session_id,
+            {
+                "call_id": call.call_id,
+                "from": call.caller,
+                "from_lid": call.caller_lid,
+                "video": call.video,
+                "is_group": call.is_group,
+                "reply_message_id": reply_id,
+                "error": error,
+            },
+        )
+
+    @staticmethod
+    async def _engine_op(awaitable: Awaitable[T]) -> T:
+        try:
+            return await awaitable
+        except NotOnWhatsApp as exc:
+            raise AgentError(ErrorCode.NOT_ON_WHATSAPP, str(exc)) from None
+        except NotSupported as exc:
+            raise AgentError(ErrorCode.NOT_SUPPORTED, str(exc)) from None
+        except AgentError:
+            raise
+        except Exception as exc:
+            raise AgentError(ErrorCode.ENGINE_ERROR, str(exc)) from None
+
+    @staticmethod
+    def _contact_chat(raw: str) -> str:
+        chat = normalize_chat_id(raw)
+        if "@" in chat and not chat.endswith("@lid"):
+            raise AgentError(
+                ErrorCode.INVALID_CHAT_ID, f"{raw!r} is not a contact: use a phone number or a LID"
+            )
+        return chat
+
+    async def op_contacts_list(self, ref: SessionRef) -> ContactList:
+        supervisor = self._connected(ref.session_id)
+        return ContactList(contacts=await self._engine_op(supervisor.engine.contacts()))
+
+    async def op_contact_info(self, request: ContactRequest) -> ContactDetails:
+        chat = self._contact_chat(request.chat)
+        supervisor = self._connected(request.session_id)
+        return await self._engine_op(supervisor.engine.contact_info(chat))
+
+    async def op_contact_block(self, request: BlockRequest) -> Blocklist:
+        chat = self._contact_chat(request.chat)
+        supervisor = self._connected(request.session_id)
+        blocked = await self._engine_op(supervisor.engine.block(chat, request.block))
+        return Blocklist(blocked=blocked)
+
+    async def op_blocklist(self, ref: SessionRef) -> Blocklist:
+        supervisor = self._connected(ref.session_id)
+        return Blocklist(blocked=await self._engine_op(supervisor.engine.blocklist()))
+
+    async def op_profile_set(self, request: ProfileUpdate) -> ProfileUpdated:
+        from node_agent.profile import InvalidImage, profile_jpeg
+
+        if request.name is not None and not 1 <= len(request.name) <= 25:
+            raise AgentError(ErrorCode.INVALID_REQUEST, "a push name has 1 to 25 characters")
+        if request.about is not None and len(request.about) > 139:
+            raise AgentError(ErrorCode.INVALID_REQUEST, "an about text has at most 139 characters")
+        picture = None
+        if request.picture is not None and not request.remove_picture:
+            try:
+                picture = await asyncio.to_thread(profile_jpeg, request.picture)
+            except InvalidImage as exc:
+                raise AgentError(ErrorCode.INVALID_IMAGE, str(exc)) from None
+        supervisor = self._connected(request.session_id)
+        picture_id = await self._engine_op(
+            supervisor.engine.set_profile(
+                request.name, request.about, picture, request.remove_picture
+            )
+        )
+        return ProfileUpdated(
+            name=request.name,
+            about=request.about,
+            picture_id=picture_id,
+            picture_removed=request.remove_picture,
+        )
+
+    async def op_privacy_get(self, ref: SessionRef) -> Privacy:
+        supervisor = self._connected(ref.session_id)
+        return await self._engine_op(supervisor.engine.privacy())
+
+    async def op_privacy_set(self, request: PrivacyChange) -> Privacy:
+        if not request.settings:
+            raise AgentError(ErrorCode.INVALID_REQUEST, "no privacy setting to change")
+        for name, value in request.settings.items():
+            allowed = PRIVACY_VALUES.get(name)
+            if allowed is None:
+                raise AgentError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"unknown privacy setting {name!r}; the settings are "
+                    + ", ".join(sorted(PRIVACY_VALUES)),
+                )
+            if value not in allowed:
+                raise AgentError(
+                    ErrorCode.INVALID_PRIVACY_VALUE,
+                    f"{name} cannot be {value!r}; it can be " + ", ".join(sorted(allowed)),
+                )
+        supervisor = self._connected(request.session_id)
+        return await self._engine_op(supervisor.engine.set_privacy(request.settings))
 
     async def op_node_info(self, _: Empty) -> NodeInfo:
         return self.node_info()

@@ -159,6 +159,33 @@ class NodeUpData(msgspec.Struct, **_CONFIG):
     node_id: str
 
 
+class _Call(msgspec.Struct, **_CONFIG):
+    """A call: the caller's phone (never a LID) and LID, either null when unknown."""
+
+    call_id: str
+    from_: str | None = msgspec.field(name="from")
+    from_lid: str | None
+    video: bool
+    is_group: bool
+
+
+class CallReceivedData(_Call, **_CONFIG):
+    group: str | None  # a group call's chat id, when WhatsApp names it
+    timestamp: float
+    auto_reject: bool  # the session's call settings decline it; call.rejected follows
+
+
+class CallRejectedData(_Call, **_CONFIG):
+    reply_message_id: str | None  # the text answer queued to the caller
+    error: str | None
+
+
+class ContactBlockedData(msgspec.Struct, **_CONFIG):
+    phone: str | None
+    lid: str | None
+    blocked: bool
+
+
 DATA_OF: dict[EventType, type[msgspec.Struct]] = {
     EventType.SESSION_STATUS: SessionStatusData,
     EventType.SESSION_QR: SessionQrData,
@@ -176,6 +203,9 @@ DATA_OF: dict[EventType, type[msgspec.Struct]] = {
     EventType.NODE_UP: NodeUpData,
     EventType.NODE_DOWN: NodeDownData,
     EventType.SESSION_MOVED: SessionMovedData,
+    EventType.CALL_RECEIVED: CallReceivedData,
+    EventType.CALL_REJECTED: CallRejectedData,
+    EventType.CONTACT_BLOCKED: ContactBlockedData,
 }
 
 

@@ -113,6 +113,14 @@ class Op(enum.StrEnum):
     CHAT_READ = "chat_read"
     CHAT_PRESENCE = "chat_presence"
     NODE_INFO = "node_info"
+    # -- contacts, profile, calls (issue 16) --
+    CONTACTS_LIST = "contacts_list"
+    CONTACT_INFO = "contact_info"
+    CONTACT_BLOCK = "contact_block"
+    BLOCKLIST_GET = "blocklist_get"
+    PROFILE_SET = "profile_set"
+    PRIVACY_GET = "privacy_get"
+    PRIVACY_SET = "privacy_set"
 
 
 # -- reply envelope ----------------------------------------------------------------------
@@ -147,6 +155,11 @@ class ErrorCode(enum.StrEnum):
     STORAGE_UNAVAILABLE = "storage_unavailable"  # JetStream could not store the message
     UNDECODABLE_MEDIA = "undecodable_media"  # a sticker or voice note that cannot be converted
     MEDIA_NOT_FOUND = "media_not_found"  # inbound media not stored (mode, retention, size)
+    # -- contacts, profile, calls (issue 16) --
+    NOT_ON_WHATSAPP = "not_on_whatsapp"  # a contact lookup of a number nobody uses
+    INVALID_IMAGE = "invalid_image"  # a profile picture that is not an image
+    INVALID_PRIVACY_VALUE = "invalid_privacy_value"  # a value WhatsApp refuses for a setting
+    NOT_SUPPORTED = "not_supported"  # the session's engine cannot do this
 
 
 class Ok(msgspec.Struct, Generic[T], tag="ok", tag_field="kind"):
@@ -229,6 +242,7 @@ class SessionSpec(msgspec.Struct, kw_only=True):
     proxy: str | None = None
     pacing: PacingSettings = msgspec.field(default_factory=PacingSettings)
     media: MediaSettings = msgspec.field(default_factory=MediaSettings)
+    calls: CallSettings = msgspec.field(default_factory=lambda: CallSettings())  # noqa: PLW0108 (issue 16)
 
     @property
     def key(self) -> str:
@@ -257,6 +271,7 @@ class ConfigureSession(msgspec.Struct, kw_only=True):
     session_id: str
     pacing: PacingSettings | None = None
     media: MediaSettings | None = None
+    calls: CallSettings | None = None  # issue 16
     device_name: str | None = None
     proxy: str | None = None
 
@@ -504,6 +519,106 @@ class History(msgspec.Struct, kw_only=True):
     next_before: str | None = None  # cursor of the next (older) page; None: no more
 
 
+# -- contacts, profile, calls (issue 16) --------------------------------------------------
+
+
+class CallSettings(msgspec.Struct, kw_only=True):
+    """What a session does with incoming calls (docs/api.md, "Calls"). ``reject``: decline
+    every call at once; ``reply_text``: then answer the caller with this text (queued like
+    any send: pacing, outbox)."""
+
+    reject: bool = False
+    reply_text: str | None = None
+
+
+class ContactRequest(msgspec.Struct, kw_only=True):
+    """One contact of a session: ``chat`` is a phone (E.164 digits) or a LID."""
+
+    session_id: str
+    chat: str
+
+
+class Contact(msgspec.Struct, kw_only=True):
+    """A contact from the engine's store (the address book the phone synced)."""
+
+    phone: str | None = None  # never a LID
+    lid: str | None = None
+    name: str | None = None  # the name the phone's owner saved
+    push_name: str | None = None  # the name the contact chose
+    business_name: str | None = None
+
+
+class ContactList(msgspec.Struct, kw_only=True):
+    contacts: list[Contact]
+
+
+class ContactDetails(msgspec.Struct, kw_only=True):
+    phone: str | None = None
+    lid: str | None = None
+    name: str | None = None
+    push_name: str | None = None
+    business: bool = False
+    business_name: str | None = None
+    about: str | None = None
+    picture_id: str | None = None
+    picture_url: str | None = None
+
+
+class BlockRequest(msgspec.Struct, kw_only=True):
+    session_id: str
+    chat: str  # a phone or a LID
+    block: bool = True
+
+
+class Blocklist(msgspec.Struct, kw_only=True):
+    blocked: list[str]  # phones (E.164 digits); a LID where the phone is unknown
+
+
+class ProfileUpdate(msgspec.Struct, kw_only=True):
+    """Change this account's own profile; None leaves a field as it is. ``picture`` is a
+    JPEG already normalised (node_agent/profile.py); ``remove_picture`` removes it."""
+
+    session_id: str
+    name: str | None = None
+    about: str | None = None
+    picture: bytes | None = None
+    remove_picture: bool = False
+
+
+class ProfileUpdated(msgspec.Struct, kw_only=True):
+    name: str | None = None
+    about: str | None = None
+    picture_id: str | None = None  # the new picture's id; None when removed or unchanged
+    picture_removed: bool = False
+
+
+PrivacyName = Literal["read_receipts", "last_seen", "online", "picture", "about", "groups_add"]
+PrivacyValue = Literal["all", "contacts", "contact_blacklist", "none", "match_last_seen"]
+# what WhatsApp accepts for each setting (docs/api.md, "Privacy")
+PRIVACY_VALUES: dict[str, frozenset[str]] = {
+    "read_receipts": frozenset({"all", "none"}),
+    "last_seen": frozenset({"all", "contacts", "contact_blacklist", "none"}),
+    "online": frozenset({"all", "match_last_seen"}),
+    "picture": frozenset({"all", "contacts", "contact_blacklist", "none"}),
+    "about": frozenset({"all", "contacts", "contact_blacklist", "none"}),
+    "groups_add": frozenset({"all", "contacts", "contact_blacklist"}),
+}
+
+
+class Privacy(msgspec.Struct, kw_only=True):
+    read_receipts: str | None = None
+    last_seen: str | None = None
+    online: str | None = None
+    picture: str | None = None
+    about: str | None = None
+    groups_add: str | None = None
+
+
+class PrivacyChange(msgspec.Struct, kw_only=True):
+    session_id: str
+    settings: dict[str, str]  # PrivacyName -> PrivacyValue
+
+
 # -- nodes -------------------------------------------------------------------------------
 
 
@@ -545,6 +660,10 @@ class EventType(enum.StrEnum):
     MESSAGE_REACTION = "message.reaction"
     MESSAGE_POLL_VOTE = "message.poll_vote"
     CHAT_PRESENCE = "chat.presence"
+    # -- contacts, profile, calls (issue 16) --
+    CALL_RECEIVED = "call.received"
+    CALL_REJECTED = "call.rejected"
+    CONTACT_BLOCKED = "contact.blocked"
     NODE_UP = "node.up"
     NODE_DOWN = "node.down"
     SESSION_MOVED = "session.moved"

@@ -25,6 +25,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from node_agent.chat_ids import is_group
 from node_agent.conversation import Ledger
 from node_agent.engines._base import (
+    BlockChanged,
+    CallOffered,
     Connected,
     Disconnected,
     EngineError,
@@ -194,6 +196,10 @@ class SessionSupervisor:
         self._sender: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._ending = False  # stop/logout under way: no event may revive the session
+        # issue 16: the agent's auto-reject of calls (it owns the send path), and the
+        # last block state reported per contact (an API change and its echo: one event)
+        self.on_call_reject: Callable[[SessionSupervisor, CallOffered], None] | None = None
+        self._block_state: OrderedDict[str, bool] = OrderedDict()
 
     # -- identity ----------------------------------------------------------------------
 
@@ -436,6 +442,10 @@ class SessionSupervisor:
                 self._on_receipt(event)
             case PresenceSeen():
                 self._on_presence(event)
+            case CallOffered():  # issue 16
+                self._on_call_offered(event)
+            case BlockChanged():  # issue 16
+                self._on_block_changed(event)
 
     def _on_failure(self, reason: str, *, fatal: bool = False) -> None:
         if self._ending:
@@ -855,6 +865,40 @@ class SessionSupervisor:
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    # -- contacts, profile, calls (issue 16) --
+
+    def _on_call_offered(self, event: CallOffered) -> None:
+        settings = self.spec.calls
+        self.events.emit(
+            EventType.CALL_RECEIVED,
+            self.tenant,
+            self.session_id,
+            {
+                "call_id": event.call_id,
+                "from": event.caller,
+                "from_lid": event.caller_lid,
+                "video": event.video,
+                "is_group": event.is_group,
+                "group": event.group,
+                "timestamp": event.timestamp,
+                "auto_reject": settings.reject,
+            },
+        )
+        if settings.reject and self.on_call_reject is not None:
+            self.on_call_reject(self, event)
+
+    def _on_block_changed(self, event: BlockChanged) -> None:
+        who = event.phone or event.lid or ""
+        if self._block_state.get(who) is event.blocked:
+            return  # already reported (our own change, echoed by WhatsApp)
+        self._remember(self._block_state, who, event.blocked, limit=2_000)
+        self.events.emit(
+            EventType.CONTACT_BLOCKED,
+            self.tenant,
+            self.session_id,
+            {"phone": event.phone, "lid": event.lid, "blocked": event.blocked},
+        )
 
     # -- engine pass-through -------------------------------------------------------------
 

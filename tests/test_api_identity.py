@@ -103,6 +103,12 @@ async def test_a_deleted_sessions_link_never_passes_to_whoever_reuses_its_name(
         assert (await client.delete("/v1/sessions/s1")).status_code == 204
 
 
+# a 1x1 PNG (issue 16: profile pictures)
+PNG_1PX = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+)
+
+
 def _request(method: str, path: str) -> dict[str, Any]:
     """A valid request for every session endpoint, so that only the session decides."""
     bodies: dict[tuple[str, str], dict[str, Any]] = {
@@ -113,6 +119,11 @@ def _request(method: str, path: str) -> dict[str, Any]:
         ("post", "read"): {"chat": "15550001111"},
         ("post", "presence"): {"chat": "15550001111", "state": "typing"},
         ("put", "settings/media"): {"inbound": "store"},
+        # issue 16: contacts, profile, privacy, calls
+        ("patch", "profile"): {"name": "x"},
+        ("put", "profile/picture"): {"base64": PNG_1PX},
+        ("patch", "privacy"): {"online": "all"},
+        ("put", "settings/calls"): {"reject": True, "reply_text": "busy"},
     }
     tail = path.split("{session_id}", 1)[1].lstrip("/")
     body = bodies.get((method, tail))
@@ -127,6 +138,8 @@ def _request(method: str, path: str) -> dict[str, Any]:
             "restart",
             "reconnect",
             "reset-breaker",
+            "contacts/{chat}/block",  # issue 16
+            "contacts/{chat}/unblock",
         )
     ):
         raise AssertionError(f"no test request for {method.upper()} {path}: add one")

@@ -13,7 +13,14 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from node_agent.media import MediaPayload
-from node_agent.protocol import MessageContent, NumberStatus, SessionSpec
+from node_agent.protocol import (  # issue 16
+    Contact,
+    ContactDetails,
+    MessageContent,
+    NumberStatus,
+    Privacy,
+    SessionSpec,
+)
 
 
 class QrShown(msgspec.Struct, frozen=True):
@@ -94,14 +101,57 @@ class PresenceSeen(msgspec.Struct, frozen=True):
     sender_lid: str | None = None
 
 
+# -- contacts, profile, calls (issue 16) --
+
+
+class CallOffered(msgspec.Struct, frozen=True):
+    """Someone calls this account. ``caller`` is the phone (never a LID), ``caller_lid``
+    the LID when known; ``reject_to`` is the caller exactly as the engine must name it to
+    reject the call; ``group``: the group of a group call (None: not known / one-to-one)."""
+
+    call_id: str
+    caller: str | None
+    caller_lid: str | None
+    video: bool
+    is_group: bool
+    timestamp: float
+    reject_to: str
+    group: str | None = None
+
+
+class BlockChanged(msgspec.Struct, frozen=True):
+    """A contact was blocked or unblocked (by the API or on the phone)."""
+
+    phone: str | None
+    lid: str | None
+    blocked: bool
+
+
 EngineEvent = (
-    QrShown | Paired | Connected | Disconnected | LoggedOut | Inbound | Receipt | PresenceSeen
+    QrShown
+    | Paired
+    | Connected
+    | Disconnected
+    | LoggedOut
+    | Inbound
+    | Receipt
+    | PresenceSeen
+    | CallOffered
+    | BlockChanged
 )
 Emit = Callable[[EngineEvent], None]
 
 
 class EngineError(Exception):
     """An engine operation failed in a way the caller should report, not crash on."""
+
+
+class NotOnWhatsApp(EngineError):  # issue 16
+    """A contact operation on a number (or LID) nobody uses on WhatsApp."""
+
+
+class NotSupported(EngineError):  # issue 16
+    """The engine cannot do this operation (a limitation of its library)."""
 
 
 class EngineSession(Protocol):
@@ -143,6 +193,36 @@ class EngineSession(Protocol):
         self, chat: str, state: Literal["typing", "recording", "paused"]
     ) -> None:
         """Show typing / recording in ``chat``, or stop showing it (``paused``)."""
+
+    # -- contacts, profile, calls (issue 16) --
+
+    async def reject_call(self, caller: str, call_id: str) -> None:
+        """Decline a call (``caller``: :attr:`CallOffered.reject_to`)."""
+
+    async def block(self, chat: str, block: bool) -> list[str]:
+        """Block (or unblock) a phone or LID; returns the block list after the change."""
+
+    async def blocklist(self) -> list[str]:
+        """Blocked contacts: phones, or a LID where the phone is unknown."""
+
+    async def set_profile(
+        self, name: str | None, about: str | None, picture: bytes | None, remove_picture: bool
+    ) -> str | None:
+        """Change this account's push name, about text, picture (JPEG) or remove it;
+        returns the new picture's id when one was set."""
+
+    async def privacy(self) -> Privacy:
+        """This account's privacy settings."""
+
+    async def set_privacy(self, settings: dict[str, str]) -> Privacy:
+        """Change privacy settings (names and values already checked); returns all."""
+
+    async def contacts(self) -> list[Contact]:
+        """The contacts in the engine's store."""
+
+    async def contact_info(self, chat: str) -> ContactDetails:
+        """Name, business flag, about text and picture of a phone or LID; EngineError
+        ``not on WhatsApp`` when nobody uses that number."""
 
 
 class Engine(Protocol):

@@ -71,6 +71,7 @@ from node_agent.engines._base import (
     QrShown,
     Receipt,
 )
+from node_agent.engines.neonize_contacts import ContactsMixin  # issue 16
 from node_agent.link_preview import LinkPreview, PreviewedText
 from node_agent.media import MediaPayload
 from node_agent.protocol import (
@@ -372,7 +373,7 @@ class _Generation:
         return self.task is not None and not self.task.done()
 
 
-class NeonizeSession:
+class NeonizeSession(ContactsMixin):  # issue 16: node_agent/engines/neonize_contacts.py
     def __init__(self, engine: NeonizeEngine, spec: SessionSpec, emit: Emit) -> None:
         self.engine = engine
         self.spec = spec
@@ -907,6 +908,10 @@ class NeonizeSession:
         from neonize.proto.Neonize_pb2 import UndecryptableMessage
 
         handler(UndecryptableMessage, self._on_undecryptable)
+        # -- contacts, profile, calls (issue 16) --
+        handler(ev.CallOfferEv, self._on_call_offer)
+        handler(ev.CallOfferNoticeEv, self._on_call_offer_notice)
+        handler(ev.BlocklistEv, self._on_blocklist)
         handler(ev.StreamErrorEv, lambda e: log.warning("stream error", extra={"code": e.Code}))
 
         async def on_qr(_: Any, data: bytes) -> None:

@@ -10,6 +10,8 @@ reach each other through NATS subjects:
 - ``zf.sim.inbox.<phone>``       a message for the socket logged in as ``phone``
 - ``zf.sim.receipt.<phone>``     delivery/read receipts for messages ``phone`` sent
 - ``zf.sim.fault.<session key>`` inject latency, send failures or a disconnect
+- ``zf.sim.call.<phone>``        a call offer for ``phone``; ``zf.sim.callend.<phone>``
+                                 tells the caller its call was rejected (issue 16)
 
 Everything is keyed by the session's internal key (``SessionSpec.key``: its ``uid``, or
 its name for records older than uids), never by the caller's name alone.
@@ -44,6 +46,8 @@ from nats.js.object_store import ObjectStore
 
 from node_agent.chat_ids import chat_kind
 from node_agent.engines._base import (
+    BlockChanged,
+    CallOffered,
     Connected,
     Disconnected,
     Emit,
@@ -51,6 +55,7 @@ from node_agent.engines._base import (
     Inbound,
     InboundMedia,
     LoggedOut,
+    NotOnWhatsApp,
     Paired,
     PresenceSeen,
     QrShown,
@@ -59,10 +64,13 @@ from node_agent.engines._base import (
 from node_agent.engines.sim_presence import Presence
 from node_agent.media import MediaPayload
 from node_agent.protocol import (
+    Contact,
+    ContactDetails,
     EditContent,
     MessageContent,
     NumberStatus,
     PollContent,
+    Privacy,
     SessionSpec,
     TextContent,
 )
@@ -251,6 +259,93 @@ async def vote(
     await nc.request(f"zf.sim.inbox.{poll_sender}", _encode(wire), timeout=5)
 
 
+# -- contacts, profile, calls (issue 16) --
+
+
+class WireCall(msgspec.Struct, kw_only=True):
+    """A call offer on the simulated network."""
+
+    call_id: str
+    caller: str | None  # None when the caller addresses by LID
+    caller_lid: str
+    video: bool = False
+    group: str | None = None
+    ts: float = 0.0
+
+
+class WireCallEnd(msgspec.Struct, kw_only=True):
+    call_id: str
+    by: str  # the phone that ended it
+    reason: Literal["rejected"] = "rejected"
+
+
+class SimProfile(msgspec.Struct, kw_only=True):
+    """An account's public profile on the simulated network (KV ``profile.<phone>``)."""
+
+    name: str | None = None
+    about: str | None = None
+    picture_id: str | None = None
+    business_name: str | None = None  # set: a business account
+
+
+def call_end_subject(phone: str) -> str:
+    """Where the sim tells a caller that its call ended (rejected)."""
+    return f"zf.sim.callend.{phone}"
+
+
+async def call(
+    nc: NATS,
+    caller: str,
+    callee: str,
+    *,
+    video: bool = False,
+    group: str | None = None,
+    lid_only: bool = False,
+) -> tuple[str, bool]:
+    """Act as the phone ``caller``: call ``callee`` (a phone). Returns (call id, rung):
+    ``rung`` is False when the callee's socket refused it (it blocked the caller) or is
+    offline. A rejection arrives on :func:`call_end_subject` of the caller."""
+    wire = WireCall(
+        call_id="SIMC" + secrets.token_hex(8).upper(),
+        caller=None if lid_only else caller,
+        caller_lid=lid_of(caller),
+        video=video,
+        group=group,
+        ts=time.time(),
+    )
+    try:
+        reply = await nc.request(f"zf.sim.call.{callee}", _encode(wire), timeout=5)
+    except (NoRespondersError, NatsTimeout):
+        return wire.call_id, False
+    return wire.call_id, bool(msgspec.json.decode(reply.data).get("ok"))
+
+
+async def save_contact(nc: NATS, owner: str, phone: str, name: str) -> None:
+    """Act as the phone ``owner`` saving ``phone`` as ``name`` in its address book (what
+    the engine's contact store syncs from the phone)."""
+    kv = await _network(nc)
+    key = f"book.{owner}"
+    try:
+        entry = await kv.get(key)
+        book = msgspec.json.decode(entry.value or b"{}", type=dict[str, str])
+    except KeyNotFoundError:
+        book = {}
+    book[phone] = name
+    await kv.put(key, _encode(book))
+
+
+async def make_business(nc: NATS, phone: str, business_name: str) -> None:
+    """Turn the sim account ``phone`` into a business account named ``business_name``."""
+    kv = await _network(nc)
+    try:
+        entry = await kv.get(f"profile.{phone}")
+        profile = msgspec.json.decode(entry.value or b"{}", type=SimProfile)
+    except KeyNotFoundError:
+        profile = SimProfile()
+    profile.business_name = business_name
+    await kv.put(f"profile.{phone}", _encode(profile))
+
+
 class SimEngine:
     name: Literal["sim"] = "sim"
 
@@ -381,6 +476,8 @@ class SimSession:
         self._tasks: set[asyncio.Task[None]] = set()
         self._polls: dict[str, tuple[str, list[str]]] = {}  # polls we sent: id -> options
         self._received: OrderedDict[str, str] = OrderedDict()  # received id -> sender phone
+        self._blocked: set[str] = set()  # phones this account blocked (issue 16)
+        self._chatted: OrderedDict[str, None] = OrderedDict()  # chat partners (contacts)
         self._presence = Presence(
             engine.nc,
             engine.kv,
@@ -529,6 +626,8 @@ class SimSession:
         self._subs.append(await self.nc.subscribe(f"zf.sim.inbox.{phone}", cb=self._on_inbox))
         self._subs.append(await self.nc.subscribe(f"zf.sim.receipt.{phone}", cb=self._on_receipt))
         self._subs.append(await self.nc.subscribe(f"zf.sim.typing.{phone}", cb=self._on_typing))
+        self._blocked = set(await self._load_blocklist(phone))  # issue 16
+        self._subs.append(await self.nc.subscribe(f"zf.sim.call.{phone}", cb=self._on_call))
         self._online = True
         self.emit(Connected(phone=phone))
 
@@ -552,10 +651,14 @@ class SimSession:
             wire = msgspec.json.decode(msg.data, type=Wire)
         except msgspec.DecodeError:
             return
-        await msg.respond(b'{"ok":true}')
         sender = wire.sender
         if sender is None and wire.sender_lid:
             sender = await self.engine.phone_of_lid(wire.sender_lid)  # get_pn_from_lid
+        # issue 16: a blocked contact's own chat stays silent (groups go on, as on WhatsApp)
+        if sender is not None and wire.chat is None and sender in self._blocked:
+            await msg.respond(b'{"ok":false,"blocked":true}')
+            return
+        await msg.respond(b'{"ok":true}')
         if self.faults.undecryptable_next > 0:
             self.faults.undecryptable_next -= 1
             self.emit(
@@ -574,6 +677,8 @@ class SimSession:
             self._on_wire(wire, sender)
         if sender is not None:
             self._received[wire.id] = sender
+            if wire.chat is None:
+                self._note_chat(sender)  # issue 16: a contact of the store
             if len(self._received) > 10_000:
                 self._received.popitem(last=False)
         read_after = self.engine.config.read_after_s
@@ -746,6 +851,8 @@ class SimSession:
             if media.width is not None:
                 body["media"]["width"], body["media"]["height"] = media.width, media.height
         kind = chat_kind(to)
+        if kind in ("phone", "lid"):
+            self._note_chat(recipients[0])  # issue 16: a contact of the store
         if isinstance(content, TextContent) and content.mention_all:
             body["mentions"] = sorted(set(body.get("mentions") or []) | set(recipients))
         if isinstance(content, PollContent):
@@ -794,9 +901,11 @@ class SimSession:
         data = _encode(wire)
         for phone in recipients:
             try:
-                await self.nc.request(f"zf.sim.inbox.{phone}", data, timeout=5)
+                reply = await self.nc.request(f"zf.sim.inbox.{phone}", data, timeout=5)
             except (NoRespondersError, NatsTimeout):
                 continue  # recipient offline: like WhatsApp, the server keeps it
+            if reply.data != b'{"ok":true}':
+                continue  # the recipient blocked us: one tick only, like WhatsApp
             self.emit(Receipt(message_id=wire.id, status="delivered", peer=phone))
 
     async def download(self, media: InboundMedia) -> bytes:
@@ -815,6 +924,178 @@ class SimSession:
             jid = f"{number}@s.whatsapp.net" if exists else None
             results.append(NumberStatus(number=number, on_whatsapp=exists, jid=jid))
         return results
+
+    # -- contacts, profile, calls (issue 16) --
+
+    def _require_online(self) -> str:
+        if not self._online or self.phone is None or not self.engine.may_act():
+            raise EngineError("not connected")
+        return self.phone
+
+    async def _on_call(self, msg: Msg) -> None:
+        if not self.engine.may_act():
+            return
+        try:
+            wire = msgspec.json.decode(msg.data, type=WireCall)
+        except msgspec.DecodeError:
+            return
+        caller = wire.caller or await self.engine.phone_of_lid(wire.caller_lid)
+        if caller is not None and caller in self._blocked:
+            await msg.respond(b'{"ok":false,"blocked":true}')
+            return
+        await msg.respond(b'{"ok":true}')
+        self.emit(
+            CallOffered(
+                call_id=wire.call_id,
+                caller=caller,
+                caller_lid=wire.caller_lid,
+                video=wire.video,
+                is_group=wire.group is not None,
+                group=wire.group,
+                timestamp=wire.ts or time.time(),
+                reject_to=caller or wire.caller_lid,
+            )
+        )
+
+    async def reject_call(self, caller: str, call_id: str) -> None:
+        phone = self._require_online()
+        if "@" in caller:
+            caller = await self.engine.phone_of_lid(caller) or caller
+        end = WireCallEnd(call_id=call_id, by=phone)
+        await self.nc.publish(call_end_subject(caller), _encode(end))
+
+    async def _load_blocklist(self, phone: str) -> list[str]:
+        try:
+            entry = await self.engine.kv.get(f"block.{phone}")
+        except KeyNotFoundError:
+            return []
+        return msgspec.json.decode(entry.value or b"[]", type=list[str])
+
+    async def _phone_of(self, chat: str) -> str:
+        """The phone of a phone or LID chat id on the network; NotOnWhatsApp otherwise."""
+        phone: str | None = chat
+        if chat_kind(chat) == "lid":
+            phone = await self.engine.phone_of_lid(chat)
+        if phone is None or not await self.engine.is_registered(phone):
+            raise NotOnWhatsApp(f"{chat} is not on WhatsApp")
+        return phone
+
+    async def block(self, chat: str, block: bool) -> list[str]:
+        phone = self._require_online()
+        target = await self._phone_of(chat)
+        blocked = set(await self._load_blocklist(phone))
+        was = target in blocked
+        (blocked.add if block else blocked.discard)(target)
+        await self.engine.kv.put(f"block.{phone}", _encode(sorted(blocked)))
+        self._blocked = blocked
+        if was != block:
+            self.emit(BlockChanged(phone=target, lid=lid_of(target), blocked=block))
+        return sorted(blocked)
+
+    async def blocklist(self) -> list[str]:
+        return await self._load_blocklist(self._require_online())
+
+    async def _profile(self, phone: str) -> SimProfile:
+        try:
+            entry = await self.engine.kv.get(f"profile.{phone}")
+        except KeyNotFoundError:
+            return SimProfile()
+        return msgspec.json.decode(entry.value or b"{}", type=SimProfile)
+
+    async def set_profile(
+        self, name: str | None, about: str | None, picture: bytes | None, remove_picture: bool
+    ) -> str | None:
+        phone = self._require_online()
+        profile = await self._profile(phone)
+        if name is not None:
+            profile.name = name
+        if about is not None:
+            profile.about = about
+        picture_id = None
+        if remove_picture:
+            profile.picture_id = None
+        elif picture is not None:
+            picture_id = str(int(time.time() * 1000))
+            await self.engine.media.put(f"pic.{phone}.{picture_id}", picture)
+            profile.picture_id = picture_id
+        await self.engine.kv.put(f"profile.{phone}", _encode(profile))
+        return picture_id
+
+    async def privacy(self) -> Privacy:
+        phone = self._require_online()
+        defaults = Privacy(
+            read_receipts="all",
+            last_seen="contacts",
+            online="all",
+            picture="contacts",
+            about="contacts",
+            groups_add="all",
+        )
+        try:
+            entry = await self.engine.kv.get(f"privacy.{phone}")
+        except KeyNotFoundError:
+            return defaults
+        stored = msgspec.json.decode(entry.value or b"{}", type=dict[str, str])
+        return msgspec.structs.replace(defaults, **stored)
+
+    async def set_privacy(self, settings: dict[str, str]) -> Privacy:
+        phone = self._require_online()
+        current = msgspec.to_builtins(await self.privacy())
+        current.update(settings)
+        await self.engine.kv.put(f"privacy.{phone}", _encode(current))
+        return msgspec.convert(current, Privacy)
+
+    def _note_chat(self, phone: str | None) -> None:
+        if phone:
+            self._chatted[phone] = None
+            if len(self._chatted) > 10_000:
+                self._chatted.popitem(last=False)
+
+    async def contacts(self) -> list[Contact]:
+        phone = self._require_online()
+        try:
+            entry = await self.engine.kv.get(f"book.{phone}")
+            book = msgspec.json.decode(entry.value or b"{}", type=dict[str, str])
+        except KeyNotFoundError:
+            book = {}
+        phones = sorted(set(book) | set(self._chatted))
+        found = []
+        for other in phones:
+            profile = await self._profile(other)
+            found.append(
+                Contact(
+                    phone=other,
+                    lid=lid_of(other),
+                    name=book.get(other),
+                    push_name=profile.name,
+                    business_name=profile.business_name,
+                )
+            )
+        return found
+
+    async def contact_info(self, chat: str) -> ContactDetails:
+        phone = self._require_online()
+        target = await self._phone_of(chat)
+        profile = await self._profile(target)
+        try:
+            entry = await self.engine.kv.get(f"book.{phone}")
+            saved = msgspec.json.decode(entry.value or b"{}", type=dict[str, str]).get(target)
+        except KeyNotFoundError:
+            saved = None
+        url = None
+        if profile.picture_id:
+            url = f"https://sim.zapfleet.invalid/pp/{target}/{profile.picture_id}.jpg"
+        return ContactDetails(
+            phone=target,
+            lid=lid_of(target),
+            name=saved,
+            push_name=profile.name,
+            business=profile.business_name is not None,
+            business_name=profile.business_name,
+            about=profile.about,
+            picture_id=profile.picture_id,
+            picture_url=url,
+        )
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -851,9 +1132,13 @@ __all__ = [
     "SimConfig",
     "SimEngine",
     "SimSession",
+    "call",
+    "call_end_subject",
     "create_group",
     "inject_faults",
     "lid_of",
     "link",
+    "make_business",
+    "save_contact",
     "vote",
 ]

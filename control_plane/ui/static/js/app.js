@@ -1,10 +1,11 @@
 // The console's shell: sign-in gate, navigation, the admin's tenant picker and a hash
-// router (#/sessions, #/sessions/<id>, #/chats/<id>, #/nodes, #/webhooks, #/tenants, #/tenants/<id>).
+// router (#/sessions, #/sessions/<id>, #/chats/<id>, #/contacts/<id>, #/nodes, #/webhooks, #/tenants, #/tenants/<id>).
 // Each page is a module whose mount(view, ctx) returns a function that stops its polling
 // when the page is left.
 
 import { DEFAULT_TENANT, clearKey, get, getKey, getTenant, listOf, setTenant } from "./api.js";
 import { h, replace, toast } from "./dom.js";
+import * as contacts from "./pages/contacts.js"; // issue 16
 import * as conversation from "./pages/conversation.js";
 import * as nodes from "./pages/nodes.js";
 import * as session from "./pages/session.js";
@@ -22,6 +23,7 @@ function route() {
   const [page, ...rest] = hash.split("/");
   if (page === "sessions" && rest.length && rest[0]) return { page: session, name: "sessions", arg: rest.join("/") };
   if (page === "chats" && rest.length && rest[0]) return { page: conversation, name: "sessions", arg: rest.join("/") };
+  if (page === "contacts" && rest.length && rest[0]) return { page: contacts, name: "sessions", arg: rest.join("/") }; // issue 16
   if (page === "nodes") return { page: nodes, name: "nodes" };
   if (page === "webhooks") return { page: webhooks, name: "webhooks" };
   if (page === "tenants") return { page: tenants, name: "tenants", arg: rest.join("/") || null };

@@ -34,7 +34,7 @@ from control_plane.models import (
 from control_plane.numbers import normalize_chat_id, normalize_recipient
 from control_plane.problems import ProblemError
 from control_plane.services import Services
-from control_plane.sessions import call_agent, load_record, running
+from control_plane.sessions import agent_problem, call_agent, load_record, running
 from node_agent.chat_ids import chat_kind, is_group
 from node_agent.protocol import (
     ChatPresence,
@@ -173,7 +173,7 @@ async def queue_message(
     except (AgentCallError, AgentUnavailable) as exc:
         if reserved is not None:
             await store.release(reserved[0])
-        raise exc.to_problem() from None
+        raise agent_problem(exc) from None
     except BaseException:
         if reserved is not None:
             await asyncio.shield(store.release(reserved[0]))

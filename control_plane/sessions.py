@@ -104,13 +104,29 @@ async def load_record(services: Services, principal: Principal, session_id: str)
     return record
 
 
+def agent_problem(exc: AgentCallError | AgentUnavailable) -> ProblemError:
+    """The problem of a failed call to the node a session's record names. That node
+    answering "no such session" means the session is between nodes (a move, a drain, a
+    restart of its agent), not that it does not exist: the record says it does. So 503
+    ``session_moving`` with Retry-After, never a 404 a client would take as final (seen
+    in the rolling-upgrade test: a send during a drain got 404)."""
+    if isinstance(exc, AgentCallError) and exc.code is ErrorCode.SESSION_NOT_FOUND:
+        return ProblemError(
+            503,
+            "session_moving",
+            "the session is moving to another node (or its agent restarts): retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    return exc.to_problem()
+
+
 async def call_agent(
     services: Services, node_id: str, op: Op, request: msgspec.Struct, reply_type: type[T]
 ) -> T:
     try:
         return await services.agents.call(node_id, op, request, reply_type)
     except (AgentCallError, AgentUnavailable) as exc:
-        raise exc.to_problem() from None
+        raise agent_problem(exc) from None
 
 
 def stopped_reason(record: SessionRecord) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -26,9 +27,9 @@ from nats.micro.service import Service
 from prometheus_client import Gauge
 
 from node_agent import _system
-from node_agent.chat_ids import ChatIdError, normalize_chat, normalize_phone
+from node_agent.chat_ids import ChatIdError, chat_kind, is_group, normalize_chat, normalize_phone
 from node_agent.device_store import DeviceStore
-from node_agent.engines._base import Engine
+from node_agent.engines._base import Engine, GroupError
 from node_agent.events import EventPublisher
 from node_agent.inbound_media import MediaStore
 from node_agent.lease import AssignmentWatch, Lease, assigned_to, claim
@@ -36,6 +37,7 @@ from node_agent.link_preview import close_fetchers as close_preview_fetchers
 from node_agent.media import MediaError, MediaFetcher, MediaPayload
 from node_agent.outbox import Outbox
 from node_agent.protocol import (
+    INVITE_PREFIX,
     NODES_BUCKET,
     SERVICE_NAME,
     SESSIONS_BUCKET,
@@ -48,6 +50,17 @@ from node_agent.protocol import (
     Empty,
     ErrorCode,
     Event,
+    GroupCreate,
+    GroupCreated,
+    GroupInfo,
+    GroupInvite,
+    GroupInviteRequest,
+    GroupLinkRequest,
+    GroupList,
+    GroupParticipantsChange,
+    GroupRef,
+    GroupsListRequest,
+    GroupUpdate,
     History,
     HistoryRequest,
     NodeInfo,
@@ -55,6 +68,7 @@ from node_agent.protocol import (
     Op,
     PairCode,
     PairCodeRequest,
+    ParticipantsChanged,
     SendAccepted,
     SendMessage,
     SessionInfo,
@@ -85,6 +99,7 @@ from zapfleet.backoff import Backoff, Retrier
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=msgspec.Struct)
+T = TypeVar("T")
 HOLDS_SLOT = LIVE_STATES | {SessionState.FAILED}
 # ops whose requests may be served side by side: sends (in arrival order per session, see
 # op_send) and reads; lifecycle ops stay one at a time
@@ -99,6 +114,16 @@ CONCURRENT_OPS = frozenset(
         Op.NODE_INFO,
         Op.CHAT_READ,
         Op.CHAT_PRESENCE,
+        # -- groups (issue 16) --
+        Op.GROUPS_LIST,
+        Op.GROUP_INFO,
+        Op.GROUP_CREATE,
+        Op.GROUP_LEAVE,
+        Op.GROUP_PARTICIPANTS,
+        Op.GROUP_INVITE,
+        Op.GROUP_JOIN,
+        Op.GROUP_LINK_INFO,
+        Op.GROUP_UPDATE,
     }
 )
 # a start reply waits this long at most for the engine's connect call to return
@@ -130,6 +155,79 @@ def normalize_chat_id(raw: str) -> str:
         return normalize_chat(raw)
     except ChatIdError as exc:
         raise AgentError(ErrorCode(exc.code), exc.message) from None
+
+
+# -- groups (issue 16) --
+MAX_GROUP_SUBJECT = 100  # WhatsApp's limit on a group's subject
+MAX_GROUP_DESCRIPTION = 2048
+MAX_GROUP_PARTICIPANTS = 256  # per request
+EPHEMERAL_TIMERS = (0, 86400, 7 * 86400, 90 * 86400)  # what WhatsApp offers
+_INVITE_CODE = re.compile(r"^[A-Za-z0-9]{10,40}$")
+
+
+def group_chat_id(raw: str) -> str:
+    """A group chat id (``<digits>@g.us``), or AgentError(INVALID_CHAT_ID)."""
+    chat = normalize_chat_id(raw)
+    if not is_group(chat):
+        raise AgentError(ErrorCode.INVALID_CHAT_ID, f"{raw!r} is not a group id (<digits>@g.us)")
+    return chat
+
+
+def participant_ids(raw: list[str], *, allow_empty: bool = False) -> list[str]:
+    """Participants as phones (E.164 digits) or LIDs, deduplicated in order."""
+    if (not raw and not allow_empty) or len(raw) > MAX_GROUP_PARTICIPANTS:
+        raise AgentError(
+            ErrorCode.INVALID_REQUEST,
+            f"name {0 if allow_empty else 1} to {MAX_GROUP_PARTICIPANTS} participants",
+        )
+    found: list[str] = []
+    for item in raw:
+        chat = normalize_chat_id(item)
+        if chat_kind(chat) not in ("phone", "lid"):
+            raise AgentError(ErrorCode.INVALID_NUMBER, f"{item!r} is not a phone number (or a LID)")
+        found.append(chat)
+    return list(dict.fromkeys(found))
+
+
+def invite_link_of(raw: str) -> str:
+    """An invite link (``https://chat.whatsapp.com/<code>`` or the bare code), or
+    AgentError(INVALID_INVITE_LINK)."""
+    code = raw.strip().removeprefix(INVITE_PREFIX).removeprefix("chat.whatsapp.com/").strip("/")
+    if not _INVITE_CODE.match(code):
+        raise AgentError(ErrorCode.INVALID_INVITE_LINK, f"{raw!r} is not a group invite link")
+    return INVITE_PREFIX + code
+
+
+def group_changes(request: GroupUpdate) -> dict[str, object]:
+    changes: dict[str, object] = {}
+    if request.subject is not None:
+        subject = request.subject.strip()
+        if not subject or len(subject) > MAX_GROUP_SUBJECT:
+            raise AgentError(
+                ErrorCode.INVALID_REQUEST, f"a subject has 1 to {MAX_GROUP_SUBJECT} characters"
+            )
+        changes["subject"] = subject
+    if request.description is not None:
+        if len(request.description) > MAX_GROUP_DESCRIPTION:
+            raise AgentError(
+                ErrorCode.INVALID_REQUEST,
+                f"a description has at most {MAX_GROUP_DESCRIPTION} characters",
+            )
+        changes["description"] = request.description or None
+    if request.ephemeral_s is not None:
+        if request.ephemeral_s not in EPHEMERAL_TIMERS:
+            raise AgentError(
+                ErrorCode.INVALID_REQUEST,
+                f"ephemeral_s is one of {', '.join(map(str, EPHEMERAL_TIMERS))}",
+            )
+        changes["ephemeral_s"] = request.ephemeral_s
+    for name in ("announce", "locked"):
+        value = getattr(request, name)
+        if value is not None:
+            changes[name] = value
+    if not changes:
+        raise AgentError(ErrorCode.INVALID_REQUEST, "nothing to change")
+    return changes
 
 
 def make_engine(settings: AgentSettings, nc: NATS) -> Engine:
@@ -317,6 +415,16 @@ class Agent:
             Op.CHAT_READ: (ChatRead, self.op_chat_read),
             Op.CHAT_PRESENCE: (ChatPresence, self.op_chat_presence),
             Op.NODE_INFO: (Empty, self.op_node_info),
+            # -- groups (issue 16) --
+            Op.GROUPS_LIST: (GroupsListRequest, self.op_groups_list),
+            Op.GROUP_INFO: (GroupRef, self.op_group_info),
+            Op.GROUP_CREATE: (GroupCreate, self.op_group_create),
+            Op.GROUP_LEAVE: (GroupRef, self.op_group_leave),
+            Op.GROUP_PARTICIPANTS: (GroupParticipantsChange, self.op_group_participants),
+            Op.GROUP_INVITE: (GroupInviteRequest, self.op_group_invite),
+            Op.GROUP_JOIN: (GroupLinkRequest, self.op_group_join),
+            Op.GROUP_LINK_INFO: (GroupLinkRequest, self.op_group_link_info),
+            Op.GROUP_UPDATE: (GroupUpdate, self.op_group_update),
         }
         for op, (request_type, handler) in routes.items():
             # queue group per node: several connections of one agent never double-serve
@@ -773,6 +881,77 @@ class Agent:
         except Exception as exc:
             raise AgentError(ErrorCode.ENGINE_ERROR, str(exc)) from None
         return Empty()
+
+    # -- groups (issue 16) ---------------------------------------------------------------
+
+    async def _group_op(self, what: Awaitable[T]) -> T:
+        """An engine group call: GroupError -> its own code, anything else engine_error."""
+        try:
+            return await what
+        except GroupError as exc:
+            raise AgentError(ErrorCode(exc.code), exc.message) from None
+        except AgentError:
+            raise
+        except Exception as exc:
+            raise AgentError(ErrorCode.ENGINE_ERROR, str(exc)) from None
+
+    async def op_groups_list(self, request: GroupsListRequest) -> GroupList:
+        supervisor = self._connected(request.session_id)
+        return GroupList(groups=await self._group_op(supervisor.engine.list_groups()))
+
+    async def op_group_info(self, request: GroupRef) -> GroupInfo:
+        group_id = group_chat_id(request.group_id)
+        supervisor = self._connected(request.session_id)
+        return await self._group_op(supervisor.engine.group_info(group_id))
+
+    async def op_group_create(self, request: GroupCreate) -> GroupCreated:
+        subject = request.subject.strip()
+        if not subject or len(subject) > MAX_GROUP_SUBJECT:
+            raise AgentError(
+                ErrorCode.INVALID_REQUEST, f"a subject has 1 to {MAX_GROUP_SUBJECT} characters"
+            )
+        participants = participant_ids(request.participants, allow_empty=True)
+        supervisor = self._connected(request.session_id)
+        return await self._group_op(supervisor.engine.create_group(subject, participants))
+
+    async def op_group_leave(self, request: GroupRef) -> Empty:
+        group_id = group_chat_id(request.group_id)
+        supervisor = self._connected(request.session_id)
+        await self._group_op(supervisor.engine.leave_group(group_id))
+        return Empty()
+
+    async def op_group_participants(self, request: GroupParticipantsChange) -> ParticipantsChanged:
+        group_id = group_chat_id(request.group_id)
+        participants = participant_ids(request.participants)
+        supervisor = self._connected(request.session_id)
+        results = await self._group_op(
+            supervisor.engine.update_participants(group_id, request.action, participants)
+        )
+        return ParticipantsChanged(group_id=group_id, action=request.action, results=results)
+
+    async def op_group_invite(self, request: GroupInviteRequest) -> GroupInvite:
+        group_id = group_chat_id(request.group_id)
+        supervisor = self._connected(request.session_id)
+        link = await self._group_op(supervisor.engine.invite_link(group_id, request.revoke))
+        return GroupInvite(group_id=group_id, link=link)
+
+    async def op_group_join(self, request: GroupLinkRequest) -> GroupInfo:
+        link = invite_link_of(request.link)
+        supervisor = self._connected(request.session_id)
+        group_id = await self._group_op(supervisor.engine.join_group(link))
+        return await self._group_op(supervisor.engine.group_info(group_id))
+
+    async def op_group_link_info(self, request: GroupLinkRequest) -> GroupInfo:
+        link = invite_link_of(request.link)
+        supervisor = self._connected(request.session_id)
+        return await self._group_op(supervisor.engine.link_info(link))
+
+    async def op_group_update(self, request: GroupUpdate) -> GroupInfo:
+        group_id = group_chat_id(request.group_id)
+        changes = group_changes(request)
+        supervisor = self._connected(request.session_id)
+        await self._group_op(supervisor.engine.update_group(group_id, changes))
+        return await self._group_op(supervisor.engine.group_info(group_id))
 
     async def op_node_info(self, _: Empty) -> NodeInfo:
         return self.node_info()

@@ -113,6 +113,16 @@ class Op(enum.StrEnum):
     CHAT_READ = "chat_read"
     CHAT_PRESENCE = "chat_presence"
     NODE_INFO = "node_info"
+    # -- groups (issue 16) --
+    GROUPS_LIST = "groups_list"
+    GROUP_INFO = "group_info"
+    GROUP_CREATE = "group_create"
+    GROUP_LEAVE = "group_leave"
+    GROUP_PARTICIPANTS = "group_participants"
+    GROUP_INVITE = "group_invite"
+    GROUP_JOIN = "group_join"
+    GROUP_LINK_INFO = "group_link_info"
+    GROUP_UPDATE = "group_update"
 
 
 # -- reply envelope ----------------------------------------------------------------------
@@ -147,6 +157,10 @@ class ErrorCode(enum.StrEnum):
     STORAGE_UNAVAILABLE = "storage_unavailable"  # JetStream could not store the message
     UNDECODABLE_MEDIA = "undecodable_media"  # a sticker or voice note that cannot be converted
     MEDIA_NOT_FOUND = "media_not_found"  # inbound media not stored (mode, retention, size)
+    # -- groups (issue 16) --
+    GROUP_NOT_FOUND = "group_not_found"  # no such group, or this account is not in it
+    NOT_GROUP_ADMIN = "not_group_admin"  # the change needs admin rights in the group
+    INVALID_INVITE_LINK = "invalid_invite_link"  # malformed, unknown or revoked link
 
 
 class Ok(msgspec.Struct, Generic[T], tag="ok", tag_field="kind"):
@@ -501,6 +515,135 @@ class History(msgspec.Struct, kw_only=True):
     next_before: str | None = None  # cursor of the next (older) page; None: no more
 
 
+# -- groups (issue 16) --------------------------------------------------------------------
+
+GroupRole = Literal["superadmin", "admin", "member"]
+GroupAction = Literal["add", "remove", "promote", "demote"]
+# what became of one participant of a participants change (docs/api.md, "Groups")
+ParticipantStatus = Literal[
+    "added",
+    "removed",
+    "promoted",
+    "demoted",
+    "not_on_whatsapp",
+    "privacy_forbids",
+    "invite_sent",
+    "not_a_participant",
+    "already_participant",
+    "recently_left",
+    "failed",
+]
+
+
+class GroupMember(msgspec.Struct, kw_only=True):
+    """A participant: ``id`` as the group addresses it (a phone, or a LID in a
+    LID-addressed group), its ``phone`` when known (never a LID) and its ``lid``."""
+
+    id: str
+    role: GroupRole = "member"
+    phone: str | None = None
+    lid: str | None = None
+
+
+class GroupSettings(msgspec.Struct, kw_only=True):
+    """``announce``: only admins send; ``locked``: only admins edit the group info;
+    ``ephemeral_s``: disappearing messages timer (0 = off)."""
+
+    announce: bool = False
+    locked: bool = False
+    ephemeral_s: int = 0
+
+
+class GroupInfo(msgspec.Struct, kw_only=True):
+    """A group as this account sees it. ``invite_link`` only when this account is an
+    admin and the engine knows it (``group_invite`` fetches it)."""
+
+    id: str  # <digits>@g.us
+    subject: str
+    description: str | None = None
+    owner: str | None = None  # the creator's phone (or LID when the phone is hidden)
+    created_at: float | None = None
+    participants: list[GroupMember] = msgspec.field(default_factory=list)
+    settings: GroupSettings = msgspec.field(default_factory=GroupSettings)
+    invite_link: str | None = None
+
+
+class GroupList(msgspec.Struct, kw_only=True):
+    groups: list[GroupInfo]
+
+
+class GroupsListRequest(msgspec.Struct, kw_only=True):
+    session_id: str
+
+
+class GroupRef(msgspec.Struct, kw_only=True):
+    session_id: str
+    group_id: str
+
+
+class GroupCreate(msgspec.Struct, kw_only=True):
+    session_id: str
+    subject: str
+    participants: list[str] = msgspec.field(default_factory=list)
+
+
+class ParticipantResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    participant: str  # the phone (or chat id) as asked
+    status: ParticipantStatus
+    error: int | None = None  # WhatsApp's code when it refused
+
+
+class GroupCreated(msgspec.Struct, kw_only=True):
+    group: GroupInfo
+    results: list[ParticipantResult] = msgspec.field(default_factory=list)
+
+
+class GroupParticipantsChange(msgspec.Struct, kw_only=True):
+    session_id: str
+    group_id: str
+    action: GroupAction
+    participants: list[str]
+
+
+class ParticipantsChanged(msgspec.Struct, kw_only=True):
+    group_id: str
+    action: GroupAction
+    results: list[ParticipantResult]
+
+
+class GroupInviteRequest(msgspec.Struct, kw_only=True):
+    session_id: str
+    group_id: str
+    revoke: bool = False
+
+
+class GroupInvite(msgspec.Struct, kw_only=True):
+    group_id: str
+    link: str
+
+
+class GroupLinkRequest(msgspec.Struct, kw_only=True):
+    """Join by an invite link, or read the group behind one (``link_info``)."""
+
+    session_id: str
+    link: str
+
+
+class GroupUpdate(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Settings to change; None: unchanged."""
+
+    session_id: str
+    group_id: str
+    subject: str | None = None
+    description: str | None = None
+    announce: bool | None = None
+    locked: bool | None = None
+    ephemeral_s: int | None = None
+
+
+INVITE_PREFIX = "https://chat.whatsapp.com/"
+
+
 # -- nodes -------------------------------------------------------------------------------
 
 
@@ -545,6 +688,11 @@ class EventType(enum.StrEnum):
     NODE_UP = "node.up"
     NODE_DOWN = "node.down"
     SESSION_MOVED = "session.moved"
+    # -- groups (issue 16) --
+    GROUP_JOINED = "group.joined"
+    GROUP_LEFT = "group.left"
+    GROUP_PARTICIPANTS = "group.participants"
+    GROUP_UPDATED = "group.updated"
 
 
 class Event(msgspec.Struct, kw_only=True):

@@ -255,6 +255,9 @@ _head_decoder = msgspec.json.Decoder(_EventHead)
 class CacheInvalidator:
     """Consumes ``session.*`` events and invalidates what they make stale."""
 
+    durable = INVALIDATOR  # a subclass for other events has its own (control_plane/groups.py)
+    subject = INVALIDATE_SUBJECT
+
     def __init__(self, js: JetStreamContext, cache: ApiCache) -> None:
         self.js = js
         self.cache = cache
@@ -271,10 +274,10 @@ class CacheInvalidator:
 
     async def _run(self) -> None:
         config = ConsumerConfig(
-            durable_name=INVALIDATOR,
+            durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.NEW,
-            filter_subject=INVALIDATE_SUBJECT,
+            filter_subject=self.subject,
             ack_wait=10,
             max_deliver=5,
         )
@@ -282,7 +285,7 @@ class CacheInvalidator:
         while sub is None:
             try:
                 sub = await self.js.pull_subscribe(
-                    INVALIDATE_SUBJECT, durable=INVALIDATOR, stream=EVENTS_STREAM, config=config
+                    self.subject, durable=self.durable, stream=EVENTS_STREAM, config=config
                 )
             except Exception as exc:
                 log.warning("cache invalidator cannot subscribe", extra={"error": repr(exc)})

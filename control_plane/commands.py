@@ -21,6 +21,17 @@ with "no responders".
 | ``chat_presence`` | ``{"session_id", "chat", "state"}`` | PresenceView |
 | ``messages_list`` | ``{"session_id", "chat"?, "limit"?, "before"?}`` | HistoryView |
 | ``media_link`` | ``{"session_id", "media_id"}`` | MediaLink (a signed URL of received media) |
+| ``groups_list`` | ``{"session_id"}`` | GroupListView |
+| ``group_info`` | ``{"session_id", "group_id"}`` | GroupInfo |
+| ``group_create`` | ``{"session_id", "subject", "participants"?}`` | GroupCreatedView |
+| ``group_leave`` | ``{"session_id", "group_id"}`` | GroupLeftView |
+| ``group_participants`` | ``{"session_id", "group_id", "action", "participants"}`` | (1) |
+| ``group_update`` | ``{"session_id", "group_id", "subject"?, "description"?, ...}`` | GroupInfo |
+| ``group_invite`` | ``{"session_id", "group_id", "revoke"?}`` | InviteView |
+| ``group_join`` | ``{"session_id", "link"}`` | GroupInfo |
+| ``group_link_info`` | ``{"session_id", "link"}`` | GroupInfo |
+
+(1) ParticipantsView: one result per participant.
 """
 
 from __future__ import annotations
@@ -37,11 +48,21 @@ from nats.micro import add_service
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
 from nats.micro.service import Endpoint, Service
 
+from control_plane import groups  # groups (issue 16)
 from control_plane.api.chats import mark_read, show_presence
 from control_plane.api.messages import queue_message
 from control_plane.api.sessions import live_info, load_record, view
 from control_plane.auth import Principal
-from control_plane.models import OutboundMessage, PresenceBody, ReadChat, SessionId
+from control_plane.models import (
+    CreateGroupBody,
+    GroupSettingsBody,
+    InviteLinkBody,
+    OutboundMessage,
+    ParticipantsBody,
+    PresenceBody,
+    ReadChat,
+    SessionId,
+)
 from control_plane.problems import ProblemError
 from control_plane.services import Services
 from node_agent.protocol import api_subject
@@ -145,6 +166,111 @@ async def op_media_link(services: Services, principal: Principal, body: MediaLin
 
     link = await media_link(services, principal, body.session_id, body.media_id)
     return _encoder.encode(link)
+
+
+# -- groups (issue 16) --
+
+
+class GroupsListCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+
+
+class GroupCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    group_id: Annotated[str, msgspec.Meta(max_length=80)]
+
+
+class GroupCreateCommand(CreateGroupBody, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+
+
+class GroupParticipantsCommand(ParticipantsBody, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    group_id: Annotated[str, msgspec.Meta(max_length=80)]
+
+
+class GroupUpdateCommand(GroupSettingsBody, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    group_id: Annotated[str, msgspec.Meta(max_length=80)]
+
+
+class GroupInviteCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    group_id: Annotated[str, msgspec.Meta(max_length=80)]
+    revoke: bool = False
+
+
+class GroupLinkCommand(InviteLinkBody, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+
+
+async def op_groups_list(
+    services: Services, principal: Principal, body: GroupsListCommand
+) -> bytes:
+    return _encoder.encode(await groups.list_groups(services, principal, body.session_id))
+
+
+async def op_group_info(services: Services, principal: Principal, body: GroupCommand) -> bytes:
+    return _encoder.encode(
+        await groups.group_info(services, principal, body.session_id, body.group_id)
+    )
+
+
+async def op_group_create(
+    services: Services, principal: Principal, body: GroupCreateCommand
+) -> bytes:
+    data = CreateGroupBody(subject=body.subject, participants=body.participants)
+    return _encoder.encode(await groups.create_group(services, principal, body.session_id, data))
+
+
+async def op_group_leave(services: Services, principal: Principal, body: GroupCommand) -> bytes:
+    return _encoder.encode(
+        await groups.leave_group(services, principal, body.session_id, body.group_id)
+    )
+
+
+async def op_group_participants(
+    services: Services, principal: Principal, body: GroupParticipantsCommand
+) -> bytes:
+    data = ParticipantsBody(action=body.action, participants=body.participants)
+    return _encoder.encode(
+        await groups.change_participants(services, principal, body.session_id, body.group_id, data)
+    )
+
+
+async def op_group_update(
+    services: Services, principal: Principal, body: GroupUpdateCommand
+) -> bytes:
+    data = GroupSettingsBody(
+        subject=body.subject,
+        description=body.description,
+        announce=body.announce,
+        locked=body.locked,
+        ephemeral_s=body.ephemeral_s,
+    )
+    return _encoder.encode(
+        await groups.update_group(services, principal, body.session_id, body.group_id, data)
+    )
+
+
+async def op_group_invite(
+    services: Services, principal: Principal, body: GroupInviteCommand
+) -> bytes:
+    return _encoder.encode(
+        await groups.invite_link(
+            services, principal, body.session_id, body.group_id, revoke=body.revoke
+        )
+    )
+
+
+async def op_group_join(services: Services, principal: Principal, body: GroupLinkCommand) -> bytes:
+    return _encoder.encode(await groups.join_group(services, principal, body.session_id, body.link))
+
+
+async def op_group_link_info(
+    services: Services, principal: Principal, body: GroupLinkCommand
+) -> bytes:
+    return _encoder.encode(await groups.link_info(services, principal, body.session_id, body.link))
 
 
 def _error(code: str, status: int, message: str) -> bytes:
@@ -277,6 +403,16 @@ async def serve_commands(services: Services) -> Commands:
         "chat_presence": (ChatPresenceCommand, op_chat_presence),
         "messages_list": (MessagesListCommand, op_messages_list),
         "media_link": (MediaLinkCommand, op_media_link),
+        # -- groups (issue 16) --
+        "groups_list": (GroupsListCommand, op_groups_list),
+        "group_info": (GroupCommand, op_group_info),
+        "group_create": (GroupCreateCommand, op_group_create),
+        "group_leave": (GroupCommand, op_group_leave),
+        "group_participants": (GroupParticipantsCommand, op_group_participants),
+        "group_update": (GroupUpdateCommand, op_group_update),
+        "group_invite": (GroupInviteCommand, op_group_invite),
+        "group_join": (GroupLinkCommand, op_group_join),
+        "group_link_info": (GroupLinkCommand, op_group_link_info),
     }
     for op, (request_type, handler) in routes.items():
         counter = _Counter()

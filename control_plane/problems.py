@@ -49,6 +49,10 @@ AGENT_ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.LEASE_EXPIRED: 503,
     ErrorCode.UNDECODABLE_MEDIA: 422,
     ErrorCode.MEDIA_NOT_FOUND: 404,
+    # -- groups (issue 16) --
+    ErrorCode.GROUP_NOT_FOUND: 404,
+    ErrorCode.NOT_GROUP_ADMIN: 403,
+    ErrorCode.INVALID_INVITE_LINK: 422,
 }
 
 

@@ -167,7 +167,10 @@ _INVITE_CODE = re.compile(r"^[A-Za-z0-9]{10,40}$")
 
 def group_chat_id(raw: str) -> str:
     """A group chat id (``<digits>@g.us``), or AgentError(INVALID_CHAT_ID)."""
-    chat = normalize_chat_id(raw)
+    try:
+        chat = normalize_chat(raw)
+    except ChatIdError:
+        chat = ""
     if not is_group(chat):
         raise AgentError(ErrorCode.INVALID_CHAT_ID, f"{raw!r} is not a group id (<digits>@g.us)")
     return chat

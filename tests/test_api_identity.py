@@ -113,6 +113,15 @@ def _request(method: str, path: str) -> dict[str, Any]:
         ("post", "read"): {"chat": "15550001111"},
         ("post", "presence"): {"chat": "15550001111", "state": "typing"},
         ("put", "settings/media"): {"inbound": "store"},
+        # groups (issue 16)
+        ("post", "groups"): {"subject": "team", "participants": ["15550001111"]},
+        ("post", "groups/join"): {"link": "https://chat.whatsapp.com/AbCdEfGhIjKlMnOp"},
+        ("post", "groups/link-info"): {"link": "https://chat.whatsapp.com/AbCdEfGhIjKlMnOp"},
+        ("patch", "groups/{group_id}"): {"subject": "renamed"},
+        ("post", "groups/{group_id}/participants"): {
+            "action": "add",
+            "participants": ["15550001111"],
+        },
     }
     tail = path.split("{session_id}", 1)[1].lstrip("/")
     body = bodies.get((method, tail))
@@ -127,6 +136,8 @@ def _request(method: str, path: str) -> dict[str, Any]:
             "restart",
             "reconnect",
             "reset-breaker",
+            "groups/{group_id}/leave",
+            "groups/{group_id}/invite/revoke",
         )
     ):
         raise AssertionError(f"no test request for {method.upper()} {path}: add one")

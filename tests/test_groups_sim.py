@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nats
 import pytest
@@ -22,8 +23,25 @@ from node_agent.engines.sim import (
     seed_account,
     set_group_add_privacy,
 )
-from node_agent.protocol import INVITE_PREFIX, SessionSpec, TextContent
-from tests.agent_support import phone, unique
+from node_agent.protocol import (
+    INVITE_PREFIX,
+    GroupCreate,
+    GroupCreated,
+    Op,
+    SendAccepted,
+    SendMessage,
+    SessionSpec,
+    TextContent,
+)
+from tests.agent_support import (
+    AgentClient,
+    EventLog,
+    connected,
+    phone,
+    running_agent,
+    sim_settings,
+    unique,
+)
 
 
 @dataclass
@@ -252,3 +270,53 @@ async def test_invite_links_join_revoke_and_settings(net: Network) -> None:
         False,
         86400,
     )
+
+
+async def test_a_hundred_sends_to_a_group_through_the_agent_cost_at_most_one_query(
+    nats_url: str, tmp_path: Path
+) -> None:
+    """The agent's send path (RPC → queue → engine), two agents: 100 queued sends to a
+    group made by RPC query the group's metadata at most once; every one is delivered."""
+    settings_a = sim_settings(nats_url, tmp_path / "a")
+    settings_b = sim_settings(nats_url, tmp_path / "b")
+    async with connected(nats_url) as client:
+        log = EventLog()
+        await log.start(client, "t")
+        async with running_agent(settings_a) as agent_a, running_agent(settings_b):
+            rpc_a = AgentClient(client, settings_a.node_id)
+            rpc_b = AgentClient(client, settings_b.node_id)
+            alice, bob = unique("alice"), unique("bob")
+            alice_phone, bob_phone = phone(), phone()
+            await rpc_a.start(alice)
+            await rpc_b.start(bob)
+            await rpc_a.pair(alice, alice_phone)
+            await rpc_b.pair(bob, bob_phone)
+            created = await rpc_a.call(
+                Op.GROUP_CREATE,
+                GroupCreate(session_id=alice, subject="Burst", participants=[f"+{bob_phone}"]),
+                GroupCreated,
+            )
+            group = created.group.id
+            assert [r.status for r in created.results] == ["added"]
+            joined = await log.wait_for(lambda e: e.session_id == bob and e.type == "group.joined")
+            assert joined.data["group_id"] == group
+            engine = agent_a.engine
+            assert isinstance(engine, SimEngine)
+            before = engine.metadata_queries
+            for n in range(100):
+                await rpc_a.call(
+                    Op.MESSAGE_SEND,
+                    SendMessage(
+                        session_id=alice,
+                        message_id=f"m-{n}-{unique('x')}",
+                        to=group,
+                        content=TextContent(text=f"burst {n}"),
+                    ),
+                    SendAccepted,
+                )
+            received = await log.wait_count(
+                lambda e: e.session_id == bob and e.type == "message.received", 100, timeout_s=60
+            )
+            assert {e.data["chat"] for e in received} == {group}
+            assert engine.metadata_queries - before <= 1
+        await log.stop()

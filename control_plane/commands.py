@@ -28,8 +28,10 @@ with "no responders".
 | ``group_participants`` | ``{"session_id", "group_id", "action", "participants"}`` | (1) |
 | ``group_update`` | ``{"session_id", "group_id", "subject"?, "description"?, ...}`` | GroupInfo |
 | ``group_invite`` | ``{"session_id", "group_id", "revoke"?}`` | InviteView |
-| ``group_join`` | ``{"session_id", "link"}`` | GroupInfo |
+| ``group_join`` | ``{"session_id", "link"}`` | GroupJoinView |
 | ``group_link_info`` | ``{"session_id", "link"}`` | GroupInfo |
+| ``group_requests`` | ``{"session_id", "group_id"}`` | RequestsView |
+| ``group_requests_update`` | ``{"session_id", "group_id", "action", "participants"}`` | (1) |
 
 (1) ParticipantsView: one result per participant.
 """
@@ -61,6 +63,7 @@ from control_plane.models import (
     ParticipantsBody,
     PresenceBody,
     ReadChat,
+    RequestsBody,
     SessionId,
 )
 from control_plane.problems import ProblemError
@@ -247,6 +250,7 @@ async def op_group_update(
         announce=body.announce,
         locked=body.locked,
         ephemeral_s=body.ephemeral_s,
+        approval=body.approval,
     )
     return _encoder.encode(
         await groups.update_group(services, principal, body.session_id, body.group_id, data)
@@ -271,6 +275,26 @@ async def op_group_link_info(
     services: Services, principal: Principal, body: GroupLinkCommand
 ) -> bytes:
     return _encoder.encode(await groups.link_info(services, principal, body.session_id, body.link))
+
+
+class GroupRequestsCommand(RequestsBody, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    group_id: Annotated[str, msgspec.Meta(max_length=80)]
+
+
+async def op_group_requests(services: Services, principal: Principal, body: GroupCommand) -> bytes:
+    return _encoder.encode(
+        await groups.join_requests(services, principal, body.session_id, body.group_id)
+    )
+
+
+async def op_group_requests_update(
+    services: Services, principal: Principal, body: GroupRequestsCommand
+) -> bytes:
+    data = RequestsBody(action=body.action, participants=body.participants)
+    return _encoder.encode(
+        await groups.answer_requests(services, principal, body.session_id, body.group_id, data)
+    )
 
 
 def _error(code: str, status: int, message: str) -> bytes:
@@ -413,6 +437,8 @@ async def serve_commands(services: Services) -> Commands:
         "group_invite": (GroupInviteCommand, op_group_invite),
         "group_join": (GroupLinkCommand, op_group_join),
         "group_link_info": (GroupLinkCommand, op_group_link_info),
+        "group_requests": (GroupCommand, op_group_requests),
+        "group_requests_update": (GroupRequestsCommand, op_group_requests_update),
     }
     for op, (request_type, handler) in routes.items():
         counter = _Counter()

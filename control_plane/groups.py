@@ -34,12 +34,15 @@ from control_plane.caches import (
 from control_plane.models import (
     CreateGroupBody,
     GroupCreatedView,
+    GroupJoinView,
     GroupLeftView,
     GroupListView,
     GroupSettingsBody,
     InviteView,
     ParticipantsBody,
     ParticipantsView,
+    RequestsBody,
+    RequestsView,
 )
 from control_plane.problems import ProblemError
 from control_plane.services import Services
@@ -51,10 +54,13 @@ from node_agent.protocol import (
     GroupInfo,
     GroupInvite,
     GroupInviteRequest,
+    GroupJoined,
     GroupLinkRequest,
     GroupList,
     GroupParticipantsChange,
     GroupRef,
+    GroupRequests,
+    GroupRequestsChange,
     GroupsListRequest,
     GroupUpdate,
     Op,
@@ -305,17 +311,58 @@ async def invite_link(
 
 async def join_group(
     services: Services, principal: Principal, session_id: str, link: str
-) -> GroupInfo:
+) -> GroupJoinView:
     record = await load_record(services, principal, session_id)
-    info = await _call(
+    joined = await _call(
         services,
         record,
         Op.GROUP_JOIN,
         GroupLinkRequest(session_id=record.spec.key, link=link),
-        GroupInfo,
+        GroupJoined,
     )
-    await forget_group(services.cache, cache_id(record), info.id)
-    return info
+    await forget_group(services.cache, cache_id(record), joined.group_id)
+    return GroupJoinView(
+        session_id=session_id, group_id=joined.group_id, status=joined.status, group=joined.group
+    )
+
+
+async def join_requests(
+    services: Services, principal: Principal, session_id: str, group_id: str
+) -> RequestsView:
+    record = await load_record(services, principal, session_id)
+    group = group_id_of(group_id)
+    found = await _call(
+        services,
+        record,
+        Op.GROUP_REQUESTS,
+        GroupRef(session_id=record.spec.key, group_id=group),
+        GroupRequests,
+    )
+    return RequestsView(session_id=session_id, group_id=group, requests=found.requests)
+
+
+async def answer_requests(
+    services: Services, principal: Principal, session_id: str, group_id: str, data: RequestsBody
+) -> ParticipantsView:
+    record = await load_record(services, principal, session_id)
+    group = group_id_of(group_id)
+    participants = participants_of(data.participants)
+    changed = await _call(
+        services,
+        record,
+        Op.GROUP_REQUESTS_UPDATE,
+        GroupRequestsChange(
+            session_id=record.spec.key,
+            group_id=group,
+            action=data.action,
+            participants=participants,
+        ),
+        ParticipantsChanged,
+    )
+    await forget_group(services.cache, cache_id(record), group)
+    return ParticipantsView(
+        session_id=session_id, group_id=group, action=data.action, results=changed.results
+    )
 
 
 async def link_info(

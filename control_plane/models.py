@@ -563,6 +563,27 @@ class GroupSettingsBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     announce: bool | None = None
     locked: bool | None = None
     ephemeral_s: Literal[0, 86400, 604800, 7776000] | None = None
+    approval: bool | None = None
+
+
+class RequestsBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    action: Literal["approve", "reject"]
+    participants: Annotated[list[ChatId], msgspec.Meta(min_length=1, max_length=256)]
+
+
+class GroupJoinView(msgspec.Struct, kw_only=True):
+    """``joined`` (``group`` set) or ``requested``: the group needs an admin's approval."""
+
+    session_id: str
+    group_id: str
+    status: Literal["joined", "requested"]
+    group: p.GroupInfo | None = None
+
+
+class RequestsView(msgspec.Struct, kw_only=True):
+    session_id: str
+    group_id: str
+    requests: list[p.JoinRequest]
 
 
 class InviteLinkBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -583,7 +604,7 @@ class GroupCreatedView(msgspec.Struct, kw_only=True):
 class ParticipantsView(msgspec.Struct, kw_only=True):
     session_id: str
     group_id: str
-    action: p.GroupAction
+    action: p.GroupAction | Literal["approve", "reject"]
     results: list[p.ParticipantResult]
 
 

@@ -53,6 +53,7 @@ AGENT_ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.GROUP_NOT_FOUND: 404,
     ErrorCode.NOT_GROUP_ADMIN: 403,
     ErrorCode.INVALID_INVITE_LINK: 422,
+    ErrorCode.NOT_SUPPORTED: 501,
 }
 
 

@@ -55,10 +55,13 @@ from node_agent.protocol import (
     GroupInfo,
     GroupInvite,
     GroupInviteRequest,
+    GroupJoined,
     GroupLinkRequest,
     GroupList,
     GroupParticipantsChange,
     GroupRef,
+    GroupRequests,
+    GroupRequestsChange,
     GroupsListRequest,
     GroupUpdate,
     History,
@@ -124,6 +127,8 @@ CONCURRENT_OPS = frozenset(
         Op.GROUP_JOIN,
         Op.GROUP_LINK_INFO,
         Op.GROUP_UPDATE,
+        Op.GROUP_REQUESTS,
+        Op.GROUP_REQUESTS_UPDATE,
     }
 )
 # a start reply waits this long at most for the engine's connect call to return
@@ -224,7 +229,7 @@ def group_changes(request: GroupUpdate) -> dict[str, object]:
                 f"ephemeral_s is one of {', '.join(map(str, EPHEMERAL_TIMERS))}",
             )
         changes["ephemeral_s"] = request.ephemeral_s
-    for name in ("announce", "locked"):
+    for name in ("announce", "locked", "approval"):
         value = getattr(request, name)
         if value is not None:
             changes[name] = value
@@ -428,6 +433,8 @@ class Agent:
             Op.GROUP_JOIN: (GroupLinkRequest, self.op_group_join),
             Op.GROUP_LINK_INFO: (GroupLinkRequest, self.op_group_link_info),
             Op.GROUP_UPDATE: (GroupUpdate, self.op_group_update),
+            Op.GROUP_REQUESTS: (GroupRef, self.op_group_requests),
+            Op.GROUP_REQUESTS_UPDATE: (GroupRequestsChange, self.op_group_requests_update),
         }
         for op, (request_type, handler) in routes.items():
             # queue group per node: several connections of one agent never double-serve
@@ -938,11 +945,28 @@ class Agent:
         link = await self._group_op(supervisor.engine.invite_link(group_id, request.revoke))
         return GroupInvite(group_id=group_id, link=link)
 
-    async def op_group_join(self, request: GroupLinkRequest) -> GroupInfo:
+    async def op_group_join(self, request: GroupLinkRequest) -> GroupJoined:
         link = invite_link_of(request.link)
         supervisor = self._connected(request.session_id)
-        group_id = await self._group_op(supervisor.engine.join_group(link))
-        return await self._group_op(supervisor.engine.group_info(group_id))
+        joined = await self._group_op(supervisor.engine.join_group(link))
+        if joined.status == "joined":
+            joined.group = await self._group_op(supervisor.engine.group_info(joined.group_id))
+        return joined
+
+    async def op_group_requests(self, request: GroupRef) -> GroupRequests:
+        group_id = group_chat_id(request.group_id)
+        supervisor = self._connected(request.session_id)
+        found = await self._group_op(supervisor.engine.join_requests(group_id))
+        return GroupRequests(group_id=group_id, requests=found)
+
+    async def op_group_requests_update(self, request: GroupRequestsChange) -> ParticipantsChanged:
+        group_id = group_chat_id(request.group_id)
+        participants = participant_ids(request.participants)
+        supervisor = self._connected(request.session_id)
+        results = await self._group_op(
+            supervisor.engine.answer_requests(group_id, request.action, participants)
+        )
+        return ParticipantsChanged(group_id=group_id, action=request.action, results=results)
 
     async def op_group_link_info(self, request: GroupLinkRequest) -> GroupInfo:
         link = invite_link_of(request.link)

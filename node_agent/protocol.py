@@ -123,6 +123,8 @@ class Op(enum.StrEnum):
     GROUP_JOIN = "group_join"
     GROUP_LINK_INFO = "group_link_info"
     GROUP_UPDATE = "group_update"
+    GROUP_REQUESTS = "group_requests"
+    GROUP_REQUESTS_UPDATE = "group_requests_update"
 
 
 # -- reply envelope ----------------------------------------------------------------------
@@ -161,6 +163,7 @@ class ErrorCode(enum.StrEnum):
     GROUP_NOT_FOUND = "group_not_found"  # no such group, or this account is not in it
     NOT_GROUP_ADMIN = "not_group_admin"  # the change needs admin rights in the group
     INVALID_INVITE_LINK = "invalid_invite_link"  # malformed, unknown or revoked link
+    NOT_SUPPORTED = "not_supported"  # the session's engine cannot do this
 
 
 class Ok(msgspec.Struct, Generic[T], tag="ok", tag_field="kind"):
@@ -531,6 +534,9 @@ ParticipantStatus = Literal[
     "not_a_participant",
     "already_participant",
     "recently_left",
+    "approved",
+    "rejected",
+    "not_requested",
     "failed",
 ]
 
@@ -547,11 +553,13 @@ class GroupMember(msgspec.Struct, kw_only=True):
 
 class GroupSettings(msgspec.Struct, kw_only=True):
     """``announce``: only admins send; ``locked``: only admins edit the group info;
-    ``ephemeral_s``: disappearing messages timer (0 = off)."""
+    ``ephemeral_s``: disappearing messages timer (0 = off); ``approval``: joining by link
+    needs an admin's approval (join requests)."""
 
     announce: bool = False
     locked: bool = False
     ephemeral_s: int = 0
+    approval: bool = False
 
 
 class GroupInfo(msgspec.Struct, kw_only=True):
@@ -607,7 +615,7 @@ class GroupParticipantsChange(msgspec.Struct, kw_only=True):
 
 class ParticipantsChanged(msgspec.Struct, kw_only=True):
     group_id: str
-    action: GroupAction
+    action: GroupAction | Literal["approve", "reject"]
     results: list[ParticipantResult]
 
 
@@ -639,6 +647,35 @@ class GroupUpdate(msgspec.Struct, kw_only=True, omit_defaults=True):
     announce: bool | None = None
     locked: bool | None = None
     ephemeral_s: int | None = None
+    approval: bool | None = None
+
+
+class GroupJoined(msgspec.Struct, kw_only=True):
+    """A join by link: ``joined``, or ``requested`` (the group needs an admin's approval;
+    ``group`` is then None)."""
+
+    group_id: str
+    status: Literal["joined", "requested"]
+    group: GroupInfo | None = None
+
+
+class JoinRequest(msgspec.Struct, kw_only=True):
+    participant: str  # a phone, or a LID when the phone is hidden
+    phone: str | None = None
+    lid: str | None = None
+    requested_at: float | None = None
+
+
+class GroupRequests(msgspec.Struct, kw_only=True):
+    group_id: str
+    requests: list[JoinRequest]
+
+
+class GroupRequestsChange(msgspec.Struct, kw_only=True):
+    session_id: str
+    group_id: str
+    action: Literal["approve", "reject"]
+    participants: list[str]
 
 
 INVITE_PREFIX = "https://chat.whatsapp.com/"

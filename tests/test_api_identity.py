@@ -118,6 +118,10 @@ def _request(method: str, path: str) -> dict[str, Any]:
         ("post", "groups/join"): {"link": "https://chat.whatsapp.com/AbCdEfGhIjKlMnOp"},
         ("post", "groups/link-info"): {"link": "https://chat.whatsapp.com/AbCdEfGhIjKlMnOp"},
         ("patch", "groups/{group_id}"): {"subject": "renamed"},
+        ("post", "groups/{group_id}/requests"): {
+            "action": "approve",
+            "participants": ["15550001111"],
+        },
         ("post", "groups/{group_id}/participants"): {
             "action": "add",
             "participants": ["15550001111"],

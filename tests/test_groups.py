@@ -15,6 +15,7 @@ import httpx
 import msgspec
 import pytest_asyncio
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 
 from node_agent.engines.sim import (
     SIM_BUCKET,
@@ -142,7 +143,12 @@ async def test_create_by_rest_answers_per_participant_and_members_hear_it(g: Gro
         (careful, "invite_sent"),
     ]
     assert group["subject"] == "Team" and group["owner"] == g.a.phone
-    assert group["settings"] == {"announce": False, "locked": False, "ephemeral_s": 0}
+    assert group["settings"] == {
+        "announce": False,
+        "locked": False,
+        "ephemeral_s": 0,
+        "approval": False,
+    }
     assert _member(group, g.a.phone)["role"] == "superadmin"
     assert _member(group, g.b.phone) == {
         "id": g.b.phone,
@@ -310,7 +316,8 @@ async def test_invite_links_and_settings_by_rest(g: Groups) -> None:
     assert preview.status_code == 200 and preview.json()["id"] == group
     joined = await g.api.post(g.url(g.c, "/join"), json={"link": link_})
     assert joined.status_code == 200, joined.text
-    assert joined.json()["id"] == group and _member(joined.json(), g.c.phone)["role"] == "member"
+    assert (joined.json()["group_id"], joined.json()["status"]) == (group, "joined")
+    assert _member(joined.json()["group"], g.c.phone)["role"] == "member"
     mine = await g.event(g.c, "group.joined", group)
     assert (mine.data["by"], mine.data["reason"]) == (g.c.phone, "invite")
     seen = await g.event(g.a, "group.participants", group, action="join")
@@ -355,7 +362,7 @@ async def test_invite_links_join_and_settings_by_nats_command(g: Groups) -> None
     preview = await g.ok("group_link_info", {"session_id": g.a.name, "link": invite["link"]})
     assert (preview["id"], preview["subject"]) == (group, "CmdLinks")
     joined = await g.ok("group_join", {"session_id": g.a.name, "link": invite["link"]})
-    assert joined["id"] == group
+    assert (joined["group_id"], joined["status"], joined["group"]["id"]) == (group, "joined", group)
     seen = await g.event(g.b, "group.participants", group, action="join")
     assert seen.data["participants"] == [g.a.phone]
     fresh = await g.ok("group_invite", {"session_id": g.b.name, "group_id": group, "revoke": True})
@@ -366,7 +373,12 @@ async def test_invite_links_join_and_settings_by_nats_command(g: Groups) -> None
         "group_update",
         {"session_id": g.b.name, "group_id": group, "locked": True, "ephemeral_s": 604800},
     )
-    assert info["settings"] == {"announce": False, "locked": True, "ephemeral_s": 604800}
+    assert info["settings"] == {
+        "announce": False,
+        "locked": True,
+        "ephemeral_s": 604800,
+        "approval": False,
+    }
     changes = {"locked": True, "ephemeral_s": 604800}
     seen = await g.event(g.a, "group.updated", group, changes=changes)
     assert seen.data["by"] == g.b.phone
@@ -379,10 +391,33 @@ async def test_invite_links_join_and_settings_by_nats_command(g: Groups) -> None
 # -- cache -----------------------------------------------------------------------------------
 
 
+async def invalidated(nc: NATS, stored: str, timeout_s: float = 10) -> None:
+    """Wait until an event on subject ``stored`` is in the stream and the group-cache
+    invalidator has handled every event stored so far."""
+    js = nc.jetstream()
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            await js.get_last_msg("ZF_EVENTS", stored)
+            break
+        except NotFoundError:
+            assert asyncio.get_running_loop().time() < deadline, stored
+            await asyncio.sleep(0.02)
+    while True:
+        info = await js.consumer_info("ZF_EVENTS", "zf-api-cache-groups")
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            return
+        assert asyncio.get_running_loop().time() < deadline, info
+        await asyncio.sleep(0.02)
+
+
 async def test_group_metadata_is_cached_and_dropped_by_group_events(g: Groups) -> None:
     """A second read is served from Valkey (a change made behind the API's back, with no
     event, stays unseen); a group event drops the entry (the next read is fresh)."""
     group = await g.create(g.a, "Cached", [g.b])
+    await g.event(g.b, "group.joined", group)
+    # that event (stored in the stream) must pass the invalidator before the first read
+    await invalidated(g.nc, stored=f"zf.events.{g.tenant}.{g.b.name}.group.joined")
     first = await g.api.get(g.url(g.b, f"/{group}"))
     assert first.json()["subject"] == "Cached"
     listed = await g.api.get(g.url(g.b))
@@ -405,3 +440,86 @@ async def test_group_metadata_is_cached_and_dropped_by_group_events(g: Groups) -
     assert (fresh["subject"], fresh["description"]) == ("Silently renamed", "new")
     subjects = [x["subject"] for x in (await g.api.get(g.url(g.b))).json()["groups"]]
     assert "Silently renamed" in subjects
+
+
+# -- join requests -------------------------------------------------------------------------
+
+
+async def test_join_requests_by_rest(g: Groups) -> None:
+    group = await g.create(g.a, "Gated", [g.b])
+    gate = await g.api.patch(g.url(g.a, f"/{group}"), json={"approval": True})
+    assert gate.status_code == 200 and gate.json()["settings"]["approval"] is True
+    link_ = (await g.api.get(g.url(g.a, f"/{group}/invite"))).json()["link"]
+    asked = await g.api.post(g.url(g.c, "/join"), json={"link": link_})
+    assert asked.status_code == 200, asked.text
+    assert asked.json() == {
+        "session_id": g.c.name,
+        "group_id": group,
+        "status": "requested",
+        "group": None,
+    }
+    seen = await g.event(g.a, "group.participants", group, action="request")
+    assert (seen.data["by"], seen.data["participants"]) == (g.c.phone, [g.c.phone])
+    listed = await g.api.get(g.url(g.a, f"/{group}/requests"))
+    assert listed.status_code == 200, listed.text
+    [request] = listed.json()["requests"]
+    assert (request["participant"], request["phone"], request["lid"]) == (
+        g.c.phone,
+        g.c.phone,
+        lid_of(g.c.phone),
+    )
+    assert_problem(await g.api.get(g.url(g.b, f"/{group}/requests")), 403, "not_group_admin")
+    path = g.url(g.a, f"/{group}/requests")
+    answered = await g.api.post(
+        path, json={"action": "approve", "participants": [g.c.phone, g.b.phone]}
+    )
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["results"] == [
+        {"participant": g.c.phone, "status": "approved"},
+        {"participant": g.b.phone, "status": "not_requested"},
+    ]
+    joined = await g.event(g.c, "group.joined", group)
+    assert (joined.data["by"], joined.data["reason"]) == (g.a.phone, "approved")
+    added = await g.event(g.b, "group.participants", group, action="add")
+    assert (added.data["by"], added.data["participants"]) == (g.a.phone, [g.c.phone])
+    assert (await g.api.get(g.url(g.a, f"/{group}/requests"))).json()["requests"] == []
+    assert_problem(
+        await g.api.post(path, json={"action": "maybe", "participants": [g.c.phone]}),
+        400,
+        "invalid_body",
+    )
+
+
+async def test_join_requests_by_nats_command(g: Groups) -> None:
+    group = await g.create(g.b, "CmdGated", [])
+    await g.ok("group_update", {"session_id": g.b.name, "group_id": group, "approval": True})
+    invite = await g.ok("group_invite", {"session_id": g.b.name, "group_id": group})
+    asked = await g.ok("group_join", {"session_id": g.c.name, "link": invite["link"]})
+    assert (asked["status"], asked["group"]) == ("requested", None)
+    await g.event(g.b, "group.participants", group, action="request")
+    listed = await g.ok("group_requests", {"session_id": g.b.name, "group_id": group})
+    assert [r["participant"] for r in listed["requests"]] == [g.c.phone]
+    refused = await g.command(
+        "group_requests_update",
+        {
+            "session_id": g.c.name,
+            "group_id": group,
+            "action": "reject",
+            "participants": [g.c.phone],
+        },
+    )
+    assert (refused["code"], refused["status"]) == ("group_not_found", 404)
+    rejected = await g.ok(
+        "group_requests_update",
+        {
+            "session_id": g.b.name,
+            "group_id": group,
+            "action": "reject",
+            "participants": [g.c.phone],
+        },
+    )
+    assert rejected["results"] == [{"participant": g.c.phone, "status": "rejected"}]
+    seen = await g.event(g.b, "group.participants", group, action="reject")
+    assert (seen.data["by"], seen.data["participants"]) == (g.b.phone, [g.c.phone])
+    listed = await g.ok("group_requests", {"session_id": g.b.name, "group_id": group})
+    assert listed["requests"] == []

@@ -228,6 +228,7 @@ class StandInClient:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.me = nz.Device(JID=_jid(ANN))
         self.error: str | None = None
+        self.join_error: str | None = None
 
     def _record(self, name: str, *args: Any) -> None:
         assert self.engine.lock._readers > 0 and not self.engine.lock._writer  # shared lock
@@ -269,7 +270,20 @@ class StandInClient:
 
     async def join_group_with_link(self, code: str) -> Any:
         self._record("join_group_with_link", code)
+        if self.join_error is not None:
+            raise RuntimeError(self.join_error)
         return _jid("120363012345678901", "g.us")
+
+    async def get_group_info_from_link(self, code: str) -> Any:
+        self._record("get_group_info_from_link", code)
+        return _info()
+
+    async def get_group_request_participants(self, jid: Any) -> list[Any]:
+        self._record("get_group_request_participants", jid)
+        return [
+            nz.GroupParticipantRequest(Participant=_jid(CID), TimeAt=1_760_000_100),
+            nz.GroupParticipantRequest(Participant=_jid(BOB_LID, "lid"), TimeAt=0),
+        ]
 
     async def set_group_name(self, jid: Any, name: str) -> None:
         self._record("set_group_name", jid, name)
@@ -329,19 +343,36 @@ async def test_participants_leave_links_and_settings_reach_neonize_as_asked() ->
     info = await session.group_info(GROUP)
     assert info.invite_link == "https://chat.whatsapp.com/LinkOld"  # ANN is an admin
     assert await session.invite_link(GROUP, revoke=True) == "https://chat.whatsapp.com/LinkNew"
-    assert await session.join_group("https://chat.whatsapp.com/AbCdEfGhIj") == GROUP
+    joined = await session.join_group("https://chat.whatsapp.com/AbCdEfGhIj")
+    assert (joined.group_id, joined.status) == (GROUP, "joined")
     await session.leave_group(GROUP)
     await session.update_group(GROUP, {"subject": "New", "locked": False})
     assert [(n, a[1:]) for n, a in client.calls] == [
         ("get_group_info", ()),
         ("get_group_invite_link", (False,)),
         ("get_group_invite_link", (True,)),
+        ("get_group_info_from_link", ()),
         ("join_group_with_link", ()),
         ("leave_group", ()),
         ("set_group_name", ("New",)),
         ("set_group_locked", (False,)),
     ]
-    assert client.calls[3][1][0] == "AbCdEfGhIj"  # the code, not the whole link
+    assert client.calls[4][1][0] == "AbCdEfGhIj"  # the code, not the whole link
+
+
+async def test_join_requests_on_neonize_list_and_a_pending_join() -> None:
+    session, client = online()
+    requests = await session.join_requests(GROUP)
+    assert [(r.participant, r.phone, r.lid, r.requested_at) for r in requests] == [
+        (CID, CID, None, 1_760_000_100.0),
+        (f"{BOB_LID}@lid", None, f"{BOB_LID}@lid", None),
+    ]
+    client.join_error = "group join request is pending approval"
+    joined = await session.join_group("AbCdEfGhIjKl")
+    assert (joined.group_id, joined.status, joined.group) == (GROUP, "requested", None)
+    with pytest.raises(GroupError) as unsupported:
+        await session.answer_requests(GROUP, "approve", [CID])
+    assert unsupported.value.code == "not_supported"
 
 
 async def test_whatsapp_refusals_are_group_errors_and_a_mention_all_uses_the_cache() -> None:

@@ -238,7 +238,8 @@ async def test_invite_links_join_revoke_and_settings(net: Network) -> None:
     assert (await net.a.session.group_info(group)).invite_link == link
     preview = await net.c.session.link_info(link)
     assert (preview.id, preview.subject) == (group, "Links")
-    assert await net.c.session.join_group(link) == group
+    joined = await net.c.session.join_group(link)
+    assert (joined.group_id, joined.status) == (group, "joined")
     joined = await net.c.wait(lambda e: e.kind == "joined" and e.group_id == group)
     assert joined.reason == "invite"
     seen = await net.a.wait(lambda e: e.kind == "participants" and e.action == "join")
@@ -320,3 +321,52 @@ async def test_a_hundred_sends_to_a_group_through_the_agent_cost_at_most_one_que
             assert {e.data["chat"] for e in received} == {group}
             assert engine.metadata_queries - before <= 1
         await log.stop()
+
+
+async def test_join_requests_when_the_group_needs_approval(net: Network) -> None:
+    group = (await net.a.session.create_group("Gated", [net.b.number])).group.id
+    with pytest.raises(GroupError) as member:
+        await net.b.session.update_group(group, {"approval": True})
+    assert member.value.code == "not_group_admin"
+    await net.a.session.update_group(group, {"approval": True})
+    assert (await net.b.session.group_info(group)).settings.approval is True
+    link = await net.a.session.invite_link(group)
+    requested = await net.c.session.join_group(link)
+    assert (requested.group_id, requested.status, requested.group) == (group, "requested", None)
+    asked = await net.a.wait(lambda e: e.kind == "participants" and e.action == "request")
+    assert (asked.group_id, asked.by, asked.participants) == (group, net.c.number, (net.c.number,))
+    assert not [e for e in net.b.groups(group) if e.action == "request"]  # admins only
+    [request] = await net.a.session.join_requests(group)
+    assert (request.participant, request.phone, request.lid) == (
+        net.c.number,
+        net.c.number,
+        lid_of(net.c.number),
+    )
+    assert request.requested_at is not None
+    with pytest.raises(GroupError) as not_admin:
+        await net.b.session.join_requests(group)
+    assert not_admin.value.code == "not_group_admin"
+    with pytest.raises(GroupError) as not_in:
+        await net.c.session.group_info(group)
+    assert not_in.value.code == "group_not_found"  # a request is no membership
+    answered = await net.a.session.answer_requests(group, "approve", [net.c.number, net.b.number])
+    assert [(r.participant, r.status) for r in answered] == [
+        (net.c.number, "approved"),
+        (net.b.number, "not_requested"),
+    ]
+    joined = await net.c.wait(lambda e: e.kind == "joined" and e.group_id == group)
+    assert (joined.by, joined.reason) == (net.a.number, "approved")
+    seen = await net.b.wait(lambda e: e.kind == "participants" and e.action == "add")
+    assert (seen.by, seen.participants) == (net.a.number, (net.c.number,))
+    assert await net.a.session.join_requests(group) == []
+    # a rejected request leaves no trace but the admins' event
+    outsider = await _online(net.one, phone())
+    await outsider.session.join_group(link)
+    await net.a.wait(lambda e: e.action == "request" and e.by == outsider.number)
+    rejected = await net.a.session.answer_requests(group, "reject", [outsider.number])
+    assert [r.status for r in rejected] == ["rejected"]
+    await net.a.wait(lambda e: e.action == "reject" and e.participants == (outsider.number,))
+    assert await net.a.session.join_requests(group) == []
+    with pytest.raises(GroupError):
+        await outsider.session.group_info(group)
+    await outsider.session.disconnect()

@@ -15,6 +15,7 @@ from control_plane.auth import Principal, authenticate
 from control_plane.models import (
     CreateGroupBody,
     GroupCreatedView,
+    GroupJoinView,
     GroupLeftView,
     GroupListView,
     GroupSettingsBody,
@@ -22,6 +23,8 @@ from control_plane.models import (
     InviteView,
     ParticipantsBody,
     ParticipantsView,
+    RequestsBody,
+    RequestsView,
 )
 from control_plane.services import Services
 from node_agent.protocol import GroupInfo
@@ -49,7 +52,7 @@ class GroupController(Controller):
     @post("/join", status_code=200, opt=CHANGES, summary="Join a group by invite link")
     async def join(
         self, session_id: str, data: InviteLinkBody, services: Services, principal: Principal
-    ) -> GroupInfo:
+    ) -> GroupJoinView:
         return await groups.join_group(services, principal, session_id, data.link)
 
     @post(
@@ -122,3 +125,25 @@ class GroupController(Controller):
         self, session_id: str, group_id: str, services: Services, principal: Principal
     ) -> InviteView:
         return await groups.invite_link(services, principal, session_id, group_id, revoke=True)
+
+    @get("/{group_id:str}/requests", opt=QUERIES, summary="Pending join requests (admins)")
+    async def requests(
+        self, session_id: str, group_id: str, services: Services, principal: Principal
+    ) -> RequestsView:
+        return await groups.join_requests(services, principal, session_id, group_id)
+
+    @post(
+        "/{group_id:str}/requests",
+        status_code=200,
+        opt=CHANGES,
+        summary="Approve or reject join requests (one result each; admins)",
+    )
+    async def answer_requests(
+        self,
+        session_id: str,
+        group_id: str,
+        data: RequestsBody,
+        services: Services,
+        principal: Principal,
+    ) -> ParticipantsView:
+        return await groups.answer_requests(services, principal, session_id, group_id, data)

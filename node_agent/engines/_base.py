@@ -17,6 +17,8 @@ from node_agent.protocol import (
     GroupAction,
     GroupCreated,
     GroupInfo,
+    GroupJoined,
+    JoinRequest,
     MessageContent,
     NumberStatus,
     ParticipantResult,
@@ -127,7 +129,7 @@ class GroupError(Exception):
 
     def __init__(
         self,
-        code: Literal["group_not_found", "not_group_admin", "invalid_invite_link"],
+        code: Literal["group_not_found", "not_group_admin", "invalid_invite_link", "not_supported"],
         message: str,
     ) -> None:
         super().__init__(message)
@@ -215,14 +217,24 @@ class EngineSession(Protocol):
     async def invite_link(self, group_id: str, revoke: bool = False) -> str:
         """The group's invite link (a new one after ``revoke``); admins only."""
 
-    async def join_group(self, link: str) -> str:
-        """Join by invite link (a full link or its code); returns the group id."""
+    async def join_group(self, link: str) -> GroupJoined:
+        """Join by invite link (a full link or its code): joined, or a join request sent
+        when the group needs an admin's approval."""
 
     async def link_info(self, link: str) -> GroupInfo:
         """The group behind an invite link, without joining."""
 
     async def update_group(self, group_id: str, changes: dict[str, object]) -> None:
-        """Change ``subject``, ``description``, ``announce``, ``locked``, ``ephemeral_s``."""
+        """Change ``subject``, ``description``, ``announce``, ``locked``, ``ephemeral_s``,
+        ``approval``."""
+
+    async def join_requests(self, group_id: str) -> list[JoinRequest]:
+        """Pending join requests of a group that needs approval (admins)."""
+
+    async def answer_requests(
+        self, group_id: str, action: Literal["approve", "reject"], participants: list[str]
+    ) -> list[ParticipantResult]:
+        """Approve or reject join requests: ``approved``, ``rejected``, ``not_requested``."""
 
 
 class Engine(Protocol):

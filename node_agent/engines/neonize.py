@@ -83,10 +83,12 @@ from node_agent.protocol import (
     GroupAction,
     GroupCreated,
     GroupInfo,
+    GroupJoined,
     GroupMember,
     GroupRole,
     GroupSettings,
     ImageContent,
+    JoinRequest,
     LocationContent,
     MessageContent,
     NumberStatus,
@@ -983,12 +985,42 @@ class NeonizeSession:
         )
         return str(link)
 
-    async def join_group(self, link: str) -> str:
+    async def join_group(self, link: str) -> GroupJoined:
         gen = self._online()
-        jid = await self._group_call(
-            "join group", gen.client.join_group_with_link(invite_code(link)), link=True
+        code = invite_code(link)
+        # the group first: a join that ends in a pending approval names no group
+        info = await self._group_call(
+            "invite link info", gen.client.get_group_info_from_link(code), link=True
         )
-        return jid_text(jid)
+        group_id = jid_text(info.JID)
+        try:
+            jid = await self._call(gen.client.join_group_with_link(code))
+        except TimeoutError:
+            raise EngineError("join group timed out") from None
+        except Exception as exc:
+            if join_pending(str(exc)):
+                return GroupJoined(group_id=group_id, status="requested")
+            error = group_error_code(str(exc), link=True)
+            if error is not None:
+                raise GroupError(error, f"join group: {exc}") from None
+            raise EngineError(f"join group failed: {exc}") from None
+        return GroupJoined(group_id=jid_text(jid) or group_id, status="joined")
+
+    async def join_requests(self, group_id: str) -> list[JoinRequest]:
+        gen = self._online()
+        found = await self._group_call(
+            "join requests", gen.client.get_group_request_participants(_parse_jid(group_id))
+        )
+        return [join_request_of(item) for item in found]
+
+    async def answer_requests(
+        self, group_id: str, action: Literal["approve", "reject"], participants: list[str]
+    ) -> list[ParticipantResult]:
+        self._online()
+        # whatsmeow has UpdateGroupRequestParticipants, neonize 0.5.2 does not bind it
+        raise GroupError(
+            "not_supported", "approving or rejecting join requests needs a newer neonize"
+        )
 
     async def link_info(self, link: str) -> GroupInfo:
         gen = self._online()
@@ -1780,6 +1812,24 @@ def group_error_code(
     if link and ("status 406" in lowered or "not-acceptable" in lowered):
         return "invalid_invite_link"
     return None
+
+
+def join_pending(text: str) -> bool:
+    """whatsmeow's error of a join by link that became a request (the group needs an
+    admin's approval)."""
+    lowered = text.lower()
+    return "approval" in lowered or "pending" in lowered
+
+
+def join_request_of(item: Any) -> JoinRequest:
+    """Our JoinRequest of whatsmeow's GroupParticipantRequest."""
+    jid = item.Participant
+    return JoinRequest(
+        participant=phone_of(jid) or jid_text(jid),
+        phone=phone_of(jid),
+        lid=lid_of(jid),
+        requested_at=float(item.TimeAt) or None,
+    )
 
 
 def invite_code(link: str) -> str:

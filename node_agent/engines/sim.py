@@ -66,8 +66,10 @@ from node_agent.protocol import (
     GroupAction,
     GroupCreated,
     GroupInfo,
+    GroupJoined,
     GroupMember,
     GroupSettings,
+    JoinRequest,
     MessageContent,
     NumberStatus,
     ParticipantResult,
@@ -177,6 +179,8 @@ class SimGroup(msgspec.Struct, kw_only=True):
     locked: bool = False
     ephemeral_s: int = 0
     invite: str | None = None  # the current invite code (KV ``invite.<code>``)
+    approval: bool = False  # joining by link needs an admin's approval
+    requests: dict[str, float] = msgspec.field(default_factory=dict)  # phone -> asked at
 
     @property
     def members(self) -> list[str]:
@@ -970,7 +974,10 @@ class SimSession:
                 for phone in group.members
             ],
             settings=GroupSettings(
-                announce=group.announce, locked=group.locked, ephemeral_s=group.ephemeral_s
+                announce=group.announce,
+                locked=group.locked,
+                ephemeral_s=group.ephemeral_s,
+                approval=group.approval,
             ),
             invite_link=INVITE_PREFIX + group.invite
             if group.invite and group.is_admin(me)
@@ -1206,21 +1213,37 @@ class SimSession:
         self._me()
         return self._view(await self._group_of_link(link), None)
 
-    async def join_group(self, link: str) -> str:
+    async def join_group(self, link: str) -> GroupJoined:
         me = self._me()
         group = await self._group_of_link(link)
-        joined: list[bool] = []
+        outcome: list[str] = []
 
         def join(current: SimGroup) -> SimGroup:
-            joined.clear()
-            if me not in current.roles:
+            outcome.clear()
+            if me in current.roles:
+                outcome.append("member")
+            elif current.approval:
+                current.requests.setdefault(me, time.time())
+                outcome.append("requested")
+            else:
                 current.roles[me] = "member"
-                joined.append(True)
+                outcome.append("joined")
             return current
 
         _, after = await self.engine.change_group(group.id, join)
         self._group_cache[group.id] = after
-        if joined:
+        if outcome == ["requested"]:
+            admins = [p for p in after.members if after.is_admin(p)]
+            await self._notify(
+                admins,
+                kind="participants",
+                group_id=group.id,
+                by=me,
+                action="request",
+                participants=[me],
+            )
+            return GroupJoined(group_id=group.id, status="requested")
+        if outcome == ["joined"]:
             await self._notify(
                 [me],
                 kind="joined",
@@ -1238,11 +1261,86 @@ class SimSession:
                 action="join",
                 participants=[me],
             )
-        return group.id
+        return GroupJoined(group_id=group.id, status="joined")
+
+    async def join_requests(self, group_id: str) -> list[JoinRequest]:
+        me = self._me()
+        group = await self._member_group(group_id)
+        if not group.is_admin(me):
+            raise GroupError("not_group_admin", f"only admins of {group_id} see join requests")
+        return [
+            JoinRequest(participant=phone, phone=phone, lid=lid_of(phone), requested_at=at)
+            for phone, at in sorted(group.requests.items(), key=lambda item: item[1])
+        ]
+
+    async def answer_requests(
+        self, group_id: str, action: Literal["approve", "reject"], participants: list[str]
+    ) -> list[ParticipantResult]:
+        me = self._me()
+        wanted = [
+            (asked, await self.engine.phone_of_lid(asked) if asked.endswith("@lid") else asked)
+            for asked in participants
+        ]
+        results: list[ParticipantResult] = []
+
+        def answer(group: SimGroup) -> SimGroup:
+            results.clear()
+            if me not in group.roles:
+                raise GroupError("group_not_found", f"this account is not in group {group_id}")
+            if not group.is_admin(me):
+                raise GroupError("not_group_admin", f"only admins of {group_id} answer requests")
+            for asked, phone in wanted:
+                if phone is None or phone not in group.requests:
+                    results.append(ParticipantResult(participant=asked, status="not_requested"))
+                    continue
+                del group.requests[phone]
+                if action == "approve":
+                    group.roles[phone] = "member"
+                results.append(
+                    ParticipantResult(
+                        participant=asked,
+                        status="approved" if action == "approve" else "rejected",
+                    )
+                )
+            return group
+
+        before, after = await self.engine.change_group(group_id, answer)
+        self._group_cache[group_id] = after
+        done = [
+            phone
+            for (_, phone), result in zip(wanted, results, strict=True)
+            if phone and result.status in ("approved", "rejected")
+        ]
+        if not done:
+            return results
+        if action == "approve":
+            view = self._view(after, None)
+            await self._notify(
+                done, kind="joined", group_id=group_id, by=me, group=view, reason="approved"
+            )
+            await self._notify(
+                before.members,
+                kind="participants",
+                group_id=group_id,
+                by=me,
+                action="add",
+                participants=done,
+            )
+        else:
+            admins = [p for p in after.members if after.is_admin(p)]
+            await self._notify(
+                admins,
+                kind="participants",
+                group_id=group_id,
+                by=me,
+                action="reject",
+                participants=done,
+            )
+        return results
 
     async def update_group(self, group_id: str, changes: dict[str, object]) -> None:
         me = self._me()
-        admin_only = {"announce", "locked"}
+        admin_only = {"announce", "locked", "approval"}
 
         def update(group: SimGroup) -> SimGroup:
             if me not in group.roles:

@@ -523,3 +523,34 @@ async def test_join_requests_by_nats_command(g: Groups) -> None:
     assert (seen.data["by"], seen.data["participants"]) == (g.b.phone, [g.c.phone])
     listed = await g.ok("group_requests", {"session_id": g.b.name, "group_id": group})
     assert listed["requests"] == []
+
+
+async def test_an_add_refused_by_privacy_sends_an_invite_the_receiver_can_use(g: Groups) -> None:
+    """c only accepts adds from contacts: a's add answers ``invite_sent``, c's session
+    receives the invite as a ``group_invite`` message and joins with its link."""
+    await set_group_add_privacy(g.nc, g.c.phone, "contacts")
+    try:
+        created = await g.api.post(
+            g.url(g.a), json={"subject": "Invited", "participants": [g.c.phone]}
+        )
+        group = created.json()["group"]["id"]
+        assert created.json()["results"] == [{"participant": g.c.phone, "status": "invite_sent"}]
+        invite = await g.log.wait_for(
+            lambda e: (
+                e.session_id == g.c.name
+                and e.type == "message.received"
+                and e.data["type"] == "group_invite"
+                and e.data["content"]["group_id"] == group
+            )
+        )
+        assert invite.data["from"] == g.a.phone
+        assert invite.data["content"]["subject"] == "Invited"
+        assert invite.data["text"] == "Invitation to join my WhatsApp group Invited"
+        link_ = invite.data["content"]["link"]
+        assert link_.startswith("https://chat.whatsapp.com/")
+    finally:
+        await set_group_add_privacy(g.nc, g.c.phone, "all")
+    joined = await g.api.post(g.url(g.c, "/join"), json={"link": link_})
+    assert joined.json()["status"] == "joined"
+    seen = await g.event(g.a, "group.participants", group, action="join")
+    assert seen.data["participants"] == [g.c.phone]

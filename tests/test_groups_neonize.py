@@ -20,6 +20,7 @@ from node_agent.engines.neonize import (
     NeonizeSession,
     _Generation,
     build_group_invite,
+    describe_message,
     group_error_code,
     group_info_events,
     group_info_of,
@@ -202,6 +203,17 @@ def test_the_invite_sent_when_privacy_forbids_an_add() -> None:
         "Team",
     )
     assert invite.caption == "Invitation to join my WhatsApp group Team"
+    # and what the receiver's session makes of it
+    assert describe_message(message) == (
+        "group_invite",
+        "Invitation to join my WhatsApp group Team",
+        {
+            "group_id": GROUP,
+            "subject": "Team",
+            "link": "https://chat.whatsapp.com/AbCd",
+            "expires_at": 1_760_000_000.0,
+        },
+    )
 
 
 def test_whatsmeow_errors_become_group_error_codes() -> None:

@@ -1589,6 +1589,18 @@ def describe_message(message: Any) -> tuple[str, str | None, dict[str, object]]:
                     "selectable": int(poll.selectableOptionsCount),
                 },
             )
+    if message.HasField("groupInviteMessage"):  # groups (issue 16)
+        invite = message.groupInviteMessage
+        return (
+            "group_invite",
+            str(invite.caption) or str(invite.groupName),
+            {
+                "group_id": str(invite.groupJID),
+                "subject": str(invite.groupName),
+                "link": "https://chat.whatsapp.com/" + str(invite.inviteCode),
+                "expires_at": float(invite.inviteExpiration) or None,
+            },
+        )
     if message.HasField("pollUpdateMessage"):
         return (
             "poll_vote",

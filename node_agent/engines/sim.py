@@ -1160,7 +1160,7 @@ class SimSession:
             sender_lid=lid_of(me),
             type="group_invite",
             ts=time.time(),
-            text=group.subject,
+            text=f"Invitation to join my WhatsApp group {group.subject}",
             content={"group_id": group.id, "link": INVITE_PREFIX + code, "subject": group.subject},
         )
         with contextlib.suppress(NoRespondersError, NatsTimeout):

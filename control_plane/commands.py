@@ -31,9 +31,10 @@ with "no responders".
 | ``group_join`` | ``{"session_id", "link"}`` | GroupJoinView |
 | ``group_link_info`` | ``{"session_id", "link"}`` | GroupInfo |
 | ``group_requests`` | ``{"session_id", "group_id"}`` | RequestsView |
+| ``group_picture`` | ``{"session_id", "group_id", "media"}`` (``media`` null removes) | (2) |
 | ``group_requests_update`` | ``{"session_id", "group_id", "action", "participants"}`` | (1) |
 
-(1) ParticipantsView: one result per participant.
+(1) ParticipantsView: one result per participant. (2) GroupPictureView.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ from control_plane.models import (
 )
 from control_plane.problems import ProblemError
 from control_plane.services import Services
-from node_agent.protocol import api_subject
+from node_agent.protocol import Media, api_subject
 from zapfleet import __version__
 
 log = logging.getLogger(__name__)
@@ -277,6 +278,20 @@ async def op_group_link_info(
     return _encoder.encode(await groups.link_info(services, principal, body.session_id, body.link))
 
 
+class GroupPictureCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    group_id: Annotated[str, msgspec.Meta(max_length=80)]
+    media: Media | None
+
+
+async def op_group_picture(
+    services: Services, principal: Principal, body: GroupPictureCommand
+) -> bytes:
+    return _encoder.encode(
+        await groups.set_picture(services, principal, body.session_id, body.group_id, body.media)
+    )
+
+
 class GroupRequestsCommand(RequestsBody, kw_only=True, forbid_unknown_fields=True):
     session_id: SessionId
     group_id: Annotated[str, msgspec.Meta(max_length=80)]
@@ -438,6 +453,7 @@ async def serve_commands(services: Services) -> Commands:
         "group_join": (GroupLinkCommand, op_group_join),
         "group_link_info": (GroupLinkCommand, op_group_link_info),
         "group_requests": (GroupCommand, op_group_requests),
+        "group_picture": (GroupPictureCommand, op_group_picture),
         "group_requests_update": (GroupRequestsCommand, op_group_requests_update),
     }
     for op, (request_type, handler) in routes.items():

@@ -37,6 +37,7 @@ from control_plane.models import (
     GroupJoinView,
     GroupLeftView,
     GroupListView,
+    GroupPictureView,
     GroupSettingsBody,
     InviteView,
     ParticipantsBody,
@@ -58,11 +59,14 @@ from node_agent.protocol import (
     GroupLinkRequest,
     GroupList,
     GroupParticipantsChange,
+    GroupPicture,
+    GroupPictureSet,
     GroupRef,
     GroupRequests,
     GroupRequestsChange,
     GroupsListRequest,
     GroupUpdate,
+    Media,
     Op,
     ParticipantsChanged,
     SessionRecord,
@@ -324,6 +328,27 @@ async def join_group(
     return GroupJoinView(
         session_id=session_id, group_id=joined.group_id, status=joined.status, group=joined.group
     )
+
+
+async def set_picture(
+    services: Services,
+    principal: Principal,
+    session_id: str,
+    group_id: str,
+    media: Media | None,
+) -> GroupPictureView:
+    """Set (``media``) or remove (None) the group's picture."""
+    record = await load_record(services, principal, session_id)
+    group = group_id_of(group_id)
+    done = await _call(
+        services,
+        record,
+        Op.GROUP_PICTURE,
+        GroupPicture(session_id=record.spec.key, group_id=group, media=media),
+        GroupPictureSet,
+    )
+    await forget_group(services.cache, cache_id(record), group)
+    return GroupPictureView(session_id=session_id, group_id=group, picture_id=done.picture_id)
 
 
 async def join_requests(

@@ -566,6 +566,18 @@ class GroupSettingsBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     approval: bool | None = None
 
 
+class GroupPictureBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The group's new picture: any image (by URL or base64), sent as a square JPEG."""
+
+    media: p.Media
+
+
+class GroupPictureView(msgspec.Struct, kw_only=True):
+    session_id: str
+    group_id: str
+    picture_id: str | None  # None: removed
+
+
 class RequestsBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     action: Literal["approve", "reject"]
     participants: Annotated[list[ChatId], msgspec.Meta(min_length=1, max_length=256)]

@@ -59,6 +59,8 @@ from node_agent.protocol import (
     GroupLinkRequest,
     GroupList,
     GroupParticipantsChange,
+    GroupPicture,
+    GroupPictureSet,
     GroupRef,
     GroupRequests,
     GroupRequestsChange,
@@ -129,6 +131,7 @@ CONCURRENT_OPS = frozenset(
         Op.GROUP_UPDATE,
         Op.GROUP_REQUESTS,
         Op.GROUP_REQUESTS_UPDATE,
+        Op.GROUP_PICTURE,
     }
 )
 # a start reply waits this long at most for the engine's connect call to return
@@ -434,6 +437,7 @@ class Agent:
             Op.GROUP_LINK_INFO: (GroupLinkRequest, self.op_group_link_info),
             Op.GROUP_UPDATE: (GroupUpdate, self.op_group_update),
             Op.GROUP_REQUESTS: (GroupRef, self.op_group_requests),
+            Op.GROUP_PICTURE: (GroupPicture, self.op_group_picture),
             Op.GROUP_REQUESTS_UPDATE: (GroupRequestsChange, self.op_group_requests_update),
         }
         for op, (request_type, handler) in routes.items():
@@ -952,6 +956,24 @@ class Agent:
         if joined.status == "joined":
             joined.group = await self._group_op(supervisor.engine.group_info(joined.group_id))
         return joined
+
+    async def op_group_picture(self, request: GroupPicture) -> GroupPictureSet:
+        """Fetch or decode the picture, make it the square JPEG WhatsApp shows, set it."""
+        from node_agent.pictures import picture_jpeg
+
+        group_id = group_chat_id(request.group_id)
+        supervisor = self._connected(request.session_id)
+        jpeg = None
+        if request.media is not None:
+            try:
+                payload = await self.media.accept(request.media)
+                if payload is None:
+                    payload = await self.media.fetch(request.media)
+                jpeg = await asyncio.to_thread(picture_jpeg, payload)
+            except MediaError as exc:
+                raise AgentError(exc.code, exc.message) from None
+        picture = await self._group_op(supervisor.engine.set_group_picture(group_id, jpeg))
+        return GroupPictureSet(group_id=group_id, picture_id=picture)
 
     async def op_group_requests(self, request: GroupRef) -> GroupRequests:
         group_id = group_chat_id(request.group_id)

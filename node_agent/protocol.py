@@ -125,6 +125,7 @@ class Op(enum.StrEnum):
     GROUP_UPDATE = "group_update"
     GROUP_REQUESTS = "group_requests"
     GROUP_REQUESTS_UPDATE = "group_requests_update"
+    GROUP_PICTURE = "group_picture"
 
 
 # -- reply envelope ----------------------------------------------------------------------
@@ -574,6 +575,7 @@ class GroupInfo(msgspec.Struct, kw_only=True):
     participants: list[GroupMember] = msgspec.field(default_factory=list)
     settings: GroupSettings = msgspec.field(default_factory=GroupSettings)
     invite_link: str | None = None
+    picture_id: str | None = None  # the current picture's id (None: none, or unknown)
 
 
 class GroupList(msgspec.Struct, kw_only=True):
@@ -648,6 +650,20 @@ class GroupUpdate(msgspec.Struct, kw_only=True, omit_defaults=True):
     locked: bool | None = None
     ephemeral_s: int | None = None
     approval: bool | None = None
+
+
+class GroupPicture(msgspec.Struct, kw_only=True):
+    """Set the group's picture (any image; sent as a square JPEG ≤ 640x640), or remove
+    it (``media`` None)."""
+
+    session_id: str
+    group_id: str
+    media: Media | None = None
+
+
+class GroupPictureSet(msgspec.Struct, kw_only=True):
+    group_id: str
+    picture_id: str | None
 
 
 class GroupJoined(msgspec.Struct, kw_only=True):

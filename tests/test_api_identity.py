@@ -118,6 +118,7 @@ def _request(method: str, path: str) -> dict[str, Any]:
         ("post", "groups/join"): {"link": "https://chat.whatsapp.com/AbCdEfGhIjKlMnOp"},
         ("post", "groups/link-info"): {"link": "https://chat.whatsapp.com/AbCdEfGhIjKlMnOp"},
         ("patch", "groups/{group_id}"): {"subject": "renamed"},
+        ("put", "groups/{group_id}/picture"): {"media": {"url": "https://example.com/p.png"}},
         ("post", "groups/{group_id}/requests"): {
             "action": "approve",
             "participants": ["15550001111"],

@@ -554,3 +554,59 @@ async def test_an_add_refused_by_privacy_sends_an_invite_the_receiver_can_use(g:
     assert joined.json()["status"] == "joined"
     seen = await g.event(g.a, "group.participants", group, action="join")
     assert seen.data["participants"] == [g.c.phone]
+
+
+# -- picture ---------------------------------------------------------------------------------
+
+
+def _png(width: int, height: int) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+async def test_group_picture_by_rest(g: Groups) -> None:
+    group = await g.create(g.a, "Pictured", [g.b])
+    path = g.url(g.b, f"/{group}/picture")
+    put = await g.api.put(path, json={"media": {"base64": _png(800, 400)}})
+    assert put.status_code == 200, put.text
+    picture = put.json()["picture_id"]
+    assert put.json() == {"session_id": g.b.name, "group_id": group, "picture_id": picture}
+    assert picture
+    seen = await g.event(g.a, "group.updated", group, changes={"picture_id": picture})
+    assert seen.data["by"] == g.b.phone
+    assert (await g.api.get(g.url(g.a, f"/{group}"))).json()["picture_id"] == picture
+    assert_problem(
+        await g.api.put(path, json={"media": {"base64": "bm90IGFuIGltYWdl"}}),
+        422,
+        "undecodable_media",
+    )
+    assert_problem(await g.api.put(path, json={"media": {}}), 422, "invalid_request")
+    # a locked group's picture is for admins
+    await g.api.patch(g.url(g.a, f"/{group}"), json={"locked": True})
+    assert_problem(
+        await g.api.put(path, json={"media": {"base64": _png(10, 10)}}), 403, "not_group_admin"
+    )
+    removed = await g.api.delete(g.url(g.a, f"/{group}/picture"))
+    assert removed.status_code == 200, removed.text
+    assert removed.json()["picture_id"] is None
+    await g.event(g.b, "group.updated", group, changes={"picture_id": None})
+    assert (await g.api.get(g.url(g.b, f"/{group}"))).json()["picture_id"] is None
+
+
+async def test_group_picture_by_nats_command(g: Groups) -> None:
+    group = await g.create(g.c, "CmdPictured", [g.a])
+    body = {"session_id": g.c.name, "group_id": group, "media": {"base64": _png(64, 64)}}
+    done = await g.ok("group_picture", body)
+    assert done["group_id"] == group and done["picture_id"]
+    seen = await g.event(g.a, "group.updated", group, changes={"picture_id": done["picture_id"]})
+    assert seen.data["by"] == g.c.phone
+    bad = await g.command("group_picture", {**body, "media": {"base64": "AAAA"}})
+    assert (bad["code"], bad["status"]) == ("undecodable_media", 422)
+    removed = await g.ok("group_picture", {**body, "media": None})
+    assert removed["picture_id"] is None

@@ -300,6 +300,10 @@ class StandInClient:
     async def set_group_name(self, jid: Any, name: str) -> None:
         self._record("set_group_name", jid, name)
 
+    async def set_group_photo(self, jid: Any, data: bytes) -> str:
+        self._record("set_group_photo", jid, data)
+        return "1760000000"
+
     async def set_group_locked(self, jid: Any, locked: bool) -> None:
         self._record("set_group_locked", jid, locked)
 
@@ -405,3 +409,34 @@ async def test_whatsapp_refusals_are_group_errors_and_a_mention_all_uses_the_cac
     session._on_group_info(nz.GroupInfoEvent(JID=_jid("120363012345678901", "g.us")))
     await session._participants(session._gen, _jid("120363012345678901", "g.us"))
     assert [n for n, _ in client.calls].count("get_group_info") == 3  # dropped by the event
+
+
+async def test_a_group_picture_reaches_neonize_as_a_square_jpeg() -> None:
+    import io
+
+    from PIL import Image
+
+    from node_agent.media import MediaError, MediaPayload
+    from node_agent.pictures import picture_jpeg
+
+    def png(width: int, height: int) -> MediaPayload:
+        out = io.BytesIO()
+        Image.new("RGB", (width, height), (0, 90, 200)).save(out, format="PNG")
+        return MediaPayload(data=out.getvalue(), mimetype="image/png")
+
+    for (width, height), side in (((2000, 1000), 640), ((300, 500), 300)):
+        jpeg = picture_jpeg(png(width, height))
+        with Image.open(io.BytesIO(jpeg)) as image:
+            assert (image.format, image.size) == ("JPEG", (side, side))
+    with pytest.raises(MediaError) as not_image:
+        picture_jpeg(MediaPayload(data=b"GIF89a but not really", mimetype="image/gif"))
+    assert not_image.value.code == "undecodable_media"
+
+    session, client = online()
+    jpeg = picture_jpeg(png(64, 64))
+    assert await session.set_group_picture(GROUP, jpeg) == "1760000000"
+    name, (jid, data) = client.calls[-1]
+    assert (name, jid.User, data) == ("set_group_photo", "120363012345678901", jpeg)
+    with pytest.raises(GroupError) as unsupported:
+        await session.set_group_picture(GROUP, None)
+    assert unsupported.value.code == "not_supported"

@@ -6,7 +6,7 @@ which the NATS commands call too.
 
 from __future__ import annotations
 
-from litestar import Controller, get, patch, post
+from litestar import Controller, delete, get, patch, post, put
 from litestar.di import Provide
 
 from control_plane import groups
@@ -18,6 +18,8 @@ from control_plane.models import (
     GroupJoinView,
     GroupLeftView,
     GroupListView,
+    GroupPictureBody,
+    GroupPictureView,
     GroupSettingsBody,
     InviteLinkBody,
     InviteView,
@@ -147,3 +149,30 @@ class GroupController(Controller):
         principal: Principal,
     ) -> ParticipantsView:
         return await groups.answer_requests(services, principal, session_id, group_id, data)
+
+    @put(
+        "/{group_id:str}/picture",
+        status_code=200,
+        opt=CHANGES,
+        summary="Set the group's picture (any image; sent as a square JPEG)",
+    )
+    async def set_picture(
+        self,
+        session_id: str,
+        group_id: str,
+        data: GroupPictureBody,
+        services: Services,
+        principal: Principal,
+    ) -> GroupPictureView:
+        return await groups.set_picture(services, principal, session_id, group_id, data.media)
+
+    @delete(
+        "/{group_id:str}/picture",
+        status_code=200,
+        opt=CHANGES,
+        summary="Remove the group's picture",
+    )
+    async def remove_picture(
+        self, session_id: str, group_id: str, services: Services, principal: Principal
+    ) -> GroupPictureView:
+        return await groups.set_picture(services, principal, session_id, group_id, None)

@@ -228,6 +228,9 @@ class EngineSession(Protocol):
         """Change ``subject``, ``description``, ``announce``, ``locked``, ``ephemeral_s``,
         ``approval``."""
 
+    async def set_group_picture(self, group_id: str, jpeg: bytes | None) -> str | None:
+        """Set the picture (a prepared JPEG) or remove it (None); returns its id."""
+
     async def join_requests(self, group_id: str) -> list[JoinRequest]:
         """Pending join requests of a group that needs approval (admins)."""
 

@@ -1006,6 +1006,16 @@ class NeonizeSession:
             raise EngineError(f"join group failed: {exc}") from None
         return GroupJoined(group_id=jid_text(jid) or group_id, status="joined")
 
+    async def set_group_picture(self, group_id: str, jpeg: bytes | None) -> str | None:
+        gen = self._online()
+        if jpeg is None:
+            # neonize 0.5.2 hands whatsmeow bytes, never the nil that removes a picture
+            raise GroupError("not_supported", "removing a group picture needs a newer neonize")
+        picture = await self._group_call(
+            "set group picture", gen.client.set_group_photo(_parse_jid(group_id), jpeg)
+        )
+        return str(picture) or None
+
     async def join_requests(self, group_id: str) -> list[JoinRequest]:
         gen = self._online()
         found = await self._group_call(

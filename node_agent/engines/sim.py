@@ -181,6 +181,7 @@ class SimGroup(msgspec.Struct, kw_only=True):
     invite: str | None = None  # the current invite code (KV ``invite.<code>``)
     approval: bool = False  # joining by link needs an admin's approval
     requests: dict[str, float] = msgspec.field(default_factory=dict)  # phone -> asked at
+    picture: str | None = None  # the picture's id; its bytes in zf_sim_media ``pic.<id>``
 
     @property
     def members(self) -> list[str]:
@@ -979,6 +980,7 @@ class SimSession:
                 ephemeral_s=group.ephemeral_s,
                 approval=group.approval,
             ),
+            picture_id=group.picture,
             invite_link=INVITE_PREFIX + group.invite
             if group.invite and group.is_admin(me)
             else None,
@@ -1262,6 +1264,33 @@ class SimSession:
                 participants=[me],
             )
         return GroupJoined(group_id=group.id, status="joined")
+
+    async def set_group_picture(self, group_id: str, jpeg: bytes | None) -> str | None:
+        me = self._me()
+        picture = hashlib.sha256(jpeg).hexdigest()[:16] if jpeg is not None else None
+        if jpeg is not None:
+            await self.engine.media.put(f"pic.{picture}", jpeg)
+
+        def change(group: SimGroup) -> SimGroup:
+            if me not in group.roles:
+                raise GroupError("group_not_found", f"this account is not in group {group_id}")
+            if group.locked and not group.is_admin(me):
+                raise GroupError(
+                    "not_group_admin", f"only admins of {group_id} can change its picture"
+                )
+            group.picture = picture
+            return group
+
+        _, after = await self.engine.change_group(group_id, change)
+        self._group_cache[group_id] = after
+        await self._notify(
+            after.members,
+            kind="updated",
+            group_id=group_id,
+            by=me,
+            changes={"picture_id": picture},
+        )
+        return picture
 
     async def join_requests(self, group_id: str) -> list[JoinRequest]:
         me = self._me()

@@ -578,7 +578,7 @@ async def test_group_picture_by_rest(g: Groups) -> None:
     picture = put.json()["picture_id"]
     assert put.json() == {"session_id": g.b.name, "group_id": group, "picture_id": picture}
     assert picture
-    seen = await g.event(g.a, "group.updated", group, changes={"picture_id": picture})
+    seen = await g.event(g.a, "group.updated", group, changes={"picture": "set"})
     assert seen.data["by"] == g.b.phone
     assert (await g.api.get(g.url(g.a, f"/{group}"))).json()["picture_id"] == picture
     assert_problem(
@@ -595,7 +595,8 @@ async def test_group_picture_by_rest(g: Groups) -> None:
     removed = await g.api.delete(g.url(g.a, f"/{group}/picture"))
     assert removed.status_code == 200, removed.text
     assert removed.json()["picture_id"] is None
-    await g.event(g.b, "group.updated", group, changes={"picture_id": None})
+    gone = await g.event(g.b, "group.updated", group, changes={"picture": "removed"})
+    assert gone.data["by"] == g.a.phone
     assert (await g.api.get(g.url(g.b, f"/{group}"))).json()["picture_id"] is None
 
 
@@ -604,7 +605,7 @@ async def test_group_picture_by_nats_command(g: Groups) -> None:
     body = {"session_id": g.c.name, "group_id": group, "media": {"base64": _png(64, 64)}}
     done = await g.ok("group_picture", body)
     assert done["group_id"] == group and done["picture_id"]
-    seen = await g.event(g.a, "group.updated", group, changes={"picture_id": done["picture_id"]})
+    seen = await g.event(g.a, "group.updated", group, changes={"picture": "set"})
     assert seen.data["by"] == g.c.phone
     bad = await g.command("group_picture", {**body, "media": {"base64": "AAAA"}})
     assert (bad["code"], bad["status"]) == ("undecodable_media", 422)

@@ -440,3 +440,17 @@ async def test_a_group_picture_reaches_neonize_as_a_square_jpeg() -> None:
     with pytest.raises(GroupError) as unsupported:
         await session.set_group_picture(GROUP, None)
     assert unsupported.value.code == "not_supported"
+
+
+def test_a_group_picture_event_is_group_updated_and_a_persons_is_not() -> None:
+    from node_agent.engines.neonize import group_picture_event
+
+    removed = nz.Picture(JID=_jid("120363012345678901", "g.us"), Author=_jid(ANN), Remove=True)
+    assert group_picture_event(removed) == GroupEvent(
+        kind="updated", group_id=GROUP, by=ANN, changes={"picture": "removed"}
+    )
+    changed = nz.Picture(JID=_jid("120363012345678901", "g.us"), Author=_jid(BOB))
+    assert group_picture_event(changed) == GroupEvent(
+        kind="updated", group_id=GROUP, by=BOB, changes={"picture": "set"}
+    )
+    assert group_picture_event(nz.Picture(JID=_jid(CID), Author=_jid(CID))) is None

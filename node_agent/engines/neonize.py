@@ -1066,6 +1066,12 @@ class NeonizeSession:
         self._group_cache.pop(joined.group_id, None)
         self._report(joined)
 
+    def _on_picture(self, event: Any) -> None:
+        changed = group_picture_event(event)
+        if changed is not None:
+            self._group_cache.pop(changed.group_id, None)
+            self._report(changed)
+
     def _on_group_info(self, event: Any) -> None:
         own = self._own_ids(self._gen) if self._gen else set()
         self._group_cache.pop(jid_text(event.JID), None)
@@ -1127,6 +1133,7 @@ class NeonizeSession:
         # -- groups (issue 16) --
         handler(ev.JoinedGroupEv, self._on_joined_group)
         handler(ev.GroupInfoEv, self._on_group_info)
+        handler(ev.PictureEv, self._on_picture)
         # not re-exported by neonize.aioze.events, but registered like the others
         from neonize.proto.Neonize_pb2 import UndecryptableMessage
 
@@ -1885,6 +1892,19 @@ def joined_group_event(event: Any, own: set[str]) -> GroupEvent:
     by = _who(event.Sender, event.SenderPN)
     reason = event.Reason or event.Type or None
     return GroupEvent(kind="joined", group_id=info.id, by=by, group=info, reason=reason)
+
+
+def group_picture_event(event: Any) -> GroupEvent | None:
+    """``group.updated`` of whatsmeow's Picture event when it is a group's (None for a
+    person's picture)."""
+    if event.JID.Server != "g.us":
+        return None
+    return GroupEvent(
+        kind="updated",
+        group_id=jid_text(event.JID),
+        by=_who(event.Author),
+        changes={"picture": "removed" if event.Remove else "set"},
+    )
 
 
 def group_info_events(event: Any, own: set[str]) -> list[GroupEvent]:

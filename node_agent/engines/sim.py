@@ -1288,7 +1288,7 @@ class SimSession:
             kind="updated",
             group_id=group_id,
             by=me,
-            changes={"picture_id": picture},
+            changes={"picture": "set" if picture else "removed"},
         )
         return picture
 

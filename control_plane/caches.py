@@ -219,9 +219,10 @@ class ApiCache:
         await self.guard.call("cache", lambda: self.client.delete(self._key("qr", session_id)), 0)
 
     async def drop_volatile(self) -> int:
-        """Drop status, QR and history entries: after an outage of Valkey, some of them
-        may have missed their invalidation. Number checks stay (they expire by TTL)."""
-        return sum([await self._clear(cache) for cache in ("status", "qr", "history")])
+        """Drop status, QR, history and group entries: after an outage of Valkey, some of
+        them may have missed their invalidation. Number checks stay (they expire by TTL)."""
+        volatile = ("status", "qr", "history", "groups")  # groups: issue 16
+        return sum([await self._clear(cache) for cache in volatile])
 
     async def clear(self, cache: str | None = None) -> int:
         """Delete every cached entry (or those of one cache); returns how many (503 while
@@ -229,7 +230,7 @@ class ApiCache:
         return await self.guard.require("cache", lambda: self._clear(cache))
 
     async def _clear(self, cache: str | None) -> int:
-        names = {"numbers": "num", "history": "hist"}
+        names = {"numbers": "num", "history": "hist", "groups": "grp"}
         pattern = self.prefix + (names.get(cache, cache) + ":*" if cache else "*")
         deleted = 0
         batch: list[bytes] = []

@@ -46,6 +46,7 @@ class Groups:
     a: Account
     b: Account
     c: Account
+    admin: dict[str, str]  # the admin key's headers
 
     def url(self, who: Account, tail: str = "") -> str:
         return f"/v1/sessions/{who.name}/groups{tail}"
@@ -106,7 +107,9 @@ async def g(stack: Stack, nats_url: str) -> AsyncIterator[Groups]:
         base_url=stack.base_url, headers={"X-API-Key": key}, timeout=15
     ) as api:
         a, b, c = [await _pair(api, nc, unique(n), phone()) for n in ("ann", "bob", "cid")]
-        yield Groups(api=api, nc=nc, tenant=tenant, key=key, log=log, a=a, b=b, c=c)
+        yield Groups(
+            api=api, nc=nc, tenant=tenant, key=key, log=log, a=a, b=b, c=c, admin=stack.headers
+        )
         for account in (a, b, c):
             await api.delete(f"/v1/sessions/{account.name}")
     await log.stop()
@@ -440,6 +443,16 @@ async def test_group_metadata_is_cached_and_dropped_by_group_events(g: Groups) -
     assert (fresh["subject"], fresh["description"]) == ("Silently renamed", "new")
     subjects = [x["subject"] for x in (await g.api.get(g.url(g.b))).json()["groups"]]
     assert "Silently renamed" in subjects
+    # the admin drops the groups cache (as after a Valkey outage): the next read is fresh
+    record = msgspec.json.decode((await kv.get(key)).value)
+    record["subject"] = "Renamed again"
+    await kv.put(key, msgspec.json.encode(record))
+    assert (await g.api.get(g.url(g.b, f"/{group}"))).json()["subject"] == "Silently renamed"
+    cleared = await g.api.post(
+        "/monitoring/cache/clear", params={"cache": "groups"}, headers=g.admin
+    )
+    assert cleared.status_code == 200 and cleared.json()["deleted"] >= 1, cleared.text
+    assert (await g.api.get(g.url(g.b, f"/{group}"))).json()["subject"] == "Renamed again"
 
 
 # -- join requests -------------------------------------------------------------------------

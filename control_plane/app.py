@@ -18,6 +18,7 @@ from control_plane.allow_header import fix_allow_header
 from control_plane.api.chats import ChatController
 from control_plane.api.contacts import ContactsController  # issue 16
 from control_plane.api.events import EventController
+from control_plane.api.groups import GroupController  # groups (issue 16)
 from control_plane.api.media import MediaController, SignedMediaController
 from control_plane.api.messages import ContactController, MessageController
 from control_plane.api.monitoring import MonitoringController
@@ -28,6 +29,7 @@ from control_plane.api.tenants import TenantController
 from control_plane.api.webhooks import WebhookController
 from control_plane.caches import CacheInvalidator
 from control_plane.content_type import require_json_body
+from control_plane.groups import GroupCacheInvalidator
 from control_plane.hooks import before_send
 from control_plane.openapi_doc import complete as complete_openapi
 from control_plane.problems import EXCEPTION_HANDLERS, SMALL_ANSWERS
@@ -55,6 +57,9 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
             app.state.services = services
             invalidator = CacheInvalidator(services.js, services.cache)
             invalidator.start()
+            # -- groups (issue 16) --
+            group_invalidator = GroupCacheInvalidator(services.js, services.cache)
+            group_invalidator.start()
             reconciler = Reconciler(services.fleet) if settings.reconciler else None
             if reconciler is not None:
                 reconciler.start()
@@ -66,6 +71,7 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
                 if reconciler is not None:
                     await reconciler.stop()
                 await invalidator.stop()
+                await group_invalidator.stop()
 
     # sends may carry inline media: their limit follows ZAPFLEET_MAX_MEDIA_BYTES (base64);
     # every other body (number checks too) has ZAPFLEET_MAX_BODY_BYTES
@@ -80,6 +86,7 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
         messages,
         ContactController,
         ChatController,
+        GroupController,  # groups (issue 16)
         TenantController,
         NodeController,
         NodeAdminController,

@@ -219,9 +219,10 @@ class ApiCache:
         await self.guard.call("cache", lambda: self.client.delete(self._key("qr", session_id)), 0)
 
     async def drop_volatile(self) -> int:
-        """Drop status, QR and history entries: after an outage of Valkey, some of them
-        may have missed their invalidation. Number checks stay (they expire by TTL)."""
-        return sum([await self._clear(cache) for cache in ("status", "qr", "history")])
+        """Drop status, QR, history and group entries: after an outage of Valkey, some of
+        them may have missed their invalidation. Number checks stay (they expire by TTL)."""
+        volatile = ("status", "qr", "history", "groups")  # groups: issue 16
+        return sum([await self._clear(cache) for cache in volatile])
 
     async def clear(self, cache: str | None = None) -> int:
         """Delete every cached entry (or those of one cache); returns how many (503 while
@@ -229,7 +230,7 @@ class ApiCache:
         return await self.guard.require("cache", lambda: self._clear(cache))
 
     async def _clear(self, cache: str | None) -> int:
-        names = {"numbers": "num", "history": "hist"}
+        names = {"numbers": "num", "history": "hist", "groups": "grp"}
         pattern = self.prefix + (names.get(cache, cache) + ":*" if cache else "*")
         deleted = 0
         batch: list[bytes] = []
@@ -255,6 +256,9 @@ _head_decoder = msgspec.json.Decoder(_EventHead)
 class CacheInvalidator:
     """Consumes ``session.*`` events and invalidates what they make stale."""
 
+    durable = INVALIDATOR  # a subclass for other events has its own (control_plane/groups.py)
+    subject = INVALIDATE_SUBJECT
+
     def __init__(self, js: JetStreamContext, cache: ApiCache) -> None:
         self.js = js
         self.cache = cache
@@ -271,10 +275,10 @@ class CacheInvalidator:
 
     async def _run(self) -> None:
         config = ConsumerConfig(
-            durable_name=INVALIDATOR,
+            durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.NEW,
-            filter_subject=INVALIDATE_SUBJECT,
+            filter_subject=self.subject,
             ack_wait=10,
             max_deliver=5,
         )
@@ -282,7 +286,7 @@ class CacheInvalidator:
         while sub is None:
             try:
                 sub = await self.js.pull_subscribe(
-                    INVALIDATE_SUBJECT, durable=INVALIDATOR, stream=EVENTS_STREAM, config=config
+                    self.subject, durable=self.durable, stream=EVENTS_STREAM, config=config
                 )
             except Exception as exc:
                 log.warning("cache invalidator cannot subscribe", extra={"error": repr(exc)})

@@ -30,6 +30,20 @@ with "no responders".
 | ``privacy_set`` | ``{"session_id", "read_receipts"?, "last_seen"?, ...}`` | PrivacyView |
 | ``call_settings_get`` | ``{"session_id"}`` | CallSettingsView |
 | ``call_settings_set`` | ``{"session_id", "reject", "reply_text"?}`` | CallSettingsView |
+| ``groups_list`` | ``{"session_id"}`` | GroupListView |
+| ``group_info`` | ``{"session_id", "group_id"}`` | GroupInfo |
+| ``group_create`` | ``{"session_id", "subject", "participants"?}`` | GroupCreatedView |
+| ``group_leave`` | ``{"session_id", "group_id"}`` | GroupLeftView |
+| ``group_participants`` | ``{"session_id", "group_id", "action", "participants"}`` | (1) |
+| ``group_update`` | ``{"session_id", "group_id", "subject"?, "description"?, ...}`` | GroupInfo |
+| ``group_invite`` | ``{"session_id", "group_id", "revoke"?}`` | InviteView |
+| ``group_join`` | ``{"session_id", "link"}`` | GroupJoinView |
+| ``group_link_info`` | ``{"session_id", "link"}`` | GroupInfo |
+| ``group_requests`` | ``{"session_id", "group_id"}`` | RequestsView |
+| ``group_picture`` | ``{"session_id", "group_id", "media"}`` (``media`` null removes) | (2) |
+| ``group_requests_update`` | ``{"session_id", "group_id", "action", "participants"}`` | (1) |
+
+(1) ParticipantsView: one result per participant. (2) GroupPictureView.
 """
 
 from __future__ import annotations
@@ -46,7 +60,7 @@ from nats.micro import add_service
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
 from nats.micro.service import Endpoint, Service
 
-from control_plane import contacts  # issue 16
+from control_plane import contacts, groups  # issue 16
 from control_plane.auth import Principal
 from control_plane.contacts import (  # issue 16
     CallSettingsBody,
@@ -56,11 +70,22 @@ from control_plane.contacts import (  # issue 16
 )
 from control_plane.media import media_link
 from control_plane.messages import mark_read, message_history, queue_message, show_presence
-from control_plane.models import ChatId, OutboundMessage, PresenceBody, ReadChat, SessionId
+from control_plane.models import (
+    ChatId,
+    CreateGroupBody,
+    GroupSettingsBody,
+    InviteLinkBody,
+    OutboundMessage,
+    ParticipantsBody,
+    PresenceBody,
+    ReadChat,
+    RequestsBody,
+    SessionId,
+)
 from control_plane.problems import ProblemError
 from control_plane.services import Services
 from control_plane.sessions import read_session
-from node_agent.protocol import api_subject
+from node_agent.protocol import Media, api_subject
 from zapfleet import __version__
 
 log = logging.getLogger(__name__)
@@ -248,6 +273,146 @@ async def op_call_settings_set(
     return _encoder.encode(settings)
 
 
+# -- groups (issue 16) --
+
+
+class GroupsListCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+
+
+class GroupCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    group_id: Annotated[str, msgspec.Meta(max_length=80)]
+
+
+class GroupCreateCommand(CreateGroupBody, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+
+
+class GroupParticipantsCommand(ParticipantsBody, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    group_id: Annotated[str, msgspec.Meta(max_length=80)]
+
+
+class GroupUpdateCommand(GroupSettingsBody, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    group_id: Annotated[str, msgspec.Meta(max_length=80)]
+
+
+class GroupInviteCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    group_id: Annotated[str, msgspec.Meta(max_length=80)]
+    revoke: bool = False
+
+
+class GroupLinkCommand(InviteLinkBody, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+
+
+async def op_groups_list(
+    services: Services, principal: Principal, body: GroupsListCommand
+) -> bytes:
+    return _encoder.encode(await groups.list_groups(services, principal, body.session_id))
+
+
+async def op_group_info(services: Services, principal: Principal, body: GroupCommand) -> bytes:
+    return _encoder.encode(
+        await groups.group_info(services, principal, body.session_id, body.group_id)
+    )
+
+
+async def op_group_create(
+    services: Services, principal: Principal, body: GroupCreateCommand
+) -> bytes:
+    data = CreateGroupBody(subject=body.subject, participants=body.participants)
+    return _encoder.encode(await groups.create_group(services, principal, body.session_id, data))
+
+
+async def op_group_leave(services: Services, principal: Principal, body: GroupCommand) -> bytes:
+    return _encoder.encode(
+        await groups.leave_group(services, principal, body.session_id, body.group_id)
+    )
+
+
+async def op_group_participants(
+    services: Services, principal: Principal, body: GroupParticipantsCommand
+) -> bytes:
+    data = ParticipantsBody(action=body.action, participants=body.participants)
+    return _encoder.encode(
+        await groups.change_participants(services, principal, body.session_id, body.group_id, data)
+    )
+
+
+async def op_group_update(
+    services: Services, principal: Principal, body: GroupUpdateCommand
+) -> bytes:
+    data = GroupSettingsBody(
+        subject=body.subject,
+        description=body.description,
+        announce=body.announce,
+        locked=body.locked,
+        ephemeral_s=body.ephemeral_s,
+        approval=body.approval,
+    )
+    return _encoder.encode(
+        await groups.update_group(services, principal, body.session_id, body.group_id, data)
+    )
+
+
+async def op_group_invite(
+    services: Services, principal: Principal, body: GroupInviteCommand
+) -> bytes:
+    return _encoder.encode(
+        await groups.invite_link(
+            services, principal, body.session_id, body.group_id, revoke=body.revoke
+        )
+    )
+
+
+async def op_group_join(services: Services, principal: Principal, body: GroupLinkCommand) -> bytes:
+    return _encoder.encode(await groups.join_group(services, principal, body.session_id, body.link))
+
+
+async def op_group_link_info(
+    services: Services, principal: Principal, body: GroupLinkCommand
+) -> bytes:
+    return _encoder.encode(await groups.link_info(services, principal, body.session_id, body.link))
+
+
+class GroupPictureCommand(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    group_id: Annotated[str, msgspec.Meta(max_length=80)]
+    media: Media | None
+
+
+async def op_group_picture(
+    services: Services, principal: Principal, body: GroupPictureCommand
+) -> bytes:
+    return _encoder.encode(
+        await groups.set_picture(services, principal, body.session_id, body.group_id, body.media)
+    )
+
+
+class GroupRequestsCommand(RequestsBody, kw_only=True, forbid_unknown_fields=True):
+    session_id: SessionId
+    group_id: Annotated[str, msgspec.Meta(max_length=80)]
+
+
+async def op_group_requests(services: Services, principal: Principal, body: GroupCommand) -> bytes:
+    return _encoder.encode(
+        await groups.join_requests(services, principal, body.session_id, body.group_id)
+    )
+
+
+async def op_group_requests_update(
+    services: Services, principal: Principal, body: GroupRequestsCommand
+) -> bytes:
+    data = RequestsBody(action=body.action, participants=body.participants)
+    return _encoder.encode(
+        await groups.answer_requests(services, principal, body.session_id, body.group_id, data)
+    )
+
+
 def _error(code: str, status: int, message: str) -> bytes:
     return _encoder.encode(CommandError(code=code, status=status, message=message))
 
@@ -388,6 +553,19 @@ async def serve_commands(services: Services) -> Commands:
         "privacy_set": (PrivacyCommand, op_privacy_set),
         "call_settings_get": (SessionCommand, op_call_settings_get),
         "call_settings_set": (CallSettingsCommand, op_call_settings_set),
+        # -- groups (issue 16) --
+        "groups_list": (GroupsListCommand, op_groups_list),
+        "group_info": (GroupCommand, op_group_info),
+        "group_create": (GroupCreateCommand, op_group_create),
+        "group_leave": (GroupCommand, op_group_leave),
+        "group_participants": (GroupParticipantsCommand, op_group_participants),
+        "group_update": (GroupUpdateCommand, op_group_update),
+        "group_invite": (GroupInviteCommand, op_group_invite),
+        "group_join": (GroupLinkCommand, op_group_join),
+        "group_link_info": (GroupLinkCommand, op_group_link_info),
+        "group_requests": (GroupCommand, op_group_requests),
+        "group_picture": (GroupPictureCommand, op_group_picture),
+        "group_requests_update": (GroupRequestsCommand, op_group_requests_update),
     }
     for op, (request_type, handler) in routes.items():
         counter = _Counter()

@@ -518,3 +518,115 @@ class MonitoringMetrics(msgspec.Struct, kw_only=True):
     instances: InstanceTotals
     rate_limited: dict[str, int]
     ts: float
+
+
+# -- groups (issue 16) ---------------------------------------------------------------------
+
+GroupSubject = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+GroupParticipants = Annotated[
+    list[ChatId],
+    msgspec.Meta(
+        max_length=256,
+        description="participants: E.164 numbers (with or without '+') or LIDs '<id>@lid'",
+    ),
+]
+InviteLink = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=10,
+        max_length=128,
+        description="an invite link 'https://chat.whatsapp.com/<code>' or its code",
+        examples=["https://chat.whatsapp.com/AbCdEfGhIjKlMnOpQrStUv"],
+    ),
+]
+
+
+class CreateGroupBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A new group owned by the session's account; ``participants`` are added one by one
+    (each gets its own result)."""
+
+    subject: GroupSubject
+    participants: GroupParticipants = msgspec.field(default_factory=list)
+
+
+class ParticipantsBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    action: p.GroupAction
+    participants: Annotated[list[ChatId], msgspec.Meta(min_length=1, max_length=256)]
+
+
+class GroupSettingsBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Settings to change (absent: unchanged). ``description`` "" removes it;
+    ``ephemeral_s``: disappearing messages, 0 (off), 86400, 604800 or 7776000."""
+
+    subject: GroupSubject | None = None
+    description: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
+    announce: bool | None = None
+    locked: bool | None = None
+    ephemeral_s: Literal[0, 86400, 604800, 7776000] | None = None
+    approval: bool | None = None
+
+
+class GroupPictureBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The group's new picture: any image (by URL or base64), sent as a square JPEG."""
+
+    media: p.Media
+
+
+class GroupPictureView(msgspec.Struct, kw_only=True):
+    session_id: str
+    group_id: str
+    picture_id: str | None  # None: removed
+
+
+class RequestsBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    action: Literal["approve", "reject"]
+    participants: Annotated[list[ChatId], msgspec.Meta(min_length=1, max_length=256)]
+
+
+class GroupJoinView(msgspec.Struct, kw_only=True):
+    """``joined`` (``group`` set) or ``requested``: the group needs an admin's approval."""
+
+    session_id: str
+    group_id: str
+    status: Literal["joined", "requested"]
+    group: p.GroupInfo | None = None
+
+
+class RequestsView(msgspec.Struct, kw_only=True):
+    session_id: str
+    group_id: str
+    requests: list[p.JoinRequest]
+
+
+class InviteLinkBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    link: InviteLink
+
+
+class GroupListView(msgspec.Struct, kw_only=True):
+    session_id: str
+    groups: list[p.GroupInfo]
+
+
+class GroupCreatedView(msgspec.Struct, kw_only=True):
+    session_id: str
+    group: p.GroupInfo
+    results: list[p.ParticipantResult]
+
+
+class ParticipantsView(msgspec.Struct, kw_only=True):
+    session_id: str
+    group_id: str
+    action: p.GroupAction | Literal["approve", "reject"]
+    results: list[p.ParticipantResult]
+
+
+class GroupLeftView(msgspec.Struct, kw_only=True):
+    session_id: str
+    group_id: str
+    left: bool = True
+
+
+class InviteView(msgspec.Struct, kw_only=True):
+    session_id: str
+    group_id: str
+    link: str

@@ -215,8 +215,11 @@ def complete(openapi: OpenAPI, *, metrics_public: bool) -> OpenAPI:
         schemas["Media"].description = "exactly one of `url` (http or https) and `base64`"
     for name, schema in event_components().items():
         known = schemas.setdefault(name, schema)
-        # a name both use is one type (the SessionState enum): anything else would be a clash
-        if known is not schema and set(known.enum or ()) != set(schema.enum or ()):
+        # a name both use is one type (SessionState, GroupInfo): anything else is a clash
+        same = set(known.enum or ()) == set(schema.enum or ()) and set(
+            known.properties or {}
+        ) == set(schema.properties or {})
+        if known is not schema and not same:
             raise RuntimeError(f"event schema {name} clashes with the API's schema of that name")
     components.schemas = schemas
     openapi.webhooks = webhooks()

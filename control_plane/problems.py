@@ -53,6 +53,10 @@ AGENT_ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_ON_WHATSAPP: 404,
     ErrorCode.INVALID_IMAGE: 422,
     ErrorCode.INVALID_PRIVACY_VALUE: 422,
+    # -- groups (issue 16) --
+    ErrorCode.GROUP_NOT_FOUND: 404,
+    ErrorCode.NOT_GROUP_ADMIN: 403,
+    ErrorCode.INVALID_INVITE_LINK: 422,
     ErrorCode.NOT_SUPPORTED: 501,
 }
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -26,16 +27,17 @@ from nats.micro.service import Service
 from prometheus_client import Gauge
 
 from node_agent import _system
-from node_agent.chat_ids import ChatIdError, normalize_chat, normalize_phone
+from node_agent.chat_ids import ChatIdError, chat_kind, is_group, normalize_chat, normalize_phone
 from node_agent.device_store import DeviceStore
-from node_agent.engines._base import CallOffered, Engine, NotOnWhatsApp, NotSupported
+from node_agent.engines._base import CallOffered, Engine, GroupError, NotOnWhatsApp, NotSupported
 from node_agent.events import EventPublisher
 from node_agent.inbound_media import MediaStore
 from node_agent.lease import AssignmentWatch, Lease, assigned_to, claim
 from node_agent.link_preview import close_fetchers as close_preview_fetchers
 from node_agent.media import MediaError, MediaFetcher, MediaPayload
 from node_agent.outbox import Outbox
-from node_agent.protocol import (  # -- contacts, profile, calls (issue 16) --
+from node_agent.protocol import (
+    INVITE_PREFIX,
     NODES_BUCKET,
     PRIVACY_VALUES,
     SERVICE_NAME,
@@ -55,6 +57,22 @@ from node_agent.protocol import (  # -- contacts, profile, calls (issue 16) --
     ErrorCode,
     Event,
     EventType,
+    GroupCreate,
+    GroupCreated,
+    GroupInfo,
+    GroupInvite,
+    GroupInviteRequest,
+    GroupJoined,
+    GroupLinkRequest,
+    GroupList,
+    GroupParticipantsChange,
+    GroupPicture,
+    GroupPictureSet,
+    GroupRef,
+    GroupRequests,
+    GroupRequestsChange,
+    GroupsListRequest,
+    GroupUpdate,
     History,
     HistoryRequest,
     NodeInfo,
@@ -62,6 +80,7 @@ from node_agent.protocol import (  # -- contacts, profile, calls (issue 16) --
     Op,
     PairCode,
     PairCodeRequest,
+    ParticipantsChanged,
     Privacy,
     PrivacyChange,
     ProfileUpdate,
@@ -120,6 +139,19 @@ CONCURRENT_OPS = frozenset(
         Op.PROFILE_SET,
         Op.PRIVACY_GET,
         Op.PRIVACY_SET,
+        # -- groups (issue 16) --
+        Op.GROUPS_LIST,
+        Op.GROUP_INFO,
+        Op.GROUP_CREATE,
+        Op.GROUP_LEAVE,
+        Op.GROUP_PARTICIPANTS,
+        Op.GROUP_INVITE,
+        Op.GROUP_JOIN,
+        Op.GROUP_LINK_INFO,
+        Op.GROUP_UPDATE,
+        Op.GROUP_REQUESTS,
+        Op.GROUP_REQUESTS_UPDATE,
+        Op.GROUP_PICTURE,
     }
 )
 # a start reply waits this long at most for the engine's connect call to return
@@ -151,6 +183,82 @@ def normalize_chat_id(raw: str) -> str:
         return normalize_chat(raw)
     except ChatIdError as exc:
         raise AgentError(ErrorCode(exc.code), exc.message) from None
+
+
+# -- groups (issue 16) --
+MAX_GROUP_SUBJECT = 100  # WhatsApp's limit on a group's subject
+MAX_GROUP_DESCRIPTION = 2048
+MAX_GROUP_PARTICIPANTS = 256  # per request
+EPHEMERAL_TIMERS = (0, 86400, 7 * 86400, 90 * 86400)  # what WhatsApp offers
+_INVITE_CODE = re.compile(r"^[A-Za-z0-9]{10,40}$")
+
+
+def group_chat_id(raw: str) -> str:
+    """A group chat id (``<digits>@g.us``), or AgentError(INVALID_CHAT_ID)."""
+    try:
+        chat = normalize_chat(raw)
+    except ChatIdError:
+        chat = ""
+    if not is_group(chat):
+        raise AgentError(ErrorCode.INVALID_CHAT_ID, f"{raw!r} is not a group id (<digits>@g.us)")
+    return chat
+
+
+def participant_ids(raw: list[str], *, allow_empty: bool = False) -> list[str]:
+    """Participants as phones (E.164 digits) or LIDs, deduplicated in order."""
+    if (not raw and not allow_empty) or len(raw) > MAX_GROUP_PARTICIPANTS:
+        raise AgentError(
+            ErrorCode.INVALID_REQUEST,
+            f"name {0 if allow_empty else 1} to {MAX_GROUP_PARTICIPANTS} participants",
+        )
+    found: list[str] = []
+    for item in raw:
+        chat = normalize_chat_id(item)
+        if chat_kind(chat) not in ("phone", "lid"):
+            raise AgentError(ErrorCode.INVALID_NUMBER, f"{item!r} is not a phone number (or a LID)")
+        found.append(chat)
+    return list(dict.fromkeys(found))
+
+
+def invite_link_of(raw: str) -> str:
+    """An invite link (``https://chat.whatsapp.com/<code>`` or the bare code), or
+    AgentError(INVALID_INVITE_LINK)."""
+    code = raw.strip().removeprefix(INVITE_PREFIX).removeprefix("chat.whatsapp.com/").strip("/")
+    if not _INVITE_CODE.match(code):
+        raise AgentError(ErrorCode.INVALID_INVITE_LINK, f"{raw!r} is not a group invite link")
+    return INVITE_PREFIX + code
+
+
+def group_changes(request: GroupUpdate) -> dict[str, object]:
+    changes: dict[str, object] = {}
+    if request.subject is not None:
+        subject = request.subject.strip()
+        if not subject or len(subject) > MAX_GROUP_SUBJECT:
+            raise AgentError(
+                ErrorCode.INVALID_REQUEST, f"a subject has 1 to {MAX_GROUP_SUBJECT} characters"
+            )
+        changes["subject"] = subject
+    if request.description is not None:
+        if len(request.description) > MAX_GROUP_DESCRIPTION:
+            raise AgentError(
+                ErrorCode.INVALID_REQUEST,
+                f"a description has at most {MAX_GROUP_DESCRIPTION} characters",
+            )
+        changes["description"] = request.description or None
+    if request.ephemeral_s is not None:
+        if request.ephemeral_s not in EPHEMERAL_TIMERS:
+            raise AgentError(
+                ErrorCode.INVALID_REQUEST,
+                f"ephemeral_s is one of {', '.join(map(str, EPHEMERAL_TIMERS))}",
+            )
+        changes["ephemeral_s"] = request.ephemeral_s
+    for name in ("announce", "locked", "approval"):
+        value = getattr(request, name)
+        if value is not None:
+            changes[name] = value
+    if not changes:
+        raise AgentError(ErrorCode.INVALID_REQUEST, "nothing to change")
+    return changes
 
 
 def make_engine(settings: AgentSettings, nc: NATS) -> Engine:
@@ -346,6 +454,19 @@ class Agent:
             Op.PROFILE_SET: (ProfileUpdate, self.op_profile_set),
             Op.PRIVACY_GET: (SessionRef, self.op_privacy_get),
             Op.PRIVACY_SET: (PrivacyChange, self.op_privacy_set),
+            # -- groups (issue 16) --
+            Op.GROUPS_LIST: (GroupsListRequest, self.op_groups_list),
+            Op.GROUP_INFO: (GroupRef, self.op_group_info),
+            Op.GROUP_CREATE: (GroupCreate, self.op_group_create),
+            Op.GROUP_LEAVE: (GroupRef, self.op_group_leave),
+            Op.GROUP_PARTICIPANTS: (GroupParticipantsChange, self.op_group_participants),
+            Op.GROUP_INVITE: (GroupInviteRequest, self.op_group_invite),
+            Op.GROUP_JOIN: (GroupLinkRequest, self.op_group_join),
+            Op.GROUP_LINK_INFO: (GroupLinkRequest, self.op_group_link_info),
+            Op.GROUP_UPDATE: (GroupUpdate, self.op_group_update),
+            Op.GROUP_REQUESTS: (GroupRef, self.op_group_requests),
+            Op.GROUP_PICTURE: (GroupPicture, self.op_group_picture),
+            Op.GROUP_REQUESTS_UPDATE: (GroupRequestsChange, self.op_group_requests_update),
         }
         for op, (request_type, handler) in routes.items():
             # queue group per node: several connections of one agent never double-serve
@@ -864,6 +985,15 @@ class Agent:
             raise AgentError(ErrorCode.NOT_ON_WHATSAPP, str(exc)) from None
         except NotSupported as exc:
             raise AgentError(ErrorCode.NOT_SUPPORTED, str(exc)) from None
+
+    # -- groups (issue 16) ---------------------------------------------------------------
+
+    async def _group_op(self, what: Awaitable[T]) -> T:
+        """An engine group call: GroupError -> its own code, anything else engine_error."""
+        try:
+            return await what
+        except GroupError as exc:
+            raise AgentError(ErrorCode(exc.code), exc.message) from None
         except AgentError:
             raise
         except Exception as exc:
@@ -945,6 +1075,99 @@ class Agent:
                 )
         supervisor = self._connected(request.session_id)
         return await self._engine_op(supervisor.engine.set_privacy(request.settings))
+
+    async def op_groups_list(self, request: GroupsListRequest) -> GroupList:
+        supervisor = self._connected(request.session_id)
+        return GroupList(groups=await self._group_op(supervisor.engine.list_groups()))
+
+    async def op_group_info(self, request: GroupRef) -> GroupInfo:
+        group_id = group_chat_id(request.group_id)
+        supervisor = self._connected(request.session_id)
+        return await self._group_op(supervisor.engine.group_info(group_id))
+
+    async def op_group_create(self, request: GroupCreate) -> GroupCreated:
+        subject = request.subject.strip()
+        if not subject or len(subject) > MAX_GROUP_SUBJECT:
+            raise AgentError(
+                ErrorCode.INVALID_REQUEST, f"a subject has 1 to {MAX_GROUP_SUBJECT} characters"
+            )
+        participants = participant_ids(request.participants, allow_empty=True)
+        supervisor = self._connected(request.session_id)
+        return await self._group_op(supervisor.engine.create_group(subject, participants))
+
+    async def op_group_leave(self, request: GroupRef) -> Empty:
+        group_id = group_chat_id(request.group_id)
+        supervisor = self._connected(request.session_id)
+        await self._group_op(supervisor.engine.leave_group(group_id))
+        return Empty()
+
+    async def op_group_participants(self, request: GroupParticipantsChange) -> ParticipantsChanged:
+        group_id = group_chat_id(request.group_id)
+        participants = participant_ids(request.participants)
+        supervisor = self._connected(request.session_id)
+        results = await self._group_op(
+            supervisor.engine.update_participants(group_id, request.action, participants)
+        )
+        return ParticipantsChanged(group_id=group_id, action=request.action, results=results)
+
+    async def op_group_invite(self, request: GroupInviteRequest) -> GroupInvite:
+        group_id = group_chat_id(request.group_id)
+        supervisor = self._connected(request.session_id)
+        link = await self._group_op(supervisor.engine.invite_link(group_id, request.revoke))
+        return GroupInvite(group_id=group_id, link=link)
+
+    async def op_group_join(self, request: GroupLinkRequest) -> GroupJoined:
+        link = invite_link_of(request.link)
+        supervisor = self._connected(request.session_id)
+        joined = await self._group_op(supervisor.engine.join_group(link))
+        if joined.status == "joined":
+            joined.group = await self._group_op(supervisor.engine.group_info(joined.group_id))
+        return joined
+
+    async def op_group_picture(self, request: GroupPicture) -> GroupPictureSet:
+        """Fetch or decode the picture, make it the square JPEG WhatsApp shows, set it."""
+        from node_agent.pictures import picture_jpeg
+
+        group_id = group_chat_id(request.group_id)
+        supervisor = self._connected(request.session_id)
+        jpeg = None
+        if request.media is not None:
+            try:
+                payload = await self.media.accept(request.media)
+                if payload is None:
+                    payload = await self.media.fetch(request.media)
+                jpeg = await asyncio.to_thread(picture_jpeg, payload)
+            except MediaError as exc:
+                raise AgentError(exc.code, exc.message) from None
+        picture = await self._group_op(supervisor.engine.set_group_picture(group_id, jpeg))
+        return GroupPictureSet(group_id=group_id, picture_id=picture)
+
+    async def op_group_requests(self, request: GroupRef) -> GroupRequests:
+        group_id = group_chat_id(request.group_id)
+        supervisor = self._connected(request.session_id)
+        found = await self._group_op(supervisor.engine.join_requests(group_id))
+        return GroupRequests(group_id=group_id, requests=found)
+
+    async def op_group_requests_update(self, request: GroupRequestsChange) -> ParticipantsChanged:
+        group_id = group_chat_id(request.group_id)
+        participants = participant_ids(request.participants)
+        supervisor = self._connected(request.session_id)
+        results = await self._group_op(
+            supervisor.engine.answer_requests(group_id, request.action, participants)
+        )
+        return ParticipantsChanged(group_id=group_id, action=request.action, results=results)
+
+    async def op_group_link_info(self, request: GroupLinkRequest) -> GroupInfo:
+        link = invite_link_of(request.link)
+        supervisor = self._connected(request.session_id)
+        return await self._group_op(supervisor.engine.link_info(link))
+
+    async def op_group_update(self, request: GroupUpdate) -> GroupInfo:
+        group_id = group_chat_id(request.group_id)
+        changes = group_changes(request)
+        supervisor = self._connected(request.session_id)
+        await self._group_op(supervisor.engine.update_group(group_id, changes))
+        return await self._group_op(supervisor.engine.group_info(group_id))
 
     async def op_node_info(self, _: Empty) -> NodeInfo:
         return self.node_info()

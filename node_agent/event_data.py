@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from node_agent.protocol import EventType, SessionState
+from node_agent.protocol import EventType, GroupInfo, SessionState
 
 _CONFIG: dict[str, Any] = {"kw_only": True, "forbid_unknown_fields": True}
 
@@ -186,6 +186,32 @@ class ContactBlockedData(msgspec.Struct, **_CONFIG):
     blocked: bool
 
 
+class _Group(msgspec.Struct, **_CONFIG):
+    """A group this account is (or was) in; ``by`` who did it (a phone, or a LID when the
+    phone is unknown), null when unknown."""
+
+    group_id: str
+    by: str | None
+
+
+class GroupJoinedData(_Group, **_CONFIG):
+    reason: str | None
+    group: GroupInfo | None
+
+
+class GroupLeftData(_Group, **_CONFIG):
+    reason: str | None
+
+
+class GroupParticipantsData(_Group, **_CONFIG):
+    action: str | None  # add, remove, promote, demote, join (by link), leave
+    participants: list[str]
+
+
+class GroupUpdatedData(_Group, **_CONFIG):
+    changes: dict[str, Any]  # what changed, by name (subject, description, picture, ...)
+
+
 DATA_OF: dict[EventType, type[msgspec.Struct]] = {
     EventType.SESSION_STATUS: SessionStatusData,
     EventType.SESSION_QR: SessionQrData,
@@ -206,6 +232,10 @@ DATA_OF: dict[EventType, type[msgspec.Struct]] = {
     EventType.CALL_RECEIVED: CallReceivedData,
     EventType.CALL_REJECTED: CallRejectedData,
     EventType.CONTACT_BLOCKED: ContactBlockedData,
+    EventType.GROUP_JOINED: GroupJoinedData,
+    EventType.GROUP_LEFT: GroupLeftData,
+    EventType.GROUP_PARTICIPANTS: GroupParticipantsData,
+    EventType.GROUP_UPDATED: GroupUpdatedData,
 }
 
 

@@ -121,6 +121,19 @@ class Op(enum.StrEnum):
     PROFILE_SET = "profile_set"
     PRIVACY_GET = "privacy_get"
     PRIVACY_SET = "privacy_set"
+    # -- groups (issue 16) --
+    GROUPS_LIST = "groups_list"
+    GROUP_INFO = "group_info"
+    GROUP_CREATE = "group_create"
+    GROUP_LEAVE = "group_leave"
+    GROUP_PARTICIPANTS = "group_participants"
+    GROUP_INVITE = "group_invite"
+    GROUP_JOIN = "group_join"
+    GROUP_LINK_INFO = "group_link_info"
+    GROUP_UPDATE = "group_update"
+    GROUP_REQUESTS = "group_requests"
+    GROUP_REQUESTS_UPDATE = "group_requests_update"
+    GROUP_PICTURE = "group_picture"
 
 
 # -- reply envelope ----------------------------------------------------------------------
@@ -159,6 +172,10 @@ class ErrorCode(enum.StrEnum):
     NOT_ON_WHATSAPP = "not_on_whatsapp"  # a contact lookup of a number nobody uses
     INVALID_IMAGE = "invalid_image"  # a profile picture that is not an image
     INVALID_PRIVACY_VALUE = "invalid_privacy_value"  # a value WhatsApp refuses for a setting
+    # -- groups (issue 16) --
+    GROUP_NOT_FOUND = "group_not_found"  # no such group, or this account is not in it
+    NOT_GROUP_ADMIN = "not_group_admin"  # the change needs admin rights in the group
+    INVALID_INVITE_LINK = "invalid_invite_link"  # malformed, unknown or revoked link
     NOT_SUPPORTED = "not_supported"  # the session's engine cannot do this
 
 
@@ -619,6 +636,184 @@ class PrivacyChange(msgspec.Struct, kw_only=True):
     settings: dict[str, str]  # PrivacyName -> PrivacyValue
 
 
+# -- groups (issue 16) --------------------------------------------------------------------
+
+GroupRole = Literal["superadmin", "admin", "member"]
+GroupAction = Literal["add", "remove", "promote", "demote"]
+# what became of one participant of a participants change (docs/api.md, "Groups")
+ParticipantStatus = Literal[
+    "added",
+    "removed",
+    "promoted",
+    "demoted",
+    "not_on_whatsapp",
+    "privacy_forbids",
+    "invite_sent",
+    "not_a_participant",
+    "already_participant",
+    "recently_left",
+    "approved",
+    "rejected",
+    "not_requested",
+    "failed",
+]
+
+
+class GroupMember(msgspec.Struct, kw_only=True):
+    """A participant: ``id`` as the group addresses it (a phone, or a LID in a
+    LID-addressed group), its ``phone`` when known (never a LID) and its ``lid``."""
+
+    id: str
+    role: GroupRole = "member"
+    phone: str | None = None
+    lid: str | None = None
+
+
+class GroupSettings(msgspec.Struct, kw_only=True):
+    """``announce``: only admins send; ``locked``: only admins edit the group info;
+    ``ephemeral_s``: disappearing messages timer (0 = off); ``approval``: joining by link
+    needs an admin's approval (join requests)."""
+
+    announce: bool = False
+    locked: bool = False
+    ephemeral_s: int = 0
+    approval: bool = False
+
+
+class GroupInfo(msgspec.Struct, kw_only=True):
+    """A group as this account sees it. ``invite_link`` only when this account is an
+    admin and the engine knows it (``group_invite`` fetches it)."""
+
+    id: str  # <digits>@g.us
+    subject: str
+    description: str | None = None
+    owner: str | None = None  # the creator's phone (or LID when the phone is hidden)
+    created_at: float | None = None
+    participants: list[GroupMember] = msgspec.field(default_factory=list)
+    settings: GroupSettings = msgspec.field(default_factory=GroupSettings)
+    invite_link: str | None = None
+    picture_id: str | None = None  # the current picture's id (None: none, or unknown)
+
+
+class GroupList(msgspec.Struct, kw_only=True):
+    groups: list[GroupInfo]
+
+
+class GroupsListRequest(msgspec.Struct, kw_only=True):
+    session_id: str
+
+
+class GroupRef(msgspec.Struct, kw_only=True):
+    session_id: str
+    group_id: str
+
+
+class GroupCreate(msgspec.Struct, kw_only=True):
+    session_id: str
+    subject: str
+    participants: list[str] = msgspec.field(default_factory=list)
+
+
+class ParticipantResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    participant: str  # the phone (or chat id) as asked
+    status: ParticipantStatus
+    error: int | None = None  # WhatsApp's code when it refused
+
+
+class GroupCreated(msgspec.Struct, kw_only=True):
+    group: GroupInfo
+    results: list[ParticipantResult] = msgspec.field(default_factory=list)
+
+
+class GroupParticipantsChange(msgspec.Struct, kw_only=True):
+    session_id: str
+    group_id: str
+    action: GroupAction
+    participants: list[str]
+
+
+class ParticipantsChanged(msgspec.Struct, kw_only=True):
+    group_id: str
+    action: GroupAction | Literal["approve", "reject"]
+    results: list[ParticipantResult]
+
+
+class GroupInviteRequest(msgspec.Struct, kw_only=True):
+    session_id: str
+    group_id: str
+    revoke: bool = False
+
+
+class GroupInvite(msgspec.Struct, kw_only=True):
+    group_id: str
+    link: str
+
+
+class GroupLinkRequest(msgspec.Struct, kw_only=True):
+    """Join by an invite link, or read the group behind one (``link_info``)."""
+
+    session_id: str
+    link: str
+
+
+class GroupUpdate(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Settings to change; None: unchanged."""
+
+    session_id: str
+    group_id: str
+    subject: str | None = None
+    description: str | None = None
+    announce: bool | None = None
+    locked: bool | None = None
+    ephemeral_s: int | None = None
+    approval: bool | None = None
+
+
+class GroupPicture(msgspec.Struct, kw_only=True):
+    """Set the group's picture (any image; sent as a square JPEG ≤ 640x640), or remove
+    it (``media`` None)."""
+
+    session_id: str
+    group_id: str
+    media: Media | None = None
+
+
+class GroupPictureSet(msgspec.Struct, kw_only=True):
+    group_id: str
+    picture_id: str | None
+
+
+class GroupJoined(msgspec.Struct, kw_only=True):
+    """A join by link: ``joined``, or ``requested`` (the group needs an admin's approval;
+    ``group`` is then None)."""
+
+    group_id: str
+    status: Literal["joined", "requested"]
+    group: GroupInfo | None = None
+
+
+class JoinRequest(msgspec.Struct, kw_only=True):
+    participant: str  # a phone, or a LID when the phone is hidden
+    phone: str | None = None
+    lid: str | None = None
+    requested_at: float | None = None
+
+
+class GroupRequests(msgspec.Struct, kw_only=True):
+    group_id: str
+    requests: list[JoinRequest]
+
+
+class GroupRequestsChange(msgspec.Struct, kw_only=True):
+    session_id: str
+    group_id: str
+    action: Literal["approve", "reject"]
+    participants: list[str]
+
+
+INVITE_PREFIX = "https://chat.whatsapp.com/"
+
+
 # -- nodes -------------------------------------------------------------------------------
 
 
@@ -667,6 +862,11 @@ class EventType(enum.StrEnum):
     NODE_UP = "node.up"
     NODE_DOWN = "node.down"
     SESSION_MOVED = "session.moved"
+    # -- groups (issue 16) --
+    GROUP_JOINED = "group.joined"
+    GROUP_LEFT = "group.left"
+    GROUP_PARTICIPANTS = "group.participants"
+    GROUP_UPDATED = "group.updated"
 
 
 class Event(msgspec.Struct, kw_only=True):

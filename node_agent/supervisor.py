@@ -32,6 +32,7 @@ from node_agent.engines._base import (
     EngineError,
     EngineEvent,
     EngineSession,
+    GroupEvent,
     Inbound,
     InboundMedia,
     LoggedOut,
@@ -446,6 +447,8 @@ class SessionSupervisor:
                 self._on_call_offered(event)
             case BlockChanged():  # issue 16
                 self._on_block_changed(event)
+            case GroupEvent():
+                self._on_group(event)
 
     def _on_failure(self, reason: str, *, fatal: bool = False) -> None:
         if self._ending:
@@ -698,6 +701,26 @@ class SessionSupervisor:
                 "state": event.state,
             },
         )
+
+    # -- groups (issue 16) --
+
+    def _on_group(self, event: GroupEvent) -> None:
+        data: dict[str, Any] = {"group_id": event.group_id, "by": event.by}
+        if event.kind == "joined":
+            event_type = EventType.GROUP_JOINED
+            data["reason"] = event.reason
+            data["group"] = msgspec.to_builtins(event.group) if event.group else None
+        elif event.kind == "left":
+            event_type = EventType.GROUP_LEFT
+            data["reason"] = event.reason
+        elif event.kind == "participants":
+            event_type = EventType.GROUP_PARTICIPANTS
+            data["action"] = event.action
+            data["participants"] = list(event.participants)
+        else:
+            event_type = EventType.GROUP_UPDATED
+            data["changes"] = dict(event.changes or {})
+        self.events.emit(event_type, self.tenant, self.session_id, data)
 
     def _finish_failed(self, item: _Outbound, code: ErrorCode, error: str) -> None:
         request = item.request

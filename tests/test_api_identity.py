@@ -124,6 +124,20 @@ def _request(method: str, path: str) -> dict[str, Any]:
         ("put", "profile/picture"): {"base64": PNG_1PX},
         ("patch", "privacy"): {"online": "all"},
         ("put", "settings/calls"): {"reject": True, "reply_text": "busy"},
+        # groups (issue 16)
+        ("post", "groups"): {"subject": "team", "participants": ["15550001111"]},
+        ("post", "groups/join"): {"link": "https://chat.whatsapp.com/AbCdEfGhIjKlMnOp"},
+        ("post", "groups/link-info"): {"link": "https://chat.whatsapp.com/AbCdEfGhIjKlMnOp"},
+        ("patch", "groups/{group_id}"): {"subject": "renamed"},
+        ("put", "groups/{group_id}/picture"): {"media": {"url": "https://example.com/p.png"}},
+        ("post", "groups/{group_id}/requests"): {
+            "action": "approve",
+            "participants": ["15550001111"],
+        },
+        ("post", "groups/{group_id}/participants"): {
+            "action": "add",
+            "participants": ["15550001111"],
+        },
     }
     tail = path.split("{session_id}", 1)[1].lstrip("/")
     body = bodies.get((method, tail))
@@ -140,6 +154,8 @@ def _request(method: str, path: str) -> dict[str, Any]:
             "reset-breaker",
             "contacts/{chat}/block",  # issue 16
             "contacts/{chat}/unblock",
+            "groups/{group_id}/leave",
+            "groups/{group_id}/invite/revoke",
         )
     ):
         raise AssertionError(f"no test request for {method.upper()} {path}: add one")

@@ -18,6 +18,7 @@ SERVICES = (
     "control_plane/media.py",
     "control_plane/numbers.py",
     "control_plane/contacts.py",
+    "control_plane/groups.py",
 )
 CONTROLLERS = tuple(
     str(p.relative_to(ROOT)) for p in sorted((ROOT / "control_plane/api").glob("*.py"))
@@ -100,6 +101,7 @@ def test_every_controller_and_service_imports_first_in_a_fresh_interpreter() -> 
         "control_plane.messages",
         "control_plane.media",
         "control_plane.contacts",
+        "control_plane.groups",
         "control_plane.commands",
         "control_plane.ui.routes",
         "control_plane.webhooks.lifespan",

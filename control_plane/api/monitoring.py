@@ -254,7 +254,9 @@ class MonitoringController(Controller):
         services: Services,
         principal: Principal,
         cache: str | None = Parameter(
-            default=None, pattern=r"^(status|qr|numbers|history)$", description="one cache only"
+            default=None,
+            pattern=r"^(status|qr|numbers|history|groups)$",
+            description="one cache only",
         ),
     ) -> CacheCleared:
         deleted = await services.cache.clear(cache)

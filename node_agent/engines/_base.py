@@ -16,8 +16,14 @@ from node_agent.media import MediaPayload
 from node_agent.protocol import (  # issue 16
     Contact,
     ContactDetails,
+    GroupAction,
+    GroupCreated,
+    GroupInfo,
+    GroupJoined,
+    JoinRequest,
     MessageContent,
     NumberStatus,
+    ParticipantResult,
     Privacy,
     SessionSpec,
 )
@@ -127,6 +133,39 @@ class BlockChanged(msgspec.Struct, frozen=True):
     blocked: bool
 
 
+# -- groups (issue 16) --
+
+
+class GroupEvent(msgspec.Struct, frozen=True):
+    """Something happened to a group this account is (or was) in. ``kind``: ``joined``
+    (``group`` is set), ``left``, ``participants`` (``action``, ``participants``),
+    ``updated`` (``changes``: what changed, by name). ``by``: who did it (a phone, or a
+    LID when the phone is unknown), None when unknown."""
+
+    kind: Literal["joined", "left", "participants", "updated"]
+    group_id: str
+    by: str | None = None
+    group: GroupInfo | None = None
+    action: str | None = None  # add, remove, promote, demote, join (by link), leave
+    participants: tuple[str, ...] = ()
+    changes: dict[str, object] | None = None
+    reason: str | None = None
+
+
+class GroupError(Exception):
+    """A group operation refused for a reason the caller must hear: ``code`` is
+    ``group_not_found``, ``not_group_admin`` or ``invalid_invite_link``."""
+
+    def __init__(
+        self,
+        code: Literal["group_not_found", "not_group_admin", "invalid_invite_link", "not_supported"],
+        message: str,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 EngineEvent = (
     QrShown
     | Paired
@@ -138,6 +177,7 @@ EngineEvent = (
     | PresenceSeen
     | CallOffered
     | BlockChanged
+    | GroupEvent
 )
 Emit = Callable[[EngineEvent], None]
 
@@ -223,6 +263,50 @@ class EngineSession(Protocol):
     async def contact_info(self, chat: str) -> ContactDetails:
         """Name, business flag, about text and picture of a phone or LID; EngineError
         ``not on WhatsApp`` when nobody uses that number."""
+
+    # -- groups (issue 16) --
+    # Each raises GroupError for a group the account is not in (group_not_found), a change
+    # that needs admin rights (not_group_admin), a bad invite link (invalid_invite_link).
+
+    async def list_groups(self) -> list[GroupInfo]:
+        """Every group this account is in."""
+
+    async def group_info(self, group_id: str) -> GroupInfo: ...
+
+    async def create_group(self, subject: str, participants: list[str]) -> GroupCreated:
+        """A new group with this account as its owner (superadmin)."""
+
+    async def leave_group(self, group_id: str) -> None: ...
+
+    async def update_participants(
+        self, group_id: str, action: GroupAction, participants: list[str]
+    ) -> list[ParticipantResult]:
+        """One result per participant (in the order given), never all-or-nothing."""
+
+    async def invite_link(self, group_id: str, revoke: bool = False) -> str:
+        """The group's invite link (a new one after ``revoke``); admins only."""
+
+    async def join_group(self, link: str) -> GroupJoined:
+        """Join by invite link (a full link or its code): joined, or a join request sent
+        when the group needs an admin's approval."""
+
+    async def link_info(self, link: str) -> GroupInfo:
+        """The group behind an invite link, without joining."""
+
+    async def update_group(self, group_id: str, changes: dict[str, object]) -> None:
+        """Change ``subject``, ``description``, ``announce``, ``locked``, ``ephemeral_s``,
+        ``approval``."""
+
+    async def set_group_picture(self, group_id: str, jpeg: bytes | None) -> str | None:
+        """Set the picture (a prepared JPEG) or remove it (None); returns its id."""
+
+    async def join_requests(self, group_id: str) -> list[JoinRequest]:
+        """Pending join requests of a group that needs approval (admins)."""
+
+    async def answer_requests(
+        self, group_id: str, action: Literal["approve", "reject"], participants: list[str]
+    ) -> list[ParticipantResult]:
+        """Approve or reject join requests: ``approved``, ``rejected``, ``not_requested``."""
 
 
 class Engine(Protocol):

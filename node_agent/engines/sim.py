@@ -40,7 +40,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import ObjectStoreConfig
-from nats.js.errors import KeyNotFoundError, ObjectNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ObjectNotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
@@ -52,6 +52,8 @@ from node_agent.engines._base import (
     Disconnected,
     Emit,
     EngineError,
+    GroupError,
+    GroupEvent,
     Inbound,
     InboundMedia,
     LoggedOut,
@@ -64,11 +66,20 @@ from node_agent.engines._base import (
 from node_agent.engines.sim_presence import Presence
 from node_agent.media import MediaPayload
 from node_agent.protocol import (
+    INVITE_PREFIX,
     Contact,
     ContactDetails,
     EditContent,
+    GroupAction,
+    GroupCreated,
+    GroupInfo,
+    GroupJoined,
+    GroupMember,
+    GroupSettings,
+    JoinRequest,
     MessageContent,
     NumberStatus,
+    ParticipantResult,
     PollContent,
     Privacy,
     SessionSpec,
@@ -159,6 +170,66 @@ class Account(msgspec.Struct, kw_only=True):
     paired_at: float
 
 
+# -- groups (issue 16) --
+
+
+class SimGroup(msgspec.Struct, kw_only=True):
+    """A group on the simulated network: KV ``zf_sim`` ``group.<digits>``, shared by
+    every agent; changed only by compare-and-set on its revision."""
+
+    id: str
+    subject: str = ""
+    description: str | None = None
+    owner: str | None = None
+    created_at: float = 0.0
+    roles: dict[str, str] = msgspec.field(default_factory=dict)  # phone -> role
+    announce: bool = False
+    locked: bool = False
+    ephemeral_s: int = 0
+    invite: str | None = None  # the current invite code (KV ``invite.<code>``)
+    approval: bool = False  # joining by link needs an admin's approval
+    requests: dict[str, float] = msgspec.field(default_factory=dict)  # phone -> asked at
+    picture: str | None = None  # the picture's id; its bytes in zf_sim_media ``pic.<id>``
+
+    @property
+    def members(self) -> list[str]:
+        return sorted(self.roles)
+
+    def is_admin(self, phone: str | None) -> bool:
+        return phone is not None and self.roles.get(phone) in ("admin", "superadmin")
+
+
+class WireGroup(msgspec.Struct, kw_only=True):
+    """A group notification from the simulated server to one account (``zf.sim.group.
+    <phone>``): what became of a group, so sessions report it and drop cached metadata."""
+
+    kind: Literal["joined", "left", "participants", "updated"]
+    group_id: str
+    by: str | None = None
+    group: GroupInfo | None = None
+    action: str | None = None
+    participants: list[str] = msgspec.field(default_factory=list)
+    changes: dict[str, Any] | None = None
+    reason: str | None = None
+
+
+def _decode_group(chat: str, data: bytes) -> SimGroup:
+    """A group record; records of the first test helper were a plain list of phones."""
+    raw = msgspec.json.decode(data)
+    if isinstance(raw, list):
+        return SimGroup(id=chat, roles={str(m): "member" for m in raw})
+    return msgspec.convert(raw, SimGroup)
+
+
+async def set_group_add_privacy(
+    nc: NATS, phone: str, who: Literal["all", "contacts", "none"]
+) -> None:
+    """Act as the phone: who may add it to groups. ``contacts``: others get an invite
+    sent instead (``invite_sent``); ``none``: refused (``privacy_forbids``)."""
+    kv = await _network(nc)
+    await kv.put(f"privacy.{phone}", who.encode())
+
+
 _encode = msgspec.json.encode
 
 
@@ -221,14 +292,24 @@ def _group_key(chat: str) -> str:
 
 
 async def create_group(
-    nc: NATS, members: list[str], *, kind: Literal["group", "newsletter"] = "group"
+    nc: NATS,
+    members: list[str],
+    *,
+    kind: Literal["group", "newsletter"] = "group",
+    subject: str = "sim group",
 ) -> str:
-    """A sim group (or newsletter) whose participants are ``members`` (phones); returns
-    its chat id. Test helper until group management exists (the next issue)."""
+    """A sim group (or newsletter) whose participants are ``members`` (phones; the
+    first one is its owner, a superadmin); returns its chat id. A test helper: sessions
+    create groups with :meth:`SimSession.create_group` (issue 16)."""
     kv = await _network(nc)
     digits = "120363" + f"{secrets.randbelow(10**12):012d}"
     chat = f"{digits}@{'g.us' if kind == 'group' else 'newsletter'}"
-    await kv.put(_group_key(chat), _encode(sorted(set(members))))
+    roles = {m: "member" for m in sorted(set(members))}
+    if members:
+        roles[members[0]] = "superadmin"
+    record = SimGroup(id=chat, subject=subject, owner=members[0] if members else None, roles=roles)
+    record.created_at = time.time()
+    await kv.put(_group_key(chat), _encode(record))
     return chat
 
 
@@ -359,6 +440,7 @@ class SimEngine:
         # needs no lookup (measured: the lookup was 3.4 % of the agent's CPU per send)
         self._registered: set[str] = set()
         self._directory: KVMirror | None = None
+        self.metadata_queries = 0  # group metadata reads (issue 16): sends must not cost one
 
     def set_lease_guard(self, may_act: Callable[[], bool]) -> None:
         """The agent's lease check: a socket does nothing on the network without it."""
@@ -442,11 +524,50 @@ class SimEngine:
         return entry.value.decode() if entry.value else None
 
     async def group_members(self, chat: str) -> list[str] | None:
+        group = await self.load_group(chat)
+        return group.members if group is not None else None
+
+    # -- groups (issue 16) --
+
+    async def load_group(self, chat: str) -> SimGroup | None:
+        """One metadata query to the (simulated) server: counted in
+        ``metadata_queries`` (WhatsApp rate-limits them; sends use a cache)."""
+        self.metadata_queries += 1
         try:
             entry = await self.kv.get(_group_key(chat))
         except KeyNotFoundError:
             return None
-        return msgspec.json.decode(entry.value, type=list[str]) if entry.value else None
+        return _decode_group(chat, entry.value) if entry.value else None
+
+    async def change_group(
+        self, chat: str, change: Callable[[SimGroup], SimGroup]
+    ) -> tuple[SimGroup, SimGroup]:
+        """(before, after) of a compare-and-set change of a group record; ``change``
+        gets a copy and may raise GroupError."""
+        key = _group_key(chat)
+        for _ in range(50):
+            self.metadata_queries += 1
+            try:
+                entry = await self.kv.get(key)
+            except KeyNotFoundError:
+                entry = None
+            if entry is None or not entry.value:
+                raise GroupError("group_not_found", f"group {chat} does not exist")
+            before = _decode_group(chat, entry.value)
+            after = change(msgspec.structs.replace(before, roles=dict(before.roles)))
+            try:
+                await self.kv.update(key, _encode(after), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue  # changed meanwhile by another account: apply to the new one
+            return before, after
+        raise EngineError(f"group {chat} keeps changing; try again")
+
+    async def privacy_of(self, phone: str) -> str:
+        try:
+            entry = await self.kv.get(f"privacy.{phone}")
+        except KeyNotFoundError:
+            return "all"
+        return entry.value.decode() if entry.value else "all"
 
     async def is_registered(self, phone: str) -> bool:
         if phone in self._registered:
@@ -478,6 +599,8 @@ class SimSession:
         self._received: OrderedDict[str, str] = OrderedDict()  # received id -> sender phone
         self._blocked: set[str] = set()  # phones this account blocked (issue 16)
         self._chatted: OrderedDict[str, None] = OrderedDict()  # chat partners (contacts)
+        # group metadata of sends, dropped by group notifications (issue 16)
+        self._group_cache: dict[str, SimGroup] = {}
         self._presence = Presence(
             engine.nc,
             engine.kv,
@@ -628,6 +751,8 @@ class SimSession:
         self._subs.append(await self.nc.subscribe(f"zf.sim.typing.{phone}", cb=self._on_typing))
         self._blocked = set(await self._load_blocklist(phone))  # issue 16
         self._subs.append(await self.nc.subscribe(f"zf.sim.call.{phone}", cb=self._on_call))
+        self._subs.append(await self.nc.subscribe(f"zf.sim.group.{phone}", cb=self._on_group))
+        self._group_cache.clear()  # notifications missed while offline
         self._online = True
         self.emit(Connected(phone=phone))
 
@@ -887,12 +1012,24 @@ class SimSession:
             if phone is None or not await self.engine.is_registered(phone):
                 raise EngineError(f"{to} is not on WhatsApp")
             return [phone]
-        members = await self.engine.group_members(to)
-        if members is None:
+        group = await self._cached_group(to)
+        if group is None:
             raise EngineError(f"{kind} {to} does not exist")
-        if self.phone not in members:
+        if self.phone not in group.roles:
             raise EngineError(f"this account is not a participant of {to}")
-        return [m for m in members if m != self.phone]
+        if group.announce and not group.is_admin(self.phone):
+            raise EngineError(f"only admins can send to {to} (announcement group)")
+        return [m for m in group.members if m != self.phone]
+
+    async def _cached_group(self, chat: str) -> SimGroup | None:
+        """Group metadata for sends: one query, then the cache until a notification of
+        a change (like whatsmeow's group cache)."""
+        group = self._group_cache.get(chat)
+        if group is None:
+            group = await self.engine.load_group(chat)
+            if group is not None:
+                self._group_cache[chat] = group
+        return group
 
     async def _deliver(self, to: str, recipients: list[str], wire: Wire) -> None:
         """The server side: accept (server ack), then hand to each recipient's socket
@@ -1097,6 +1234,470 @@ class SimSession:
             picture_url=url,
         )
 
+    # -- groups (issue 16) ---------------------------------------------------------------
+
+    def _me(self) -> str:
+        if not self._online or self.phone is None or not self.engine.may_act():
+            raise EngineError("not connected")
+        return self.phone
+
+    def _view(self, group: SimGroup, me: str | None) -> GroupInfo:
+        return GroupInfo(
+            id=group.id,
+            subject=group.subject,
+            description=group.description,
+            owner=group.owner,
+            created_at=group.created_at or None,
+            participants=[
+                GroupMember(
+                    id=phone,
+                    role=group.roles[phone],  # type: ignore[arg-type]
+                    phone=phone,
+                    lid=lid_of(phone),
+                )
+                for phone in group.members
+            ],
+            settings=GroupSettings(
+                announce=group.announce,
+                locked=group.locked,
+                ephemeral_s=group.ephemeral_s,
+                approval=group.approval,
+            ),
+            picture_id=group.picture,
+            invite_link=INVITE_PREFIX + group.invite
+            if group.invite and group.is_admin(me)
+            else None,
+        )
+
+    async def _member_group(self, group_id: str) -> SimGroup:
+        me = self._me()
+        group = await self.engine.load_group(group_id)
+        if group is None or me not in group.roles:
+            raise GroupError("group_not_found", f"this account is not in group {group_id}")
+        self._group_cache[group_id] = group
+        return group
+
+    async def list_groups(self) -> list[GroupInfo]:
+        """One pass over the network's groups (whatsmeow: ``GetJoinedGroups``, one query)."""
+        from zapfleet._kv import scan
+
+        me = self._me()
+        self.engine.metadata_queries += 1
+        found = []
+        for entry in await scan(self.engine.kv, "group.*"):
+            if entry.value:
+                group = _decode_group(entry.key.removeprefix("group.") + "@g.us", entry.value)
+                if me in group.roles:
+                    found.append(self._view(group, me))
+        return sorted(found, key=lambda g: g.id)
+
+    async def group_info(self, group_id: str) -> GroupInfo:
+        me = self._me()
+        return self._view(await self._member_group(group_id), me)
+
+    async def create_group(self, subject: str, participants: list[str]) -> GroupCreated:
+        me = self._me()
+        digits = "120363" + f"{secrets.randbelow(10**12):012d}"
+        chat = f"{digits}@g.us"
+        group = SimGroup(
+            id=chat, subject=subject, owner=me, created_at=time.time(), roles={me: "superadmin"}
+        )
+        await self.engine.kv.create(_group_key(chat), _encode(group))
+        results: list[ParticipantResult] = []
+        if participants:
+            results = await self.update_participants(chat, "add", participants, notify=False)
+        created = await self.engine.load_group(chat)
+        assert created is not None
+        self._group_cache[chat] = created
+        view = self._view(created, me)
+        await self._notify([me], kind="joined", group_id=chat, by=me, group=view, reason="created")
+        others = [p for p in created.members if p != me]
+        await self._notify(others, kind="joined", group_id=chat, by=me, group=view, reason="added")
+        return GroupCreated(group=view, results=results)
+
+    async def leave_group(self, group_id: str) -> None:
+        me = self._me()
+
+        def leave(group: SimGroup) -> SimGroup:
+            if me not in group.roles:
+                raise GroupError("group_not_found", f"this account is not in group {group_id}")
+            del group.roles[me]
+            if group.roles and not any(group.is_admin(p) for p in group.roles):
+                group.roles[group.members[0]] = "admin"  # a group always keeps an admin
+            return group
+
+        _, after = await self.engine.change_group(group_id, leave)
+        self._group_cache.pop(group_id, None)
+        await self._notify([me], kind="left", group_id=group_id, by=me, reason="left")
+        await self._notify(
+            after.members,
+            kind="participants",
+            group_id=group_id,
+            by=me,
+            action="leave",
+            participants=[me],
+        )
+
+    async def update_participants(
+        self,
+        group_id: str,
+        action: GroupAction,
+        participants: list[str],
+        *,
+        notify: bool = True,
+    ) -> list[ParticipantResult]:
+        me = self._me()
+        wanted: list[tuple[str, str | None]] = []  # (as asked, phone)
+        for asked in participants:
+            phone = await self.engine.phone_of_lid(asked) if asked.endswith("@lid") else asked
+            wanted.append((asked, phone))
+        registered = {p: await self.engine.is_registered(p) for _, p in wanted if p}
+        privacy = {p: await self.engine.privacy_of(p) for p in registered if registered[p]}
+        results: list[ParticipantResult] = []
+
+        def apply(group: SimGroup) -> SimGroup:
+            results.clear()
+            if me not in group.roles:
+                raise GroupError("group_not_found", f"this account is not in group {group_id}")
+            if not group.is_admin(me):
+                raise GroupError(
+                    "not_group_admin", f"only admins of {group_id} can {action} participants"
+                )
+            for asked, phone in wanted:
+                results.append(
+                    ParticipantResult(
+                        participant=asked,
+                        status=_apply_one(group, action, phone, registered, privacy),
+                    )
+                )
+            return group
+
+        before, after = await self.engine.change_group(group_id, apply)
+        self._group_cache[group_id] = after
+        done = {"add": "added", "remove": "removed", "promote": "promoted", "demote": "demoted"}
+        changed = [
+            phone
+            for (asked, phone), result in zip(wanted, results, strict=True)
+            if phone and result.status == done[action]
+        ]
+        invited = [
+            phone
+            for (asked, phone), result in zip(wanted, results, strict=True)
+            if phone and result.status == "invite_sent"
+        ]
+        if invited:
+            code = await self._ensure_invite(group_id)
+            for phone in invited:
+                await self._send_invite(phone, after, code)
+        if not notify or not changed:
+            return results
+        view = self._view(after, None)
+        if action == "add":
+            await self._notify(
+                changed, kind="joined", group_id=group_id, by=me, group=view, reason="added"
+            )
+            await self._notify(
+                before.members,
+                kind="participants",
+                group_id=group_id,
+                by=me,
+                action="add",
+                participants=changed,
+            )
+        elif action == "remove":
+            await self._notify(changed, kind="left", group_id=group_id, by=me, reason="removed")
+            await self._notify(
+                after.members,
+                kind="participants",
+                group_id=group_id,
+                by=me,
+                action="remove",
+                participants=changed,
+            )
+        else:
+            await self._notify(
+                after.members,
+                kind="participants",
+                group_id=group_id,
+                by=me,
+                action=action,
+                participants=changed,
+            )
+        return results
+
+    async def _ensure_invite(self, group_id: str) -> str:
+        def ensure(group: SimGroup) -> SimGroup:
+            if not group.invite:
+                group.invite = _new_invite_code()
+            return group
+
+        _, after = await self.engine.change_group(group_id, ensure)
+        assert after.invite is not None
+        await self.engine.kv.put(f"invite.{after.invite}", group_id.encode())
+        return after.invite
+
+    async def _send_invite(self, phone: str, group: SimGroup, code: str) -> None:
+        """The invite WhatsApp offers to send when privacy forbids adding someone."""
+        me = self._me()
+        wire = Wire(
+            id="SIMI" + secrets.token_hex(8).upper(),
+            sender=me,
+            sender_lid=lid_of(me),
+            type="group_invite",
+            ts=time.time(),
+            text=f"Invitation to join my WhatsApp group {group.subject}",
+            content={"group_id": group.id, "link": INVITE_PREFIX + code, "subject": group.subject},
+        )
+        with contextlib.suppress(NoRespondersError, NatsTimeout):
+            await self.nc.request(f"zf.sim.inbox.{phone}", _encode(wire), timeout=5)
+
+    async def invite_link(self, group_id: str, revoke: bool = False) -> str:
+        me = self._me()
+        old: list[str] = []
+
+        def rotate(group: SimGroup) -> SimGroup:
+            if me not in group.roles:
+                raise GroupError("group_not_found", f"this account is not in group {group_id}")
+            if not group.is_admin(me):
+                raise GroupError("not_group_admin", f"only admins of {group_id} see its link")
+            if group.invite and revoke:
+                old.append(group.invite)
+            if revoke or not group.invite:
+                group.invite = _new_invite_code()
+            return group
+
+        _, after = await self.engine.change_group(group_id, rotate)
+        assert after.invite is not None
+        await self.engine.kv.put(f"invite.{after.invite}", group_id.encode())
+        for code in old:
+            await self.engine.kv.delete(f"invite.{code}")
+        if old:
+            await self._notify(
+                after.members,
+                kind="updated",
+                group_id=group_id,
+                by=me,
+                changes={"invite_link": "revoked"},
+            )
+        return INVITE_PREFIX + after.invite
+
+    async def _group_of_link(self, link: str) -> SimGroup:
+        code = link.removeprefix(INVITE_PREFIX)
+        try:
+            entry = await self.engine.kv.get(f"invite.{code}")
+        except KeyNotFoundError:
+            entry = None
+        group = None
+        if entry is not None and entry.value:
+            group = await self.engine.load_group(entry.value.decode())
+        if group is None or group.invite != code:
+            raise GroupError("invalid_invite_link", "the invite link is unknown or was revoked")
+        return group
+
+    async def link_info(self, link: str) -> GroupInfo:
+        self._me()
+        return self._view(await self._group_of_link(link), None)
+
+    async def join_group(self, link: str) -> GroupJoined:
+        me = self._me()
+        group = await self._group_of_link(link)
+        outcome: list[str] = []
+
+        def join(current: SimGroup) -> SimGroup:
+            outcome.clear()
+            if me in current.roles:
+                outcome.append("member")
+            elif current.approval:
+                current.requests.setdefault(me, time.time())
+                outcome.append("requested")
+            else:
+                current.roles[me] = "member"
+                outcome.append("joined")
+            return current
+
+        _, after = await self.engine.change_group(group.id, join)
+        self._group_cache[group.id] = after
+        if outcome == ["requested"]:
+            admins = [p for p in after.members if after.is_admin(p)]
+            await self._notify(
+                admins,
+                kind="participants",
+                group_id=group.id,
+                by=me,
+                action="request",
+                participants=[me],
+            )
+            return GroupJoined(group_id=group.id, status="requested")
+        if outcome == ["joined"]:
+            await self._notify(
+                [me],
+                kind="joined",
+                group_id=group.id,
+                by=me,
+                group=self._view(after, me),
+                reason="invite",
+            )
+            others = [p for p in after.members if p != me]
+            await self._notify(
+                others,
+                kind="participants",
+                group_id=group.id,
+                by=me,
+                action="join",
+                participants=[me],
+            )
+        return GroupJoined(group_id=group.id, status="joined")
+
+    async def set_group_picture(self, group_id: str, jpeg: bytes | None) -> str | None:
+        me = self._me()
+        picture = hashlib.sha256(jpeg).hexdigest()[:16] if jpeg is not None else None
+        if jpeg is not None:
+            await self.engine.media.put(f"pic.{picture}", jpeg)
+
+        def change(group: SimGroup) -> SimGroup:
+            if me not in group.roles:
+                raise GroupError("group_not_found", f"this account is not in group {group_id}")
+            if group.locked and not group.is_admin(me):
+                raise GroupError(
+                    "not_group_admin", f"only admins of {group_id} can change its picture"
+                )
+            group.picture = picture
+            return group
+
+        _, after = await self.engine.change_group(group_id, change)
+        self._group_cache[group_id] = after
+        await self._notify(
+            after.members,
+            kind="updated",
+            group_id=group_id,
+            by=me,
+            changes={"picture": "set" if picture else "removed"},
+        )
+        return picture
+
+    async def join_requests(self, group_id: str) -> list[JoinRequest]:
+        me = self._me()
+        group = await self._member_group(group_id)
+        if not group.is_admin(me):
+            raise GroupError("not_group_admin", f"only admins of {group_id} see join requests")
+        return [
+            JoinRequest(participant=phone, phone=phone, lid=lid_of(phone), requested_at=at)
+            for phone, at in sorted(group.requests.items(), key=lambda item: item[1])
+        ]
+
+    async def answer_requests(
+        self, group_id: str, action: Literal["approve", "reject"], participants: list[str]
+    ) -> list[ParticipantResult]:
+        me = self._me()
+        wanted = [
+            (asked, await self.engine.phone_of_lid(asked) if asked.endswith("@lid") else asked)
+            for asked in participants
+        ]
+        results: list[ParticipantResult] = []
+
+        def answer(group: SimGroup) -> SimGroup:
+            results.clear()
+            if me not in group.roles:
+                raise GroupError("group_not_found", f"this account is not in group {group_id}")
+            if not group.is_admin(me):
+                raise GroupError("not_group_admin", f"only admins of {group_id} answer requests")
+            for asked, phone in wanted:
+                if phone is None or phone not in group.requests:
+                    results.append(ParticipantResult(participant=asked, status="not_requested"))
+                    continue
+                del group.requests[phone]
+                if action == "approve":
+                    group.roles[phone] = "member"
+                results.append(
+                    ParticipantResult(
+                        participant=asked,
+                        status="approved" if action == "approve" else "rejected",
+                    )
+                )
+            return group
+
+        before, after = await self.engine.change_group(group_id, answer)
+        self._group_cache[group_id] = after
+        done = [
+            phone
+            for (_, phone), result in zip(wanted, results, strict=True)
+            if phone and result.status in ("approved", "rejected")
+        ]
+        if not done:
+            return results
+        if action == "approve":
+            view = self._view(after, None)
+            await self._notify(
+                done, kind="joined", group_id=group_id, by=me, group=view, reason="approved"
+            )
+            await self._notify(
+                before.members,
+                kind="participants",
+                group_id=group_id,
+                by=me,
+                action="add",
+                participants=done,
+            )
+        else:
+            admins = [p for p in after.members if after.is_admin(p)]
+            await self._notify(
+                admins,
+                kind="participants",
+                group_id=group_id,
+                by=me,
+                action="reject",
+                participants=done,
+            )
+        return results
+
+    async def update_group(self, group_id: str, changes: dict[str, object]) -> None:
+        me = self._me()
+        admin_only = {"announce", "locked", "approval"}
+
+        def update(group: SimGroup) -> SimGroup:
+            if me not in group.roles:
+                raise GroupError("group_not_found", f"this account is not in group {group_id}")
+            if not group.is_admin(me) and (group.locked or admin_only & set(changes)):
+                raise GroupError(
+                    "not_group_admin",
+                    f"only admins of {group_id} can change "
+                    + ", ".join(sorted(changes))
+                    + (" (the group info is locked)" if group.locked else ""),
+                )
+            return msgspec.structs.replace(group, **changes)
+
+        _, after = await self.engine.change_group(group_id, update)
+        self._group_cache[group_id] = after
+        await self._notify(
+            after.members, kind="updated", group_id=group_id, by=me, changes=dict(changes)
+        )
+
+    async def _notify(self, phones: list[str], **fields: Any) -> None:
+        data = _encode(WireGroup(**fields))
+        for phone in phones:
+            await self.nc.publish(f"zf.sim.group.{phone}", data)
+
+    async def _on_group(self, msg: Msg) -> None:
+        if not self.engine.may_act():
+            return
+        try:
+            wire = msgspec.json.decode(msg.data, type=WireGroup)
+        except msgspec.DecodeError:
+            return
+        self._group_cache.pop(wire.group_id, None)
+        self.emit(
+            GroupEvent(
+                kind=wire.kind,
+                group_id=wire.group_id,
+                by=wire.by,
+                group=wire.group,
+                action=wire.action,
+                participants=tuple(wire.participants),
+                changes=wire.changes,
+                reason=wire.reason,
+            )
+        )
+
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
         self._tasks.add(task)
@@ -1108,6 +1709,44 @@ class SimSession:
             # the network went away under a background step (delivery, receipt): the
             # simulated server drops it, like a real one losing a connection
             log.info("sim background step failed", extra={"error": repr(task.exception())})
+
+
+def _new_invite_code() -> str:
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789"
+    return "".join(secrets.choice(alphabet) for _ in range(22))
+
+
+def _apply_one(
+    group: SimGroup,
+    action: GroupAction,
+    phone: str | None,
+    registered: dict[str, bool],
+    privacy: dict[str, str],
+) -> Any:
+    """The simulated server's answer for one participant of a change (applied)."""
+    if phone is None or (action == "add" and not registered.get(phone)):
+        return "not_on_whatsapp"
+    if action == "add":
+        if phone in group.roles:
+            return "already_participant"
+        if privacy.get(phone) == "none":
+            return "privacy_forbids"
+        if privacy.get(phone) == "contacts":
+            return "invite_sent"
+        group.roles[phone] = "member"
+        return "added"
+    if phone not in group.roles:
+        return "not_a_participant"
+    if action == "remove":
+        del group.roles[phone]
+        return "removed"
+    if action == "promote":
+        if group.roles[phone] == "member":
+            group.roles[phone] = "admin"
+        return "promoted"
+    if group.roles[phone] == "admin":
+        group.roles[phone] = "member"
+    return "demoted"
 
 
 def _wire_media(wire: Wire) -> InboundMedia | None:
@@ -1140,5 +1779,6 @@ __all__ = [
     "link",
     "make_business",
     "save_contact",
+    "set_group_add_privacy",
     "vote",
 ]

@@ -3,9 +3,13 @@
 // server, delivered, read, failed) and previews of received images the session stored.
 // Everything comes from the documented API: GET /v1/sessions/{id}/messages (?chat= is
 // read live from the agent, never from the 60 s cache) and GET …/media/{media_id}.
+// Each message offers what WhatsApp allows on it, through the ordinary send
+// (POST …/messages): reply (quote) and react 👍 on any message; edit and delete for
+// everyone on texts this session sent (the API refuses them past WhatsApp's windows and
+// the page shows why).
 
 import { enc, get, post, request } from "../api.js";
-import { ago, h, phone, poll, replace, toast } from "../dom.js";
+import { ago, confirmAction, h, phone, poll, replace, toast } from "../dom.js";
 
 const POLL_MS = 1500;
 // the tick a status shows, and what it means (title)
@@ -36,10 +40,63 @@ export function mount(view, { arg }) {
   const error = h("p", { class: "error", id: "conversation-error", hidden: true });
   const text = h("input", { id: "reply-text", placeholder: "Write a message", autocomplete: "off", required: true });
   const send = h("button", { type: "submit", class: "primary", id: "reply-send", disabled: true }, "Send");
-  const form = h("form", { class: "reply", id: "reply-form" }, text, send);
+  const context = h("p", { class: "small muted", id: "reply-context", hidden: true });
+  const form = h("form", { class: "reply", id: "reply-form" }, context, text, send);
   const previews = new Map(); // media id -> object URL (revoked on unmount)
   let chosen = null;
   let stopped = false;
+  // what the next submit does: a new text (null), a reply to a message, or an edit of one
+  let mode = null; // { kind: "reply" | "edit", message }
+
+  function setMode(next) {
+    mode = next;
+    if (!mode) {
+      context.hidden = true;
+      replace(context);
+      send.textContent = "Send";
+      return;
+    }
+    const cancel = h("button", { type: "button", class: "link", id: "reply-cancel", onclick: () => setMode(null) }, "cancel");
+    const label = mode.kind === "edit" ? "Editing" : "Replying to";
+    replace(context, `${label}: “${summary(mode.message)}” `, cancel);
+    context.hidden = false;
+    send.textContent = mode.kind === "edit" ? "Save" : "Send";
+    if (mode.kind === "edit") text.value = mode.message.text || "";
+    text.focus();
+  }
+
+  async function act(what, body) {
+    try {
+      await post(`${base}/messages`, { to: chosen, ...body });
+      await refreshThread();
+    } catch (err) {
+      toast(`${what} refused: ${err.message}`, "error");
+    }
+  }
+
+  function actions(m) {
+    const out = m.direction === "out";
+    const id = m.message_id;
+    const button = (label, cls, onclick) => h("button", { type: "button", class: `link small ${cls}`, onclick }, label);
+    const list = [
+      button("Reply", "act-reply", () => setMode({ kind: "reply", message: m })),
+      button("👍", "act-react", () => act("Reaction", { type: "reaction", message_id: id, emoji: "👍" })),
+    ];
+    if (out && m.type === "text" && m.status !== "failed") {
+      list.push(button("Edit", "act-edit", () => setMode({ kind: "edit", message: m })));
+      list.push(
+        button("Delete", "act-delete", async () => {
+          const sure = await confirmAction({
+            title: "Delete for everyone?",
+            text: "WhatsApp removes the message from the chat on every phone (within about two days of sending).",
+            confirm: "Delete",
+          });
+          if (sure) await act("Delete", { type: "revoke", message_id: id });
+        }),
+      );
+    }
+    return h("span", { class: "actions small" }, list);
+  }
 
   replace(
     view,
@@ -65,6 +122,7 @@ export function mount(view, { arg }) {
   );
 
   function choose(peer) {
+    if (peer !== chosen) setMode(null);
     chosen = peer;
     send.disabled = false;
     heading.textContent = chatLabel(peer);
@@ -103,6 +161,7 @@ export function mount(view, { arg }) {
         ago(m.timestamp),
         out ? h("span", { class: `tick tick-${m.status}`, title: m.error ? `${meaning}: ${m.error}` : meaning }, ` ${tick}`) : null,
       ),
+      actions(m),
     );
   }
 
@@ -137,12 +196,17 @@ export function mount(view, { arg }) {
     event.preventDefault();
     if (!chosen) return;
     send.disabled = true;
+    const body =
+      mode && mode.kind === "edit"
+        ? { type: "edit", to: chosen, message_id: mode.message.message_id, text: text.value }
+        : { type: "text", to: chosen, text: text.value, ...(mode ? { reply_to: mode.message.message_id } : {}) };
     try {
-      await post(`${base}/messages`, { type: "text", to: chosen, text: text.value });
+      await post(`${base}/messages`, body);
       text.value = "";
+      setMode(null);
       await refreshThread();
     } catch (err) {
-      toast(`Not sent: ${err.message}`, "error");
+      toast(`${body.type === "edit" ? "Not edited" : "Not sent"}: ${err.message}`, "error");
     } finally {
       send.disabled = false;
     }

@@ -6,6 +6,7 @@
 import { DEFAULT_TENANT, clearKey, get, getKey, getTenant, listOf, setTenant } from "./api.js";
 import { h, replace, toast } from "./dom.js";
 import * as conversation from "./pages/conversation.js";
+import * as groups from "./pages/groups.js"; // groups (issue 16)
 import * as nodes from "./pages/nodes.js";
 import * as session from "./pages/session.js";
 import * as sessions from "./pages/sessions.js";
@@ -22,6 +23,7 @@ function route() {
   const [page, ...rest] = hash.split("/");
   if (page === "sessions" && rest.length && rest[0]) return { page: session, name: "sessions", arg: rest.join("/") };
   if (page === "chats" && rest.length && rest[0]) return { page: conversation, name: "sessions", arg: rest.join("/") };
+  if (page === "groups" && rest.length && rest[0]) return { page: groups, name: "sessions", arg: rest.join("/") }; // groups (issue 16)
   if (page === "nodes") return { page: nodes, name: "nodes" };
   if (page === "webhooks") return { page: webhooks, name: "webhooks" };
   if (page === "tenants") return { page: tenants, name: "tenants", arg: rest.join("/") || null };

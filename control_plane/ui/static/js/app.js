@@ -7,6 +7,7 @@ import { DEFAULT_TENANT, clearKey, get, getKey, getTenant, listOf, setTenant } f
 import { h, replace, toast } from "./dom.js";
 import * as contacts from "./pages/contacts.js"; // issue 16
 import * as conversation from "./pages/conversation.js";
+import * as groups from "./pages/groups.js"; // groups (issue 16)
 import * as nodes from "./pages/nodes.js";
 import * as session from "./pages/session.js";
 import * as sessions from "./pages/sessions.js";
@@ -24,6 +25,7 @@ function route() {
   if (page === "sessions" && rest.length && rest[0]) return { page: session, name: "sessions", arg: rest.join("/") };
   if (page === "chats" && rest.length && rest[0]) return { page: conversation, name: "sessions", arg: rest.join("/") };
   if (page === "contacts" && rest.length && rest[0]) return { page: contacts, name: "sessions", arg: rest.join("/") }; // issue 16
+  if (page === "groups" && rest.length && rest[0]) return { page: groups, name: "sessions", arg: rest.join("/") }; // groups (issue 16)
   if (page === "nodes") return { page: nodes, name: "nodes" };
   if (page === "webhooks") return { page: webhooks, name: "webhooks" };
   if (page === "tenants") return { page: tenants, name: "tenants", arg: rest.join("/") || null };

@@ -227,6 +227,8 @@ export function mount(view, { arg: sessionId, navigate }) {
       h("a", { href: `#/chats/${enc(sessionId)}`, id: "open-conversations", class: "small" }, "Conversations"),
       " ",
       h("a", { href: `#/contacts/${enc(sessionId)}`, id: "open-contacts", class: "small" }, "Contacts"), // issue 16
+      " ",
+      h("a", { href: `#/groups/${enc(sessionId)}`, id: "open-groups", class: "small" }, "Groups"), // groups (issue 16)
     );
     const detailBox = h("div", {}, h("p", { class: "muted" }, "Loading…"));
     const error = h("p", { class: "error", id: "session-error", hidden: true });

@@ -10,6 +10,7 @@ import base64
 import io
 import secrets
 import time
+from typing import Any
 
 import httpx
 import nats
@@ -137,4 +138,84 @@ def test_the_conversation_view_shows_chats_ticks_and_image_previews(
     b.type_into("#reply-text", "typed in the console")
     b.find("#reply-send").click()
     b.wait_for("the reply", lambda: "typed in the console" in b.find("#messages").text)
+    b.check_console()
+
+
+async def events_of(stack: UiStack, session_id: str, event_type: str) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=stack.base_url, headers=stack.headers) as api:
+        page = await api.get("/v1/events", params={"session": session_id, "type": event_type})
+        assert page.status_code == 200, page.text
+        return list(page.json()["events"])
+
+
+async def engine_id_of(stack: UiStack, session_id: str, message_id: str) -> str:
+    async with httpx.AsyncClient(base_url=stack.base_url, headers=stack.headers) as api:
+        page = await api.get(f"/v1/sessions/{session_id}/messages")
+        for m in page.json()["messages"]:
+            if m["message_id"] == message_id:
+                return str(m["engine_message_id"])
+    raise AssertionError(f"{message_id} not in the history of {session_id}")
+
+
+def test_reply_react_edit_and_delete_from_the_conversation_view_reach_the_other_phone(
+    browser: Browser, ui_stack: UiStack
+) -> None:
+    """Bob answers alice from his conversation page: a reply quoting her text, a 👍 on it,
+    then he edits his reply and deletes it for everyone (confirmed in a dialog). Alice's
+    session sees each as WhatsApp would show it: the quote, the reaction on her message,
+    the edit and the revoke of his."""
+    b = browser
+    alice, bob = f"act-a-{secrets.token_hex(3)}", f"act-b-{secrets.token_hex(3)}"
+    bob_phone = "1555017" + str(secrets.randbelow(9000) + 1000)
+    ids = asyncio.run(converse(ui_stack, alice, bob, bob_phone))
+    hello = asyncio.run(engine_id_of(ui_stack, alice, ids[0]))  # her text, as bob knows it
+    sign_in(b, ui_stack)
+    b.open(f"{ui_stack.base_url}/ui/#/chats/{bob}")
+    b.wait_visible("#chat-list li[data-chat]").click()
+    theirs = f"#messages li[data-message-id='{hello}']"
+    b.wait_visible(f"{theirs} .act-reply").click()
+    assert "Replying to" in b.wait_visible("#reply-context").text
+    b.type_into("#reply-text", "got it")
+    b.find("#reply-send").click()
+
+    def received_reply() -> dict[str, Any] | None:
+        found = asyncio.run(events_of(ui_stack, alice, "message.received"))
+        return next((e for e in found if e["data"]["text"] == "got it"), None)
+
+    reply = b.wait_for("alice to get the reply", received_reply)
+    assert reply["data"]["content"]["reply_to"] == hello
+    mine = reply["data"]["message_id"]  # his reply, as alice knows it
+
+    b.find(f"{theirs} .act-react").click()
+
+    def reacted() -> list[dict[str, Any]]:
+        return asyncio.run(events_of(ui_stack, alice, "message.reaction"))
+
+    reaction = b.wait_for("alice to see the reaction", reacted)[0]["data"]
+    assert (reaction["message_id"], reaction["from_me"], reaction["emoji"]) == (ids[0], True, "👍")
+
+    # his own reply: edit it, then delete it for everyone
+    ours = "#messages li.bubble.out"
+    b.wait_for("his reply on his page", lambda: "got it" in b.find(ours).text)
+    b.find(f"{ours} .act-edit").click()
+    field = b.find("#reply-text")
+    assert field.get_attribute("value") == "got it"
+    field.clear()
+    field.send_keys("got it, thanks")
+    b.find("#reply-send").click()
+
+    def edited() -> list[dict[str, Any]]:
+        return asyncio.run(events_of(ui_stack, alice, "message.edited"))
+
+    edit = b.wait_for("alice to see the edit", edited)[0]["data"]
+    assert (edit["message_id"], edit["text"]) == (mine, "got it, thanks")
+
+    b.find(f"{ours} .act-delete").click()
+    b.wait_visible("#confirm-ok").click()
+
+    def revoked() -> list[dict[str, Any]]:
+        return asyncio.run(events_of(ui_stack, alice, "message.revoked"))
+
+    assert b.wait_for("alice to see the delete", revoked)[0]["data"]["message_id"] == mine
+    b.screenshot("actions")
     b.check_console()

@@ -9,14 +9,14 @@ test: lint typecheck
 
 lint:
     ruff check .
-    ruff format --check control_plane node_agent zapfleet tests bench
+    ruff format --check contract control_plane node_agent zapfleet tests bench
 
 typecheck:
     mypy
 
 # format the code in place
 fmt:
-    ruff format control_plane node_agent zapfleet tests bench
+    ruff format contract control_plane node_agent zapfleet tests bench
     ruff check --fix .
 
 # benchmarks: `just bench` runs all, `just bench api` one of them

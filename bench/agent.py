@@ -38,8 +38,7 @@ from nats.aio.msg import Msg
 
 from bench._processes import spawn_zapfleet, stop
 from bench._report import figure, write_json
-from node_agent.engines.sim import link
-from node_agent.protocol import (
+from contract.protocol import (
     SESSIONS_BUCKET,
     Assignment,
     Empty,
@@ -57,6 +56,7 @@ from node_agent.protocol import (
     agent_subject,
     encode,
 )
+from node_agent.engines.sim import link
 from zapfleet.devservers import free_port, start_nats
 
 SESSIONS = 150

@@ -32,9 +32,9 @@ from nats.js.api import KeyValueConfig
 
 from bench._processes import spawn_zapfleet
 from bench._report import figure, write_json
+from contract.protocol import Empty, Err, Ok, Op, SessionList, agent_subject, encode
 from node_agent.engines.sim import SIM_BUCKET, seed_account
 from node_agent.engines.sim_presence import violations
-from node_agent.protocol import Empty, Err, Ok, Op, SessionList, agent_subject, encode
 from zapfleet.cli import session_key
 from zapfleet.devservers import free_port, start_nats, start_valkey, wait_for_port
 

@@ -42,18 +42,18 @@ from nats.aio.client import Client as NATS
 
 from bench._processes import ROOT, cpu_seconds, spawn, stop
 from bench._report import figure, write_json
-from control_plane.webhooks.config import WebhookConfig
-from control_plane.webhooks.http import WebhookClient
-from node_agent.events import new_event_id
-from node_agent.protocol import (
+from contract.protocol import (
     WEBHOOKS_BUCKET,
     Event,
     EventType,
     encode,
-    ensure_jetstream,
     event_subject,
 )
+from control_plane.webhooks.config import WebhookConfig
+from control_plane.webhooks.http import WebhookClient
+from node_agent.events import new_event_id
 from zapfleet.devservers import free_port, start_nats, wait_for_port
+from zapfleet.natsjs import ensure_jetstream
 from zapfleet.ssrf import AddressPolicy
 
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"

@@ -9,8 +9,8 @@ from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from contract.protocol import Err, ErrorCode, Ok, Op, agent_subject, encode
 from control_plane.problems import AGENT_ERROR_STATUS, ProblemError
-from node_agent.protocol import Err, ErrorCode, Ok, Op, agent_subject, encode
 
 T = TypeVar("T")
 

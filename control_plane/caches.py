@@ -37,10 +37,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from prometheus_client import Counter
 
+from contract.protocol import EVENTS_STREAM, SessionRecord, name_key
 from control_plane.resp import HotClient, ValkeyPyAdapter
 from control_plane.settings import ControlPlaneSettings
 from control_plane.valkey_guard import ValkeyGuard
-from node_agent.protocol import EVENTS_STREAM, SessionRecord, name_key
 
 log = logging.getLogger(__name__)
 

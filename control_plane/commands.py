@@ -60,6 +60,7 @@ from nats.micro import add_service
 from nats.micro.request import ERROR_CODE_HEADER, ERROR_HEADER, Request
 from nats.micro.service import Endpoint, Service
 
+from contract.protocol import Media, api_subject
 from control_plane import contacts, groups  # issue 16
 from control_plane.auth import Principal
 from control_plane.contacts import (  # issue 16
@@ -85,7 +86,6 @@ from control_plane.models import (
 from control_plane.problems import ProblemError
 from control_plane.services import Services
 from control_plane.sessions import read_session
-from node_agent.protocol import Media, api_subject
 from zapfleet import __version__
 
 log = logging.getLogger(__name__)

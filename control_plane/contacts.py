@@ -15,20 +15,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from control_plane.agents import AgentCallError, AgentUnavailable
-from control_plane.auth import Principal
-from control_plane.numbers import normalize_chat_id
-from control_plane.problems import ProblemError
-from control_plane.services import Services
-from control_plane.sessions import (
-    call_agent,
-    live_assignment,
-    load_record,
-    running,
-    update_record,
-)
-from node_agent.profile import MAX_PICTURE_BYTES, InvalidImage, profile_jpeg
-from node_agent.protocol import (
+from contract.profile import MAX_PICTURE_BYTES, InvalidImage, profile_jpeg
+from contract.protocol import (
     Blocklist,
     BlockRequest,
     CallSettings,
@@ -46,6 +34,18 @@ from node_agent.protocol import (
     SessionInfo,
     SessionRecord,
     SessionRef,
+)
+from control_plane.agents import AgentCallError, AgentUnavailable
+from control_plane.auth import Principal
+from control_plane.numbers import normalize_chat_id
+from control_plane.problems import ProblemError
+from control_plane.services import Services
+from control_plane.sessions import (
+    call_agent,
+    live_assignment,
+    load_record,
+    running,
+    update_record,
 )
 
 # -- bodies and views (OpenAPI) --------------------------------------------------------------

@@ -38,11 +38,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from control_plane.agents import AgentCallError, AgentClient, AgentUnavailable
-from control_plane.placement import BUSY_STATES, labels_match, memory_ok
-from control_plane.settings import ControlPlaneSettings
-from control_plane.store import SessionStore
-from node_agent.protocol import (
+from contract.protocol import (
     NODES_BUCKET,
     PLACEMENT_BUCKET,
     Assignment,
@@ -58,6 +54,10 @@ from node_agent.protocol import (
     encode,
     event_subject,
 )
+from control_plane.agents import AgentCallError, AgentClient, AgentUnavailable
+from control_plane.placement import BUSY_STATES, labels_match, memory_ok
+from control_plane.settings import ControlPlaneSettings
+from control_plane.store import SessionStore
 from zapfleet._mirror import Change, KVMirror
 from zapfleet.backoff import cas_attempts
 from zapfleet.natsjs import key_value

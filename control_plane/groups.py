@@ -21,6 +21,31 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from contract.chat_ids import chat_kind, is_group
+from contract.protocol import (
+    Empty,
+    GroupCreate,
+    GroupCreated,
+    GroupInfo,
+    GroupInvite,
+    GroupInviteRequest,
+    GroupJoined,
+    GroupLinkRequest,
+    GroupList,
+    GroupParticipantsChange,
+    GroupPicture,
+    GroupPictureSet,
+    GroupRef,
+    GroupRequests,
+    GroupRequestsChange,
+    GroupsListRequest,
+    GroupUpdate,
+    Media,
+    Op,
+    ParticipantsChanged,
+    SessionRecord,
+    name_key,
+)
 from control_plane.auth import Principal
 from control_plane.caches import (
     CACHE_INVALIDATIONS,
@@ -47,31 +72,6 @@ from control_plane.numbers import normalize_chat_id
 from control_plane.problems import ProblemError
 from control_plane.services import Services
 from control_plane.sessions import call_agent, load_record, running
-from node_agent.chat_ids import chat_kind, is_group
-from node_agent.protocol import (
-    Empty,
-    GroupCreate,
-    GroupCreated,
-    GroupInfo,
-    GroupInvite,
-    GroupInviteRequest,
-    GroupJoined,
-    GroupLinkRequest,
-    GroupList,
-    GroupParticipantsChange,
-    GroupPicture,
-    GroupPictureSet,
-    GroupRef,
-    GroupRequests,
-    GroupRequestsChange,
-    GroupsListRequest,
-    GroupUpdate,
-    Media,
-    Op,
-    ParticipantsChanged,
-    SessionRecord,
-    name_key,
-)
 
 T = TypeVar("T")
 GROUP_CACHE_TTL_S = 120.0

@@ -28,9 +28,9 @@ from typing import Any
 
 from litestar import Request
 
+from contract.protocol import TENANTS_BUCKET
 from control_plane.problems import ProblemError
 from control_plane.tenants import TenantStore, split_key, valid_tenant_id, verify_secret
-from node_agent.protocol import TENANTS_BUCKET
 from zapfleet._mirror import Change, KVMirror
 
 log = logging.getLogger(__name__)

@@ -14,13 +14,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
-from control_plane.agents import AgentCallError, AgentUnavailable
-from control_plane.auth import Principal
-from control_plane.media_links import MediaReader, StoredFile, media_secret, signed_url, verify
-from control_plane.problems import ProblemError
-from control_plane.services import Services
-from control_plane.sessions import live_assignment, load_record, update_record
-from node_agent.protocol import (
+from contract.protocol import (
     ConfigureSession,
     ErrorCode,
     MediaSettings,
@@ -29,6 +23,12 @@ from node_agent.protocol import (
     SessionRecord,
     media_object,
 )
+from control_plane.agents import AgentCallError, AgentUnavailable
+from control_plane.auth import Principal
+from control_plane.media_links import MediaReader, StoredFile, media_secret, signed_url, verify
+from control_plane.problems import ProblemError
+from control_plane.services import Services
+from control_plane.sessions import live_assignment, load_record, update_record
 
 MediaId = Annotated[str, msgspec.Meta(pattern=r"^md_[0-9a-f]{24}$")]
 _readers: weakref.WeakKeyDictionary[JetStreamContext, MediaReader] = weakref.WeakKeyDictionary()

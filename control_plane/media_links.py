@@ -31,8 +31,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
+from contract.protocol import MEDIA_BUCKET, media_object
 from control_plane.settings import ControlPlaneSettings
-from node_agent.protocol import MEDIA_BUCKET, media_object
 
 
 def _b64(data: bytes) -> str:

@@ -16,6 +16,25 @@ import secrets
 
 import msgspec
 
+from contract.chat_ids import chat_kind, is_group
+from contract.protocol import (
+    ChatPresence,
+    ChatRead,
+    ChatReadDone,
+    CheckNumbers,
+    Empty,
+    History,
+    HistoryRequest,
+    Media,
+    MessageContent,
+    NumberStatus,
+    NumberStatuses,
+    Op,
+    PollContent,
+    SendAccepted,
+    SendMessage,
+    TextContent,
+)
 from control_plane import idempotency
 from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.auth import Principal
@@ -35,25 +54,6 @@ from control_plane.numbers import normalize_chat_id, normalize_recipient
 from control_plane.problems import ProblemError
 from control_plane.services import Services
 from control_plane.sessions import agent_problem, call_agent, load_record, running
-from node_agent.chat_ids import chat_kind, is_group
-from node_agent.protocol import (
-    ChatPresence,
-    ChatRead,
-    ChatReadDone,
-    CheckNumbers,
-    Empty,
-    History,
-    HistoryRequest,
-    Media,
-    MessageContent,
-    NumberStatus,
-    NumberStatuses,
-    Op,
-    PollContent,
-    SendAccepted,
-    SendMessage,
-    TextContent,
-)
 
 MAX_POLL_OPTIONS = 12
 _encode = msgspec.json.encode

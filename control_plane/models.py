@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from node_agent import protocol as p
+from contract import protocol as p
 
 SessionId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 PhoneNumber = Annotated[
@@ -74,7 +74,7 @@ DeviceName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
 class Pacing(p.PacingSettings, kw_only=True, forbid_unknown_fields=True):
-    """:class:`node_agent.protocol.PacingSettings` with the bounds the API accepts."""
+    """:class:`contract.protocol.PacingSettings` with the bounds the API accepts."""
 
     enabled: bool = True
     rate_per_s: Annotated[float, msgspec.Meta(gt=0, le=1000)] = 1.0

@@ -1,7 +1,7 @@
 """Phone numbers and chat ids as the API accepts them: the 422 problems for sends, number
 checks, history filters, read marks, presence and pairing by phone.
 
-The rule itself is node_agent/chat_ids.py (the agents apply the same one); this module
+The rule itself is contract/chat_ids.py (the agents apply the same one); this module
 only maps its ``ChatIdError`` to RFC 9457 problems and remembers valid answers. It sits
 below both services (control_plane/sessions.py and control_plane/messages.py), so neither
 imports the other for it.
@@ -9,8 +9,8 @@ imports the other for it.
 
 from __future__ import annotations
 
+from contract.chat_ids import ChatIdError, normalize_chat, normalize_phone
 from control_plane.problems import ProblemError
-from node_agent.chat_ids import ChatIdError, normalize_chat, normalize_phone
 
 _recipients: dict[str, str] = {}
 _chats: dict[str, str] = {}
@@ -34,7 +34,7 @@ def normalize_recipient(raw: str) -> str:
 
 
 def normalize_chat_id(raw: str) -> str:
-    """A chat id (phone, group, LID, newsletter: node_agent/chat_ids.py), or a 422
+    """A chat id (phone, group, LID, newsletter: contract/chat_ids.py), or a 422
     problem: ``invalid_number`` for a malformed phone, ``invalid_chat_id`` otherwise."""
     known = _chats.get(raw)
     if known is not None:

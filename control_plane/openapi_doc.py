@@ -15,7 +15,7 @@ it cannot know (tests/reliability/test_schemathesis.py holds the API to it).
   and ``base64``; QR images are binary (``format: binary``, also offered as
   ``application/octet-stream`` so generic generators type them as bytes).
 - Every event type's delivery is in the ``webhooks`` section, its ``data`` typed
-  (:mod:`control_plane.openapi_events`, :mod:`node_agent.event_data`).
+  (:mod:`control_plane.openapi_events`, :mod:`contract.event_data`).
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def _strict_struct_names() -> set[str]:
     while pending:
         cls = pending.pop()
         pending.extend(cls.__subclasses__())
-        if cls.__module__.startswith(("control_plane.", "node_agent.protocol")):
+        if cls.__module__.startswith(("control_plane.", "contract.protocol")):
             strict = bool(cls.__struct_config__.forbid_unknown_fields)
             found[cls.__name__] = found.get(cls.__name__, True) and strict
     return {name for name, strict in found.items() if strict}

@@ -1,5 +1,5 @@
 """The ``webhooks`` section of the OpenAPI document: one entry per event type, its body the
-event envelope with the type's typed ``data`` (:mod:`node_agent.event_data`).
+event envelope with the type's typed ``data`` (:mod:`contract.event_data`).
 
 msgspec writes the JSON Schemas of the data structs; they are turned into Litestar's
 OpenAPI objects here so that the document stays one typed object until it is rendered.
@@ -21,8 +21,8 @@ from litestar.openapi.spec import (
     Schema,
 )
 
-from node_agent.event_data import DATA_OF
-from node_agent.protocol import EventType
+from contract.event_data import DATA_OF
+from contract.protocol import EventType
 
 _REF = "#/components/schemas/{name}"
 _SIMPLE = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from node_agent.protocol import NodeInfo, SessionState
+from contract.protocol import NodeInfo, SessionState
 
 BUSY_STATES = (SessionState.PAIRING, SessionState.RECONNECTING)
 MEMORY_THRESHOLD = 0.85

@@ -14,7 +14,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 
-from node_agent.protocol import ErrorCode
+from contract.protocol import ErrorCode
 
 log = logging.getLogger(__name__)
 

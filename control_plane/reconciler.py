@@ -42,9 +42,9 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from contract.protocol import LEASES_BUCKET, SYSTEM_TENANT, Empty, EventType, Op, SessionList
 from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.fleet import Fleet, NodePlacement, placed_on
-from node_agent.protocol import LEASES_BUCKET, SYSTEM_TENANT, Empty, EventType, Op, SessionList
 from zapfleet.natsjs import key_value
 
 log = logging.getLogger(__name__)

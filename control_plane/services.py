@@ -15,6 +15,13 @@ from valkey.asyncio.retry import Retry
 from valkey.backoff import NoBackoff
 from valkey.exceptions import ConnectionError as ValkeyConnectionError
 
+from contract.protocol import (
+    NODES_BUCKET,
+    SESSION_NAMES_BUCKET,
+    SESSIONS_BUCKET,
+    TENANTS_BUCKET,
+    WEBHOOKS_BUCKET,
+)
 from control_plane.agents import AgentClient
 from control_plane.caches import ApiCache
 from control_plane.fleet import Fleet
@@ -28,15 +35,8 @@ from control_plane.store import NodeDirectory, SessionStore
 from control_plane.tenants import TenantStore
 from control_plane.valkey_guard import ValkeyGuard
 from control_plane.webhooks.config import WebhookStore
-from node_agent.protocol import (
-    NODES_BUCKET,
-    SESSION_NAMES_BUCKET,
-    SESSIONS_BUCKET,
-    TENANTS_BUCKET,
-    WEBHOOKS_BUCKET,
-    ensure_jetstream,
-)
 from zapfleet import natsjs
+from zapfleet.natsjs import ensure_jetstream
 
 
 @dataclass(slots=True)

@@ -26,8 +26,8 @@ import logging
 import msgspec
 from nats.js.kv import KeyValue
 
+from contract.protocol import SESSIONS_BUCKET, SessionRecord
 from control_plane.store import SessionStore
-from node_agent.protocol import SESSIONS_BUCKET, SessionRecord
 from zapfleet._mirror import Change, KVMirror
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,25 @@ from typing import Any, TypeVar
 import msgspec
 from nats.js.errors import KeyNotFoundError
 
+from contract.protocol import (
+    Assignment,
+    ConfigureSession,
+    DestroySession,
+    Empty,
+    ErrorCode,
+    Op,
+    PacingSettings,
+    PairCode,
+    PairCodeRequest,
+    QrCode,
+    SessionInfo,
+    SessionRecord,
+    SessionRef,
+    SessionSpec,
+    SessionState,
+    new_uid,
+)
+from contract.protocol import SessionList as AgentSessionList
 from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.auth import Principal
 from control_plane.caches import cache_id
@@ -39,25 +58,6 @@ from control_plane.problems import ProblemError
 from control_plane.services import Services
 from control_plane.store import ConflictError, SessionExists
 from control_plane.webhooks.signing import LEGACY, STANDARD
-from node_agent.protocol import (
-    Assignment,
-    ConfigureSession,
-    DestroySession,
-    Empty,
-    ErrorCode,
-    Op,
-    PacingSettings,
-    PairCode,
-    PairCodeRequest,
-    QrCode,
-    SessionInfo,
-    SessionRecord,
-    SessionRef,
-    SessionSpec,
-    SessionState,
-    new_uid,
-)
-from node_agent.protocol import SessionList as AgentSessionList
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from node_agent.protocol import NodeInfo, SessionRecord, name_key, name_target, name_value
+from contract.protocol import NodeInfo, SessionRecord, name_key, name_target, name_value
 from zapfleet._kv import scan
 from zapfleet.backoff import cas_attempts
 

@@ -1,7 +1,7 @@
 """The node agent: sessions of one shard, their RPC surface, heartbeats and lease.
 
 One process per shard of up to ``max_sessions`` sessions. The agent serves the operations
-of :mod:`node_agent.protocol` as a ``nats.micro`` service, publishes heartbeats to
+of :mod:`contract.protocol` as a ``nats.micro`` service, publishes heartbeats to
 ``zf.nodes.<id>.heartbeat`` and KV ``zf_nodes``, resumes the sessions KV ``zf_sessions``
 assigns to it, and stops all of them by itself when it has been cut off from NATS for
 longer than its lease (so a session is never live on two nodes).
@@ -26,17 +26,8 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from prometheus_client import Gauge
 
-from node_agent import _system
-from node_agent.chat_ids import ChatIdError, chat_kind, is_group, normalize_chat, normalize_phone
-from node_agent.device_store import DeviceStore
-from node_agent.engines._base import CallOffered, Engine, GroupError, NotOnWhatsApp, NotSupported
-from node_agent.events import EventPublisher
-from node_agent.inbound_media import MediaStore
-from node_agent.lease import AssignmentWatch, Lease, assigned_to, claim
-from node_agent.link_preview import close_fetchers as close_preview_fetchers
-from node_agent.media import MediaError, MediaFetcher, MediaPayload
-from node_agent.outbox import Outbox
-from node_agent.protocol import (
+from contract.chat_ids import ChatIdError, chat_kind, is_group, normalize_chat, normalize_phone
+from contract.protocol import (
     INVITE_PREFIX,
     NODES_BUCKET,
     PRIVACY_VALUES,
@@ -95,11 +86,19 @@ from node_agent.protocol import (
     StartSession,
     TextContent,
     encode,
-    ensure_jetstream,
     err,
     heartbeat_subject,
     ok,
 )
+from node_agent import _system
+from node_agent.device_store import DeviceStore
+from node_agent.engines._base import CallOffered, Engine, GroupError, NotOnWhatsApp, NotSupported
+from node_agent.events import EventPublisher
+from node_agent.inbound_media import MediaStore
+from node_agent.lease import AssignmentWatch, Lease, assigned_to, claim
+from node_agent.link_preview import close_fetchers as close_preview_fetchers
+from node_agent.media import MediaError, MediaFetcher, MediaPayload
+from node_agent.outbox import Outbox
 from node_agent.settings import AgentSettings
 from node_agent.supervisor import (
     LIVE_STATES,
@@ -113,6 +112,7 @@ from zapfleet import __version__, natsjs
 from zapfleet._gc import settle_after_startup
 from zapfleet._logging import bind
 from zapfleet.backoff import Backoff, Retrier
+from zapfleet.natsjs import ensure_jetstream
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=msgspec.Struct)
@@ -178,7 +178,7 @@ def normalize_number(raw: str) -> str:
 
 
 def normalize_chat_id(raw: str) -> str:
-    """A chat id (node_agent/chat_ids.py), or AgentError(INVALID_NUMBER/INVALID_CHAT_ID)."""
+    """A chat id (contract/chat_ids.py), or AgentError(INVALID_NUMBER/INVALID_CHAT_ID)."""
     try:
         return normalize_chat(raw)
     except ChatIdError as exc:
@@ -1028,7 +1028,7 @@ class Agent:
         return Blocklist(blocked=await self._engine_op(supervisor.engine.blocklist()))
 
     async def op_profile_set(self, request: ProfileUpdate) -> ProfileUpdated:
-        from node_agent.profile import InvalidImage, profile_jpeg
+        from contract.profile import InvalidImage, profile_jpeg
 
         if request.name is not None and not 1 <= len(request.name) <= 25:
             raise AgentError(ErrorCode.INVALID_REQUEST, "a push name has 1 to 25 characters")

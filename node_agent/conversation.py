@@ -24,9 +24,8 @@ from typing import Any
 
 import msgspec
 
-from node_agent.chat_ids import is_group
-from node_agent.engines._base import Inbound
-from node_agent.protocol import (
+from contract.chat_ids import is_group
+from contract.protocol import (
     EditContent,
     ErrorCode,
     EventType,
@@ -36,6 +35,7 @@ from node_agent.protocol import (
     SendMessage,
     TextContent,
 )
+from node_agent.engines._base import Inbound
 
 EDIT_WINDOW_S = 15 * 60.0  # WhatsApp: a message can be edited for 15 minutes
 REVOKE_WINDOW_S = 2 * 86400.0  # WhatsApp: "delete for everyone" for about two days

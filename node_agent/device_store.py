@@ -37,7 +37,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
-from node_agent.protocol import DEVICE_STORE_BUCKET
+from contract.protocol import DEVICE_STORE_BUCKET
 from zapfleet.natsjs import object_store
 
 log = logging.getLogger(__name__)

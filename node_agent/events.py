@@ -23,7 +23,7 @@ from typing import Any
 from nats.js.client import JetStreamContext
 from prometheus_client import Counter
 
-from node_agent.protocol import Event, EventType, encode, event_subject
+from contract.protocol import Event, EventType, encode, event_subject
 from zapfleet.backoff import Backoff, Retrier
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from node_agent.protocol import MessageRecord
+from contract.protocol import MessageRecord
 
 # receipts may arrive out of order (read before delivered): history keeps the furthest
 ACK_RANK = {"queued": 0, "failed": 0, "sent": 1, "server": 2, "delivered": 3, "read": 4}

@@ -1,6 +1,6 @@
 """Received media: downloaded by the agent, kept in the NATS Object Store ``zf_media``.
 
-A session's setting (:class:`node_agent.protocol.MediaSettings`) decides what happens to
+A session's setting (:class:`contract.protocol.MediaSettings`) decides what happens to
 the file of a received image, video, audio, document or sticker:
 
 - ``off``: ``message.received`` says nothing of the file;
@@ -33,7 +33,7 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 from prometheus_client import Counter
 
-from node_agent.protocol import MEDIA_BUCKET, media_object
+from contract.protocol import MEDIA_BUCKET, media_object
 from zapfleet.natsjs import object_store
 
 log = logging.getLogger(__name__)

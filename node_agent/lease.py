@@ -33,7 +33,7 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from node_agent.protocol import SESSIONS_BUCKET, Assignment, SessionRecord
+from contract.protocol import SESSIONS_BUCKET, Assignment, SessionRecord
 from zapfleet._kv import scan
 from zapfleet._mirror import Change, KVMirror
 from zapfleet.backoff import cas_attempts

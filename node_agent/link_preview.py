@@ -16,8 +16,8 @@ import re
 
 import msgspec
 
+from contract.protocol import Media, TextContent
 from node_agent.media import MediaError, MediaFetcher
-from node_agent.protocol import Media, TextContent
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ import httpcore
 import httpx
 import msgspec
 
-from node_agent.protocol import ErrorCode, Media
+from contract.protocol import ErrorCode, Media
 from zapfleet.ssrf import (
     ALLOW_PRIVATE_SETTING,
     AddressPolicy,

@@ -28,8 +28,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from contract.protocol import ErrorCode
 from node_agent.media import MediaError, MediaPayload
-from node_agent.protocol import ErrorCode
 
 STICKER_SIZE = 512
 STICKER_MAX_BYTES = 100 * 1024

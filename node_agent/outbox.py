@@ -45,8 +45,8 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 from prometheus_client import Counter
 
+from contract.protocol import EVENTS_STREAM, Event, EventType, SendMessage, event_subject
 from node_agent.media import MediaPayload
-from node_agent.protocol import EVENTS_STREAM, Event, EventType, SendMessage, event_subject
 from zapfleet._kv import scan
 from zapfleet.natsjs import key_value, object_store
 

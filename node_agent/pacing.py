@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable
 
-from node_agent.protocol import PacingSettings
+from contract.protocol import PacingSettings
 
 DAY_S = 86400.0
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import io
 
+from contract.protocol import ErrorCode
 from node_agent.media import MediaError, MediaPayload
-from node_agent.protocol import ErrorCode
 
 PICTURE_SIZE = 640  # WhatsApp keeps avatars at 640x640
 PICTURE_QUALITY = 85

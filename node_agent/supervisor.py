@@ -22,7 +22,26 @@ from typing import Any
 import msgspec
 from prometheus_client import Counter, Gauge, Histogram
 
-from node_agent.chat_ids import is_group
+from contract.chat_ids import is_group
+from contract.protocol import (
+    AudioContent,
+    DocumentContent,
+    ErrorCode,
+    EventType,
+    ImageContent,
+    MessageContent,
+    MessageRecord,
+    PacingSettings,
+    PollContent,
+    QrCode,
+    SendMessage,
+    SessionInfo,
+    SessionSpec,
+    SessionState,
+    StickerContent,
+    TextContent,
+    VideoContent,
+)
 from node_agent.conversation import Ledger
 from node_agent.engines._base import (
     BlockChanged,
@@ -47,25 +66,6 @@ from node_agent.inbound_media import MediaStore
 from node_agent.link_preview import with_preview
 from node_agent.media import MediaError, MediaFetcher, MediaPayload
 from node_agent.pacing import Pacer
-from node_agent.protocol import (
-    AudioContent,
-    DocumentContent,
-    ErrorCode,
-    EventType,
-    ImageContent,
-    MessageContent,
-    MessageRecord,
-    PacingSettings,
-    PollContent,
-    QrCode,
-    SendMessage,
-    SessionInfo,
-    SessionSpec,
-    SessionState,
-    StickerContent,
-    TextContent,
-    VideoContent,
-)
 from zapfleet._logging import bind
 from zapfleet.backoff import Backoff
 
@@ -134,7 +134,7 @@ class _Outbound:
 
 
 def media_of(content: MessageContent) -> Any:
-    """The :class:`~node_agent.protocol.Media` of media content, else None."""
+    """The :class:`~contract.protocol.Media` of media content, else None."""
     if isinstance(
         content, ImageContent | DocumentContent | AudioContent | VideoContent | StickerContent
     ):

@@ -18,10 +18,8 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from node_agent.agent import Agent
-from node_agent.engines.sim import link
-from node_agent.event_data import check as check_event_data
-from node_agent.protocol import (
+from contract.event_data import check as check_event_data
+from contract.protocol import (
     SESSIONS_BUCKET,
     Assignment,
     Err,
@@ -39,6 +37,8 @@ from node_agent.protocol import (
     agent_subject,
     encode,
 )
+from node_agent.agent import Agent
+from node_agent.engines.sim import link
 from node_agent.settings import AgentSettings
 
 T = TypeVar("T")
@@ -66,7 +66,7 @@ class EventLog:
 
     def __init__(self) -> None:
         self.events: list[Event] = []
-        # events whose data break the published contract (node_agent/event_data.py):
+        # events whose data break the published contract (contract/event_data.py):
         # stop() fails the test that saw one
         self.invalid: list[str] = []
         self._changed = asyncio.Condition()

@@ -15,9 +15,7 @@ import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 
-from node_agent.agent import Agent
-from node_agent.media import MediaError, MediaFetcher
-from node_agent.protocol import (
+from contract.protocol import (
     CheckNumbers,
     ContactContent,
     DocumentContent,
@@ -33,6 +31,8 @@ from node_agent.protocol import (
     StartSession,
     TextContent,
 )
+from node_agent.agent import Agent
+from node_agent.media import MediaError, MediaFetcher
 from tests.agent_support import (
     AgentClient,
     EventLog,

@@ -16,9 +16,10 @@ import pytest_asyncio
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
 
+from contract.protocol import EVENTS_STREAM, Event, EventType, encode
 from node_agent.events import EVENTS_FAILED, EventPublisher
-from node_agent.protocol import EVENTS_STREAM, Event, EventType, encode, ensure_jetstream
 from zapfleet.devservers import ChildProcess, start_nats
+from zapfleet.natsjs import ensure_jetstream
 
 
 @pytest.fixture(scope="module")

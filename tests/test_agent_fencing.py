@@ -15,8 +15,7 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 
-from node_agent.agent import Agent
-from node_agent.protocol import (
+from contract.protocol import (
     SESSIONS_BUCKET,
     Assignment,
     Op,
@@ -27,6 +26,7 @@ from node_agent.protocol import (
     StartSession,
     encode,
 )
+from node_agent.agent import Agent
 from tests.agent_support import AgentClient, phone, running_agent, sim_settings, unique
 
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
+from contract.protocol import Assignment, SessionRecord, SessionSpec
 from node_agent.lease import Lease, superseded
-from node_agent.protocol import Assignment, SessionRecord, SessionSpec
 
 NODE = "node-a"
 RUNNING_EPOCH = 7

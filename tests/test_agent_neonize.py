@@ -21,8 +21,7 @@ import pytest_asyncio
 from nats.aio.client import Client as NATS
 from nats.js.errors import ObjectNotFoundError
 
-from node_agent.device_store import device_path
-from node_agent.protocol import (
+from contract.protocol import (
     DEVICE_STORE_BUCKET,
     SESSIONS_BUCKET,
     Assignment,
@@ -40,6 +39,7 @@ from node_agent.protocol import (
     encode,
     new_uid,
 )
+from node_agent.device_store import device_path
 from tests.agent_support import AgentClient, EventLog, unique
 from tests.conftest import ARTIFACTS, agent_env, spawn, stop_process
 from zapfleet.devservers import free_port

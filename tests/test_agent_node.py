@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError
 
-from node_agent.protocol import NODES_BUCKET, SERVICE_NAME, NodeInfo, SessionSpec
+from contract.protocol import NODES_BUCKET, SERVICE_NAME, NodeInfo, SessionSpec
 from node_agent.supervisor import SessionSupervisor, SupervisorConfig
 from tests.agent_support import AgentClient, phone, running_agent, sim_settings, unique
 from zapfleet import __version__

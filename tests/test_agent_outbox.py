@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from node_agent.events import new_event_id
-from node_agent.outbox import OUTBOX_BUCKET, Outbox
-from node_agent.protocol import (
+from contract.protocol import (
     Event,
     EventType,
     ImageContent,
@@ -26,9 +24,10 @@ from node_agent.protocol import (
     SendMessage,
     TextContent,
     encode,
-    ensure_jetstream,
     event_subject,
 )
+from node_agent.events import new_event_id
+from node_agent.outbox import OUTBOX_BUCKET, Outbox
 from tests.agent_support import (
     AgentClient,
     EventLog,
@@ -37,6 +36,7 @@ from tests.agent_support import (
     sim_settings,
     unique,
 )
+from zapfleet.natsjs import ensure_jetstream
 
 STREAM = f"KV_{OUTBOX_BUCKET}"
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from node_agent.pacing import DAY_S, Pacer
-from node_agent.protocol import (
+from contract.protocol import (
     ConfigureSession,
     ErrorCode,
     Op,
@@ -23,6 +22,7 @@ from node_agent.protocol import (
     SessionInfo,
     TextContent,
 )
+from node_agent.pacing import DAY_S, Pacer
 from tests.agent_support import AgentClient, EventLog, phone, running_agent, sim_settings, unique
 
 

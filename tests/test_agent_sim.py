@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client as NATS
 
-from node_agent.engines.sim import Faults, inject_faults, link
-from node_agent.protocol import (
+from contract.protocol import (
     CheckNumbers,
     Empty,
     ErrorCode,
@@ -40,6 +39,7 @@ from node_agent.protocol import (
     SessionRef,
     TextContent,
 )
+from node_agent.engines.sim import Faults, inject_faults, link
 from tests.agent_support import (
     AgentClient,
     EventLog,

@@ -21,9 +21,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.errors import NoKeysError, NotFoundError
 
-from node_agent.engines.sim import SIM_BUCKET, seed_account
-from node_agent.outbox import OUTBOX_BUCKET
-from node_agent.protocol import (
+from contract.protocol import (
     SESSION_NAMES_BUCKET,
     SESSIONS_BUCKET,
     SessionRecord,
@@ -31,6 +29,8 @@ from node_agent.protocol import (
     encode,
     name_key,
 )
+from node_agent.engines.sim import SIM_BUCKET, seed_account
+from node_agent.outbox import OUTBOX_BUCKET
 from tests.conftest import Stack
 from tests.helpers import assert_problem, new_tenant, pair_session, unique, wait_state
 from zapfleet.cli import session_key

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from nats.aio.client import Client as NATS
 
+from contract.protocol import TENANTS_BUCKET
 from control_plane import tenants
 from control_plane.tenants import hash_secret, new_key, split_key, verify_secret
-from node_agent.protocol import TENANTS_BUCKET
 from tests.conftest import Stack
 from tests.helpers import assert_problem, new_tenant, unique
 

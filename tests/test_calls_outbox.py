@@ -11,8 +11,7 @@ from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
-from node_agent.engines.sim import call
-from node_agent.protocol import (
+from contract.protocol import (
     CallSettings,
     ConfigureSession,
     Op,
@@ -22,6 +21,7 @@ from node_agent.protocol import (
     SessionInfo,
     TextContent,
 )
+from node_agent.engines.sim import call
 from tests.agent_support import AgentClient, EventLog, phone, unique
 from tests.conftest import ARTIFACTS, agent_env, spawn, stop_process
 from tests.test_media_outbox import wait_agent

@@ -16,6 +16,7 @@ import msgspec
 import pytest_asyncio
 from nats.aio.msg import Msg
 
+from contract.protocol import Event
 from node_agent.engines.sim import (
     call,
     call_end_subject,
@@ -25,7 +26,6 @@ from node_agent.engines.sim import (
     qr_session_id,
     save_contact,
 )
-from node_agent.protocol import Event
 from tests.agent_support import EventLog, phone
 from tests.conftest import Stack
 from tests.helpers import assert_problem, new_tenant, unique, wait_state

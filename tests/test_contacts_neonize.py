@@ -13,6 +13,7 @@ import pytest
 from neonize.proto import Neonize_pb2 as nz
 from neonize.utils.enum import BlocklistAction, PrivacySetting, PrivacySettingType
 
+from contract.protocol import PRIVACY_VALUES, Contact, Privacy, SessionSpec
 from node_agent.engines._base import (
     BlockChanged,
     CallOffered,
@@ -31,7 +32,6 @@ from node_agent.engines.neonize_contacts import (
     privacy_args,
     privacy_of,
 )
-from node_agent.protocol import PRIVACY_VALUES, Contact, Privacy, SessionSpec
 
 PHONE = nz.JID(User="15550001111", Server="s.whatsapp.net")
 LID = nz.JID(User="123456789012345", Server="lid")

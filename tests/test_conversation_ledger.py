@@ -8,9 +8,7 @@ from __future__ import annotations
 import pytest
 from nats.aio.client import Client as NATS
 
-from node_agent.conversation import EDIT_WINDOW_S, REVOKE_WINDOW_S, Ledger
-from node_agent.outbox import Outbox
-from node_agent.protocol import (
+from contract.protocol import (
     EditContent,
     ErrorCode,
     MessageContent,
@@ -19,10 +17,12 @@ from node_agent.protocol import (
     RevokeContent,
     SendMessage,
     TextContent,
-    ensure_jetstream,
 )
+from node_agent.conversation import EDIT_WINDOW_S, REVOKE_WINDOW_S, Ledger
+from node_agent.outbox import Outbox
 from node_agent.supervisor import AgentError
 from tests.agent_support import unique
+from zapfleet.natsjs import ensure_jetstream
 
 
 def _ledger_with_one_sent_text() -> tuple[Ledger, float]:

@@ -15,6 +15,7 @@ import msgspec
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 
+from contract.protocol import Event
 from node_agent.engines.sim import (
     Faults,
     create_group,
@@ -24,7 +25,6 @@ from node_agent.engines.sim import (
     qr_session_id,
     vote,
 )
-from node_agent.protocol import Event
 from tests.agent_support import EventLog, phone
 from tests.conftest import Stack
 from tests.helpers import assert_problem, new_tenant, unique, wait_state

@@ -17,8 +17,8 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from contract.protocol import Event
 from node_agent.engines.sim import vote
-from node_agent.protocol import Event
 from tests.test_failover import (  # noqa: F401  (fixtures)
     FAILOVER_BOUND_S,
     Cluster,

@@ -18,8 +18,8 @@ import httpx
 import msgspec
 import pytest
 
-from node_agent.event_data import DATA_OF, check
-from node_agent.protocol import EventType
+from contract.event_data import DATA_OF, check
+from contract.protocol import EventType
 from tests.conftest import Stack
 
 ROOT = Path(__file__).resolve().parent.parent

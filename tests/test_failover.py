@@ -28,11 +28,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
 
-from control_plane.reconciler import RESTART_GRACE_S, Leadership
-from node_agent.device_store import DeviceStore
-from node_agent.engines.sim import SIM_BUCKET, SimConfig, SimEngine, seed_account
-from node_agent.engines.sim_presence import violations
-from node_agent.protocol import (
+from contract.protocol import (
     EVENTS_STREAM,
     SESSIONS_BUCKET,
     Assignment,
@@ -48,6 +44,10 @@ from node_agent.protocol import (
     agent_subject,
     encode,
 )
+from control_plane.reconciler import RESTART_GRACE_S, Leadership
+from node_agent.device_store import DeviceStore
+from node_agent.engines.sim import SIM_BUCKET, SimConfig, SimEngine, seed_account
+from node_agent.engines.sim_presence import violations
 from tests.conftest import ADMIN_KEY, ARTIFACTS, agent_env, spawn, stop_process
 from zapfleet.cli import session_key
 from zapfleet.devservers import ChildProcess, free_port, start_nats, wait_for_port

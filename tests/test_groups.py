@@ -17,6 +17,7 @@ import pytest_asyncio
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
+from contract.protocol import Event
 from node_agent.engines.sim import (
     SIM_BUCKET,
     lid_of,
@@ -24,7 +25,6 @@ from node_agent.engines.sim import (
     seed_account,
     set_group_add_privacy,
 )
-from node_agent.protocol import Event
 from tests.agent_support import EventLog, phone
 from tests.conftest import Stack
 from tests.helpers import assert_problem, new_tenant, unique, wait_state

@@ -13,6 +13,7 @@ import pytest
 from neonize.proto import Neonize_pb2 as nz
 from neonize.utils.enum import ParticipantChange
 
+from contract.protocol import GroupMember, SessionSpec
 from node_agent.engines._base import GroupError, GroupEvent
 from node_agent.engines.neonize import (
     NeonizeConfig,
@@ -28,7 +29,6 @@ from node_agent.engines.neonize import (
     joined_group_event,
     participant_results,
 )
-from node_agent.protocol import GroupMember, SessionSpec
 
 GROUP = "120363012345678901@g.us"
 ANN, BOB, CID = "15550001111", "15550002222", "15550003333"

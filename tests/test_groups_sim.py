@@ -14,16 +14,7 @@ import nats
 import pytest
 import pytest_asyncio
 
-from node_agent.engines._base import Connected, EngineEvent, GroupError, GroupEvent
-from node_agent.engines.sim import (
-    SimConfig,
-    SimEngine,
-    SimSession,
-    lid_of,
-    seed_account,
-    set_group_add_privacy,
-)
-from node_agent.protocol import (
+from contract.protocol import (
     INVITE_PREFIX,
     GroupCreate,
     GroupCreated,
@@ -32,6 +23,15 @@ from node_agent.protocol import (
     SendMessage,
     SessionSpec,
     TextContent,
+)
+from node_agent.engines._base import Connected, EngineEvent, GroupError, GroupEvent
+from node_agent.engines.sim import (
+    SimConfig,
+    SimEngine,
+    SimSession,
+    lid_of,
+    seed_account,
+    set_group_add_privacy,
 )
 from tests.agent_support import (
     AgentClient,

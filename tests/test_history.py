@@ -12,8 +12,8 @@ import httpx
 import msgspec
 from nats.aio.client import Client as NATS
 
+from contract.protocol import MessageRecord
 from node_agent.history import MessageLog
-from node_agent.protocol import MessageRecord
 from tests.helpers import assert_problem
 from tests.test_media_out import pair, wait_event
 

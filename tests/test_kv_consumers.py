@@ -14,10 +14,10 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 
+from contract.protocol import SESSIONS_BUCKET
 from control_plane.store import SessionStore
 from node_agent.lease import assigned_to
 from node_agent.outbox import OUTBOX_BUCKET
-from node_agent.protocol import SESSIONS_BUCKET
 from tests.agent_support import AgentClient, running_agent, sim_settings, unique
 from zapfleet._kv import scan
 

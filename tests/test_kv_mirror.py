@@ -13,9 +13,9 @@ from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
+from contract.protocol import SessionRecord, SessionSpec, encode
 from control_plane.session_index import SessionIndex
 from control_plane.store import SessionStore
-from node_agent.protocol import SessionRecord, SessionSpec, encode
 from tests.agent_support import unique
 from tests.reliability.harness import until
 from zapfleet._mirror import Change, KVMirror

@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from contract.protocol import TextContent
 from node_agent.link_preview import PreviewedText, first_url, parse_page, with_preview
 from node_agent.media import MediaFetcher
-from node_agent.protocol import TextContent
 
 PAGES: dict[str, tuple[int, str, bytes]] = {
     "/og": (

@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import trustme
 
+from contract.protocol import ErrorCode, Media
 from node_agent.media import MediaError, MediaFetcher, UrlGuard, default_url_guard
-from node_agent.protocol import ErrorCode, Media
 from zapfleet.ssrf import AddressPolicy, IPAddress, Resolver
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"p" * 500

@@ -15,7 +15,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.errors import ObjectNotFoundError
 
-from node_agent.protocol import MEDIA_BUCKET, media_object
+from contract.protocol import MEDIA_BUCKET, media_object
 from tests.conftest import Stack, WebhookReceiver
 from tests.helpers import assert_problem, new_tenant
 from tests.test_media_out import b64, pair, png, wait_event

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
-from node_agent.protocol import (
+from contract.protocol import (
     AudioContent,
     Empty,
     Media,

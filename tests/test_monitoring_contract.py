@@ -27,7 +27,7 @@ from prometheus_client.metrics import MetricWrapperBase
 import control_plane
 import node_agent
 import zapfleet
-from node_agent.protocol import SessionState
+from contract.protocol import SessionState
 
 ROOT = Path(__file__).resolve().parent.parent
 MONITORING = ROOT / "playbooks" / "roles" / "monitoring" / "files"

@@ -13,6 +13,7 @@ import pytest
 from neonize.proto import Neonize_pb2 as nz
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
+from contract.protocol import SessionSpec
 from node_agent.engines._base import EngineError, Inbound, InboundMedia
 from node_agent.engines.neonize import (
     NeonizeConfig,
@@ -25,7 +26,6 @@ from node_agent.engines.neonize import (
     sticker_message,
 )
 from node_agent.media import MediaPayload
-from node_agent.protocol import SessionSpec
 
 UPLOADED: dict[str, Any] = {
     "URL": "https://mmg.whatsapp.net/x",
@@ -219,13 +219,13 @@ def test_view_once_media_sets_view_once_and_is_recognised_wrapped_or_flagged() -
     described as its media type with ``view_once``; its file is found inside the wrapper."""
     from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
+    from contract.protocol import ImageContent, Media, VideoContent
     from node_agent.engines.neonize import (
         describe_message,
         image_message,
         inbound_media,
         video_message,
     )
-    from node_agent.protocol import ImageContent, Media, VideoContent
 
     media = Media(base64="aGk=")
     image = image_message({}, ImageContent(media=media, caption="c", view_once=True), None)

@@ -13,19 +13,19 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig
 
+from contract.protocol import EVENTS_STREAM, SESSIONS_BUCKET
 from control_plane.reconciler import Leadership
 from control_plane.settings import ControlPlaneSettings
 from node_agent.device_store import DeviceStore
 from node_agent.engines.sim import SimConfig, SimEngine
 from node_agent.inbound_media import MediaStore
 from node_agent.outbox import Outbox
-from node_agent.protocol import EVENTS_STREAM, SESSIONS_BUCKET, ensure_jetstream
 from node_agent.settings import AgentSettings
 from tests.conftest import ADMIN_KEY
 from tests.reliability.harness import until
 from zapfleet._env import SettingsError, load_settings
 from zapfleet.devservers import ChildProcess, start_nats_cluster
-from zapfleet.natsjs import key_value, parse_nats_urls
+from zapfleet.natsjs import ensure_jetstream, key_value, parse_nats_urls
 
 ROOT = Path(__file__).resolve().parent.parent
 THREE = "nats://10.0.0.1:4222,nats://10.0.0.2:4222,nats://10.0.0.3:4222"

@@ -161,11 +161,11 @@ def test_the_names_imported_from_the_controllers_before_are_the_services_own() -
 
 
 def test_one_number_rule_for_the_api_and_the_agents() -> None:
-    """The API's 422 answers come from node_agent/chat_ids.py, the rule the agents apply:
+    """The API's 422 answers come from contract/chat_ids.py, the rule the agents apply:
     the same digits, the same error codes, no second parser."""
+    from contract.chat_ids import ChatIdError, normalize_chat, normalize_phone
     from control_plane.numbers import normalize_chat_id, normalize_recipient
     from control_plane.problems import ProblemError
-    from node_agent.chat_ids import ChatIdError, normalize_chat, normalize_phone
 
     assert "phonenumbers" not in imported_modules("control_plane/numbers.py")
     for raw in ("+49 151 2345 6789", "15550001111@s.whatsapp.net", "1 (555) 000-2222"):

@@ -11,7 +11,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import DeliverPolicy
 
-from node_agent.protocol import EVENTS_STREAM, Event
+from contract.protocol import EVENTS_STREAM, Event
 from tests.conftest import Stack, WebhookReceiver
 from tests.helpers import pair_session
 

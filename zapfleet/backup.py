@@ -42,14 +42,14 @@ from nats.aio.client import Client as NATS
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 
-from control_plane.webhooks.backlog import BACKLOG_STREAM
-from node_agent.protocol import (
+from contract.protocol import (
     DLQ_STREAM,
     EVENTS_STREAM,
     LEASES_BUCKET,
     NODES_BUCKET,
     REDRIVE_STREAM,
 )
+from control_plane.webhooks.backlog import BACKLOG_STREAM
 from zapfleet import __version__
 from zapfleet.natsjs import ensure_stream
 

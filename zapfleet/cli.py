@@ -120,7 +120,7 @@ async def session_key(nc: Any, tenant: str, session_id: str) -> str:
     """The internal key of the tenant's session ``session_id`` (what agents and the sim
     network know it by), from KV ``zf_session_names``; the name itself for a session
     older than internal ids."""
-    from node_agent.protocol import SESSION_NAMES_BUCKET, name_key, name_target
+    from contract.protocol import SESSION_NAMES_BUCKET, name_key, name_target
 
     with contextlib.suppress(Exception):
         names = await nc.jetstream().key_value(SESSION_NAMES_BUCKET)
@@ -151,8 +151,7 @@ async def sim_scan(
     import msgspec
     import nats
 
-    from node_agent.engines.sim import link
-    from node_agent.protocol import (
+    from contract.protocol import (
         SESSIONS_BUCKET,
         Err,
         Ok,
@@ -163,6 +162,7 @@ async def sim_scan(
         agent_subject,
         encode,
     )
+    from node_agent.engines.sim import link
 
     nc = await nats.connect(servers=nats_url)
     try:

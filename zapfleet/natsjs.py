@@ -24,12 +24,31 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import KeyValueConfig, ObjectStoreConfig, StreamConfig
+from nats.js.api import (
+    KeyValueConfig,
+    ObjectStoreConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from contract.protocol import (
+    DLQ_STREAM,
+    DLQ_SUBJECTS,
+    EVENTS_STREAM,
+    EVENTS_SUBJECTS,
+    NODES_BUCKET,
+    REDRIVE_STREAM,
+    REDRIVE_SUBJECTS,
+    SESSION_NAMES_BUCKET,
+    SESSIONS_BUCKET,
+    TENANTS_BUCKET,
+    WEBHOOKS_BUCKET,
+)
 from zapfleet._env import SettingsError
 
 log = logging.getLogger(__name__)
@@ -211,3 +230,61 @@ async def object_store(
             raise _insufficient(exc, f"object store {bucket}", replicas) from None
     await raise_replicas(js, f"OBJ_{bucket}", replicas)
     return store
+
+
+async def ensure_jetstream(
+    js: Any,
+    *,
+    events_max_age_s: float,
+    node_ttl_s: float,
+    events_max_bytes: int = -1,
+    events_dedupe_window_s: float = 120.0,
+    replicas: int = 1,
+) -> None:
+    """Create the streams and buckets of DESIGN §2 if missing, or bring their settings up
+    to date. Idempotent; both processes call it at start so either may come up first.
+    ``replicas``: ``ZAPFLEET_NATS_REPLICAS`` (zapfleet/natsjs.py: raised, never lowered).
+
+    ``ZF_EVENTS`` keeps events by age and by size (oldest dropped first) and deduplicates
+    on ``Nats-Msg-Id`` within the window; direct gets serve the paged replay of
+    ``GET /v1/events`` without creating consumers."""
+    streams = (
+        StreamConfig(
+            name=EVENTS_STREAM,
+            subjects=[EVENTS_SUBJECTS],
+            max_age=events_max_age_s,
+            max_bytes=events_max_bytes,
+            duplicate_window=events_dedupe_window_s,
+            storage=StorageType.FILE,
+            allow_direct=True,
+        ),
+        StreamConfig(
+            name=DLQ_STREAM,
+            subjects=[DLQ_SUBJECTS],
+            max_age=30 * 86400.0,
+            duplicate_window=120.0,
+            storage=StorageType.FILE,
+            allow_direct=True,
+        ),
+        StreamConfig(
+            name=REDRIVE_STREAM,
+            subjects=[REDRIVE_SUBJECTS],
+            retention=RetentionPolicy.WORK_QUEUE,
+            max_age=30 * 86400.0,
+            duplicate_window=120.0,
+            storage=StorageType.FILE,
+        ),
+    )
+    for config in streams:
+        await ensure_stream(js, config, replicas)
+    buckets = (
+        KeyValueConfig(bucket=NODES_BUCKET, ttl=node_ttl_s, history=1),
+        KeyValueConfig(bucket=SESSIONS_BUCKET, history=5),
+        KeyValueConfig(bucket=TENANTS_BUCKET, history=5),
+        KeyValueConfig(bucket=WEBHOOKS_BUCKET, history=5),
+        KeyValueConfig(bucket=SESSION_NAMES_BUCKET, history=1),
+    )
+    for bucket in buckets:
+        # one that exists with another config (e.g. agents and control plane configured
+        # with different TTLs) is used as it is rather than fail at start
+        await key_value(js, bucket, replicas)

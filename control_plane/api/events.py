@@ -17,12 +17,12 @@ from litestar import Controller, get
 from litestar.di import Provide
 from litestar.params import Parameter, QueryParameter
 
+from contract.protocol import EVENTS_STREAM, Event
 from control_plane.auth import Principal, authenticate
 from control_plane.problems import ProblemError
 from control_plane.services import Services
 from control_plane.stream_reader import StreamReadError, read_page
 from control_plane.webhooks.config import EVENT_TYPES
-from node_agent.protocol import EVENTS_STREAM, Event
 
 
 class StoredEvent(Event, kw_only=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 from litestar import Controller, delete, get, patch, post, put
 from litestar.di import Provide
 
+from contract.protocol import GroupInfo
 from control_plane import groups
 from control_plane.api.sessions import QUERIES
 from control_plane.auth import Principal, authenticate
@@ -29,7 +30,6 @@ from control_plane.models import (
     RequestsView,
 )
 from control_plane.services import Services
-from node_agent.protocol import GroupInfo
 
 CHANGES = {"rate": "messages"}  # each one is a request to WhatsApp
 

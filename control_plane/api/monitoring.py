@@ -15,6 +15,7 @@ from litestar.di import Provide
 from litestar.params import Parameter
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from contract.protocol import DLQ_STREAM, EVENTS_STREAM, Empty, Op, SessionList
 from control_plane import metrics
 from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.auth import Principal, authenticate, require_admin
@@ -34,7 +35,6 @@ from control_plane.models import (
 from control_plane.services import Services
 from control_plane.sessions import live_assignment
 from control_plane.webhooks.backlog import backlog_depths
-from node_agent.protocol import DLQ_STREAM, EVENTS_STREAM, Empty, Op, SessionList
 from zapfleet import __version__
 
 _STARTED = time.time()

@@ -17,6 +17,7 @@ from litestar import Controller, MediaType, Request, Response, delete, get, patc
 from litestar.di import Provide
 from litestar.params import Parameter
 
+from contract.protocol import Op, SessionState
 from control_plane import sessions as session_service
 from control_plane.api.webhooks import ensure_event_patterns, ensure_safe_url, ensure_secret_fits
 from control_plane.auth import Principal, authenticate
@@ -57,7 +58,6 @@ from control_plane.sessions import (  # the re-exported names (see the docstring
     view,
 )
 from control_plane.webhooks.signing import LEGACY, STANDARD
-from node_agent.protocol import Op, SessionState
 
 SESSION_OPS = {"rate": "sessions"}
 QUERIES = {"rate": "queries"}

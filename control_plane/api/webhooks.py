@@ -16,6 +16,7 @@ from litestar import Controller, delete, get, post, put
 from litestar.di import Provide
 from litestar.params import Parameter, QueryParameter
 
+from contract.protocol import Event
 from control_plane.auth import Principal, authenticate
 from control_plane.problems import ProblemError
 from control_plane.services import Services
@@ -24,7 +25,6 @@ from control_plane.webhooks.config import MAX_URLS, WebhookConfig, validate_even
 from control_plane.webhooks.deadletters import DeadLetter, DeadLetterStore
 from control_plane.webhooks.http import parse_target
 from control_plane.webhooks.signing import STANDARD, Scheme, new_secret, standard_key
-from node_agent.protocol import Event
 from zapfleet.ssrf import AddressPolicy, UnsafeURLError, check_url, redact_url
 
 AllTenants = Annotated[

@@ -35,7 +35,7 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from node_agent.protocol import Event
+from contract.protocol import Event
 from zapfleet.natsjs import ensure_stream
 
 BACKLOG_STREAM = "ZF_WEBHOOK_BACKLOG"

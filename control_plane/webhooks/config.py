@@ -33,9 +33,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import InvalidKeyError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from control_plane.settings import ControlPlaneSettings
-from control_plane.webhooks.signing import LEGACY
-from node_agent.protocol import (
+from contract.protocol import (
     SESSION_NAMES_BUCKET,
     SESSIONS_BUCKET,
     WEBHOOKS_BUCKET,
@@ -44,6 +42,8 @@ from node_agent.protocol import (
     name_key,
     name_target,
 )
+from control_plane.settings import ControlPlaneSettings
+from control_plane.webhooks.signing import LEGACY
 from zapfleet._mirror import Change, KVMirror
 
 log = logging.getLogger(__name__)

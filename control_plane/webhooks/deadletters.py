@@ -20,8 +20,8 @@ from nats.aio.client import Client as NATS
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from contract.protocol import DLQ_STREAM, Event, dlq_subject, redrive_subject
 from control_plane.stream_reader import StoredMessage, read_one, read_page
-from node_agent.protocol import DLQ_STREAM, Event, dlq_subject, redrive_subject
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):

@@ -50,6 +50,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
+from contract.protocol import EVENTS_STREAM, REDRIVE_STREAM, Event
 from control_plane.media_links import MediaReader, with_media_links
 from control_plane.settings import ControlPlaneSettings
 from control_plane.webhooks import metrics
@@ -74,7 +75,6 @@ from control_plane.webhooks.signing import (
     EVENT_TYPE_HEADER,
     signed_headers,
 )
-from node_agent.protocol import EVENTS_STREAM, REDRIVE_STREAM, Event
 from zapfleet import __version__
 from zapfleet.backoff import Backoff
 from zapfleet.ssrf import AddressPolicy, UnsafeURLError, redact_url

@@ -15,8 +15,8 @@ from prometheus_client import start_http_server
 
 from control_plane.settings import ControlPlaneSettings
 from control_plane.webhooks.dispatcher import Dispatcher
-from node_agent.protocol import ensure_jetstream
 from zapfleet import natsjs
+from zapfleet.natsjs import ensure_jetstream
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,7 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-from node_agent.media import MediaPayload
-from node_agent.protocol import (  # issue 16
+from contract.protocol import (  # issue 16
     Contact,
     ContactDetails,
     GroupAction,
@@ -27,6 +26,7 @@ from node_agent.protocol import (  # issue 16
     Privacy,
     SessionSpec,
 )
+from node_agent.media import MediaPayload
 
 
 class QrShown(msgspec.Struct, frozen=True):

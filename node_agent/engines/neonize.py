@@ -58,25 +58,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Gauge
 
-from node_agent.engines._base import (
-    Connected,
-    Disconnected,
-    Emit,
-    EngineError,
-    GroupError,
-    GroupEvent,
-    Inbound,
-    InboundMedia,
-    LoggedOut,
-    Paired,
-    PresenceSeen,
-    QrShown,
-    Receipt,
-)
-from node_agent.engines.neonize_contacts import ContactsMixin  # issue 16
-from node_agent.link_preview import LinkPreview, PreviewedText
-from node_agent.media import MediaPayload
-from node_agent.protocol import (
+from contract.protocol import (
     AudioContent,
     ContactContent,
     DocumentContent,
@@ -103,6 +85,24 @@ from node_agent.protocol import (
     TextContent,
     VideoContent,
 )
+from node_agent.engines._base import (
+    Connected,
+    Disconnected,
+    Emit,
+    EngineError,
+    GroupError,
+    GroupEvent,
+    Inbound,
+    InboundMedia,
+    LoggedOut,
+    Paired,
+    PresenceSeen,
+    QrShown,
+    Receipt,
+)
+from node_agent.engines.neonize_contacts import ContactsMixin  # issue 16
+from node_agent.link_preview import LinkPreview, PreviewedText
+from node_agent.media import MediaPayload
 
 log = logging.getLogger(__name__)
 
@@ -1320,7 +1320,7 @@ _RECEIPTS: dict[int, Literal["delivered", "read", "failed"]] = {
 
 
 def _parse_jid(text: str) -> Any:
-    """The JID of a chat id (node_agent/chat_ids.py): phone digits or ``user@server``."""
+    """The JID of a chat id (contract/chat_ids.py): phone digits or ``user@server``."""
     from neonize.utils.jid import build_jid
 
     user, _, server = text.partition("@")

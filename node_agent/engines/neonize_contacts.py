@@ -22,6 +22,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from contract.protocol import Contact, ContactDetails, Privacy
 from node_agent.engines._base import (
     BlockChanged,
     CallOffered,
@@ -29,7 +30,6 @@ from node_agent.engines._base import (
     NotOnWhatsApp,
     NotSupported,
 )
-from node_agent.protocol import Contact, ContactDetails, Privacy
 
 log = logging.getLogger(__name__)
 

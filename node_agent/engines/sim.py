@@ -44,7 +44,27 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, ObjectNo
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
-from node_agent.chat_ids import chat_kind
+from contract.chat_ids import chat_kind
+from contract.protocol import (
+    INVITE_PREFIX,
+    Contact,
+    ContactDetails,
+    EditContent,
+    GroupAction,
+    GroupCreated,
+    GroupInfo,
+    GroupJoined,
+    GroupMember,
+    GroupSettings,
+    JoinRequest,
+    MessageContent,
+    NumberStatus,
+    ParticipantResult,
+    PollContent,
+    Privacy,
+    SessionSpec,
+    TextContent,
+)
 from node_agent.engines._base import (
     BlockChanged,
     CallOffered,
@@ -65,26 +85,6 @@ from node_agent.engines._base import (
 )
 from node_agent.engines.sim_presence import Presence
 from node_agent.media import MediaPayload
-from node_agent.protocol import (
-    INVITE_PREFIX,
-    Contact,
-    ContactDetails,
-    EditContent,
-    GroupAction,
-    GroupCreated,
-    GroupInfo,
-    GroupJoined,
-    GroupMember,
-    GroupSettings,
-    JoinRequest,
-    MessageContent,
-    NumberStatus,
-    ParticipantResult,
-    PollContent,
-    Privacy,
-    SessionSpec,
-    TextContent,
-)
 from zapfleet._mirror import Change, KVMirror
 
 log = logging.getLogger(__name__)

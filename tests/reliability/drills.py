@@ -16,7 +16,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import DeliverPolicy
 
-from node_agent.protocol import EVENTS_STREAM, Event
+from contract.protocol import EVENTS_STREAM, Event
 
 
 @dataclass

@@ -36,9 +36,9 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from contract.protocol import EVENTS_STREAM
 from node_agent.engines.sim import SIM_BUCKET
 from node_agent.engines.sim_presence import Probe, presence_subject, violations
-from node_agent.protocol import EVENTS_STREAM
 from tests.conftest import ADMIN_KEY, WebhookReceiver, agent_env, spawn, stop_process
 from tests.reliability.drills import Traffic, stream_events
 from tests.reliability.harness import LOG_ROOT, NO_PACING, UNLIMITED, create_linked, until

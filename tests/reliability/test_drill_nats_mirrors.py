@@ -24,9 +24,7 @@ import httpx
 import msgspec
 from nats.aio.client import Client as NATS
 
-from control_plane.agents import AgentClient
-from control_plane.tenants import TenantStore
-from node_agent.protocol import (
+from contract.protocol import (
     SESSION_NAMES_BUCKET,
     SESSIONS_BUCKET,
     TENANTS_BUCKET,
@@ -39,6 +37,8 @@ from node_agent.protocol import (
     name_key,
     name_target,
 )
+from control_plane.agents import AgentClient
+from control_plane.tenants import TenantStore
 from tests.conftest import WebhookReceiver
 from tests.reliability.conftest import FleetFactory
 from tests.reliability.harness import NO_PACING, Fleet, until

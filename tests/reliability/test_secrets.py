@@ -18,7 +18,7 @@ import httpx
 import msgspec
 from nats.js.errors import NoKeysError
 
-from node_agent.protocol import TENANTS_BUCKET
+from contract.protocol import TENANTS_BUCKET
 from tests.conftest import ADMIN_KEY
 from tests.reliability.conftest import Catalog
 from zapfleet._logging import JsonFormatter, register_secret

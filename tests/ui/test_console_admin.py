@@ -8,7 +8,7 @@ from __future__ import annotations
 import httpx
 from selenium.webdriver.support.select import Select
 
-from node_agent.protocol import SessionState
+from contract.protocol import SessionState
 from tests.ui.browser import Browser
 from tests.ui.stack import UiStack
 from tests.ui.test_console import scan_with_the_sim, sign_in
@@ -140,7 +140,7 @@ def test_session_actions_follow_the_state_and_log_out_and_delete_ask_first(
     wait_state(b, "CONNECTED", ["stop", "restart", "logout", "delete"])
 
 
-# The buttons the page shows for every state of node_agent/protocol.py, for a session that
+# The buttons the page shows for every state of contract/protocol.py, for a session that
 # is meant to run (with a paired phone where it can have one) and for a stopped one.
 RUNNING_ACTIONS = {
     SessionState.STARTING: ["stop"],

@@ -15,10 +15,10 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from contract.protocol import Event, EventType, encode, event_subject
 from control_plane.settings import ControlPlaneSettings
 from control_plane.webhooks.dispatcher import Dispatcher
 from node_agent.events import new_event_id
-from node_agent.protocol import Event, EventType, encode, ensure_jetstream, event_subject
 from tests.conftest import (
     ADMIN_KEY,
     ARTIFACTS,
@@ -28,6 +28,7 @@ from tests.conftest import (
     wait_until_ready,
 )
 from zapfleet.devservers import ChildProcess, free_port, start_nats
+from zapfleet.natsjs import ensure_jetstream
 
 FAST = {
     "webhook_allowed_networks": ["127.0.0.1/32"],

@@ -19,9 +19,9 @@ import pytest
 from nats.aio.client import Client as NATS
 from standardwebhooks import Webhook
 
+from contract.protocol import WEBHOOKS_BUCKET, EventType
 from control_plane.webhooks.config import WebhookConfig, WebhookStore
 from control_plane.webhooks.signing import new_secret, verify
-from node_agent.protocol import WEBHOOKS_BUCKET, EventType
 from tests.conftest import ADMIN_KEY, WebhookReceiver
 from tests.helpers import pair_session
 from tests.webhooks.conftest import ApiStack, publish_events

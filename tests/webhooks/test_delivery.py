@@ -13,17 +13,17 @@ import msgspec
 from nats.aio.client import Client as NATS
 from prometheus_client import REGISTRY
 
-from control_plane.webhooks.config import WebhookConfig, WebhookStore
-from control_plane.webhooks.deadletters import DeadLetterStore
-from control_plane.webhooks.dispatcher import backoff_delay
-from control_plane.webhooks.signing import verify
-from node_agent.protocol import (
+from contract.protocol import (
     SESSIONS_BUCKET,
     WEBHOOKS_BUCKET,
     EventType,
     SessionRecord,
     SessionSpec,
 )
+from control_plane.webhooks.config import WebhookConfig, WebhookStore
+from control_plane.webhooks.deadletters import DeadLetterStore
+from control_plane.webhooks.dispatcher import backoff_delay
+from control_plane.webhooks.signing import verify
 from tests.conftest import WebhookReceiver
 from tests.webhooks.conftest import (
     InProcess,

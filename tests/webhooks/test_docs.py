@@ -17,8 +17,8 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 
+from contract.protocol import Event, EventType
 from control_plane.webhooks.signing import STANDARD, signed_headers
-from node_agent.protocol import Event, EventType
 from tests.webhooks.conftest import publish_events
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"

@@ -20,9 +20,9 @@ import time
 import pytest
 from nats.aio.client import Client as NATS
 
+from contract.protocol import Event, EventType, encode, event_subject
 from control_plane.webhooks.deadletters import DeadLetterStore
 from node_agent.events import new_event_id
-from node_agent.protocol import Event, EventType, encode, event_subject
 from tests.conftest import WebhookReceiver
 from tests.webhooks.conftest import settings_for, spawn_dispatcher, stop_process
 from tests.webhooks.test_delivery import configure_tenant

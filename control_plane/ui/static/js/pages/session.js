@@ -7,7 +7,7 @@ import { ago, badge, confirmAction, h, phone, poll, replace, toast } from "../do
 
 const POLL_MS = 1500;
 const PAIRING_STATES = new Set(["STARTING", "PAIRING"]);
-// The states of a session that runs (node_agent/protocol.py SessionState); FAILED,
+// The states of a session that runs (contract/protocol.py SessionState); FAILED,
 // LOGGED_OUT and STOPPED are not running (FAILED: the circuit breaker is open).
 const LIVE = new Set(["STARTING", "PAIRING", "CONNECTED", "DISCONNECTED", "RECONNECTING"]);
 const RUNNING_OR_FAILED = new Set([...LIVE, "FAILED"]);

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from node_agent.protocol import EventType, GroupInfo, SessionState
+from contract.protocol import EventType, GroupInfo, SessionState
 
 _CONFIG: dict[str, Any] = {"kw_only": True, "forbid_unknown_fields": True}
 

@@ -593,7 +593,7 @@ class Blocklist(msgspec.Struct, kw_only=True):
 
 class ProfileUpdate(msgspec.Struct, kw_only=True):
     """Change this account's own profile; None leaves a field as it is. ``picture`` is a
-    JPEG already normalised (node_agent/profile.py); ``remove_picture`` removes it."""
+    JPEG already normalised (contract/profile.py); ``remove_picture`` removes it."""
 
     session_id: str
     name: str | None = None
@@ -927,65 +927,3 @@ class SessionRecord(msgspec.Struct, kw_only=True):
 
 
 # -- JetStream layout ---------------------------------------------------------------------
-
-
-async def ensure_jetstream(
-    js: Any,
-    *,
-    events_max_age_s: float,
-    node_ttl_s: float,
-    events_max_bytes: int = -1,
-    events_dedupe_window_s: float = 120.0,
-    replicas: int = 1,
-) -> None:
-    """Create the streams and buckets of DESIGN §2 if missing, or bring their settings up
-    to date. Idempotent; both processes call it at start so either may come up first.
-    ``replicas``: ``ZAPFLEET_NATS_REPLICAS`` (zapfleet/natsjs.py: raised, never lowered).
-
-    ``ZF_EVENTS`` keeps events by age and by size (oldest dropped first) and deduplicates
-    on ``Nats-Msg-Id`` within the window; direct gets serve the paged replay of
-    ``GET /v1/events`` without creating consumers."""
-    from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
-
-    from zapfleet.natsjs import ensure_stream, key_value
-
-    streams = (
-        StreamConfig(
-            name=EVENTS_STREAM,
-            subjects=[EVENTS_SUBJECTS],
-            max_age=events_max_age_s,
-            max_bytes=events_max_bytes,
-            duplicate_window=events_dedupe_window_s,
-            storage=StorageType.FILE,
-            allow_direct=True,
-        ),
-        StreamConfig(
-            name=DLQ_STREAM,
-            subjects=[DLQ_SUBJECTS],
-            max_age=30 * 86400.0,
-            duplicate_window=120.0,
-            storage=StorageType.FILE,
-            allow_direct=True,
-        ),
-        StreamConfig(
-            name=REDRIVE_STREAM,
-            subjects=[REDRIVE_SUBJECTS],
-            retention=RetentionPolicy.WORK_QUEUE,
-            max_age=30 * 86400.0,
-            duplicate_window=120.0,
-            storage=StorageType.FILE,
-        ),
-    )
-    for config in streams:
-        await ensure_stream(js, config, replicas)
-    buckets = (
-        KeyValueConfig(bucket=NODES_BUCKET, ttl=node_ttl_s, history=1),
-        KeyValueConfig(bucket=SESSIONS_BUCKET, history=5),
-        KeyValueConfig(bucket=TENANTS_BUCKET, history=5),
-        KeyValueConfig(bucket=WEBHOOKS_BUCKET, history=5),
-        KeyValueConfig(bucket=SESSION_NAMES_BUCKET, history=1),
-    )
-    for bucket in buckets:
-        # one that exists with another config (e.g. agents and control plane configured
-        # with different TTLs) is used as it is rather than fail at start
-        await key_value(js, bucket, replicas)

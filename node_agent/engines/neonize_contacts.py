@@ -85,7 +85,7 @@ class ContactsMixin:
             self._report(offered)
 
     async def reject_call(self, caller: str, call_id: str) -> None:
-        from node_agent.engines.neonize import _parse_jid
+        from node_agent.engines.neonize_protos import _parse_jid
 
         gen = self._online()
         await self._ffi("reject call", gen.client.reject_call(_parse_jid(caller), call_id))
@@ -109,7 +109,7 @@ class ContactsMixin:
     async def block(self, chat: str, block: bool) -> list[str]:
         from neonize.utils.enum import BlocklistAction
 
-        from node_agent.engines.neonize import _parse_jid, lid_of, phone_of
+        from node_agent.engines.neonize_protos import _parse_jid, lid_of, phone_of
 
         gen = self._online()
         jid = _parse_jid(chat)
@@ -164,7 +164,7 @@ class ContactsMixin:
         return [c for c in (contact_of(item) for item in found) if c is not None]
 
     async def contact_info(self, chat: str) -> ContactDetails:
-        from node_agent.engines.neonize import _parse_jid, phone_of
+        from node_agent.engines.neonize_protos import _parse_jid, phone_of
 
         gen = self._online()
         client = gen.client
@@ -215,7 +215,7 @@ def _walk(node: Any) -> Any:
 
 def _caller(meta: Any) -> tuple[str | None, str | None]:
     """(phone, LID) of a call's creator: never a LID as the phone."""
-    from node_agent.engines.neonize import lid_of, phone_of
+    from node_agent.engines.neonize_protos import lid_of, phone_of
 
     jids = [meta.callCreator, meta.callCreatorAlt, getattr(meta, "from")]
     phone = next((p for p in (phone_of(j) for j in jids) if p), None)
@@ -224,7 +224,7 @@ def _caller(meta: Any) -> tuple[str | None, str | None]:
 
 
 def _offer(meta: Any, data: Any, *, video: bool, group: str | None) -> CallOffered | None:
-    from node_agent.engines.neonize import jid_text
+    from node_agent.engines.neonize_protos import jid_text
 
     if not meta.callID:
         return None
@@ -245,7 +245,7 @@ def _offer(meta: Any, data: Any, *, video: bool, group: str | None) -> CallOffer
 def call_offer_of(event: Any) -> CallOffered | None:
     """The :class:`CallOffered` of a whatsmeow ``CallOffer``: video when the offer
     carries a ``video`` node, a group call when it names a ``group-jid``."""
-    from node_agent.engines.neonize import jid_text
+    from node_agent.engines.neonize_protos import jid_text
 
     video, group = False, None
     if event.HasField("data"):
@@ -261,7 +261,7 @@ def call_offer_of(event: Any) -> CallOffered | None:
 def call_offer_notice_of(event: Any) -> CallOffered | None:
     """A ``CallOfferNotice`` (how WhatsApp announces group calls): ``media`` says audio
     or video, ``type`` "group"."""
-    from node_agent.engines.neonize import jid_text
+    from node_agent.engines.neonize_protos import jid_text
 
     group = None
     if event.HasField("data"):
@@ -276,14 +276,14 @@ def call_offer_notice_of(event: Any) -> CallOffered | None:
 
 def blocklist_of(blocklist: Any) -> list[str]:
     """Phones of a ``Blocklist`` proto; a LID where the phone is not known."""
-    from node_agent.engines.neonize import jid_text, phone_of
+    from node_agent.engines.neonize_protos import jid_text, phone_of
 
     return sorted({phone_of(j) or jid_text(j) for j in blocklist.JIDs if j.User})
 
 
 def block_changes_of(event: Any) -> list[BlockChanged]:
     """The changes of a ``BlocklistEvent`` (BlockAction 1 = block, 2 = unblock)."""
-    from node_agent.engines.neonize import lid_of, phone_of
+    from node_agent.engines.neonize_protos import lid_of, phone_of
 
     return [
         BlockChanged(
@@ -296,7 +296,7 @@ def block_changes_of(event: Any) -> list[BlockChanged]:
 
 def contact_of(item: Any) -> Contact | None:
     """A ``Contact`` proto of the store: phone or LID, saved name, push name, business."""
-    from node_agent.engines.neonize import lid_of, phone_of
+    from node_agent.engines.neonize_protos import lid_of, phone_of
 
     jid, info = item.JID, item.Info
     if not jid.User or jid.Server not in ("s.whatsapp.net", "lid"):

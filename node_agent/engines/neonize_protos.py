@@ -8,7 +8,6 @@ them offline (tests/test_conversations_neonize.py, tests/test_neonize_media.py).
 from __future__ import annotations
 
 import io
-import logging
 import time
 from collections import OrderedDict
 from typing import Any, Literal
@@ -24,8 +23,6 @@ from node_agent.engines._base import (
 )
 from node_agent.link_preview import LinkPreview
 from node_agent.media import MediaPayload
-
-log = logging.getLogger(__name__)
 
 
 def _parse_jid(text: str) -> Any:

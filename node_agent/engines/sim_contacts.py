@@ -9,7 +9,6 @@ network. The test helpers that play the other phone (``call``, ``save_contact``,
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Literal
@@ -35,8 +34,6 @@ from node_agent.engines._base import (
 
 if TYPE_CHECKING:
     from node_agent.engines.sim import SimEngine
-
-log = logging.getLogger(__name__)
 
 _encode = msgspec.json.encode
 

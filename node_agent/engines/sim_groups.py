@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import secrets
 import time
 from typing import TYPE_CHECKING, Any, Literal
@@ -44,8 +43,6 @@ from node_agent.engines.sim_contacts import lid_of
 
 if TYPE_CHECKING:
     from node_agent.engines.sim import SimEngine
-
-log = logging.getLogger(__name__)
 
 _encode = msgspec.json.encode
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -26,41 +25,27 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from prometheus_client import Gauge
 
-from contract.chat_ids import ChatIdError, chat_kind, is_group, normalize_chat, normalize_phone
 from contract.protocol import (
-    INVITE_PREFIX,
     NODES_BUCKET,
-    PRIVACY_VALUES,
     SERVICE_NAME,
     SESSIONS_BUCKET,
-    Blocklist,
     BlockRequest,
     ChatPresence,
     ChatRead,
     ChatReadDone,
     CheckNumbers,
     ConfigureSession,
-    ContactDetails,
-    ContactList,
     ContactRequest,
     DestroySession,
     Empty,
     ErrorCode,
     Event,
-    EventType,
     GroupCreate,
-    GroupCreated,
-    GroupInfo,
-    GroupInvite,
     GroupInviteRequest,
-    GroupJoined,
     GroupLinkRequest,
-    GroupList,
     GroupParticipantsChange,
     GroupPicture,
-    GroupPictureSet,
     GroupRef,
-    GroupRequests,
     GroupRequestsChange,
     GroupsListRequest,
     GroupUpdate,
@@ -71,11 +56,8 @@ from contract.protocol import (
     Op,
     PairCode,
     PairCodeRequest,
-    ParticipantsChanged,
-    Privacy,
     PrivacyChange,
     ProfileUpdate,
-    ProfileUpdated,
     SendAccepted,
     SendMessage,
     SessionInfo,
@@ -84,15 +66,17 @@ from contract.protocol import (
     SessionRef,
     SessionState,
     StartSession,
-    TextContent,
     encode,
     err,
     heartbeat_subject,
     ok,
 )
 from node_agent import _system
+from node_agent.agent_contacts import ContactsOps
+from node_agent.agent_groups import GroupsOps
+from node_agent.agent_input import normalize_chat_id, normalize_number
 from node_agent.device_store import DeviceStore
-from node_agent.engines._base import CallOffered, Engine, GroupError, NotOnWhatsApp, NotSupported
+from node_agent.engines._base import Engine
 from node_agent.events import EventPublisher
 from node_agent.inbound_media import MediaStore
 from node_agent.lease import AssignmentWatch, Lease, assigned_to, claim
@@ -116,7 +100,6 @@ from zapfleet.natsjs import ensure_jetstream
 
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=msgspec.Struct)
-T = TypeVar("T")
 HOLDS_SLOT = LIVE_STATES | {SessionState.FAILED}
 # ops whose requests may be served side by side: sends (in arrival order per session, see
 # op_send) and reads; lifecycle ops stay one at a time
@@ -169,98 +152,6 @@ OPEN_FDS = Gauge("zapfleet_agent_open_fds", "Open file descriptors")
 RSS = Gauge("zapfleet_agent_rss_bytes", "Resident memory")
 
 
-def normalize_number(raw: str) -> str:
-    """E.164 digits without '+', or AgentError(INVALID_NUMBER)."""
-    try:
-        return normalize_phone(raw)
-    except ChatIdError as exc:
-        raise AgentError(ErrorCode.INVALID_NUMBER, exc.message) from None
-
-
-def normalize_chat_id(raw: str) -> str:
-    """A chat id (contract/chat_ids.py), or AgentError(INVALID_NUMBER/INVALID_CHAT_ID)."""
-    try:
-        return normalize_chat(raw)
-    except ChatIdError as exc:
-        raise AgentError(ErrorCode(exc.code), exc.message) from None
-
-
-# -- groups (issue 16) --
-MAX_GROUP_SUBJECT = 100  # WhatsApp's limit on a group's subject
-MAX_GROUP_DESCRIPTION = 2048
-MAX_GROUP_PARTICIPANTS = 256  # per request
-EPHEMERAL_TIMERS = (0, 86400, 7 * 86400, 90 * 86400)  # what WhatsApp offers
-_INVITE_CODE = re.compile(r"^[A-Za-z0-9]{10,40}$")
-
-
-def group_chat_id(raw: str) -> str:
-    """A group chat id (``<digits>@g.us``), or AgentError(INVALID_CHAT_ID)."""
-    try:
-        chat = normalize_chat(raw)
-    except ChatIdError:
-        chat = ""
-    if not is_group(chat):
-        raise AgentError(ErrorCode.INVALID_CHAT_ID, f"{raw!r} is not a group id (<digits>@g.us)")
-    return chat
-
-
-def participant_ids(raw: list[str], *, allow_empty: bool = False) -> list[str]:
-    """Participants as phones (E.164 digits) or LIDs, deduplicated in order."""
-    if (not raw and not allow_empty) or len(raw) > MAX_GROUP_PARTICIPANTS:
-        raise AgentError(
-            ErrorCode.INVALID_REQUEST,
-            f"name {0 if allow_empty else 1} to {MAX_GROUP_PARTICIPANTS} participants",
-        )
-    found: list[str] = []
-    for item in raw:
-        chat = normalize_chat_id(item)
-        if chat_kind(chat) not in ("phone", "lid"):
-            raise AgentError(ErrorCode.INVALID_NUMBER, f"{item!r} is not a phone number (or a LID)")
-        found.append(chat)
-    return list(dict.fromkeys(found))
-
-
-def invite_link_of(raw: str) -> str:
-    """An invite link (``https://chat.whatsapp.com/<code>`` or the bare code), or
-    AgentError(INVALID_INVITE_LINK)."""
-    code = raw.strip().removeprefix(INVITE_PREFIX).removeprefix("chat.whatsapp.com/").strip("/")
-    if not _INVITE_CODE.match(code):
-        raise AgentError(ErrorCode.INVALID_INVITE_LINK, f"{raw!r} is not a group invite link")
-    return INVITE_PREFIX + code
-
-
-def group_changes(request: GroupUpdate) -> dict[str, object]:
-    changes: dict[str, object] = {}
-    if request.subject is not None:
-        subject = request.subject.strip()
-        if not subject or len(subject) > MAX_GROUP_SUBJECT:
-            raise AgentError(
-                ErrorCode.INVALID_REQUEST, f"a subject has 1 to {MAX_GROUP_SUBJECT} characters"
-            )
-        changes["subject"] = subject
-    if request.description is not None:
-        if len(request.description) > MAX_GROUP_DESCRIPTION:
-            raise AgentError(
-                ErrorCode.INVALID_REQUEST,
-                f"a description has at most {MAX_GROUP_DESCRIPTION} characters",
-            )
-        changes["description"] = request.description or None
-    if request.ephemeral_s is not None:
-        if request.ephemeral_s not in EPHEMERAL_TIMERS:
-            raise AgentError(
-                ErrorCode.INVALID_REQUEST,
-                f"ephemeral_s is one of {', '.join(map(str, EPHEMERAL_TIMERS))}",
-            )
-        changes["ephemeral_s"] = request.ephemeral_s
-    for name in ("announce", "locked", "approval"):
-        value = getattr(request, name)
-        if value is not None:
-            changes[name] = value
-    if not changes:
-        raise AgentError(ErrorCode.INVALID_REQUEST, "nothing to change")
-    return changes
-
-
 def make_engine(settings: AgentSettings, nc: NATS) -> Engine:
     if settings.engine == "sim":
         from node_agent.engines.sim import SimConfig, SimEngine
@@ -295,7 +186,8 @@ def make_engine(settings: AgentSettings, nc: NATS) -> Engine:
     )
 
 
-class Agent:
+# issue 14: contacts/profile/calls ops in agent_contacts.py, group ops in agent_groups.py
+class Agent(ContactsOps, GroupsOps):
     def __init__(self, settings: AgentSettings, engine: Engine | None = None) -> None:
         self.settings = settings
         self.node_id = settings.node_id
@@ -926,248 +818,6 @@ class Agent:
         except Exception as exc:
             raise AgentError(ErrorCode.ENGINE_ERROR, str(exc)) from None
         return Empty()
-
-    # -- contacts, profile, calls (issue 16) --
-
-    def _on_call_reject(self, supervisor: SessionSupervisor, call: CallOffered) -> None:
-        task = asyncio.create_task(self._reject_call(supervisor, call), name="call-reject")
-        self._restoring.add(task)
-        task.add_done_callback(self._restoring.discard)
-
-    async def _reject_call(self, supervisor: SessionSupervisor, call: CallOffered) -> None:
-        """Decline the call, then answer the caller with the session's text through the
-        ordinary send path (outbox, queue, pacing): the reply survives an agent crash,
-        and a call offer seen twice answers once (the message id comes from the call)."""
-        import hashlib
-
-        error: str | None = None
-        try:
-            await supervisor.engine.reject_call(call.reject_to, call.call_id)
-        except Exception as exc:
-            error = f"reject failed: {exc}"
-        reply_id: str | None = None
-        text = supervisor.spec.calls.reply_text
-        to = call.caller or call.caller_lid
-        if text and to:
-            digest = hashlib.sha256(f"{supervisor.key}:{call.call_id}".encode()).hexdigest()
-            reply_id = "m_" + digest[:20]
-            request = SendMessage(
-                session_id=supervisor.key,
-                message_id=reply_id,
-                to=to,
-                content=TextContent(text=text),
-            )
-            try:
-                await self.op_send(request)
-            except AgentError as exc:
-                error = f"{error + '; ' if error else ''}reply not queued: {exc.message}"
-                reply_id = None
-        supervisor.events.emit(
-            EventType.CALL_REJECTED,
-            supervisor.tenant,
-            supervisor.session_id,
-            {
-                "call_id": call.call_id,
-                "from": call.caller,
-                "from_lid": call.caller_lid,
-                "video": call.video,
-                "is_group": call.is_group,
-                "reply_message_id": reply_id,
-                "error": error,
-            },
-        )
-
-    @staticmethod
-    async def _engine_op(awaitable: Awaitable[T]) -> T:
-        try:
-            return await awaitable
-        except NotOnWhatsApp as exc:
-            raise AgentError(ErrorCode.NOT_ON_WHATSAPP, str(exc)) from None
-        except NotSupported as exc:
-            raise AgentError(ErrorCode.NOT_SUPPORTED, str(exc)) from None
-
-    # -- groups (issue 16) ---------------------------------------------------------------
-
-    async def _group_op(self, what: Awaitable[T]) -> T:
-        """An engine group call: GroupError -> its own code, anything else engine_error."""
-        try:
-            return await what
-        except GroupError as exc:
-            raise AgentError(ErrorCode(exc.code), exc.message) from None
-        except AgentError:
-            raise
-        except Exception as exc:
-            raise AgentError(ErrorCode.ENGINE_ERROR, str(exc)) from None
-
-    @staticmethod
-    def _contact_chat(raw: str) -> str:
-        chat = normalize_chat_id(raw)
-        if "@" in chat and not chat.endswith("@lid"):
-            raise AgentError(
-                ErrorCode.INVALID_CHAT_ID, f"{raw!r} is not a contact: use a phone number or a LID"
-            )
-        return chat
-
-    async def op_contacts_list(self, ref: SessionRef) -> ContactList:
-        supervisor = self._connected(ref.session_id)
-        return ContactList(contacts=await self._engine_op(supervisor.engine.contacts()))
-
-    async def op_contact_info(self, request: ContactRequest) -> ContactDetails:
-        chat = self._contact_chat(request.chat)
-        supervisor = self._connected(request.session_id)
-        return await self._engine_op(supervisor.engine.contact_info(chat))
-
-    async def op_contact_block(self, request: BlockRequest) -> Blocklist:
-        chat = self._contact_chat(request.chat)
-        supervisor = self._connected(request.session_id)
-        blocked = await self._engine_op(supervisor.engine.block(chat, request.block))
-        return Blocklist(blocked=blocked)
-
-    async def op_blocklist(self, ref: SessionRef) -> Blocklist:
-        supervisor = self._connected(ref.session_id)
-        return Blocklist(blocked=await self._engine_op(supervisor.engine.blocklist()))
-
-    async def op_profile_set(self, request: ProfileUpdate) -> ProfileUpdated:
-        from contract.profile import InvalidImage, profile_jpeg
-
-        if request.name is not None and not 1 <= len(request.name) <= 25:
-            raise AgentError(ErrorCode.INVALID_REQUEST, "a push name has 1 to 25 characters")
-        if request.about is not None and len(request.about) > 139:
-            raise AgentError(ErrorCode.INVALID_REQUEST, "an about text has at most 139 characters")
-        picture = None
-        if request.picture is not None and not request.remove_picture:
-            try:
-                picture = await asyncio.to_thread(profile_jpeg, request.picture)
-            except InvalidImage as exc:
-                raise AgentError(ErrorCode.INVALID_IMAGE, str(exc)) from None
-        supervisor = self._connected(request.session_id)
-        picture_id = await self._engine_op(
-            supervisor.engine.set_profile(
-                request.name, request.about, picture, request.remove_picture
-            )
-        )
-        return ProfileUpdated(
-            name=request.name,
-            about=request.about,
-            picture_id=picture_id,
-            picture_removed=request.remove_picture,
-        )
-
-    async def op_privacy_get(self, ref: SessionRef) -> Privacy:
-        supervisor = self._connected(ref.session_id)
-        return await self._engine_op(supervisor.engine.privacy())
-
-    async def op_privacy_set(self, request: PrivacyChange) -> Privacy:
-        if not request.settings:
-            raise AgentError(ErrorCode.INVALID_REQUEST, "no privacy setting to change")
-        for name, value in request.settings.items():
-            allowed = PRIVACY_VALUES.get(name)
-            if allowed is None:
-                raise AgentError(
-                    ErrorCode.INVALID_REQUEST,
-                    f"unknown privacy setting {name!r}; the settings are "
-                    + ", ".join(sorted(PRIVACY_VALUES)),
-                )
-            if value not in allowed:
-                raise AgentError(
-                    ErrorCode.INVALID_PRIVACY_VALUE,
-                    f"{name} cannot be {value!r}; it can be " + ", ".join(sorted(allowed)),
-                )
-        supervisor = self._connected(request.session_id)
-        return await self._engine_op(supervisor.engine.set_privacy(request.settings))
-
-    async def op_groups_list(self, request: GroupsListRequest) -> GroupList:
-        supervisor = self._connected(request.session_id)
-        return GroupList(groups=await self._group_op(supervisor.engine.list_groups()))
-
-    async def op_group_info(self, request: GroupRef) -> GroupInfo:
-        group_id = group_chat_id(request.group_id)
-        supervisor = self._connected(request.session_id)
-        return await self._group_op(supervisor.engine.group_info(group_id))
-
-    async def op_group_create(self, request: GroupCreate) -> GroupCreated:
-        subject = request.subject.strip()
-        if not subject or len(subject) > MAX_GROUP_SUBJECT:
-            raise AgentError(
-                ErrorCode.INVALID_REQUEST, f"a subject has 1 to {MAX_GROUP_SUBJECT} characters"
-            )
-        participants = participant_ids(request.participants, allow_empty=True)
-        supervisor = self._connected(request.session_id)
-        return await self._group_op(supervisor.engine.create_group(subject, participants))
-
-    async def op_group_leave(self, request: GroupRef) -> Empty:
-        group_id = group_chat_id(request.group_id)
-        supervisor = self._connected(request.session_id)
-        await self._group_op(supervisor.engine.leave_group(group_id))
-        return Empty()
-
-    async def op_group_participants(self, request: GroupParticipantsChange) -> ParticipantsChanged:
-        group_id = group_chat_id(request.group_id)
-        participants = participant_ids(request.participants)
-        supervisor = self._connected(request.session_id)
-        results = await self._group_op(
-            supervisor.engine.update_participants(group_id, request.action, participants)
-        )
-        return ParticipantsChanged(group_id=group_id, action=request.action, results=results)
-
-    async def op_group_invite(self, request: GroupInviteRequest) -> GroupInvite:
-        group_id = group_chat_id(request.group_id)
-        supervisor = self._connected(request.session_id)
-        link = await self._group_op(supervisor.engine.invite_link(group_id, request.revoke))
-        return GroupInvite(group_id=group_id, link=link)
-
-    async def op_group_join(self, request: GroupLinkRequest) -> GroupJoined:
-        link = invite_link_of(request.link)
-        supervisor = self._connected(request.session_id)
-        joined = await self._group_op(supervisor.engine.join_group(link))
-        if joined.status == "joined":
-            joined.group = await self._group_op(supervisor.engine.group_info(joined.group_id))
-        return joined
-
-    async def op_group_picture(self, request: GroupPicture) -> GroupPictureSet:
-        """Fetch or decode the picture, make it the square JPEG WhatsApp shows, set it."""
-        from node_agent.pictures import picture_jpeg
-
-        group_id = group_chat_id(request.group_id)
-        supervisor = self._connected(request.session_id)
-        jpeg = None
-        if request.media is not None:
-            try:
-                payload = await self.media.accept(request.media)
-                if payload is None:
-                    payload = await self.media.fetch(request.media)
-                jpeg = await asyncio.to_thread(picture_jpeg, payload)
-            except MediaError as exc:
-                raise AgentError(exc.code, exc.message) from None
-        picture = await self._group_op(supervisor.engine.set_group_picture(group_id, jpeg))
-        return GroupPictureSet(group_id=group_id, picture_id=picture)
-
-    async def op_group_requests(self, request: GroupRef) -> GroupRequests:
-        group_id = group_chat_id(request.group_id)
-        supervisor = self._connected(request.session_id)
-        found = await self._group_op(supervisor.engine.join_requests(group_id))
-        return GroupRequests(group_id=group_id, requests=found)
-
-    async def op_group_requests_update(self, request: GroupRequestsChange) -> ParticipantsChanged:
-        group_id = group_chat_id(request.group_id)
-        participants = participant_ids(request.participants)
-        supervisor = self._connected(request.session_id)
-        results = await self._group_op(
-            supervisor.engine.answer_requests(group_id, request.action, participants)
-        )
-        return ParticipantsChanged(group_id=group_id, action=request.action, results=results)
-
-    async def op_group_link_info(self, request: GroupLinkRequest) -> GroupInfo:
-        link = invite_link_of(request.link)
-        supervisor = self._connected(request.session_id)
-        return await self._group_op(supervisor.engine.link_info(link))
-
-    async def op_group_update(self, request: GroupUpdate) -> GroupInfo:
-        group_id = group_chat_id(request.group_id)
-        changes = group_changes(request)
-        supervisor = self._connected(request.session_id)
-        await self._group_op(supervisor.engine.update_group(group_id, changes))
-        return await self._group_op(supervisor.engine.group_info(group_id))
 
     async def op_node_info(self, _: Empty) -> NodeInfo:
         return self.node_info()

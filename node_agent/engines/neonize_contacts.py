@@ -30,6 +30,7 @@ from node_agent.engines._base import (
     NotOnWhatsApp,
     NotSupported,
 )
+from node_agent.engines.neonize_protos import _parse_jid, jid_text, lid_of, phone_of
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,6 @@ class ContactsMixin:
             self._report(offered)
 
     async def reject_call(self, caller: str, call_id: str) -> None:
-        from node_agent.engines.neonize import _parse_jid
-
         gen = self._online()
         await self._ffi("reject call", gen.client.reject_call(_parse_jid(caller), call_id))
 
@@ -108,8 +107,6 @@ class ContactsMixin:
 
     async def block(self, chat: str, block: bool) -> list[str]:
         from neonize.utils.enum import BlocklistAction
-
-        from node_agent.engines.neonize import _parse_jid, lid_of, phone_of
 
         gen = self._online()
         jid = _parse_jid(chat)
@@ -164,8 +161,6 @@ class ContactsMixin:
         return [c for c in (contact_of(item) for item in found) if c is not None]
 
     async def contact_info(self, chat: str) -> ContactDetails:
-        from node_agent.engines.neonize import _parse_jid, phone_of
-
         gen = self._online()
         client = gen.client
         jid = _parse_jid(chat)
@@ -215,8 +210,6 @@ def _walk(node: Any) -> Any:
 
 def _caller(meta: Any) -> tuple[str | None, str | None]:
     """(phone, LID) of a call's creator: never a LID as the phone."""
-    from node_agent.engines.neonize import lid_of, phone_of
-
     jids = [meta.callCreator, meta.callCreatorAlt, getattr(meta, "from")]
     phone = next((p for p in (phone_of(j) for j in jids) if p), None)
     lid = next((x for x in (lid_of(j) for j in jids) if x), None)
@@ -224,8 +217,6 @@ def _caller(meta: Any) -> tuple[str | None, str | None]:
 
 
 def _offer(meta: Any, data: Any, *, video: bool, group: str | None) -> CallOffered | None:
-    from node_agent.engines.neonize import jid_text
-
     if not meta.callID:
         return None
     phone, lid = _caller(meta)
@@ -245,8 +236,6 @@ def _offer(meta: Any, data: Any, *, video: bool, group: str | None) -> CallOffer
 def call_offer_of(event: Any) -> CallOffered | None:
     """The :class:`CallOffered` of a whatsmeow ``CallOffer``: video when the offer
     carries a ``video`` node, a group call when it names a ``group-jid``."""
-    from node_agent.engines.neonize import jid_text
-
     video, group = False, None
     if event.HasField("data"):
         for node in _walk(event.data):
@@ -261,8 +250,6 @@ def call_offer_of(event: Any) -> CallOffered | None:
 def call_offer_notice_of(event: Any) -> CallOffered | None:
     """A ``CallOfferNotice`` (how WhatsApp announces group calls): ``media`` says audio
     or video, ``type`` "group"."""
-    from node_agent.engines.neonize import jid_text
-
     group = None
     if event.HasField("data"):
         for node in _walk(event.data):
@@ -276,15 +263,11 @@ def call_offer_notice_of(event: Any) -> CallOffered | None:
 
 def blocklist_of(blocklist: Any) -> list[str]:
     """Phones of a ``Blocklist`` proto; a LID where the phone is not known."""
-    from node_agent.engines.neonize import jid_text, phone_of
-
     return sorted({phone_of(j) or jid_text(j) for j in blocklist.JIDs if j.User})
 
 
 def block_changes_of(event: Any) -> list[BlockChanged]:
     """The changes of a ``BlocklistEvent`` (BlockAction 1 = block, 2 = unblock)."""
-    from node_agent.engines.neonize import lid_of, phone_of
-
     return [
         BlockChanged(
             phone=phone_of(change.JID), lid=lid_of(change.JID), blocked=change.BlockAction == 1
@@ -296,8 +279,6 @@ def block_changes_of(event: Any) -> list[BlockChanged]:
 
 def contact_of(item: Any) -> Contact | None:
     """A ``Contact`` proto of the store: phone or LID, saved name, push name, business."""
-    from node_agent.engines.neonize import lid_of, phone_of
-
     jid, info = item.JID, item.Info
     if not jid.User or jid.Server not in ("s.whatsapp.net", "lid"):
         return None  # groups, newsletters, broadcast lists

@@ -44,7 +44,15 @@ from nats.js.kv import KeyValue
 
 from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.fleet import Fleet, NodePlacement, placed_on
-from node_agent.protocol import LEASES_BUCKET, SYSTEM_TENANT, Empty, EventType, Op, SessionList
+from node_agent.protocol import (
+    LEASES_BUCKET,
+    SYSTEM_TENANT,
+    Empty,
+    EventType,
+    Op,
+    SessionList,
+    SessionRecord,
+)
 from zapfleet.natsjs import key_value
 
 log = logging.getLogger(__name__)
@@ -292,7 +300,7 @@ class Reconciler:
         assigned: dict[str, set[str]] = {}
         settled: set[str] = set()
         restartable: set[str] = set()
-        for record in await fleet.sessions.list():
+        for record in await self._records():
             session_id = record.spec.key
             if now - record.updated_at > AUDIT_GRACE_S:
                 settled.add(session_id)
@@ -329,6 +337,16 @@ class Reconciler:
         for node_id, ids in assigned.items():
             if fleet.alive(node_id):
                 await self._restart_missing(node_id, ids & restartable)
+
+    async def _records(self) -> list[SessionRecord]:
+        """Every session record: from the session index in memory (a KV mirror of
+        ``zf_sessions``), or one scan of the bucket while that is not synced. Each repair
+        below reads its record again from KV before it acts."""
+        known = self.fleet.known_records
+        records = known() if known is not None else None
+        if records is None:
+            return await self.fleet.sessions.list()
+        return records
 
     async def _restart_missing(self, node_id: str, ids: set[str]) -> None:
         """Sessions a live node should run but does not know (a start RPC that failed or

@@ -33,11 +33,13 @@ from node_agent.events import EventPublisher
 from node_agent.inbound_media import MediaStore
 from node_agent.lease import AssignmentWatch, Lease, assigned_to, claim
 from node_agent.link_preview import close_fetchers as close_preview_fetchers
+from node_agent.live_state import StatePublisher
 from node_agent.media import MediaError, MediaFetcher, MediaPayload
 from node_agent.outbox import Outbox
 from node_agent.protocol import (
     NODES_BUCKET,
     SERVICE_NAME,
+    SESSION_STATE_BUCKET,
     SESSIONS_BUCKET,
     ChatPresence,
     ChatRead,
@@ -190,6 +192,7 @@ class Agent:
         self._keys: dict[tuple[str, str], str] = {}
         self._nodes_kv: KeyValue | None = None
         self._sessions_kv: KeyValue | None = None
+        self._live: StatePublisher | None = None  # zf_session_state (node_agent/live_state.py)
         self._tasks: list[asyncio.Task[None]] = []
         self.lease = Lease(settings.lease_ttl_s)
         self._fenced = False
@@ -248,6 +251,8 @@ class Agent:
         self._nodes_kv = await js.key_value(NODES_BUCKET)
         self._sessions_kv = await js.key_value(SESSIONS_BUCKET)
         self._events = EventPublisher(js, self.node_id)
+        self._live = StatePublisher(await js.key_value(SESSION_STATE_BUCKET))
+        self._live.start()
         if self.settings.outbox:
             self._outbox = await Outbox.open(js, replicas=self.settings.replicas)
             self.events.on_stored = self._on_event_stored
@@ -488,6 +493,7 @@ class Agent:
             self.engine.open_session,
             self.events,
             self._supervisor_config,
+            on_state=self._state_changed,
             media=self.media,
         )
         supervisor.media_store = self._media_store
@@ -501,6 +507,14 @@ class Agent:
             task.add_done_callback(self._restoring.discard)
         await supervisor.settle(START_SETTLE_S)
         return supervisor.info()
+
+    def _state_changed(
+        self, supervisor: SessionSupervisor, _previous: SessionState, _state: SessionState
+    ) -> None:
+        """Every state change goes to KV ``zf_session_state`` (the control plane lists
+        sessions from it without asking this agent)."""
+        if self._live is not None:
+            self._live.note(supervisor.key, supervisor.info)
 
     async def op_stop(self, ref: SessionRef) -> SessionInfo:
         supervisor = self._get(ref)
@@ -927,6 +941,9 @@ class Agent:
             # cut off from NATS, waiting for the buffer to drain would only delay the exit
             connected = self._nc is not None and self._nc.is_connected
             await self.events.close(limit_s=10.0 if connected else 1.0)
+        if self._live is not None:
+            connected = self._nc is not None and self._nc.is_connected
+            await self._live.close(limit_s=2.0 if connected else 0.2)
         if self._outbox is not None:
             await self._outbox.close(limit_s=3.0 if self.nc.is_connected else 0.5)
         if self._engine is not None:

@@ -406,7 +406,8 @@ def _cursor(name: str) -> str:
 def _after(cursor: str) -> str:
     """The session name a cursor carries; 400 when it is not one of ours."""
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError):
         raise ProblemError(
             400, "invalid_cursor", "cursor is not a next_cursor of this API"

@@ -123,10 +123,19 @@ async def listing(api: httpx.AsyncClient) -> dict[str, float]:
         response.raise_for_status()
     started = time.perf_counter()
     offset = 0
-    while True:  # the whole listing, 1000 a page (offset pagination today)
-        body = (await api.get("/v1/sessions", params={"limit": 1000, "offset": offset})).json()
+    cursor: str | None = None
+    while True:  # the whole listing, 1000 a page: by cursor (offset before cursors existed)
+        params: dict[str, str | int] = {"limit": 1000}
+        if cursor is not None:
+            params["cursor"] = cursor
+        else:
+            params["offset"] = offset
+        body = (await api.get("/v1/sessions", params=params)).json()
         offset += len(body["sessions"])
-        if len(body["sessions"]) < 1000:
+        cursor = body.get("next_cursor")
+        if cursor is None and len(body["sessions"]) < 1000:
+            break
+        if cursor is None and "next_cursor" in body:
             break
     quantiles = statistics.quantiles(samples, n=100)
     return {

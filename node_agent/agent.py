@@ -563,6 +563,8 @@ class Agent:
                 ErrorCode.ENGINE_ERROR, f"device state not deleted: {exc!r}", retry_after_s=1.0
             ) from None
         self._keys.pop((spec.tenant, spec.session_id), None)
+        if self._live is not None:
+            self._live.forget(spec.key, ran_here=supervisor is not None)
         log.info("session destroyed", extra={"session_id": spec.key})
         return Empty()
 

@@ -32,7 +32,8 @@ class StatePublisher:
     def __init__(self, kv: KeyValue, window: int = WINDOW) -> None:
         self.kv = kv
         self.window = window
-        self._dirty: dict[str, Callable[[], SessionInfo]] = {}
+        # per dirty session, what to write: its info, or None to delete its key
+        self._dirty: dict[str, Callable[[], SessionInfo] | None] = {}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()  # nothing dirty, nothing in flight
         self._idle.set()
@@ -48,6 +49,21 @@ class StatePublisher:
         self._idle.clear()
         self._wake.set()
 
+    def forget(self, key: str, ran_here: bool) -> None:
+        """The session is destroyed: its key goes (if this node ran it, or still has a
+        write of it pending, which must not bring it back after the control plane's
+        purge)."""
+        if ran_here or key in self._dirty:
+            self._dirty[key] = None
+            self._idle.clear()
+            self._wake.set()
+
+    async def _write(self, key: str, info: Callable[[], SessionInfo] | None) -> None:
+        if info is None:
+            await self.kv.purge(key)
+        else:
+            await self.kv.put(key, encode(info()))
+
     async def _run(self) -> None:
         retry = Retrier(RETRY)
         while True:
@@ -58,7 +74,7 @@ class StatePublisher:
                 continue
             batch = [self._dirty.popitem() for _ in range(min(self.window, len(self._dirty)))]
             results = await asyncio.gather(
-                *(self.kv.put(key, encode(info())) for key, info in batch),
+                *(self._write(key, info) for key, info in batch),
                 return_exceptions=True,
             )
             failed = [(k, i) for (k, i), r in zip(batch, results, strict=True) if _failed(r)]

@@ -14,8 +14,10 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from node_agent.protocol import SESSION_STATE_BUCKET
 from tests.conftest import Stack
-from tests.helpers import assert_problem, new_tenant, unique
+from tests.helpers import assert_problem, decode, new_tenant, unique
+from zapfleet._kv import scan
 
 
 @pytest.fixture
@@ -151,3 +153,34 @@ async def test_bad_cursor_is_a_problem(api: httpx.AsyncClient) -> None:
     assert_problem(
         await api.get("/v1/sessions", params={"cursor": "%%%not-base64"}), 400, "invalid_cursor"
     )
+
+
+async def test_the_agent_writes_live_states_and_a_delete_removes_them(
+    api: httpx.AsyncClient, nc: NATS
+) -> None:
+    names = [unique("kv") for _ in range(2)]
+    for name in names:
+        await create(api, name, start=True)
+    tenant = (await api.get(f"/v1/sessions/{names[0]}")).json()["tenant"]
+    states_kv = await nc.jetstream().key_value(SESSION_STATE_BUCKET)
+
+    async def kept() -> dict[str, str]:
+        infos = [decode(e.value) for e in await scan(states_kv) if e.value]
+        return {i["session_id"]: i["state"] for i in infos if i["tenant"] == tenant}
+
+    written: dict[str, str] = {}
+    for _ in range(200):  # the sim shows a QR at once; the write follows
+        written = await kept()
+        if set(written.values()) == {"PAIRING"} and len(written) == len(names):
+            break
+        await asyncio.sleep(0.05)
+    assert written == dict.fromkeys(names, "PAIRING")
+    for name in names:
+        assert (await api.delete(f"/v1/sessions/{name}")).status_code == 204
+    left: dict[str, str] = {}
+    for _ in range(100):  # the control plane's purge, and the agent's of a pending write
+        left = await kept()
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    assert left == {}

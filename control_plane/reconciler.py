@@ -166,6 +166,7 @@ class Reconciler:
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._last_tick = time.monotonic()
         self._next_audit = 0.0
+        self.last_audit_s = 0.0  # how long the last audit took (logged: "audit done")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reconciler")
@@ -292,6 +293,12 @@ class Reconciler:
         await asyncio.sleep(2)
 
     async def audit(self) -> None:
+        started = time.monotonic()
+        sessions = await self._audit()
+        self.last_audit_s = time.monotonic() - started
+        log.info("audit done", extra={"seconds": round(self.last_audit_s, 4), "sessions": sessions})
+
+    async def _audit(self) -> int:
         """Slots against assignments: add the missing, drop the stale. Only what did not
         change for a grace period is touched (a placement may be between its steps), and
         the list of records is a snapshot, so each repair is checked again first."""
@@ -300,7 +307,8 @@ class Reconciler:
         assigned: dict[str, set[str]] = {}
         settled: set[str] = set()
         restartable: set[str] = set()
-        for record in await self._records():
+        records = await self._records()
+        for record in records:
             session_id = record.spec.key
             if now - record.updated_at > AUDIT_GRACE_S:
                 settled.add(session_id)
@@ -337,6 +345,7 @@ class Reconciler:
         for node_id, ids in assigned.items():
             if fleet.alive(node_id):
                 await self._restart_missing(node_id, ids & restartable)
+        return len(records)
 
     async def _records(self) -> list[SessionRecord]:
         """Every session record: from the session index in memory (a KV mirror of

@@ -342,9 +342,14 @@ class Reconciler:
 
             if await fleet.update_placement(node_id, change) is not None:
                 log.info("audit repaired slots", extra={"node": node_id})
-        for node_id, ids in assigned.items():
-            if fleet.alive(node_id):
-                await self._restart_missing(node_id, ids & restartable)
+        # one listing per live node, all nodes at once (each repairs only its own sessions)
+        await asyncio.gather(
+            *(
+                self._restart_missing(node_id, ids & restartable)
+                for node_id, ids in assigned.items()
+                if fleet.alive(node_id)
+            )
+        )
         return len(records)
 
     async def _records(self) -> list[SessionRecord]:

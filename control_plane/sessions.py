@@ -454,28 +454,28 @@ async def list_sessions(
     if not filtered:
         start, skip = start + offset, 0
 
-    def matching(name: str) -> SessionView | None:
+    def matching(name: str) -> tuple[SessionRecord, SessionInfo | None] | None:
         record = index.find(tenant, name)
         if record is None:
             return None
         if node is not None and (record.assignment is None or record.assignment.node_id != node):
             return None
-        shown = view(record, listed_info(services, record))
-        if only_state is not None and shown.state != only_state:
+        info = listed_info(services, record)
+        if only_state is not None and (info.state if info else SessionState.STOPPED) != only_state:
             return None
-        return shown
+        return record, info
 
     views: list[SessionView] = []
     at = start
     while at < len(names) and len(views) < limit:
-        shown = matching(names[at])
+        found = matching(names[at])
         at += 1
-        if shown is None:
+        if found is None:
             continue
         if skip:
             skip -= 1
             continue
-        views.append(shown)
+        views.append(view(*found))
     more = at < len(names) and len(views) == limit
     total = sum(1 for name in names if matching(name) is not None) if filtered else len(names)
     return SessionList(

@@ -14,6 +14,7 @@ while that node is alive (control_plane/fleet.py): a dead node's sessions list a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 
@@ -21,7 +22,9 @@ import msgspec
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from node_agent.protocol import SESSION_STATE_BUCKET, SessionInfo
+from control_plane.agents import AgentCallError, AgentUnavailable
+from control_plane.fleet import Fleet
+from node_agent.protocol import SESSION_STATE_BUCKET, Empty, Op, SessionInfo, SessionList
 from zapfleet._mirror import Change, KVMirror
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,28 @@ class LiveStates:
         current = self._infos.get(key)
         if current is None or _order(info) >= _order(current):
             self._infos[key] = info
+
+    async def seed(self, fleet: Fleet) -> int:
+        """Once, at start: one ``sessions_list`` per live node, so sessions of agents
+        older than ``zf_session_state`` (a rolling upgrade), or whose last write was
+        lost, list with their state too. Newer infos from the bucket win as always.
+        Returns how many infos were learnt."""
+
+        async def one(node_id: str) -> list[SessionInfo]:
+            try:
+                listed = await fleet.agents.call(node_id, Op.SESSIONS_LIST, Empty(), SessionList)
+            except (AgentCallError, AgentUnavailable):
+                return []
+            return listed.sessions
+
+        alive = [node_id for node_id in list(fleet.nodes) if fleet.alive(node_id)]
+        found = await asyncio.gather(*(one(node_id) for node_id in alive))
+        count = 0
+        for infos in found:
+            for info in infos:
+                self.note(info)
+                count += 1
+        return count
 
     def get(self, key: str) -> SessionInfo | None:
         return self._infos.get(key)

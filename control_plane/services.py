@@ -94,9 +94,11 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
     fleet.on_written = index.note
     fleet.known_records = index.snapshot
     live = LiveStates(await js.key_value(SESSION_STATE_BUCKET))
+    seeding: asyncio.Task[int] | None = None
     try:
         await index.start()
         await live.start()
+        seeding = asyncio.create_task(live.seed(fleet), name="live-state-seed")
         await auth.start()
         yield Services(
             settings=settings,
@@ -122,6 +124,10 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
         await guard.close()
         await fleet.stop()
         await auth.stop()
+        if seeding is not None:
+            seeding.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await seeding
         await index.stop()
         await live.stop()
         # bounded: on shutdown NATS or Valkey may already be gone

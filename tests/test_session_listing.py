@@ -15,9 +15,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from node_agent.protocol import SESSION_STATE_BUCKET
-from tests.conftest import Stack
+from tests.conftest import ADMIN_KEY, ARTIFACTS, Stack, spawn, stop_process, wait_until_ready
 from tests.helpers import assert_problem, decode, new_tenant, unique
 from zapfleet._kv import scan
+from zapfleet.devservers import free_port, wait_for_port
 
 
 @pytest.fixture
@@ -184,3 +185,68 @@ async def test_the_agent_writes_live_states_and_a_delete_removes_them(
             break
         await asyncio.sleep(0.1)
     assert left == {}
+
+
+async def test_a_starting_control_plane_learns_states_the_bucket_lacks(
+    api: httpx.AsyncClient, nc: NATS, stack: Stack
+) -> None:
+    """An agent older than zf_session_state (a rolling upgrade), or a lost write: the
+    control plane asks each live node once at start (LiveStates.seed), never per page."""
+    name = unique("seed")
+    await create(api, name, start=True)
+    states_kv = await nc.jetstream().key_value(SESSION_STATE_BUCKET)
+    tenant = (await api.get(f"/v1/sessions/{name}")).json()["tenant"]
+    key = ""
+    for _ in range(200):
+        entries = [e for e in await scan(states_kv) if e.value]
+        key = next((e.key for e in entries if decode(e.value)["tenant"] == tenant), "")
+        if key:
+            break
+        await asyncio.sleep(0.05)
+    assert key
+    await states_kv.purge(key)  # as if its agent never wrote it
+
+    async def state_on(client: httpx.AsyncClient) -> str:
+        listed = (await client.get("/v1/sessions")).json()["sessions"]
+        return str(listed[0]["state"])
+
+    state = ""
+    for _ in range(100):  # this control plane drops the purged state (its mirror)
+        state = await state_on(api)
+        if state == "STOPPED":
+            break
+        await asyncio.sleep(0.05)
+    assert state == "STOPPED"
+
+    port = free_port()
+    process = spawn(
+        "control-plane-seed",
+        ["control-plane"],
+        {
+            "ZAPFLEET_NATS_URL": stack.nats_url,
+            "ZAPFLEET_VALKEY_URL": stack.valkey_url,
+            "ZAPFLEET_ADMIN_KEY": ADMIN_KEY,
+            "ZAPFLEET_HTTP_PORT": str(port),
+            "ZAPFLEET_DEFAULT_ENGINE": "sim",
+            "ZAPFLEET_WEBHOOKS_IN_PROCESS": "false",
+            "ZAPFLEET_RECONCILER": "false",
+            "ZAPFLEET_CACHE_PREFIX": "zfseed:",
+        },
+        ARTIFACTS / "logs",
+    )
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        await asyncio.to_thread(wait_for_port, port, 60, None)
+        await asyncio.to_thread(wait_until_ready, f"{base_url}/monitoring/ready", process)
+        async with httpx.AsyncClient(
+            base_url=base_url, headers=dict(api.headers), timeout=20
+        ) as second:
+            for _ in range(200):  # the seed runs in the background after start
+                state = await state_on(second)
+                if state == "PAIRING":
+                    break
+                await asyncio.sleep(0.05)
+            assert state == "PAIRING"
+    finally:
+        stop_process(process)
+    assert (await api.delete(f"/v1/sessions/{name}")).status_code == 204

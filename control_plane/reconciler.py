@@ -20,6 +20,8 @@ Each tick (``ZAPFLEET_RECONCILE_INTERVAL_S``), the active reconciler:
 - every ``ZAPFLEET_AUDIT_INTERVAL_S``, audits slots against assignments (a control
   plane may die between two steps of a placement) and starts sessions a live node
   should run but does not know (a start that failed after the assignment was written).
+  The records come from the session index in memory (``Fleet.known_records``), not a
+  scan of KV per period; every repair reads its record from KV again first.
 
 On becoming active, and after a pause of its own loop longer than a lease, it counts
 every node's silence from that moment: a reconciler that was itself cut off must not

@@ -21,6 +21,8 @@ costs, ~S_large/S_small for totals); docs/benchmarks/scale.json + scale.png.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -44,6 +46,8 @@ SMALL_AGENTS = 2
 LARGE_SESSIONS = int(os.environ.get("ZAPFLEET_BENCH_SCALE_SESSIONS", "2000"))
 LARGE_AGENTS = int(os.environ.get("ZAPFLEET_BENCH_SCALE_AGENTS", "16"))
 IDLE_S = float(os.environ.get("ZAPFLEET_BENCH_SCALE_IDLE_S", "10"))
+# a scale.json of an earlier run (e.g. the code before a change) to keep and plot beside
+BEFORE = os.environ.get("ZAPFLEET_BENCH_SCALE_BEFORE")
 
 
 class Fleet:
@@ -123,10 +127,19 @@ async def listing(api: httpx.AsyncClient) -> dict[str, float]:
         response.raise_for_status()
     started = time.perf_counter()
     offset = 0
-    while True:  # the whole listing, 1000 a page (offset pagination today)
-        body = (await api.get("/v1/sessions", params={"limit": 1000, "offset": offset})).json()
+    cursor: str | None = None
+    while True:  # the whole listing, 1000 a page: by cursor (offset before cursors existed)
+        params: dict[str, str | int] = {"limit": 1000}
+        if cursor is not None:
+            params["cursor"] = cursor
+        else:
+            params["offset"] = offset
+        body = (await api.get("/v1/sessions", params=params)).json()
         offset += len(body["sessions"])
-        if len(body["sessions"]) < 1000:
+        cursor = body.get("next_cursor")
+        if cursor is None and len(body["sessions"]) < 1000:
+            break
+        if cursor is None and "next_cursor" in body:
             break
     quantiles = statistics.quantiles(samples, n=100)
     return {
@@ -166,8 +179,12 @@ async def point(fleet: Fleet, api: httpx.AsyncClient, nc: NATS, sessions: int) -
     await asyncio.sleep(3)  # settle: the last events and heartbeats
     result: dict[str, Any] = {"sessions": sessions, "agents": len(fleet.agents)}
     result["placements_per_s"] = round(placements_per_s, 1)
+    before = _audits(fleet)
     result.update(await asyncio.to_thread(idle_cpu, fleet))
     result.update(await listing(api))
+    # an audit at this size: the idle wait and the listing take one audit period or so
+    await wait_for(lambda: _audited(fleet, before), 60, "a reconciler audit")
+    result["reconcile_audit_s"] = _last_audit(fleet)
     jsz = fleet.jsz()
     result["nats_consumers"] = jsz.get("consumers")
     result["nats_rss_mb_per_1k_sessions"] = round(1000 * rss_mb(fleet.nats) / sessions, 1)
@@ -225,6 +242,25 @@ async def run(root: Path) -> dict[str, Any]:
     }
 
 
+def _audits(fleet: Fleet) -> int:
+    text = (fleet.logs / "control-plane.log").read_text(errors="replace")
+    return text.count('"audit done"')
+
+
+async def _audited(fleet: Fleet, before: int) -> bool:
+    return _audits(fleet) > before
+
+
+def _last_audit(fleet: Fleet) -> float | None:
+    """The last reconciler audit the control plane logged ("audit done"), in seconds."""
+    seconds = None
+    for line in (fleet.logs / "control-plane.log").read_text(errors="replace").splitlines():
+        if '"audit done"' in line:
+            with contextlib.suppress(ValueError, KeyError):
+                seconds = float(json.loads(line)["seconds"])
+    return seconds
+
+
 async def _up(api: httpx.AsyncClient, node_id: str) -> bool:
     return await status(api, node_id) == "up"
 
@@ -246,13 +282,24 @@ def plot(results: dict[str, Any]) -> None:
         ("idle_cpu_control_plane_pct", "CP idle %"),
         ("idle_cpu_nats_pct", "NATS idle %"),
         ("idle_cpu_per_agent_pct", "agent idle %"),
+        ("reconcile_audit_s", "audit s"),
         ("nats_consumers", "consumers"),
     ]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(14, 3.6))
+    runs = [("", small, large)]
+    if "before" in results:
+        before = results["before"]
+        runs.insert(0, ("before ", before["small"], before["large"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(16, 3.8))
     for ax, (key, label) in zip(axes, metrics, strict=True):
-        values = [small.get(key) or 0, large.get(key) or 0]
-        ax.bar([f"{small['sessions']}", f"{large['sessions']}"], values, color=["grey", "C0"])
+        names, values, colors = [], [], []
+        for prefix, low, high in runs:
+            for at, color in ((low, "grey"), (high, "C1" if prefix else "C0")):
+                names.append(f"{prefix}{at['sessions']}")
+                values.append(at.get(key) or 0)
+                colors.append(color)
+        ax.bar(names, values, color=colors)
         ax.set_title(label, fontsize=9)
+        ax.tick_params(axis="x", labelsize=7, rotation=30)
     fig.suptitle("zapfleet at two fleet sizes (sessions), one run")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -262,6 +309,9 @@ def plot(results: dict[str, Any]) -> None:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="zapfleet-bench-scale-") as tmp:
         results = asyncio.run(run(Path(tmp)))
+    if BEFORE:
+        before = json.loads(Path(BEFORE).read_text())
+        results["before"] = {k: before[k] for k in ("small", "large", "ratios") if k in before}
     write_json("scale", results)
     plot(results)
 

@@ -35,6 +35,9 @@ PLACEMENT_BUCKET = "zf_placement"
 LEASES_BUCKET = "zf_leases"
 DEVICE_STORE_BUCKET = "zf_device_store"
 SESSION_NAMES_BUCKET = "zf_session_names"  # "<tenant>.<session_id>" -> internal key
+# last known live state of each session (SessionInfo JSON by internal key), written by the
+# agent that runs it on every state change: lists are served from it (docs/api.md)
+SESSION_STATE_BUCKET = "zf_session_state"
 MEDIA_BUCKET = "zf_media"  # inbound media: object "<session key>/<media id>"
 SYSTEM_TENANT = "_system"  # tenant segment of node events: zf.events._system.<node_id>.node.*
 
@@ -924,6 +927,3 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     updated_at: float = 0.0
     # why it was stopped (stop, logout): shown while it runs nowhere (desired "stopped")
     stopped_reason: str | None = None
-
-
-# -- JetStream layout ---------------------------------------------------------------------

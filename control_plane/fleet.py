@@ -147,6 +147,9 @@ class Fleet:
     started_at: float = field(default_factory=time.monotonic)
     # told of every session record this fleet writes (the API's in-process session index)
     on_written: Callable[[SessionRecord, int], None] | None = None
+    # every record from memory (the session index), None while it is not synced: the
+    # reconciler's audit reads it instead of scanning KV zf_sessions each period
+    known_records: Callable[[], list[SessionRecord] | None] | None = None
     _nodes_kv: KeyValue | None = None
     _placement_kv: KeyValue | None = None
     _mirrors: list[KVMirror] = field(default_factory=list)

@@ -267,6 +267,8 @@ class Health(msgspec.Struct, kw_only=True):
 class SessionList(msgspec.Struct, kw_only=True):
     sessions: list[SessionView]
     total: int
+    # pass as ``cursor`` for the next page; null on the last one (docs/api.md)
+    next_cursor: str | None = None
 
 
 class SessionStatus(msgspec.Struct, kw_only=True):

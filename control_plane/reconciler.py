@@ -20,6 +20,8 @@ Each tick (``ZAPFLEET_RECONCILE_INTERVAL_S``), the active reconciler:
 - every ``ZAPFLEET_AUDIT_INTERVAL_S``, audits slots against assignments (a control
   plane may die between two steps of a placement) and starts sessions a live node
   should run but does not know (a start that failed after the assignment was written).
+  The records come from the session index in memory (``Fleet.known_records``), not a
+  scan of KV per period; every repair reads its record from KV again first.
 
 On becoming active, and after a pause of its own loop longer than a lease, it counts
 every node's silence from that moment: a reconciler that was itself cut off must not
@@ -42,7 +44,15 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from contract.protocol import LEASES_BUCKET, SYSTEM_TENANT, Empty, EventType, Op, SessionList
+from contract.protocol import (
+    LEASES_BUCKET,
+    SYSTEM_TENANT,
+    Empty,
+    EventType,
+    Op,
+    SessionList,
+    SessionRecord,
+)
 from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.fleet import Fleet, NodePlacement, placed_on
 from zapfleet.natsjs import key_value
@@ -158,6 +168,7 @@ class Reconciler:
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._last_tick = time.monotonic()
         self._next_audit = 0.0
+        self.last_audit_s = 0.0  # how long the last audit took (logged: "audit done")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reconciler")
@@ -284,6 +295,12 @@ class Reconciler:
         await asyncio.sleep(2)
 
     async def audit(self) -> None:
+        started = time.monotonic()
+        sessions = await self._audit()
+        self.last_audit_s = time.monotonic() - started
+        log.info("audit done", extra={"seconds": round(self.last_audit_s, 4), "sessions": sessions})
+
+    async def _audit(self) -> int:
         """Slots against assignments: add the missing, drop the stale. Only what did not
         change for a grace period is touched (a placement may be between its steps), and
         the list of records is a snapshot, so each repair is checked again first."""
@@ -292,7 +309,8 @@ class Reconciler:
         assigned: dict[str, set[str]] = {}
         settled: set[str] = set()
         restartable: set[str] = set()
-        for record in await fleet.sessions.list():
+        records = await self._records()
+        for record in records:
             session_id = record.spec.key
             if now - record.updated_at > AUDIT_GRACE_S:
                 settled.add(session_id)
@@ -326,9 +344,25 @@ class Reconciler:
 
             if await fleet.update_placement(node_id, change) is not None:
                 log.info("audit repaired slots", extra={"node": node_id})
-        for node_id, ids in assigned.items():
-            if fleet.alive(node_id):
-                await self._restart_missing(node_id, ids & restartable)
+        # one listing per live node, all nodes at once (each repairs only its own sessions)
+        await asyncio.gather(
+            *(
+                self._restart_missing(node_id, ids & restartable)
+                for node_id, ids in assigned.items()
+                if fleet.alive(node_id)
+            )
+        )
+        return len(records)
+
+    async def _records(self) -> list[SessionRecord]:
+        """Every session record: from the session index in memory (a KV mirror of
+        ``zf_sessions``), or one scan of the bucket while that is not synced. Each repair
+        below reads its record again from KV before it acts."""
+        known = self.fleet.known_records
+        records = known() if known is not None else None
+        if records is None:
+            return await self.fleet.sessions.list()
+        return records
 
     async def _restart_missing(self, node_id: str, ids: set[str]) -> None:
         """Sessions a live node should run but does not know (a start RPC that failed or

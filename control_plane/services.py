@@ -18,6 +18,7 @@ from valkey.exceptions import ConnectionError as ValkeyConnectionError
 from contract.protocol import (
     NODES_BUCKET,
     SESSION_NAMES_BUCKET,
+    SESSION_STATE_BUCKET,
     SESSIONS_BUCKET,
     TENANTS_BUCKET,
     WEBHOOKS_BUCKET,
@@ -27,6 +28,7 @@ from control_plane.caches import ApiCache
 from control_plane.fleet import Fleet
 from control_plane.idempotency import Idempotency
 from control_plane.keyring import Authenticator
+from control_plane.live_state import LiveStates
 from control_plane.ratelimit import RateLimiter
 from control_plane.resp import HotClient, hot_client
 from control_plane.session_index import SessionIndex
@@ -51,6 +53,7 @@ class Services:
     hot: HotClient  # pipelined client of the request hot path
     fleet: Fleet
     index: SessionIndex
+    live: LiveStates  # last known live state per session (zf_session_state)
     tenants: TenantStore
     auth: Authenticator
     limiter: RateLimiter
@@ -89,8 +92,13 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
     index = SessionIndex(sessions)
     auth = Authenticator(tenants, settings.admin_key, settings.auth_cache_ttl_s)
     fleet.on_written = index.note
+    fleet.known_records = index.snapshot
+    live = LiveStates(await js.key_value(SESSION_STATE_BUCKET))
+    seeding: asyncio.Task[int] | None = None
     try:
         await index.start()
+        await live.start()
+        seeding = asyncio.create_task(live.seed(fleet), name="live-state-seed")
         await auth.start()
         yield Services(
             settings=settings,
@@ -102,6 +110,7 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
             valkey=cache,
             hot=hot,
             index=index,
+            live=live,
             tenants=tenants,
             auth=auth,
             limiter=RateLimiter(hot, settings, guard),
@@ -115,7 +124,12 @@ async def open_services(settings: ControlPlaneSettings) -> AsyncIterator[Service
         await guard.close()
         await fleet.stop()
         await auth.stop()
+        if seeding is not None:
+            seeding.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await seeding
         await index.stop()
+        await live.stop()
         # bounded: on shutdown NATS or Valkey may already be gone
         with contextlib.suppress(Exception):
             await asyncio.wait_for(hot.close(), 2)

@@ -21,6 +21,7 @@ through KV ``zf_session_names`` — and never finds another tenant's session.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 
 import msgspec
@@ -42,6 +43,8 @@ class SessionIndex:
         self._records: dict[str, tuple[SessionRecord, int]] = {}
         self._tombstones: dict[str, int] = {}
         self._names: dict[tuple[str, str], str] = {}  # (tenant, name) -> internal key
+        # per tenant, its session names in order: lists page through it (bisect), O(page)
+        self._sorted: dict[str, list[str]] = {}
         # the process's mirror of zf_sessions (shared); its own one when none is given
         self.mirror = mirror or KVMirror(store.kv, SESSIONS_BUCKET)
         self._owns_mirror = mirror is None
@@ -90,7 +93,13 @@ class SessionIndex:
         if self._tombstones.get(session_id, -1) >= revision:
             return
         self._records[session_id] = (record, revision)
-        self._names[(record.spec.tenant, record.spec.session_id)] = session_id
+        name = (record.spec.tenant, record.spec.session_id)
+        if name not in self._names:
+            names = self._sorted.setdefault(name[0], [])
+            at = bisect.bisect_left(names, name[1])
+            if at == len(names) or names[at] != name[1]:
+                names.insert(at, name[1])
+        self._names[name] = session_id
 
     def forget(self, session_id: str, revision: int) -> None:
         """``session_id``: the internal key."""
@@ -102,6 +111,12 @@ class SessionIndex:
             name = (current[0].spec.tenant, current[0].spec.session_id)
             if self._names.get(name) == session_id:
                 del self._names[name]
+                names = self._sorted.get(name[0], [])
+                at = bisect.bisect_left(names, name[1])
+                if at < len(names) and names[at] == name[1]:
+                    del names[at]
+                if not names:
+                    self._sorted.pop(name[0], None)
         if len(self._tombstones) >= _MAX_TOMBSTONES:
             self._tombstones.clear()
         self._tombstones[session_id] = max(revision, self._tombstones.get(session_id, 0))
@@ -133,6 +148,17 @@ class SessionIndex:
         if record is None or record.spec.tenant != tenant:
             return None
         return record
+
+    def snapshot(self) -> list[SessionRecord] | None:
+        """Every record, from memory, once the mirror has loaded the bucket and follows
+        it (the reconciler's audit reads this instead of scanning KV); None before."""
+        if not self._synced.is_set() or not self.mirror.running:
+            return None
+        return [record for record, _ in self._records.values()]
+
+    def names(self, tenant: str) -> list[str]:
+        """The tenant's session names in order (the index's own list: do not change it)."""
+        return self._sorted.get(tenant, [])
 
     def records(self, tenant: str | None = None) -> list[SessionRecord]:
         return [

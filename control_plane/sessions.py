@@ -12,6 +12,8 @@ and everything below this module is keyed by the session's internal key
 from __future__ import annotations
 
 import asyncio
+import base64
+import bisect
 import logging
 import secrets
 import time
@@ -38,7 +40,6 @@ from contract.protocol import (
     SessionState,
     new_uid,
 )
-from contract.protocol import SessionList as AgentSessionList
 from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.auth import Principal
 from control_plane.caches import cache_id
@@ -175,7 +176,7 @@ async def live_info(services: Services, record: SessionRecord) -> SessionInfo | 
     if assignment is None:
         return None
     try:
-        return await services.agents.call(
+        info = await services.agents.call(
             assignment.node_id,
             Op.SESSION_STATUS,
             SessionRef(session_id=record.spec.key),
@@ -183,6 +184,8 @@ async def live_info(services: Services, record: SessionRecord) -> SessionInfo | 
         )
     except (AgentCallError, AgentUnavailable):
         return None
+    services.live.note(info, record.spec.key)  # lists show what was just seen
+    return info
 
 
 async def update_record(services: Services, current: SessionRecord, change: Any) -> SessionRecord:
@@ -201,6 +204,7 @@ async def place(services: Services, record: SessionRecord) -> SessionInfo:
     (control_plane/fleet.py)."""
     try:
         info = await services.fleet.place(record.spec.key)
+        services.live.note(info, record.spec.key)
     except NoCapacity as exc:
         raise ProblemError(503, "no_capacity", str(exc), headers={"Retry-After": "5"}) from None
     except PlacementConflict as exc:
@@ -259,6 +263,7 @@ async def running_op(
     info = await call_agent(
         services, assignment.node_id, op, SessionRef(session_id=record.spec.key), SessionInfo
     )
+    services.live.note(info, record.spec.key)
     await services.cache.invalidate_session(cache_id(record), qr=False)
     return view(record, info)
 
@@ -328,6 +333,7 @@ async def remove_session(services: Services, record: SessionRecord) -> None:
     current = await services.sessions.get(key)
     await services.sessions.delete(key)
     services.index.forget(key, (current[1] + 1) if current else 0)
+    await services.live.forget(key)
     await services.sessions.release_name(record)
     await services.cache.invalidate_session(cache_id(record))
 
@@ -409,40 +415,88 @@ async def undo_create(services: Services, record: SessionRecord) -> None:
     await services.cache.invalidate_session(cache_id(record))
 
 
+def _cursor(name: str) -> str:
+    return base64.urlsafe_b64encode(name.encode()).decode().rstrip("=")
+
+
+def _after(cursor: str) -> str:
+    """The session name a cursor carries; 400 when it is not one of ours."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise ProblemError(
+            400, "invalid_cursor", "cursor is not a next_cursor of this API"
+        ) from None
+
+
+def listed_info(services: Services, record: SessionRecord) -> SessionInfo | None:
+    """The session's last known live state (control_plane/live_state.py) if it belongs to
+    the run its record names and that node is alive; asks no agent."""
+    assignment = live_assignment(record)
+    if assignment is None:
+        return None
+    info = services.live.get(record.spec.key)
+    if info is None or info.epoch != assignment.epoch or info.node_id != assignment.node_id:
+        return None
+    if not services.fleet.alive(assignment.node_id):
+        return None
+    return info
+
+
 async def list_sessions(
     services: Services,
     principal: Principal,
     limit: int,
     offset: int,
     only_state: SessionState | None,
+    cursor: str | None = None,
+    node: str | None = None,
 ) -> SessionList:
-    """The caller's sessions by name, with the live state their nodes report (one
-    ``sessions_list`` call per node)."""
-    records = sorted(services.index.records(principal.tenant), key=lambda r: r.spec.session_id)
-    nodes = {a.node_id for r in records if (a := live_assignment(r)) is not None}
-    infos: dict[str, SessionInfo] = {}  # by internal key
+    """The caller's sessions by name, with their last known live state, from memory: the
+    session index (control_plane/session_index.py) and the live states agents write on
+    every change (control_plane/live_state.py). No agent is asked. A page costs
+    O(limit) (plus the entries a filter skips); ``cursor`` (a ``next_cursor``) carries
+    the last name seen, so a walk sees every session that exists throughout exactly
+    once, whatever is created or deleted meanwhile. ``offset`` still works (after the
+    cursor, if both). ``total`` counts the matching sessions (a filter counts them in
+    memory)."""
+    tenant = principal.tenant
+    index = services.index
+    names = index.names(tenant)
+    filtered = only_state is not None or node is not None
+    start = bisect.bisect_right(names, _after(cursor)) if cursor is not None else 0
+    skip = offset
+    if not filtered:
+        start, skip = start + offset, 0
 
-    async def from_node(node_id: str) -> None:
-        try:
-            listed = await services.agents.call(
-                node_id, Op.SESSIONS_LIST, Empty(), AgentSessionList
-            )
-        except (AgentCallError, AgentUnavailable):
-            return
-        for info in listed.sessions:
-            infos[info.ref] = info
+    def matching(name: str) -> tuple[SessionRecord, SessionInfo | None] | None:
+        record = index.find(tenant, name)
+        if record is None:
+            return None
+        if node is not None and (record.assignment is None or record.assignment.node_id != node):
+            return None
+        info = listed_info(services, record)
+        if only_state is not None and (info.state if info else SessionState.STOPPED) != only_state:
+            return None
+        return record, info
 
-    await asyncio.gather(*(from_node(n) for n in nodes))
-    views = []
-    for record in records:
-        info = infos.get(record.spec.key)
-        assignment = live_assignment(record)
-        if info is not None and (assignment is None or info.epoch != assignment.epoch):
-            info = None
-        views.append(view(record, info))
-    if only_state is not None:
-        views = [v for v in views if v.state == only_state]
-    return SessionList(sessions=views[offset : offset + limit], total=len(views))
+    views: list[SessionView] = []
+    at = start
+    while at < len(names) and len(views) < limit:
+        found = matching(names[at])
+        at += 1
+        if found is None:
+            continue
+        if skip:
+            skip -= 1
+            continue
+        views.append(view(*found))
+    more = at < len(names) and len(views) == limit
+    total = sum(1 for name in names if matching(name) is not None) if filtered else len(names)
+    return SessionList(
+        sessions=views, total=total, next_cursor=_cursor(names[at - 1]) if more else None
+    )
 
 
 async def read_session(services: Services, principal: Principal, session_id: str) -> SessionView:

@@ -28,6 +28,7 @@ from prometheus_client import Gauge
 from contract.protocol import (
     NODES_BUCKET,
     SERVICE_NAME,
+    SESSION_STATE_BUCKET,
     SESSIONS_BUCKET,
     BlockRequest,
     ChatPresence,
@@ -81,6 +82,7 @@ from node_agent.events import EventPublisher
 from node_agent.inbound_media import MediaStore
 from node_agent.lease import AssignmentWatch, Lease, assigned_to, claim
 from node_agent.link_preview import close_fetchers as close_preview_fetchers
+from node_agent.live_state import StatePublisher
 from node_agent.media import MediaError, MediaFetcher, MediaPayload
 from node_agent.outbox import Outbox
 from node_agent.settings import AgentSettings
@@ -211,6 +213,7 @@ class Agent(ContactsOps, GroupsOps):
         self._keys: dict[tuple[str, str], str] = {}
         self._nodes_kv: KeyValue | None = None
         self._sessions_kv: KeyValue | None = None
+        self._live: StatePublisher | None = None  # zf_session_state (node_agent/live_state.py)
         self._tasks: list[asyncio.Task[None]] = []
         self.lease = Lease(settings.lease_ttl_s)
         self._fenced = False
@@ -269,6 +272,8 @@ class Agent(ContactsOps, GroupsOps):
         self._nodes_kv = await js.key_value(NODES_BUCKET)
         self._sessions_kv = await js.key_value(SESSIONS_BUCKET)
         self._events = EventPublisher(js, self.node_id)
+        self._live = StatePublisher(await js.key_value(SESSION_STATE_BUCKET))
+        self._live.start()
         if self.settings.outbox:
             self._outbox = await Outbox.open(js, replicas=self.settings.replicas)
             self.events.on_stored = self._on_event_stored
@@ -530,6 +535,7 @@ class Agent(ContactsOps, GroupsOps):
             self.engine.open_session,
             self.events,
             self._supervisor_config,
+            on_state=self._state_changed,
             media=self.media,
         )
         supervisor.media_store = self._media_store
@@ -544,6 +550,14 @@ class Agent(ContactsOps, GroupsOps):
             task.add_done_callback(self._restoring.discard)
         await supervisor.settle(START_SETTLE_S)
         return supervisor.info()
+
+    def _state_changed(
+        self, supervisor: SessionSupervisor, _previous: SessionState, _state: SessionState
+    ) -> None:
+        """Every state change goes to KV ``zf_session_state`` (the control plane lists
+        sessions from it without asking this agent)."""
+        if self._live is not None:
+            self._live.note(supervisor.key, supervisor.info)
 
     async def op_stop(self, ref: SessionRef) -> SessionInfo:
         supervisor = self._get(ref)
@@ -592,6 +606,8 @@ class Agent(ContactsOps, GroupsOps):
                 ErrorCode.ENGINE_ERROR, f"device state not deleted: {exc!r}", retry_after_s=1.0
             ) from None
         self._keys.pop((spec.tenant, spec.session_id), None)
+        if self._live is not None:
+            self._live.forget(spec.key, ran_here=supervisor is not None)
         log.info("session destroyed", extra={"session_id": spec.key})
         return Empty()
 
@@ -972,6 +988,9 @@ class Agent(ContactsOps, GroupsOps):
             # cut off from NATS, waiting for the buffer to drain would only delay the exit
             connected = self._nc is not None and self._nc.is_connected
             await self.events.close(limit_s=10.0 if connected else 1.0)
+        if self._live is not None:
+            connected = self._nc is not None and self._nc.is_connected
+            await self._live.close(limit_s=2.0 if connected else 0.2)
         if self._outbox is not None:
             await self._outbox.close(limit_s=3.0 if self.nc.is_connected else 0.5)
         if self._engine is not None:

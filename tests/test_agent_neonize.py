@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import msgspec
 import nats
 import pytest
 import pytest_asyncio
@@ -23,6 +24,7 @@ from nats.js.errors import ObjectNotFoundError
 
 from contract.protocol import (
     DEVICE_STORE_BUCKET,
+    SESSION_STATE_BUCKET,
     SESSIONS_BUCKET,
     Assignment,
     DestroySession,
@@ -351,3 +353,32 @@ async def test_150_offline_clients_in_one_process_neither_crash_nor_stall_the_lo
         await events.stop()
         await nc.close()
         stop_process(agent.process)
+
+
+async def test_state_changes_reach_the_session_state_bucket(
+    neonize: AgentClient, neonize_agent: NeonizeAgent, nc: NATS
+) -> None:
+    """Lists are served from zf_session_state (docs/api.md): the neonize engine's states
+    reach it like the sim's, the last one and its breaker included."""
+    session = unique("kv-state")
+    started = await neonize.start(session, engine="neonize", proxy=neonize_agent.proxy)
+    failed = await neonize.wait_state(session, "FAILED", timeout_s=30)
+    states = await nc.jetstream().key_value(SESSION_STATE_BUCKET)
+    written: dict[str, object] = {}
+    for _ in range(100):  # written right after the change, off the session's path
+        entry = await states.get(started.ref)
+        written = msgspec.json.decode(entry.value or b"{}")
+        if written.get("state") == "FAILED":
+            break
+        await asyncio.sleep(0.05)
+    assert written["state"] == "FAILED"
+    assert written["node_id"] == neonize_agent.node_id and written["epoch"] == 1
+    assert written["breaker_open_until"] == failed.breaker_open_until
+    await neonize.call(Op.SESSION_LOGOUT, SessionRef(session_id=session), SessionInfo)
+    for _ in range(100):
+        entry = await states.get(started.ref)
+        written = msgspec.json.decode(entry.value or b"{}")
+        if written.get("state") == "LOGGED_OUT":
+            break
+        await asyncio.sleep(0.05)
+    assert written["state"] == "LOGGED_OUT"

@@ -45,6 +45,7 @@ from contract.protocol import (
     REDRIVE_STREAM,
     REDRIVE_SUBJECTS,
     SESSION_NAMES_BUCKET,
+    SESSION_STATE_BUCKET,
     SESSIONS_BUCKET,
     TENANTS_BUCKET,
     WEBHOOKS_BUCKET,
@@ -283,6 +284,7 @@ async def ensure_jetstream(
         KeyValueConfig(bucket=TENANTS_BUCKET, history=5),
         KeyValueConfig(bucket=WEBHOOKS_BUCKET, history=5),
         KeyValueConfig(bucket=SESSION_NAMES_BUCKET, history=1),
+        KeyValueConfig(bucket=SESSION_STATE_BUCKET, history=1),
     )
     for bucket in buckets:
         # one that exists with another config (e.g. agents and control plane configured

@@ -80,7 +80,17 @@ class SessionController(Controller):
         ensure_secret_fits(data.webhook_scheme or STANDARD, data.webhook_secret)
         return await session_service.create_session(services, principal, data)
 
-    @get("/", opt=QUERIES, summary="The caller's sessions with their live state")
+    @get(
+        "/",
+        opt=QUERIES,
+        summary="The caller's sessions with their live state",
+        description=(
+            "Ordered by name. Page with `cursor` (the `next_cursor` of the previous page, "
+            "null on the last one): a walk sees every session that exists throughout "
+            "exactly once, whatever is created or deleted meanwhile. The live state is "
+            "the last one the session's node reported; no node is asked."
+        ),
+    )
     async def list_sessions(
         self,
         services: Services,
@@ -90,8 +100,17 @@ class SessionController(Controller):
         only_state: Annotated[
             SessionState | None, Parameter(query="state", description="only this state")
         ] = None,
+        cursor: Annotated[
+            str | None,
+            Parameter(query="cursor", description="next_cursor of the previous page"),
+        ] = None,
+        node: Annotated[
+            str | None, Parameter(query="node", description="only sessions placed on this node")
+        ] = None,
     ) -> SessionList:
-        return await session_service.list_sessions(services, principal, limit, offset, only_state)
+        return await session_service.list_sessions(
+            services, principal, limit, offset, only_state, cursor, node
+        )
 
     @get("/{session_id:str}", opt=QUERIES, summary="A session and its live state")
     async def read(self, session_id: str, services: Services, principal: Principal) -> SessionView:

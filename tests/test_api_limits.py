@@ -5,6 +5,7 @@ suite (which shares the generous default stack) is never throttled."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,7 @@ import httpx
 import pytest
 import valkey.asyncio as valkey
 
+from control_plane.api.contacts import PICTURE_BODY_LIMIT
 from tests.conftest import ADMIN_KEY, ARTIFACTS, spawn, stop_process, wait_until_ready
 from tests.helpers import assert_problem, new_tenant
 from zapfleet.devservers import free_port, wait_for_port
@@ -198,8 +200,28 @@ async def test_every_json_endpoint_refuses_a_body_over_the_limit_with_413(tight:
             body = numbers if path.endswith("/contacts/check") else oversize
             if path.endswith("/messages"):
                 continue  # its limit follows the media limit (the test above)
+            if path.endswith("/profile/picture"):
+                continue  # a picture has its own, larger limit (below)
             response = await admin.request(method, path, json=body)
             assert_problem(response, 413, "request_entity_too_large")
+        # a profile picture (base64) may be larger; a body announced over its limit is
+        # refused from its Content-Length, before it is read
+        # (a raw request: HTTP clients will not announce more than they send)
+        url = admin.base_url
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        auth = "".join(f"{k}: {v}\r\n" for k, v in admin.headers.items() if k.startswith("x-"))
+        writer.write(
+            (
+                f"PUT /v1/sessions/any/profile/picture HTTP/1.1\r\nHost: {url.host}\r\n"
+                f"Content-Type: application/json\r\n{auth}"
+                f"Content-Length: {PICTURE_BODY_LIMIT + 1}\r\nConnection: close\r\n\r\n"
+            ).encode()
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(-1), 10)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+        assert b"request_entity_too_large" in answer
         # the same number check within the limit reaches the handler
         fits = await admin.post(
             "/v1/sessions/any/contacts/check", json={"numbers": ["+15550500002"]}

@@ -145,6 +145,10 @@ RESTORE_ATTEMPT_S = 20.0  # one outbox read at a start; past it, tried again
 # between outbox reads that failed: 1 s doubling to 30 s, jittered so the sessions of a
 # node that all failed at once (NATS away) do not retry in step
 OUTBOX_RETRY = Backoff(base_s=1.0, max_s=30.0, jitter="full", floor_s=1.0)
+# listing the sessions to resume after a fence or a restart: 0.5 s doubling to 5 s, for
+# about a minute (a NATS cluster electing leaders times out for seconds)
+RESUME_RETRY = Backoff(base_s=0.5, max_s=5.0, jitter="full", floor_s=0.5)
+RESUME_ATTEMPTS = 15
 MAX_READ_IDS = 1000  # message ids one chat_read call may mark
 
 SESSIONS = Gauge("zapfleet_agent_sessions", "Sessions by state", ["state"])
@@ -937,11 +941,25 @@ class Agent(ContactsOps, GroupsOps):
         moving it at the same moment and this agent never both run it. Starts return at
         once; the neonize engine staggers the dials behind its lock."""
         assert self._sessions_kv is not None
-        try:
-            keys = await assigned_to(self._sessions_kv, self.node_id)
-        except Exception as exc:  # NATS trouble: the reconciler's audit starts them later
-            log.warning("could not list the sessions to resume", extra={"error": repr(exc)})
-            return
+        retry = Retrier(RESUME_RETRY)
+        while True:
+            try:
+                keys = await assigned_to(self._sessions_kv, self.node_id)
+                break
+            except Exception as exc:
+                # NATS trouble (a cluster electing leaders answers timeouts for seconds):
+                # try again while the lease holds; the reconciler's audit is the backstop
+                if retry.attempt >= RESUME_ATTEMPTS or not self.lease.valid():
+                    log.warning(
+                        "could not list the sessions to resume; the audit will start them",
+                        extra={"error": repr(exc), "attempts": retry.attempt + 1},
+                    )
+                    return
+                delay = await retry.sleep()
+                log.info(
+                    "listing the sessions to resume failed; retrying",
+                    extra={"error": repr(exc), "retry_in_s": round(delay, 2)},
+                )
         for key in keys:
             if key in self.sessions or not self.lease.valid():
                 continue

@@ -433,7 +433,12 @@ async def test_losing_any_nats_server_loses_nothing(  # noqa: PLR0915 (one story
                     sent_ids[event.id] = message_id
             return wanted <= set(sent)
 
-        settle_s = await until(everything_sent, 90, "every accepted message sent", 1.0)
+        try:
+            settle_s = await until(everything_sent, 90, "every accepted message sent", 1.0)
+        except AssertionError as exc:
+            missing = sorted(wanted - set(sent))
+            keys = [k for k, v in accepted.items() if v in set(missing)]
+            raise AssertionError(f"{exc}: {len(missing)} never sent: {keys[:20]}") from None
         await asyncio.to_thread(receiver.wait_for_ids, set(sent_ids), 90)
         delivered = Counter(sent_ids[e["id"]] for e in list(receiver.events) if e["id"] in sent_ids)
         observing.cancel()

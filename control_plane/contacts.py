@@ -25,24 +25,21 @@ from contract.protocol import (
     ContactDetails,
     ContactList,
     ContactRequest,
-    ErrorCode,
     Op,
     Privacy,
     PrivacyChange,
     ProfileUpdate,
     ProfileUpdated,
-    SessionInfo,
     SessionRecord,
     SessionRef,
 )
-from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.auth import Principal
 from control_plane.numbers import normalize_chat_id
 from control_plane.problems import ProblemError
 from control_plane.services import Services
 from control_plane.sessions import (
     call_agent,
-    live_assignment,
+    configure_running,
     load_record,
     running,
     update_record,
@@ -160,20 +157,9 @@ async def put_call_settings(
         current.spec.calls = settings
 
     record = await update_record(services, loaded, change)
-    assignment = live_assignment(record)
-    if assignment is not None:
-        try:
-            await services.agents.call(
-                assignment.node_id,
-                Op.SESSION_CONFIGURE,
-                ConfigureSession(session_id=record.spec.key, calls=settings),
-                SessionInfo,
-            )
-        except AgentCallError as exc:
-            if exc.code is not ErrorCode.SESSION_NOT_FOUND:
-                raise exc.to_problem() from None
-        except AgentUnavailable:
-            pass  # the stored setting applies when the session starts again
+    await configure_running(
+        services, record, ConfigureSession(session_id=record.spec.key, calls=settings)
+    )
     return call_settings_view(record)
 
 

@@ -16,19 +16,15 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from contract.protocol import (
     ConfigureSession,
-    ErrorCode,
     MediaSettings,
-    Op,
-    SessionInfo,
     SessionRecord,
     media_object,
 )
-from control_plane.agents import AgentCallError, AgentUnavailable
 from control_plane.auth import Principal
 from control_plane.media_links import MediaReader, StoredFile, media_secret, signed_url, verify
 from control_plane.problems import ProblemError
 from control_plane.services import Services
-from control_plane.sessions import live_assignment, load_record, update_record
+from control_plane.sessions import configure_running, load_record, update_record
 
 MediaId = Annotated[str, msgspec.Meta(pattern=r"^md_[0-9a-f]{24}$")]
 _readers: weakref.WeakKeyDictionary[JetStreamContext, MediaReader] = weakref.WeakKeyDictionary()
@@ -137,20 +133,9 @@ async def change_media_settings(
         current.spec.media = settings
 
     record = await update_record(services, loaded, change)
-    assignment = live_assignment(record)
-    if assignment is not None:
-        try:
-            await services.agents.call(
-                assignment.node_id,
-                Op.SESSION_CONFIGURE,
-                ConfigureSession(session_id=record.spec.key, media=settings),
-                SessionInfo,
-            )
-        except AgentCallError as exc:
-            if exc.code is not ErrorCode.SESSION_NOT_FOUND:
-                raise exc.to_problem() from None
-        except AgentUnavailable:
-            pass  # the stored setting applies when the session starts again
+    await configure_running(
+        services, record, ConfigureSession(session_id=record.spec.key, media=settings)
+    )
     return settings_view(record)
 
 

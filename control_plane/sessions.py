@@ -610,18 +610,26 @@ async def change_settings(
             current.webhook_scheme = data.webhook_scheme
 
     record = await update_record(services, loaded, change)
-    assignment = live_assignment(record)
-    if assignment is not None and data.pacing is not msgspec.UNSET:
-        try:
-            await services.agents.call(
-                assignment.node_id,
-                Op.SESSION_CONFIGURE,
-                ConfigureSession(session_id=record.spec.key, pacing=data.pacing),
-                SessionInfo,
-            )
-        except AgentCallError as exc:
-            if exc.code is not ErrorCode.SESSION_NOT_FOUND:
-                raise exc.to_problem() from None
-        except AgentUnavailable:
-            pass  # the stored settings apply when the session starts again
+    if data.pacing is not msgspec.UNSET:
+        await configure_running(
+            services, record, ConfigureSession(session_id=record.spec.key, pacing=data.pacing)
+        )
     return settings_of(record)
+
+
+async def configure_running(
+    services: Services, record: SessionRecord, request: ConfigureSession
+) -> None:
+    """Apply a setting just stored in ``record`` to the session where it runs now. A
+    session not running there, or a node not answering, is no error: the stored setting
+    applies when the session starts again."""
+    assignment = live_assignment(record)
+    if assignment is None:
+        return
+    try:
+        await services.agents.call(assignment.node_id, Op.SESSION_CONFIGURE, request, SessionInfo)
+    except AgentCallError as exc:
+        if exc.code is not ErrorCode.SESSION_NOT_FOUND:
+            raise exc.to_problem() from None
+    except AgentUnavailable:
+        pass

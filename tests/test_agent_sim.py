@@ -203,6 +203,75 @@ async def test_messages_travel_between_sessions_on_two_agents_with_every_receipt
         assert (got.messages[0].direction, got.messages[0].text) == ("in", "hello bob")
 
 
+async def test_a_message_for_an_offline_recipient_waits_on_the_server_until_it_connects(
+    nats_url: str, nc: NATS, tmp_path: Path, events: EventLog
+) -> None:
+    """WhatsApp keeps what it cannot hand over: a recipient whose agent is down (a
+    restart, a failover) gets its messages when it connects again, once each and in
+    order, and only then the sender sees the second tick. (The sim dropped them once:
+    a reply sent across a ``kill -9`` was "sent" and never received.)"""
+    settings_a = sim_settings(nats_url, tmp_path / "a")
+    settings_b = sim_settings(nats_url, tmp_path / "b")
+    agent_a = AgentClient(nc, settings_a.node_id)
+    agent_b = AgentClient(nc, settings_b.node_id)
+    alice, bob = unique("alice"), unique("bob")
+    alice_phone, bob_phone = phone(), phone()
+    async with running_agent(settings_a):
+        await agent_a.start(alice)
+        await agent_a.pair(alice, alice_phone)
+        async with running_agent(settings_b):
+            await agent_b.start(bob)
+            await agent_b.pair(bob, bob_phone)
+        # bob's agent is gone; its session stays assigned there
+        sends = [text(alice, bob_phone, f"while you were away {n}") for n in range(3)]
+        for message in sends:
+            await agent_a.call(Op.MESSAGE_SEND, message, SendAccepted)
+        ids = {m.message_id for m in sends}
+        await events.wait_count(
+            lambda e: (
+                e.type == "message.ack"
+                and e.data["message_id"] in ids
+                and e.data["status"] == "server"
+            ),
+            3,
+        )
+        assert not [e for e in events.of(bob) if e.type == "message.received"]
+        assert not [
+            e
+            for e in events.of(alice)
+            if e.type == "message.ack" and e.data["status"] == "delivered"
+        ]
+        async with running_agent(settings_b):
+            await agent_b.wait_state(bob, "CONNECTED")
+            received = await events.wait_count(
+                lambda e: e.session_id == bob and e.type == "message.received", 3
+            )
+            assert [e.data["text"] for e in received] == [
+                f"while you were away {n}" for n in range(3)
+            ]
+            delivered = await events.wait_count(
+                lambda e: (
+                    e.type == "message.ack"
+                    and e.data["message_id"] in ids
+                    and e.data["status"] == "delivered"
+                ),
+                3,
+            )
+            assert {e.data["message_id"] for e in delivered} == ids
+            # handed over once: a further message arrives live, and nothing twice
+            live = text(alice, bob_phone, "and now live")
+            await agent_a.call(Op.MESSAGE_SEND, live, SendAccepted)
+            await events.wait_for(
+                lambda e: (
+                    e.session_id == bob
+                    and e.type == "message.received"
+                    and e.data["text"] == "and now live"
+                )
+            )
+            texts = [e.data["text"] for e in events.of(bob) if e.type == "message.received"]
+            assert len(texts) == len(set(texts)) == 4
+
+
 async def test_is_on_whatsapp_reports_registered_sim_numbers(
     nats_url: str, nc: NATS, tmp_path: Path
 ) -> None:

@@ -7,7 +7,9 @@ reach each other through NATS subjects:
 
 - ``zf.sim.link.<session key>``  a phone scans a QR code (or types a pairing code)
 - ``zf.sim.pair.<phone>``        a phone types the pairing code issued for its number
-- ``zf.sim.inbox.<phone>``       a message for the socket logged in as ``phone``
+- ``zf.sim.inbox.<phone>``       a message for the socket logged in as ``phone``; with
+                                 no socket online the server keeps it (``held.<phone>``,
+                                 sim_offline.py) and hands it over on the next connect
 - ``zf.sim.receipt.<phone>``     delivery/read receipts for messages ``phone`` sent
 - ``zf.sim.fault.<session key>`` inject latency, send failures or a disconnect
 - ``zf.sim.call.<phone>``        a call offer for ``phone``; ``zf.sim.callend.<phone>``
@@ -80,6 +82,7 @@ from node_agent.engines.sim_groups import (
     _decode_group,
     _group_key,
 )
+from node_agent.engines.sim_offline import OfflineQueue, wake_subject
 from node_agent.engines.sim_presence import Presence
 from node_agent.media import MediaPayload
 from zapfleet._mirror import Change, KVMirror
@@ -335,6 +338,7 @@ class SimEngine:
         self.nc = nc
         self.config = config or SimConfig()
         self._kv: KeyValue | None = None
+        self._offline: OfflineQueue | None = None
         self._media: ObjectStore | None = None
         self.may_act: Callable[[], bool] = lambda: True
         # the network's phone book, kept current by a KV watch: a send to a known number
@@ -352,6 +356,12 @@ class SimEngine:
         if self._media is None:
             raise RuntimeError("SimEngine.start() was not awaited")
         return self._media
+
+    @property
+    def offline(self) -> OfflineQueue:
+        if self._offline is None:
+            self._offline = OfflineQueue(self.nc, self.kv)
+        return self._offline
 
     @property
     def kv(self) -> KeyValue:
@@ -405,6 +415,7 @@ class SimEngine:
             owner = await self.kv.get(f"num.{account.phone}")
             if owner.value and owner.value.decode() == spec.key:
                 await self.kv.delete(f"num.{account.phone}")
+                await self.offline.drop(account.phone)
         await self.kv.delete(f"acct.{spec.key}")
 
     async def account(self, session_id: str) -> Account | None:
@@ -550,6 +561,7 @@ class SimSession(SimContactsMixin, SimGroupsMixin):
             phone = phone or account.phone
         if phone:
             await self.engine.kv.delete(f"num.{phone}")
+            await self.engine.offline.drop(phone)
         self.phone = None
 
     async def ping(self) -> bool:
@@ -655,8 +667,10 @@ class SimSession(SimContactsMixin, SimGroupsMixin):
         self._subs.append(await self.nc.subscribe(f"zf.sim.call.{phone}", cb=self._on_call))
         self._subs.append(await self.nc.subscribe(f"zf.sim.group.{phone}", cb=self._on_group))
         self._group_cache.clear()  # notifications missed while offline
+        self._subs.append(await self.nc.subscribe(wake_subject(phone), cb=self._on_wake))
         self._online = True
         self.emit(Connected(phone=phone))
+        await self._take_held()
 
     async def _go_offline(self) -> None:
         self._online = False
@@ -678,14 +692,49 @@ class SimSession(SimContactsMixin, SimGroupsMixin):
             wire = msgspec.json.decode(msg.data, type=Wire)
         except msgspec.DecodeError:
             return
-        sender = wire.sender
-        if sender is None and wire.sender_lid:
-            sender = await self.engine.phone_of_lid(wire.sender_lid)  # get_pn_from_lid
-        # issue 16: a blocked contact's own chat stays silent (groups go on, as on WhatsApp)
-        if sender is not None and wire.chat is None and sender in self._blocked:
+        sender = await self._sender_of(wire)
+        if self._blocks(wire, sender):
             await msg.respond(b'{"ok":false,"blocked":true}')
             return
         await msg.respond(b'{"ok":true}')
+        self._take(wire, sender)
+
+    async def _on_wake(self, _msg: Msg) -> None:
+        await self._take_held()
+
+    async def _take_held(self) -> None:
+        """Messages the server kept while no socket of this account was online: handed
+        over once, in the order sent, each acknowledged to its sender (second tick)."""
+        phone = self.phone
+        if phone is None or not self._online or not self.engine.may_act():
+            return
+        for data in await self.engine.offline.take(phone):
+            try:
+                wire = msgspec.json.decode(data, type=Wire)
+            except msgspec.DecodeError:
+                continue
+            if wire.id in self._received:
+                continue  # handed over live already (a timed-out hand-over was kept too)
+            sender = await self._sender_of(wire)
+            if self._blocks(wire, sender):
+                continue
+            self._take(wire, sender)
+            if sender is not None:
+                receipt = WireReceipt(id=wire.id, status="delivered", peer=phone)
+                await self.nc.publish(f"zf.sim.receipt.{sender}", _encode(receipt))
+
+    async def _sender_of(self, wire: Wire) -> str | None:
+        if wire.sender is None and wire.sender_lid:
+            return await self.engine.phone_of_lid(wire.sender_lid)  # get_pn_from_lid
+        return wire.sender
+
+    def _blocks(self, wire: Wire, sender: str | None) -> bool:
+        """issue 16: a blocked contact's own chat stays silent (groups go on, as on
+        WhatsApp)."""
+        return sender is not None and wire.chat is None and sender in self._blocked
+
+    def _take(self, wire: Wire, sender: str | None) -> None:
+        """A message reached this socket."""
         if self.faults.undecryptable_next > 0:
             self.faults.undecryptable_next -= 1
             self.emit(
@@ -942,7 +991,10 @@ class SimSession(SimContactsMixin, SimGroupsMixin):
             try:
                 reply = await self.nc.request(f"zf.sim.inbox.{phone}", data, timeout=5)
             except (NoRespondersError, NatsTimeout):
-                continue  # recipient offline: like WhatsApp, the server keeps it
+                # recipient offline (or not answering): like WhatsApp, the server keeps
+                # it; the hand-over on connect sends the delivery receipt
+                await self.engine.offline.hold(phone, data)
+                continue
             if reply.data != b'{"ok":true}':
                 continue  # the recipient blocked us: one tick only, like WhatsApp
             self.emit(Receipt(message_id=wire.id, status="delivered", peer=phone))

@@ -21,8 +21,8 @@ from node_agent.engines._base import (
     NotOnWhatsApp,
     NotSupported,
 )
-from node_agent.engines.neonize import NeonizeConfig, NeonizeEngine, NeonizeSession, _Generation
-from node_agent.engines.neonize_contacts import (
+from node_agent.engines.neonize import NeonizeConfig, NeonizeEngine, NeonizeSession
+from node_agent.engines.neonize.contacts import (
     block_changes_of,
     blocklist_of,
     call_offer_notice_of,
@@ -32,6 +32,7 @@ from node_agent.engines.neonize_contacts import (
     privacy_args,
     privacy_of,
 )
+from node_agent.engines.neonize.generation import _Generation
 
 PHONE = nz.JID(User="15550001111", Server="s.whatsapp.net")
 LID = nz.JID(User="123456789012345", Server="lid")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from node_agent.engines.neonize_protos import inbound_of
+from node_agent.engines.neonize.protos import inbound_of
 
 
 def _jid(user: str, server: str) -> Any:
@@ -104,14 +104,14 @@ def test_our_own_messages_are_not_inbound() -> None:
 
 
 def test_a_plain_text_stays_a_conversation() -> None:
-    from node_agent.engines.neonize_protos import build_text
+    from node_agent.engines.neonize.protos import build_text
 
     message = build_text("hi")
     assert message.conversation == "hi" and not message.HasField("extendedTextMessage")
 
 
 def test_a_reply_with_mentions_carries_the_quote_and_the_jids() -> None:
-    from node_agent.engines.neonize_protos import build_text
+    from node_agent.engines.neonize.protos import build_text
 
     quoted = _text("the question")
     message = build_text(
@@ -135,7 +135,7 @@ def test_a_reply_with_mentions_carries_the_quote_and_the_jids() -> None:
 def test_an_edit_is_whatsmeows_build_edit() -> None:
     from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
-    from node_agent.engines.neonize_protos import build_edit
+    from node_agent.engines.neonize.protos import build_edit
 
     message = build_edit("15550002222@s.whatsapp.net", "3EB0ORIG", "fixed", now_ms=1718000000000)
     protocol = message.editedMessage.message.protocolMessage
@@ -152,7 +152,7 @@ def test_an_edit_is_whatsmeows_build_edit() -> None:
 def test_a_revoke_is_whatsmeows_build_revoke_of_our_message() -> None:
     from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
-    from node_agent.engines.neonize_protos import build_revoke
+    from node_agent.engines.neonize.protos import build_revoke
 
     protocol = build_revoke("120363012345678901@g.us", "3EB0ORIG").protocolMessage
     assert protocol.type == e2e.ProtocolMessage.REVOKE
@@ -164,7 +164,7 @@ def test_a_revoke_is_whatsmeows_build_revoke_of_our_message() -> None:
 
 
 def test_a_poll_has_its_options_its_choice_count_and_a_message_secret() -> None:
-    from node_agent.engines.neonize_protos import build_poll
+    from node_agent.engines.neonize.protos import build_poll
 
     message = build_poll("Lunch?", ["Pizza", "Sushi", "Salad"], 1)
     poll = message.pollCreationMessage
@@ -189,7 +189,7 @@ def _from_ann(message: Any) -> Any:
 
 
 def test_inbound_edits_revokes_and_reactions_name_their_target() -> None:
-    from node_agent.engines.neonize_protos import build_edit, build_revoke
+    from node_agent.engines.neonize.protos import build_edit, build_revoke
 
     edit = inbound_of(_from_ann(build_edit("x@s.whatsapp.net", "3EB0ORIG", "new text")))
     assert edit is not None
@@ -216,7 +216,7 @@ def test_inbound_edits_revokes_and_reactions_name_their_target() -> None:
 
 
 def test_an_edit_whatsmeow_already_unwrapped_is_still_an_edit() -> None:
-    from node_agent.engines.neonize_protos import build_edit
+    from node_agent.engines.neonize.protos import build_edit
 
     event = _from_ann(_text("new text"))
     event.IsEdit = True
@@ -230,7 +230,7 @@ def test_inbound_replies_mentions_polls_and_votes() -> None:
     from neonize.proto.waCommon.WACommon_pb2 import MessageKey
     from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
-    from node_agent.engines.neonize_protos import build_poll, build_text, poll_option_names
+    from node_agent.engines.neonize.protos import build_poll, build_text, poll_option_names
 
     reply = build_text("hi @x", reply_to="3EB0Q", mentions=["15550002222", "42@lid"])
     decoded = inbound_of(_from_ann(reply))
@@ -262,7 +262,7 @@ def test_inbound_replies_mentions_polls_and_votes() -> None:
 def test_typing_recording_and_paused_map_to_whatsmeows_chat_presence() -> None:
     from neonize.utils.enum import ChatPresence, ChatPresenceMedia
 
-    from node_agent.engines.neonize_protos import chat_presence_args
+    from node_agent.engines.neonize.protos import chat_presence_args
 
     assert chat_presence_args("typing") == (
         ChatPresence.CHAT_PRESENCE_COMPOSING,
@@ -278,7 +278,7 @@ def test_typing_recording_and_paused_map_to_whatsmeows_chat_presence() -> None:
 def test_inbound_chat_presence_names_chat_and_person_without_lids_as_phones() -> None:
     from neonize.proto.Neonize_pb2 import ChatPresence, MessageSource
 
-    from node_agent.engines.neonize_protos import presence_of
+    from node_agent.engines.neonize.protos import presence_of
 
     source = MessageSource(
         Chat=_jid("120363012345678901", "g.us"), Sender=_jid("5544332211", "lid"), IsGroup=True
@@ -301,7 +301,7 @@ def test_inbound_chat_presence_names_chat_and_person_without_lids_as_phones() ->
 def test_an_undecryptable_message_is_reported_with_its_sender() -> None:
     from neonize.proto.Neonize_pb2 import MessageInfo, MessageSource, UndecryptableMessage
 
-    from node_agent.engines.neonize_protos import undecryptable_of
+    from node_agent.engines.neonize.protos import undecryptable_of
 
     source = MessageSource(
         Chat=_jid("120363012345678901", "g.us"), Sender=_jid("5544332211", "lid"), IsGroup=True
@@ -325,7 +325,7 @@ def test_an_undecryptable_message_is_reported_with_its_sender() -> None:
 
 
 def test_a_link_preview_fills_the_extended_text_and_is_read_back() -> None:
-    from node_agent.engines.neonize_protos import build_text
+    from node_agent.engines.neonize.protos import build_text
     from node_agent.link_preview import LinkPreview
 
     preview = LinkPreview(url="https://e.com/a", title="Title", description="Desc")
@@ -353,7 +353,7 @@ def test_a_link_preview_fills_the_extended_text_and_is_read_back() -> None:
 def test_mention_everyone_names_each_participant_as_the_group_addresses_it() -> None:
     from neonize.proto.Neonize_pb2 import GroupInfo, GroupParticipant
 
-    from node_agent.engines.neonize_protos import build_text, participant_ids
+    from node_agent.engines.neonize.protos import build_text, participant_ids
 
     info = GroupInfo(
         Participants=[

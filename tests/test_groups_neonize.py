@@ -15,8 +15,9 @@ from neonize.utils.enum import ParticipantChange
 
 from contract.protocol import GroupMember, SessionSpec
 from node_agent.engines._base import GroupError, GroupEvent
-from node_agent.engines.neonize import NeonizeConfig, NeonizeEngine, NeonizeSession, _Generation
-from node_agent.engines.neonize_groups import (
+from node_agent.engines.neonize import NeonizeConfig, NeonizeEngine, NeonizeSession
+from node_agent.engines.neonize.generation import _Generation
+from node_agent.engines.neonize.groups import (
     build_group_invite,
     group_error_code,
     group_info_events,
@@ -25,7 +26,7 @@ from node_agent.engines.neonize_groups import (
     joined_group_event,
     participant_results,
 )
-from node_agent.engines.neonize_protos import describe_message
+from node_agent.engines.neonize.protos import describe_message
 
 GROUP = "120363012345678901@g.us"
 ANN, BOB, CID = "15550001111", "15550002222", "15550003333"
@@ -440,7 +441,7 @@ async def test_a_group_picture_reaches_neonize_as_a_square_jpeg() -> None:
 
 
 def test_a_group_picture_event_is_group_updated_and_a_persons_is_not() -> None:
-    from node_agent.engines.neonize_groups import group_picture_event
+    from node_agent.engines.neonize.groups import group_picture_event
 
     removed = nz.Picture(JID=_jid("120363012345678901", "g.us"), Author=_jid(ANN), Remove=True)
     assert group_picture_event(removed) == GroupEvent(

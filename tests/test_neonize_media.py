@@ -15,8 +15,9 @@ from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
 from contract.protocol import SessionSpec
 from node_agent.engines._base import EngineError, Inbound, InboundMedia
-from node_agent.engines.neonize import NeonizeConfig, NeonizeEngine, NeonizeSession, _Generation
-from node_agent.engines.neonize_protos import (
+from node_agent.engines.neonize import NeonizeConfig, NeonizeEngine, NeonizeSession
+from node_agent.engines.neonize.generation import _Generation
+from node_agent.engines.neonize.protos import (
     audio_message,
     describe_message,
     inbound_media,
@@ -217,7 +218,7 @@ def test_view_once_media_sets_view_once_and_is_recognised_wrapped_or_flagged() -
     from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
     from contract.protocol import ImageContent, Media, VideoContent
-    from node_agent.engines.neonize_protos import (
+    from node_agent.engines.neonize.protos import (
         describe_message,
         image_message,
         inbound_media,

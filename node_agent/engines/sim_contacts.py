@@ -1,6 +1,6 @@
 """The sim engine's contacts, profile, blocking and calls (issue 16).
 
-A mixin of :class:`~node_agent.engines.sim.SimSession` (like ``neonize_contacts.py`` for
+A mixin of :class:`~node_agent.engines.sim.SimSession` (like ``neonize/contacts.py`` for
 the neonize engine), with the wire records of calls and profiles on the simulated
 network. The test helpers that play the other phone (``call``, ``save_contact``,
 ``make_business``) stay in :mod:`node_agent.engines.sim`.

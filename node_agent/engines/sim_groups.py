@@ -1,6 +1,6 @@
 """The sim engine's groups (issue 16).
 
-A mixin of :class:`~node_agent.engines.sim.SimSession` (like ``neonize_groups.py`` for
+A mixin of :class:`~node_agent.engines.sim.SimSession` (like ``neonize/groups.py`` for
 the neonize engine), with the group record of the simulated server (KV ``zf_sim``
 ``group.<id>``), its notifications and the server's rules for participant changes. The
 test helpers (``create_group``, ``set_group_add_privacy``, ``vote``) stay in

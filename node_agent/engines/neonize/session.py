@@ -1,212 +1,55 @@
-"""The neonize (whatsmeow) engine — production default.
-
-neonize wraps whatsmeow (Go) through ctypes. Its glue has hazards that can kill or hang
-the whole process (see ``NEONIZE.md`` of the team); this module is where every rule we
-follow against them lives:
-
-1. **One process-wide lock.** The Go glue keeps its clients in unsynchronised global maps.
-   Calls that create or stop a client write those maps and take the :class:`FfiLock`
-   exclusively; every other call (send, lookups, pairing code, liveness) reads them and
-   takes it shared (Go allows concurrent map reads). A start holds the lock until the dial
-   shows its first sign (QR, connected, failure) or ``start_hold_s`` passed, then waits
-   ``start_stagger_s``: starts are serialised and staggered. When a pairing attempt ends,
-   the Go thread reads the maps once more; its status callback blocks that thread until we
-   hold the lock for it.
-2. **A dedicated executor** sized ``max_sessions + spare``: each live session pins one
-   thread (the Go event pump runs in ``to_thread``). Threads pinned forever by the glue (a
-   dial that never returns; a pairing attempt that ended without a scan, whose Go thread
-   then waits for a device id that never comes) are counted, and the executor is replaced
-   by a larger one before they can starve it.
-3. **Every handler wrapped**: neonize swallows exceptions of handlers silently; ours log.
-4. **One referenced client per uuid**: a client object is created once per uuid and kept
-   for the life of the engine, with its GC finalizer detached (it would call ``Stop(uuid)``
-   outside our lock). A session gets a new uuid (``<id>~<n>``) only when its previous
-   client is stuck in a dial that cannot be stopped without blocking.
-5. **Bounded dials, never cancelled on the loop**: cancelling neonize's connect task runs a
-   synchronous ``Stop`` on the loop (~57 s). We wait with a timeout instead and *abandon*
-   a stuck dial: its client is kept referenced and stopped later, once the dial ends.
-6. **Go log level set** before the first connect (``neonize.utils.log``), so DEBUG lines do
-   not cross the FFI; neonize's ``logging.basicConfig`` handler is removed again.
-7. **Own QR handler** (no terminal QR printer), own login-status handler.
-8. **Device store**: a SQLite file per session under ``data_dir/neonize/`` (the path
-   ``node_agent.device_store`` backs up, so a moved session needs no new pairing), or a
-   PostgreSQL URL shared by all agents (then the paired JID of each session is kept in
-   KV bucket ``zf_device_jids`` so another node loads the same device without re-pairing).
-9. **Proxy and device name per session** (``SessionSpec.proxy`` / ``device_name``).
-   Device properties are process-global in whatsmeow: the last writer wins at pairing.
-10. **Stop in order**: the agent stops sessions one by one on SIGTERM; ``close()`` does not
-    wait for pinned threads (the CLI exits the process without joining them).
-"""
+"""A neonize session: its lifecycle (connect, stop, logout, liveness) over generations of
+whatsmeow clients, and the events Go sends it (rules 3, 5 and 7 of the package
+docstring)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
-from nats.aio.client import Client as NATS
-from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
-from prometheus_client import Gauge
 
 from contract.protocol import (
-    AudioContent,
-    ContactContent,
-    DocumentContent,
-    EditContent,
-    ImageContent,
-    LocationContent,
-    MessageContent,
     NumberStatus,
-    PollContent,
-    ReactionContent,
-    RevokeContent,
     SessionSpec,
-    StickerContent,
-    TextContent,
-    VideoContent,
 )
 from node_agent.engines._base import (
     Connected,
     Disconnected,
     Emit,
     EngineError,
-    Inbound,
     InboundMedia,
     LoggedOut,
     Paired,
     QrShown,
     Receipt,
 )
-from node_agent.engines.neonize_contacts import ContactsMixin  # issue 16
-from node_agent.engines.neonize_groups import GroupsMixin  # issue 16
-from node_agent.engines.neonize_protos import (
+from node_agent.engines.neonize.contacts import ContactsMixin  # issue 16
+from node_agent.engines.neonize.generation import _Generation
+from node_agent.engines.neonize.groups import GroupsMixin  # issue 16
+from node_agent.engines.neonize.messaging import MessagingMixin
+from node_agent.engines.neonize.protos import (
     _bounded_put,
-    _jpeg_thumbnail,
     _parse_jid,
-    audio_message,
-    build_edit,
-    build_poll,
-    build_revoke,
-    build_text,
-    chat_presence_args,
-    image_message,
     inbound_of,
     jid_text,
-    participant_ids,
     phone_of,
-    poll_option_names,
-    presence_of,
-    sticker_message,
     undecryptable_of,
-    vcard,
-    video_message,
 )
-from node_agent.link_preview import PreviewedText
-from node_agent.media import MediaPayload
+
+if TYPE_CHECKING:
+    from node_agent.engines.neonize.engine import NeonizeEngine
 
 log = logging.getLogger(__name__)
 
-DEVICES_BUCKET = "zf_device_jids"
 QR_FIRST_S = 60.0  # whatsmeow: the first code lives 60 s, the next five 20 s each
 QR_NEXT_S = 20.0
-
-PINNED_THREADS = Gauge(
-    "zapfleet_agent_neonize_pinned_threads",
-    "Executor threads held forever by the neonize glue (stuck dials, ended pairings)",
-)
-ABANDONED_DIALS = Gauge(
-    "zapfleet_agent_neonize_abandoned_clients", "neonize clients abandoned in a stuck dial"
-)
-
-
-class NeonizeConfig(msgspec.Struct, kw_only=True):
-    data_dir: str = "./.zapfleet/agent"
-    device_store_url: str | None = None
-    max_sessions: int = 150
-    executor_spare: int = 32
-    dial_timeout_s: float = 30.0
-    start_hold_s: float = 0.5
-    start_stagger_s: float = 0.05
-    stop_timeout_s: float = 10.0
-    call_timeout_s: float = 30.0
-    go_log_level: str = "WARNING"
-    keepalive_dead_after: int = 2
-    replicas: int = 1  # of the zf_devices bucket (ZAPFLEET_NATS_REPLICAS)
-
-
-class FfiLock:
-    """A writer-preferring readers-writer lock for calls into the Go glue.
-
-    ``exclusive()`` for calls that create or stop clients (they write the glue's global
-    maps), ``shared()`` for every other call (they only read them). A waiting writer
-    blocks new readers, so a start is never starved by a stream of sends."""
-
-    def __init__(self) -> None:
-        self._cond = asyncio.Condition()
-        self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
-
-    @property
-    def busy(self) -> bool:
-        return self._writer or self._readers > 0
-
-    @contextlib.asynccontextmanager
-    async def shared(self) -> AsyncIterator[None]:
-        async with self._cond:
-            await self._cond.wait_for(lambda: not self._writer and not self._writers_waiting)
-            self._readers += 1
-        try:
-            yield
-        finally:
-            async with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextlib.asynccontextmanager
-    async def exclusive(self) -> AsyncIterator[None]:
-        async with self._cond:
-            self._writers_waiting += 1
-            try:
-                await self._cond.wait_for(lambda: not self._writer and self._readers == 0)
-            finally:
-                self._writers_waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            async with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
-def _client_class() -> type[Any]:
-    """``NewAClient`` with our own login-status hook (neonize's is a private no-op)."""
-    from neonize.aioze.client import NewAClient
-
-    class ZfClient(NewAClient):  # type: ignore[misc]
-        on_login_status: Callable[[str], None] | None = None
-
-        # NewAClient passes ``self.__onLoginStatus`` (name-mangled) to Go at connect.
-        def _NewAClient__onLoginStatus(self, uuid: int, status: int) -> None:
-            hook = self.on_login_status
-            if hook is None:
-                return
-            try:
-                hook(ctypes.string_at(status).decode(errors="replace") if status else "")
-            except Exception:
-                log.exception("neonize login-status hook failed")
-
-    return ZfClient
 
 
 def _mask(value: str) -> str:
@@ -217,186 +60,8 @@ def _mask(value: str) -> str:
     return f"{parts.scheme}://{parts.hostname}:{parts.port}" if parts.hostname else "(set)"
 
 
-class NeonizeEngine:
-    name: Literal["neonize"] = "neonize"
-
-    def __init__(self, config: NeonizeConfig, nc: NATS | None = None) -> None:
-        self.config = config
-        self.nc = nc
-        self.lock = FfiLock()
-        self.sessions: dict[str, NeonizeSession] = {}
-        self.pinned: set[_Generation] = set()
-        self._devices: KeyValue | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._executor_size = 0
-        self._client_cls: type[Any] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.may_act: Callable[[], bool] = lambda: True
-
-    def set_lease_guard(self, may_act: Callable[[], bool]) -> None:
-        """The agent's lease check: without a lease no dial and no send (docs/failover.md)."""
-        self.may_act = may_act
-
-    async def start(self) -> None:
-        root = logging.getLogger()
-        handlers = list(root.handlers)
-        level = root.level
-        import neonize.aioze.client  # noqa: F401  (heavy: ~54 MB, ~0.25 s, calls basicConfig)
-
-        for handler in list(root.handlers):  # undo neonize's logging.basicConfig
-            if handler not in handlers:
-                root.removeHandler(handler)
-        root.setLevel(level)
-        go_level = logging.getLevelName(self.config.go_log_level.upper())
-        logging.getLogger("neonize.utils.log").setLevel(go_level)
-        logging.getLogger("whatsmeow").setLevel(go_level)
-        logging.getLogger("Whatsmeow").setLevel(go_level)
-        self._client_cls = _client_class()
-        self._loop = asyncio.get_running_loop()
-        self._resize_executor()
-        if self.config.device_store_url is None:
-            from node_agent.device_store import device_path
-
-            folder = device_path(self.config.data_dir, "x").parent
-            await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-        if self.nc is not None and self.config.device_store_url is not None:
-            from nats.js.api import KeyValueConfig
-
-            from zapfleet.natsjs import key_value
-
-            self._devices = await key_value(
-                self.nc.jetstream(),
-                KeyValueConfig(bucket=DEVICES_BUCKET, history=1),
-                self.config.replicas,
-            )
-
-    def _resize_executor(self) -> None:
-        """The loop's default executor (``asyncio.to_thread`` in neonize) sized for one
-        thread per session plus spare, plus every thread the glue pinned forever."""
-        wanted = self.config.max_sessions + self.config.executor_spare + len(self.pinned)
-        if self._executor is not None and wanted <= self._executor_size:
-            return
-        assert self._loop is not None
-        old = self._executor
-        self._executor = ThreadPoolExecutor(max_workers=wanted, thread_name_prefix="zf-neonize")
-        self._executor_size = wanted
-        self._loop.set_default_executor(self._executor)
-        if old is not None:
-            old.shutdown(wait=False)  # its pinned threads stay; new calls go to the new one
-            log.warning("neonize executor grown", extra={"threads": wanted})
-
-    def note_pinned(self, generation: _Generation, pinned: bool) -> None:
-        if pinned:
-            self.pinned.add(generation)
-        else:
-            self.pinned.discard(generation)
-        PINNED_THREADS.set(len(self.pinned))
-        ABANDONED_DIALS.set(sum(1 for g in self.pinned if g.abandoned))
-        if pinned and len(self.pinned) > self.config.executor_spare // 2:
-            self._resize_executor()
-
-    def new_client(self, uuid: str, device_name: str) -> Any:
-        from neonize.proto.waCompanionReg.WAWebProtobufsCompanionReg_pb2 import DeviceProps
-
-        assert self._client_cls is not None, "NeonizeEngine.start() was not awaited"
-        props = DeviceProps(os=device_name, platformType=DeviceProps.CHROME)
-        client = self._client_cls(self.store_name(uuid), props=props, uuid=uuid)
-        # The finalizer would call Stop(uuid) from the GC, outside our lock: we always stop
-        # clients ourselves, and keep every client referenced for the engine's lifetime.
-        client._stop_finalizer.detach()
-        return client
-
-    def store_name(self, uuid: str) -> str:
-        if self.config.device_store_url is not None:
-            return self.config.device_store_url
-        from node_agent.device_store import device_path
-
-        session_id = uuid.split("~", 1)[0]
-        return str(device_path(self.config.data_dir, session_id).resolve())
-
-    def open_session(self, spec: SessionSpec, emit: Emit) -> NeonizeSession:
-        existing = self.sessions.get(spec.key)
-        if existing is not None:
-            # same session again (restart, epoch bump): keep its clients, new reporter
-            existing.rebind(spec, emit)
-            return existing
-        session = NeonizeSession(self, spec, emit)
-        self.sessions[spec.key] = session
-        return session
-
-    async def close(self) -> None:
-        for session in list(self.sessions.values()):
-            with contextlib.suppress(Exception):
-                await session.disconnect()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-
-    async def forget(self, spec: SessionSpec) -> None:
-        """Delete the session's device state here (the session is deleted): its local
-        SQLite store, or its jid in the shared store's KV. A live client logs out."""
-        session = self.sessions.pop(spec.key, None)
-        if session is not None:
-            with contextlib.suppress(Exception):
-                await session.logout()
-            return
-        await NeonizeSession(self, spec, lambda _: None)._forget_device()
-
-    # -- shared device store (PostgreSQL mode) -------------------------------------------
-
-    async def stored_jid(self, session_id: str) -> str | None:
-        if self._devices is None or self.config.device_store_url is None:
-            return None
-        try:
-            entry = await self._devices.get(session_id)
-        except KeyNotFoundError:
-            return None
-        return entry.value.decode() if entry.value else None
-
-    async def remember_jid(self, session_id: str, jid: str | None) -> None:
-        if self._devices is None:
-            return
-        try:
-            if jid:
-                await self._devices.put(session_id, jid.encode())
-            else:
-                await self._devices.delete(session_id)
-        except Exception as exc:
-            log.warning("could not record the device of a session", extra={"error": repr(exc)})
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-
-class _Generation:
-    """One whatsmeow client (one uuid) and its connect attempts."""
-
-    def __init__(self, uuid: str, client: Any) -> None:
-        self.uuid = uuid
-        self.client = client
-        self.task: asyncio.Task[Any] | None = None
-        self.registered = False  # Neonize() ran and we have not called Stop since
-        self.phase: Literal["idle", "dialing", "pairing", "online"] = "idle"
-        self.abandoned = False
-        self.sign = asyncio.Event()
-        self.attempt = 0
-        self.dial_started = 0.0
-        self.qr_index = 0
-        self.keepalive_errors = 0
-        self.link_up = False  # between Connected and Disconnected events
-
-    @property
-    def running(self) -> bool:
-        return self.task is not None and not self.task.done()
-
-
-# issue 16: contacts/profile/calls in neonize_contacts.py, groups in neonize_groups.py,
-# message builders and decoders in neonize_protos.py
-class NeonizeSession(ContactsMixin, GroupsMixin):
+# sends in messaging.py, contacts/profile/calls in contacts.py, groups in groups.py
+class NeonizeSession(MessagingMixin, ContactsMixin, GroupsMixin):
     def __init__(self, engine: NeonizeEngine, spec: SessionSpec, emit: Emit) -> None:
         self.engine = engine
         self.spec = spec
@@ -684,205 +349,6 @@ class NeonizeSession(ContactsMixin, GroupsMixin):
             raise EngineError(f"media download failed: {exc}") from None
         return bytes(data or b"")
 
-    async def send(
-        self,
-        to: str,
-        content: MessageContent,
-        message_id: str,
-        media: MediaPayload | None = None,
-    ) -> str:
-        gen = self._online()
-        jid = _parse_jid(to)
-        try:
-            message = await self._build(gen, jid, content, media)
-            response = await self._call(gen.client.send_message(jid, message))
-        except EngineError:
-            raise
-        except TimeoutError:
-            raise EngineError("send timed out") from None
-        except Exception as exc:
-            raise EngineError(f"send failed: {exc}") from None
-        engine_id = str(response.ID)
-        self._sent[engine_id] = None
-        if len(self._sent) > 10_000:
-            self._sent.popitem(last=False)
-        self._remember_sent(engine_id, content, message)
-        # whatsmeow returns after the server accepted the message: that is the server ack
-        self._report(Receipt(message_id=engine_id, status="server", peer=to))
-        return engine_id
-
-    async def _uploaded(self, gen: _Generation, media: MediaPayload, kind: Any) -> dict[str, Any]:
-        """Upload the bytes to WhatsApp's media servers: the fields every media message
-        (image, video, audio, document) carries about them."""
-        up = await self._call(gen.client.upload(media.data, kind))
-        return {
-            "URL": up.url,
-            "directPath": up.DirectPath,
-            "fileEncSHA256": up.FileEncSHA256,
-            "fileLength": up.FileLength,
-            "fileSHA256": up.FileSHA256,
-            "mediaKey": up.MediaKey,
-            "mimetype": media.mimetype,
-        }
-
-    async def _build(
-        self, gen: _Generation, jid: Any, content: MessageContent, media: MediaPayload | None
-    ) -> Any:
-        from neonize.proto.waCommon.WACommon_pb2 import MessageKey
-        from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
-        from neonize.utils.enum import MediaType
-
-        if isinstance(content, TextContent):
-            mentions = list(content.mentions or [])
-            if content.mention_all:
-                mentions += await self._participants(gen, jid)
-            quote = self._recent.get(content.reply_to) if content.reply_to else None
-            return build_text(
-                content.text,
-                reply_to=content.reply_to,
-                quoted=quote,
-                mentions=mentions,
-                preview=content.preview if isinstance(content, PreviewedText) else None,
-            )
-        if isinstance(content, EditContent):
-            return build_edit(jid_text(jid), content.message_id, content.text)
-        if isinstance(content, RevokeContent):
-            return build_revoke(jid_text(jid), content.message_id)
-        if isinstance(content, PollContent):
-            return build_poll(content.name, content.options, content.selectable)
-        if isinstance(content, LocationContent):
-            return e2e.Message(
-                locationMessage=e2e.LocationMessage(
-                    degreesLatitude=content.latitude,
-                    degreesLongitude=content.longitude,
-                    name=content.name,
-                    address=content.address,
-                )
-            )
-        if isinstance(content, ContactContent):
-            return e2e.Message(
-                contactMessage=e2e.ContactMessage(
-                    displayName=content.display_name,
-                    vcard=vcard(content.display_name, content.phone),
-                )
-            )
-        if isinstance(content, ReactionContent):
-            from_me = content.message_id in self._sent
-            return e2e.Message(
-                reactionMessage=e2e.ReactionMessage(
-                    key=MessageKey(
-                        remoteJID=f"{jid.User}@{jid.Server}",
-                        fromMe=from_me,
-                        ID=content.message_id,
-                    ),
-                    text=content.emoji,
-                    senderTimestampMS=int(time.time() * 1000),
-                )
-            )
-        if media is None:
-            raise EngineError("media content without media bytes")
-        if isinstance(content, ImageContent):
-            fields = await self._uploaded(gen, media, MediaType.MediaImage)
-            thumbnail = await asyncio.to_thread(_jpeg_thumbnail, media.data)
-            return image_message(fields, content, thumbnail)
-        if isinstance(content, VideoContent):
-            fields = await self._uploaded(gen, media, MediaType.MediaVideo)
-            return video_message(fields, content)
-        if isinstance(content, AudioContent):
-            fields = await self._uploaded(gen, media, MediaType.MediaAudio)
-            return audio_message(fields, media, content.voice_note, view_once=content.view_once)
-        if isinstance(content, StickerContent):
-            fields = await self._uploaded(gen, media, MediaType.MediaImage)
-            return sticker_message(fields, media)
-        if isinstance(content, DocumentContent):
-            fields = await self._uploaded(gen, media, MediaType.MediaDocument)
-            name = media.filename or "document"
-            return e2e.Message(
-                documentMessage=e2e.DocumentMessage(
-                    **fields, caption=content.caption, fileName=name, title=name
-                )
-            )
-        raise EngineError(f"unsupported content {type(content).__name__}")
-
-    async def mark_read(self, chat: str, message_ids: list[str]) -> None:
-        """Read receipts (whatsmeow ``MarkRead``), one call per sender: in a group each
-        message's participant, else the chat itself."""
-        from neonize.utils.enum import ReceiptType
-
-        gen = self._online()
-        chat_jid = _parse_jid(chat)
-        by_sender: dict[str, list[str]] = {}
-        for message_id in message_ids:
-            participant = self._recent.get(message_id, ("", None))[0]
-            by_sender.setdefault(participant or jid_text(chat_jid), []).append(message_id)
-        for sender, ids in by_sender.items():
-            try:
-                await self._call(
-                    gen.client.mark_read(
-                        *ids, chat=chat_jid, sender=_parse_jid(sender), receipt=ReceiptType.READ
-                    )
-                )
-            except TimeoutError:
-                raise EngineError("mark read timed out") from None
-            except Exception as exc:
-                raise EngineError(f"mark read failed: {exc}") from None
-
-    async def send_presence(
-        self, chat: str, state: Literal["typing", "recording", "paused"]
-    ) -> None:
-        """Typing / recording indicators (whatsmeow ``SendChatPresence``)."""
-        gen = self._online()
-        presence, media = chat_presence_args(state)
-        try:
-            await self._call(gen.client.send_chat_presence(_parse_jid(chat), presence, media))
-        except TimeoutError:
-            raise EngineError("chat presence timed out") from None
-        except Exception as exc:
-            raise EngineError(f"chat presence failed: {exc}") from None
-
-    def _on_chat_presence(self, event: Any) -> None:
-        seen = presence_of(event)
-        if seen is not None:
-            self._report(seen)
-
-    async def _participants(self, gen: _Generation, jid: Any) -> list[str]:
-        """Every participant of a group, as chat ids ("mention everyone")."""
-        info = self._group_cache.get(jid_text(jid))
-        if info is None:
-            try:
-                info = await self._call(gen.client.get_group_info(jid))
-            except Exception as exc:
-                raise EngineError(f"group participants unavailable: {exc}") from None
-            self._group_cache[jid_text(jid)] = info
-        return participant_ids(info)
-
-    def _remember_sent(self, engine_id: str, content: MessageContent, message: Any) -> None:
-        me = getattr(self._gen.client, "me", None) if self._gen is not None else None
-        own = jid_text(me.JID) if me is not None and me.HasField("JID") else ""
-        _bounded_put(self._recent, engine_id, (own, message))
-        if isinstance(content, PollContent):
-            _bounded_put(self._polls, engine_id, (content.name, list(content.options)))
-
-    async def _poll_vote(self, event: Any, inbound: Inbound) -> Inbound | None:
-        """Decrypt a poll vote (whatsmeow: ``decrypt_poll_vote``) and name the options."""
-        content = dict(inbound.content or {})
-        poll_id = str(content.get("message_id") or "")
-        poll = self._polls.get(poll_id)
-        gen = self._gen
-        if poll is None or gen is None or not gen.link_up:
-            log.info("poll vote for a poll this agent does not know", extra={"poll": poll_id})
-            return None
-        try:
-            vote = await self._call(gen.client.decrypt_poll_vote(event))
-        except Exception as exc:
-            log.warning("poll vote not decryptable", extra={"error": repr(exc)})
-            return None
-        content["poll"] = poll[0]
-        content["options"] = poll_option_names(poll[1], list(vote.selectedOptions))
-        return msgspec.structs.replace(inbound, content=content)
-
-    # -- events from Go ------------------------------------------------------------------
-
     def _install_handlers(self, gen: _Generation) -> None:
         from neonize.aioze import events as ev
 
@@ -1123,6 +589,3 @@ _RECEIPTS: dict[int, Literal["delivered", "read", "failed"]] = {
     6: "read",  # PLAYED
     8: "failed",  # SERVER_ERROR
 }
-
-
-__all__ = ["DEVICES_BUCKET", "FfiLock", "NeonizeConfig", "NeonizeEngine", "NeonizeSession"]

@@ -30,7 +30,7 @@ from node_agent.engines._base import (
     NotOnWhatsApp,
     NotSupported,
 )
-from node_agent.engines.neonize_protos import _parse_jid, jid_text, lid_of, phone_of
+from node_agent.engines.neonize.protos import _parse_jid, jid_text, lid_of, phone_of
 
 log = logging.getLogger(__name__)
 

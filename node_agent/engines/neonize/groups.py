@@ -1,7 +1,7 @@
 """The neonize engine's groups (issue 16).
 
 A mixin of :class:`~node_agent.engines.neonize.NeonizeSession`, like
-:mod:`node_agent.engines.neonize_contacts`: every call goes through the session's
+:mod:`node_agent.engines.neonize.contacts`: every call goes through the session's
 ``_call`` (shared FFI lock, bounded wait) and only while the socket is online. The
 decoders below (group info, participant results, group events, error codes) are pure
 functions over neonize's protos, tested offline in tests/test_groups_neonize.py.
@@ -30,10 +30,10 @@ from node_agent.engines._base import (
     GroupError,
     GroupEvent,
 )
-from node_agent.engines.neonize_protos import _parse_jid, jid_text, lid_of, phone_of
+from node_agent.engines.neonize.protos import _parse_jid, jid_text, lid_of, phone_of
 
 if TYPE_CHECKING:
-    from node_agent.engines.neonize import _Generation
+    from node_agent.engines.neonize.generation import _Generation
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,13 @@ import subprocess
 import sys
 
 import httpx
+from selenium.webdriver.support.ui import Select
 
 from tests.conftest import WebhookReceiver
 from tests.ui.browser import Browser
 from tests.ui.stack import QR_FIRST_S, QR_NEXT_S, UiStack
+
+DASH = "\u2013"  # the console writes ranges with an en dash, as typeset
 
 
 def sign_in(b: Browser, stack: UiStack) -> None:
@@ -155,6 +158,48 @@ def test_the_sessions_page_lists_sessions_with_their_live_state(
         lambda: "CONNECTED" in b.find("#sessions-rows tr[data-session='ui-list']").text,
     )
     b.screenshot("sessions-list")
+
+
+def test_the_sessions_page_walks_a_tenants_sessions_a_page_at_a_time(
+    browser: Browser, ui_stack: UiStack
+) -> None:
+    """A fleet has more sessions than a screen: the list pages over the API's cursor and
+    filters by state, and says which part of how many it shows."""
+    with httpx.Client(base_url=ui_stack.base_url, headers=ui_stack.headers) as api:
+        assert api.post("/v1/tenants", json={"tenant_id": "pages"}).status_code == 201
+        key = api.post("/v1/tenants/pages/keys", json={"label": "console"}).json()["key"]
+    names = [f"page-{n:02d}" for n in range(30)]
+    tenant = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=ui_stack.base_url, headers=tenant) as api:
+        for name in names:  # stopped: listed without running anywhere
+            created = api.post("/v1/sessions", json={"session_id": name, "start": False})
+            assert created.status_code == 201, created.text
+        created = api.post("/v1/sessions", json={"session_id": "page-zz", "engine": "sim"})
+        assert created.status_code == 201, created.text
+    b = browser
+    b.open(f"{ui_stack.base_url}/ui/")
+    b.type_into("#api-key", key)
+    b.find("#signin-submit").click()
+    b.wait_visible("#create-session-form")
+
+    def listed() -> list[str | None]:
+        return [r.get_attribute("data-session") for r in b.find_all("#sessions-rows tr")]
+
+    Select(b.find("#sessions-page-size")).select_by_value("25")
+    b.wait_for("the first 25", lambda: listed() == names[:25])
+    status = lambda: b.find("#sessions-status").text  # noqa: E731
+    b.wait_for("the range", lambda: status().startswith(f"Sessions 1{DASH}25 of 31"))
+    assert b.find("#sessions-prev").get_attribute("disabled") is not None
+    b.find("#sessions-next").click()
+    b.wait_for("the rest", lambda: listed() == [*names[25:], "page-zz"])
+    assert status().startswith(f"Sessions 26{DASH}31 of 31")
+    assert b.find("#sessions-next").get_attribute("disabled") is not None
+    b.find("#sessions-prev").click()
+    b.wait_for("the first page again", lambda: listed() == names[:25])
+    Select(b.find("#sessions-state")).select_by_value("PAIRING")
+    b.wait_for("only the pairing one", lambda: listed() == ["page-zz"])
+    assert status().startswith(f"Sessions 1{DASH}1 of 1")
+    b.screenshot("sessions-pages")
 
 
 def test_the_nodes_page_shows_capacity_and_sessions(browser: Browser, ui_stack: UiStack) -> None:

@@ -1,10 +1,13 @@
-// Sessions: create one, and the list with live state (polled every 3 s). On a narrow
+// Sessions: create one, and the list with live state (polled every 3 s), a page at a time
+// (the API's cursor: stable while sessions come and go), filtered by state. On a narrow
 // screen the table keeps Session, State and Phone (docs/ui.md).
 
 import { enc, features, get, getTenant, listOf, post } from "../api.js";
 import { ago, badge, h, phone, poll, replace, toast } from "../dom.js";
 
 const POLL_MS = 3000;
+const PAGE_SIZES = [25, 100, 250];
+const STATES = ["STARTING", "PAIRING", "CONNECTED", "DISCONNECTED", "RECONNECTING", "FAILED", "LOGGED_OUT", "STOPPED"];
 
 function createForm(navigate) {
   const id = h("input", {
@@ -98,10 +101,67 @@ const COLUMNS = [
   ["Since", "optional"],
 ];
 
+// The page being looked at: its cursor (null: the first page), the cursors of the pages
+// before it (for "Previous"), the page size and the state filter.
+function pager(onChange) {
+  const size = h(
+    "select",
+    { id: "sessions-page-size", title: "sessions per page" },
+    PAGE_SIZES.map((n) => h("option", { value: String(n), selected: n === 100 || null }, `${n} per page`)),
+  );
+  const state = h(
+    "select",
+    { id: "sessions-state", title: "only sessions in this state" },
+    h("option", { value: "" }, "every state"),
+    STATES.map((s) => h("option", { value: s }, s)),
+  );
+  const prev = h("button", { type: "button", id: "sessions-prev", disabled: true }, "← Previous");
+  const next = h("button", { type: "button", id: "sessions-next", disabled: true }, "Next →");
+  const page = { cursor: null, before: [], next: null, first: 1 };
+  const reset = () => {
+    Object.assign(page, { cursor: null, before: [], next: null, first: 1 });
+    onChange();
+  };
+  size.addEventListener("change", reset);
+  state.addEventListener("change", reset);
+  next.addEventListener("click", () => {
+    if (!page.next) return;
+    page.before.push([page.cursor, page.first]);
+    page.first += page.shown;
+    page.cursor = page.next;
+    onChange();
+  });
+  prev.addEventListener("click", () => {
+    if (!page.before.length) return;
+    [page.cursor, page.first] = page.before.pop();
+    onChange();
+  });
+  return {
+    controls: h("div", { class: "inline", id: "sessions-pager" }, state, size, prev, next),
+    query() {
+      const q = new URLSearchParams({ limit: size.value });
+      if (state.value) q.set("state", state.value);
+      if (page.cursor) q.set("cursor", page.cursor);
+      return `?${q}`;
+    },
+    // what the page shows: "26–50 of 73"; enables the buttons
+    shown(count, total, nextCursor) {
+      page.shown = count;
+      page.next = nextCursor || null;
+      next.disabled = !page.next;
+      prev.disabled = !page.before.length;
+      if (!count) return page.before.length ? "No sessions on this page any more." : null;
+      return `${page.first}–${page.first + count - 1} of ${total}`;
+    },
+  };
+}
+
 export function mount(view, { me, navigate }) {
   const tenant = me && me.is_admin ? getTenant() || "default" : null;
   const listBody = h("tbody", { id: "sessions-rows" });
   const status = h("p", { class: "muted", id: "sessions-status" }, "Loading…");
+  let refresh = () => {};
+  const pages = pager(() => refresh());
   const listCard = h(
     "section",
     { class: "card" },
@@ -111,6 +171,7 @@ export function mount(view, { me, navigate }) {
       h("h2", {}, "Sessions", tenant ? h("span", { class: "muted", id: "sessions-tenant" }, ` · tenant ${tenant}`) : null),
       openById(navigate),
     ),
+    pages.controls,
     status,
     h(
       "table",
@@ -133,18 +194,27 @@ export function mount(view, { me, navigate }) {
       status.textContent = "This server does not list sessions; open one by id.";
       return;
     }
-    stop = poll(async () => {
+    // the server orders by name; a click shows the new page at once, the poll keeps it live
+    let latest = 0;
+    const load = async () => {
+      const asked = ++latest;
       try {
-        const sessions = listOf(await get("/v1/sessions"), "sessions");
-        sessions.sort((a, b) => String(a.session_id).localeCompare(String(b.session_id)));
+        const body = await get(`/v1/sessions${pages.query()}`);
+        if (asked !== latest || !alive) return; // a newer page was asked for meanwhile
+        const sessions = listOf(body, "sessions");
         replace(listBody, sessions.map(row));
-        status.textContent = sessions.length ? `${sessions.length} session(s), live` : "No sessions yet.";
+        const range = pages.shown(sessions.length, body.total ?? sessions.length, body.next_cursor);
+        status.textContent = range ? `Sessions ${range}, live` : "No sessions yet.";
         status.classList.remove("error");
       } catch (err) {
         status.textContent = `Cannot list sessions: ${err.message}`;
         status.classList.add("error");
       }
-    }, POLL_MS);
+    };
+    refresh = () => {
+      load();
+    };
+    stop = poll(load, POLL_MS);
   });
   return () => {
     alive = false;

@@ -82,7 +82,7 @@ class LiveStates:
                 return []
             return listed.sessions
 
-        alive = [node_id for node_id in list(fleet.nodes) if fleet.alive(node_id)]
+        alive = [node_id for node_id in list(fleet.view.nodes) if fleet.view.alive(node_id)]
         found = await asyncio.gather(*(one(node_id) for node_id in alive))
         count = 0
         for infos in found:

@@ -54,7 +54,8 @@ from contract.protocol import (
     SessionRecord,
 )
 from control_plane.agents import AgentCallError, AgentUnavailable
-from control_plane.fleet import Fleet, NodePlacement, placed_on
+from control_plane.fleet import Fleet, placed_on
+from control_plane.fleet_view import NodePlacement
 from zapfleet.natsjs import key_value
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ class Reconciler:
             return
         if not self.active or paused:
             # silence is counted from now: we may have been the ones cut off
-            self.fleet.refresh_seen()
+            self.fleet.view.refresh_seen()
             self._next_audit = now + self.settings.audit_interval_s
             self.active = True
             log.info("reconciler active", extra={"holder": self.leadership.holder})
@@ -223,22 +224,22 @@ class Reconciler:
 
     async def check_nodes(self) -> None:
         fleet = self.fleet
-        for state in list(fleet.nodes.values()):
+        for state in list(fleet.view.nodes.values()):
             node_id = state.node_id
-            placement = fleet.placement_of(node_id)
-            if fleet.alive(node_id):
+            placement = fleet.view.placement_of(node_id)
+            if fleet.view.alive(node_id):
                 await self._node_alive(node_id, placement, state.placement is None)
                 continue
             if placement.down and not placement.sessions:
-                if fleet.silent_s(state) > FORGET_AFTER_S:
-                    await fleet.forget(node_id)
+                if fleet.view.silent_s(state) > FORGET_AFTER_S:
+                    await fleet.slots.forget(node_id)
                 continue
-            if not await fleet.confirm_down(node_id):
+            if not await fleet.view.confirm_down(node_id):
                 continue
             if not placement.down:
-                _, changed = await fleet.set_flags(node_id, down=True)
+                _, changed = await fleet.slots.set_flags(node_id, down=True)
                 if changed:
-                    silent = round(fleet.silent_s(state), 2)
+                    silent = round(fleet.view.silent_s(state), 2)
                     log.error("node down", extra={"node": node_id, "silent_s": silent})
                     await fleet.emit(
                         EventType.NODE_DOWN,
@@ -250,16 +251,16 @@ class Reconciler:
                         left=state.left,
                         sessions=len(placement.sessions),
                     )
-            if fleet.placement_of(node_id).sessions:
+            if fleet.view.placement_of(node_id).sessions:
                 self._spawn(f"failover:{node_id}", self._failover(node_id))
 
     async def _node_alive(self, node_id: str, placement: NodePlacement, new: bool) -> None:
         fleet = self.fleet
         changed = False
         if new:
-            changed = await fleet.update_placement(node_id, lambda _: True) is not None
+            changed = await fleet.slots.update_placement(node_id, lambda _: True) is not None
         elif placement.down:
-            _, changed = await fleet.set_flags(node_id, down=False)
+            _, changed = await fleet.slots.set_flags(node_id, down=False)
         if changed:
             log.info("node up", extra={"node": node_id})
             await fleet.emit(
@@ -319,11 +320,11 @@ class Reconciler:
             node_id = placed_on(record)
             if node_id is not None:
                 assigned.setdefault(node_id, set()).add(session_id)
-        for node_id in set(assigned) - set(fleet.nodes):
-            fleet._state(node_id)  # known from now on: silent until it heartbeats
-        for node_id in list(fleet.nodes):
+        for node_id in set(assigned) - set(fleet.view.nodes):
+            fleet.view.state(node_id)  # known from now on: silent until it heartbeats
+        for node_id in list(fleet.view.nodes):
             wanted = assigned.get(node_id, set())
-            slots = fleet.placement_of(node_id).sessions
+            slots = fleet.view.placement_of(node_id).sessions
             missing = {s for s in wanted - slots.keys() if s in settled}
             stale = {s for s, at in slots.items() if s not in wanted and now - at > AUDIT_GRACE_S}
             if not missing and not stale:
@@ -342,14 +343,14 @@ class Reconciler:
                     del record.sessions[session_id]
                 return bool(added or dropped)
 
-            if await fleet.update_placement(node_id, change) is not None:
+            if await fleet.slots.update_placement(node_id, change) is not None:
                 log.info("audit repaired slots", extra={"node": node_id})
         # one listing per live node, all nodes at once (each repairs only its own sessions)
         await asyncio.gather(
             *(
                 self._restart_missing(node_id, ids & restartable)
                 for node_id, ids in assigned.items()
-                if fleet.alive(node_id)
+                if fleet.view.alive(node_id)
             )
         )
         return len(records)

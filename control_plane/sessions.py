@@ -250,7 +250,7 @@ async def unplace(services: Services, record: SessionRecord, op: Op) -> SessionI
                 raise exc.to_problem() from None
         except AgentUnavailable:
             pass
-        await services.fleet.release(assignment.node_id, [session_id])  # its slot is free
+        await services.fleet.slots.release(assignment.node_id, [session_id])  # its slot is free
     await services.cache.invalidate_session(cache_id(record))
     return info
 
@@ -293,8 +293,8 @@ def engine_nodes(services: Services, engine: str) -> list[str]:
     fleet = services.fleet
     return sorted(
         node_id
-        for node_id, state in fleet.nodes.items()
-        if state.info is not None and state.info.engine == engine and fleet.alive(node_id)
+        for node_id, state in fleet.view.nodes.items()
+        if state.info is not None and state.info.engine == engine and fleet.view.alive(node_id)
     )
 
 
@@ -439,7 +439,7 @@ def listed_info(services: Services, record: SessionRecord) -> SessionInfo | None
     info = services.live.get(record.spec.key)
     if info is None or info.epoch != assignment.epoch or info.node_id != assignment.node_id:
         return None
-    if not services.fleet.alive(assignment.node_id):
+    if not services.fleet.view.alive(assignment.node_id):
         return None
     return info
 

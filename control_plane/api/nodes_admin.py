@@ -34,16 +34,16 @@ class MoveReport(msgspec.Struct, kw_only=True):
 
 
 def node_status(fleet: Fleet, node_id: str) -> NodeStatus | None:
-    state = fleet.nodes[node_id]
+    state = fleet.view.nodes[node_id]
     if state.info is None:
         return None  # known from assignments only: no heartbeat seen yet
-    placement = fleet.placement_of(node_id)
+    placement = fleet.view.placement_of(node_id)
     status: Literal["up", "silent", "down", "left"] = "up"
     if state.left:
         status = "left"
     elif placement.down:
         status = "down"
-    elif not fleet.fresh(state) and not state.info.draining:
+    elif not fleet.view.fresh(state) and not state.info.draining:
         status = "silent"
     fields = msgspec.structs.asdict(state.info)
     fields["draining"] = state.info.draining or placement.draining
@@ -57,7 +57,7 @@ def node_status(fleet: Fleet, node_id: str) -> NodeStatus | None:
 
 
 def node_statuses(fleet: Fleet) -> list[NodeStatus]:
-    found = (node_status(fleet, n) for n in sorted(fleet.nodes))
+    found = (node_status(fleet, n) for n in sorted(fleet.view.nodes))
     return [n for n in found if n is not None]
 
 
@@ -77,7 +77,7 @@ class NodeAdminController(Controller):
 
     @staticmethod
     def _status(fleet: Fleet, node_id: str) -> NodeStatus:
-        status = node_status(fleet, node_id) if node_id in fleet.nodes else None
+        status = node_status(fleet, node_id) if node_id in fleet.view.nodes else None
         if status is None:
             raise ProblemError(404, "node_not_found", f"no node {node_id!r}")
         return status
@@ -85,19 +85,19 @@ class NodeAdminController(Controller):
     @post("/{node_id:str}/cordon", status_code=200, summary="No new sessions on the node")
     async def cordon(self, node_id: str, services: Services, principal: Principal) -> NodeStatus:
         self._status(services.fleet, node_id)
-        await services.fleet.set_flags(node_id, cordoned=True)
+        await services.fleet.slots.set_flags(node_id, cordoned=True)
         return self._status(services.fleet, node_id)
 
     @post("/{node_id:str}/uncordon", status_code=200, summary="Eligible again (ends a drain)")
     async def uncordon(self, node_id: str, services: Services, principal: Principal) -> NodeStatus:
         self._status(services.fleet, node_id)
-        await services.fleet.set_flags(node_id, cordoned=False, draining=False)
+        await services.fleet.slots.set_flags(node_id, cordoned=False, draining=False)
         return self._status(services.fleet, node_id)
 
     @post("/{node_id:str}/undrain", status_code=200, summary="End a drain (a cordon stays)")
     async def undrain(self, node_id: str, services: Services, principal: Principal) -> NodeStatus:
         self._status(services.fleet, node_id)
-        await services.fleet.set_flags(node_id, draining=False)
+        await services.fleet.slots.set_flags(node_id, draining=False)
         return self._status(services.fleet, node_id)
 
     @post(

@@ -78,22 +78,17 @@ from node_agent.agent_groups import GroupsOps
 from node_agent.agent_input import normalize_chat_id, normalize_number
 from node_agent.device_store import DeviceStore
 from node_agent.engines._base import Engine
+from node_agent.errors import AgentError
 from node_agent.events import EventPublisher
 from node_agent.inbound_media import MediaStore
 from node_agent.lease import AssignmentWatch, Lease, assigned_to, claim
 from node_agent.link_preview import close_fetchers as close_preview_fetchers
 from node_agent.live_state import StatePublisher
 from node_agent.media import MediaError, MediaFetcher, MediaPayload
+from node_agent.outbound import converted, media_of
 from node_agent.outbox import Outbox
 from node_agent.settings import AgentSettings
-from node_agent.supervisor import (
-    LIVE_STATES,
-    AgentError,
-    SessionSupervisor,
-    SupervisorConfig,
-    converted,
-    media_of,
-)
+from node_agent.supervisor import LIVE_STATES, SessionSupervisor, SupervisorConfig
 from zapfleet import __version__, natsjs
 from zapfleet._gc import settle_after_startup
 from zapfleet._logging import bind

@@ -37,8 +37,9 @@ from contract.protocol import (
 )
 from node_agent.agent_input import normalize_chat_id
 from node_agent.engines._base import GroupError
+from node_agent.errors import AgentError
 from node_agent.media import MediaError, MediaFetcher
-from node_agent.supervisor import AgentError, SessionSupervisor
+from node_agent.supervisor import SessionSupervisor
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contract.chat_ids import ChatIdError, normalize_chat, normalize_phone
 from contract.protocol import ErrorCode
-from node_agent.supervisor import AgentError
+from node_agent.errors import AgentError
 
 
 def normalize_number(raw: str) -> str:

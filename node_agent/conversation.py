@@ -36,6 +36,7 @@ from contract.protocol import (
     TextContent,
 )
 from node_agent.engines._base import Inbound
+from node_agent.errors import AgentError
 
 EDIT_WINDOW_S = 15 * 60.0  # WhatsApp: a message can be edited for 15 minutes
 REVOKE_WINDOW_S = 2 * 86400.0  # WhatsApp: "delete for everyone" for about two days
@@ -125,8 +126,6 @@ class Ledger:
 
     def check(self, request: SendMessage, now: float | None = None) -> None:
         """AgentError when WhatsApp would refuse this content (its target, its window)."""
-        from node_agent.supervisor import AgentError  # the supervisor imports this module
-
         content = request.content
         now = time.time() if now is None else now
         if isinstance(content, EditContent | RevokeContent):

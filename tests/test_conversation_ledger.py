@@ -19,8 +19,8 @@ from contract.protocol import (
     TextContent,
 )
 from node_agent.conversation import EDIT_WINDOW_S, REVOKE_WINDOW_S, Ledger
+from node_agent.errors import AgentError
 from node_agent.outbox import Outbox
-from node_agent.supervisor import AgentError
 from tests.agent_support import unique
 from zapfleet.natsjs import ensure_jetstream
 

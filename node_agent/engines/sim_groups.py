@@ -351,7 +351,7 @@ class SimGroupsMixin:
 
     async def _send_invite(self, phone: str, group: SimGroup, code: str) -> None:
         """The invite WhatsApp offers to send when privacy forbids adding someone."""
-        from node_agent.engines.sim import Wire  # sim.py imports this module
+        from node_agent.engines.sim_wire import Wire
 
         me = self._me()
         wire = Wire(

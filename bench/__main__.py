@@ -1,4 +1,5 @@
-"""`python -m bench <name>|all`: run benchmarks; each module bench/<name>.py has `main()`."""
+"""`python -m bench <name>|all`: run benchmarks; each module bench/<name>.py has `main()`.
+A module with ``IN_ALL = False`` runs only when asked for by name."""
 
 from __future__ import annotations
 
@@ -20,7 +21,11 @@ def run(name: str) -> None:
 
 if __name__ == "__main__":
     wanted = sys.argv[1] if len(sys.argv) > 1 else "all"
-    names = available() if wanted == "all" else [wanted]
+    names = (
+        [n for n in available() if getattr(importlib.import_module(f"bench.{n}"), "IN_ALL", True)]
+        if wanted == "all"
+        else [wanted]
+    )
     unknown = [n for n in names if n not in available()]
     if unknown:
         raise SystemExit(f"unknown benchmark {unknown[0]!r}; choose from {available()}")

@@ -101,9 +101,7 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
     if settings.ui_enabled:
         handlers.extend(ui_route_handlers())
     if settings.evolution:  # Evolution API v2 facade (issue 20, docs/evolution.md)
-        handlers.append(
-            evolution_router(settings, max(media_body_limit, settings.max_body_bytes))
-        )
+        handlers.append(evolution_router(settings, max(media_body_limit, settings.max_body_bytes)))
     app = Litestar(
         route_handlers=handlers,
         middleware=[SecurityHeadersMiddleware],

@@ -5,7 +5,7 @@ zapfleet's group service (control_plane/groups.py). Groups answer in Baileys'
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, delete, get, post
@@ -159,7 +159,7 @@ async def fetch_all_groups(
     request: Request[Any, Any, Any],
     services: Services,
     instance: str,
-    get_participants: str = QueryParameter(name="getParticipants", default="false"),
+    get_participants: Annotated[str, QueryParameter(name="getParticipants")] = "false",
 ) -> list[dict[str, Any]]:
     principal = await for_instance(request, services, instance)
     found = await groups.list_groups(services, principal, instance)
@@ -172,7 +172,7 @@ async def find_group_infos(
     request: Request[Any, Any, Any],
     services: Services,
     instance: str,
-    group_jid: str = QueryParameter(name="groupJid"),
+    group_jid: Annotated[str, QueryParameter(name="groupJid")],
 ) -> dict[str, Any]:
     principal = await for_instance(request, services, instance)
     return metadata(await groups.group_info(services, principal, instance, group_of(group_jid)))
@@ -183,7 +183,7 @@ async def participants(
     request: Request[Any, Any, Any],
     services: Services,
     instance: str,
-    group_jid: str = QueryParameter(name="groupJid"),
+    group_jid: Annotated[str, QueryParameter(name="groupJid")],
 ) -> dict[str, Any]:
     principal = await for_instance(request, services, instance)
     group = await groups.group_info(services, principal, instance, group_of(group_jid))
@@ -195,7 +195,7 @@ async def update_participant(
     request: Request[Any, Any, Any],
     services: Services,
     instance: str,
-    group_jid: str = QueryParameter(name="groupJid"),
+    group_jid: Annotated[str, QueryParameter(name="groupJid")],
 ) -> dict[str, Any]:
     principal = await for_instance(request, services, instance)
     body = convert(await read_body(request), UpdateParticipantBody)
@@ -222,7 +222,7 @@ async def get_invite_code(
     request: Request[Any, Any, Any],
     services: Services,
     instance: str,
-    group_jid: str = QueryParameter(name="groupJid"),
+    group_jid: Annotated[str, QueryParameter(name="groupJid")],
 ) -> dict[str, Any]:
     principal = await for_instance(request, services, instance)
     invite = await groups.invite_link(services, principal, instance, group_of(group_jid))
@@ -234,7 +234,7 @@ async def revoke_invite_code(
     request: Request[Any, Any, Any],
     services: Services,
     instance: str,
-    group_jid: str = QueryParameter(name="groupJid"),
+    group_jid: Annotated[str, QueryParameter(name="groupJid")],
 ) -> dict[str, Any]:
     principal = await for_instance(request, services, instance)
     invite = await groups.invite_link(
@@ -248,7 +248,7 @@ async def invite_info(
     request: Request[Any, Any, Any],
     services: Services,
     instance: str,
-    code: str = QueryParameter(name="inviteCode"),
+    code: Annotated[str, QueryParameter(name="inviteCode")],
 ) -> dict[str, Any]:
     principal = await for_instance(request, services, instance)
     return metadata(await groups.link_info(services, principal, instance, code))
@@ -259,7 +259,7 @@ async def accept_invite_code(
     request: Request[Any, Any, Any],
     services: Services,
     instance: str,
-    code: str = QueryParameter(name="inviteCode"),
+    code: Annotated[str, QueryParameter(name="inviteCode")],
 ) -> dict[str, Any]:
     principal = await for_instance(request, services, instance)
     joined = await groups.join_group(services, principal, instance, code)
@@ -284,7 +284,7 @@ async def update_setting(
     request: Request[Any, Any, Any],
     services: Services,
     instance: str,
-    group_jid: str = QueryParameter(name="groupJid"),
+    group_jid: Annotated[str, QueryParameter(name="groupJid")],
 ) -> dict[str, Any]:
     body = convert(await read_body(request), SettingBody)
     change = _SETTING.get(body.action)
@@ -299,7 +299,7 @@ async def toggle_ephemeral(
     request: Request[Any, Any, Any],
     services: Services,
     instance: str,
-    group_jid: str = QueryParameter(name="groupJid"),
+    group_jid: Annotated[str, QueryParameter(name="groupJid")],
 ) -> dict[str, Any]:
     body = convert(await read_body(request), EphemeralBody)
     await _update(request, services, instance, group_jid, {"ephemeral_s": body.expiration})
@@ -311,7 +311,7 @@ async def update_group_subject(
     request: Request[Any, Any, Any],
     services: Services,
     instance: str,
-    group_jid: str = QueryParameter(name="groupJid"),
+    group_jid: Annotated[str, QueryParameter(name="groupJid")],
 ) -> dict[str, Any]:
     body = convert(await read_body(request), SubjectBody)
     await _update(request, services, instance, group_jid, {"subject": body.subject})
@@ -323,7 +323,7 @@ async def update_group_description(
     request: Request[Any, Any, Any],
     services: Services,
     instance: str,
-    group_jid: str = QueryParameter(name="groupJid"),
+    group_jid: Annotated[str, QueryParameter(name="groupJid")],
 ) -> dict[str, Any]:
     body = convert(await read_body(request), DescriptionBody)
     await _update(request, services, instance, group_jid, {"description": body.description})
@@ -335,7 +335,7 @@ async def update_group_picture(
     request: Request[Any, Any, Any],
     services: Services,
     instance: str,
-    group_jid: str = QueryParameter(name="groupJid"),
+    group_jid: Annotated[str, QueryParameter(name="groupJid")],
 ) -> dict[str, Any]:
     principal = await for_instance(request, services, instance)
     body = convert(await read_body(request), PictureBody)
@@ -353,7 +353,7 @@ async def leave_group(
     request: Request[Any, Any, Any],
     services: Services,
     instance: str,
-    group_jid: str = QueryParameter(name="groupJid"),
+    group_jid: Annotated[str, QueryParameter(name="groupJid")],
 ) -> dict[str, Any]:
     principal = await for_instance(request, services, instance)
     group = group_of(group_jid)

@@ -31,7 +31,16 @@ import pytest_asyncio
 import requests
 from evolutionapi.client import EvolutionClient
 from evolutionapi.exceptions import EvolutionAuthenticationError, EvolutionNotFoundError
-from evolutionapi.models.chat import CheckIsWhatsappNumber, ReadMessage, UpdateMessage
+from evolutionapi.models.chat import (
+    CheckIsWhatsappNumber,
+    Presence,
+    ProfilePicture,
+    ReadMessage,
+    UpdateMessage,
+)
+from evolutionapi.models.chat import (
+    MediaMessage as MediaMessageRequest,
+)
 from evolutionapi.models.group import (
     CreateGroup,
     GroupSubject,
@@ -49,12 +58,16 @@ from evolutionapi.models.message import (
     ReactionMessage,
     TextMessage,
 )
+from evolutionapi.models.presence import PresenceStatus
+from evolutionapi.models.profile import FetchProfile, PrivacySettings, ProfileName, ProfileStatus
 from nats.aio.client import Client as NATS
 from PIL import Image
 
 from contract.protocol import Event
+from control_plane.app import create_app
 from control_plane.evolution._common import instance_tenant
-from node_agent.engines.sim import link
+from control_plane.settings import ControlPlaneSettings
+from node_agent.engines.sim import lid_of, link
 from node_agent.media_convert import ffmpeg_path
 from tests.agent_support import EventLog, phone
 from tests.conftest import (
@@ -67,6 +80,7 @@ from tests.conftest import (
     wait_until_ready,
 )
 from tests.helpers import new_tenant, unique
+from zapfleet._env import SettingsError
 from zapfleet.devservers import free_port, wait_for_port
 
 
@@ -93,6 +107,7 @@ def facade(stack: Stack) -> Iterator[Facade]:
             "ZAPFLEET_EVOLUTION": "1",
             "ZAPFLEET_RECONCILER": "false",  # the suite's control plane reconciles
             "ZAPFLEET_WEBHOOKS_IN_PROCESS": "false",
+            "ZAPFLEET_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
             **{f"ZAPFLEET_RATE_{c}": "1000000/60" for c in LIMIT_CLASSES},
         },
         ARTIFACTS / "logs",
@@ -673,3 +688,172 @@ async def test_logout_then_delete_revokes_the_instance_token(facade: Facade, nc:
         await call(ops.get_connection_state, instance.name, instance.token)
     with pytest.raises(EvolutionNotFoundError):
         await call(ops.get_connection_state, instance.name, ADMIN_KEY)
+
+
+# -- recipients, media in JSON, downloads --------------------------------------------------
+
+
+async def test_lid_and_jid_recipients_json_media_and_its_download(pair: Pair) -> None:
+    client, ann, bob = pair.client, pair.ann, pair.bob
+    # bob keeps received files: getBase64FromMediaMessage reads them back
+    async with httpx.AsyncClient(
+        base_url=pair.facade.base_url, headers={"X-API-Key": bob.token}
+    ) as api:
+        stored = await api.put(f"/v1/sessions/{bob.name}/settings/media", json={"inbound": "store"})
+        assert stored.status_code == 200, stored.text
+    by_lid = await call(
+        client.messages.send_text,
+        ann.name,
+        TextMessage(number=lid_of(bob.phone), text="lid"),
+        ann.token,
+    )
+    got = await received(pair, ann, bob, sent_key(by_lid, lid_of(bob.phone)))
+    assert got.data["text"] == "lid"
+
+    picture = io.BytesIO()
+    Image.new("RGB", (40, 30), (0, 90, 0)).save(picture, format="PNG")
+    data_url = "data:image/png;base64," + base64.b64encode(picture.getvalue()).decode()
+    document = await call(
+        client.post,
+        f"message/sendMedia/{ann.name}",
+        data={
+            "number": bob.jid,
+            "mediatype": "document",
+            "fileName": "green.png",
+            "caption": "a file",
+            "media": data_url,
+        },
+        instance_token=ann.token,
+    )
+    assert document["message"]["documentMessage"]["fileName"] == "green.png"
+    got = await received(pair, ann, bob, sent_key(document, bob))
+    assert got.data["type"] == "document"
+    assert got.data["content"]["media"]["filename"] == "green.png"
+
+    downloaded = await call(
+        client.chat.get_base64_from_media_message,
+        bob.name,
+        MediaMessageRequest(message={"key": {"id": got.data["message_id"]}}),
+        bob.token,
+    )
+    assert downloaded["mimetype"] == "image/png"
+    assert downloaded["fileName"] == "green.png"
+    assert base64.b64decode(downloaded["base64"]) == picture.getvalue()
+    assert downloaded["size"] == {"fileLength": len(picture.getvalue())}
+
+
+# -- profile, contacts, presence, instance lifecycle -------------------------------------------
+
+
+async def test_profile_contacts_presence_and_restart(pair: Pair) -> None:
+    client, ann, bob = pair.client, pair.ann, pair.bob
+    assert await call(
+        client.profile.update_profile_name, ann.name, ProfileName(name="Ann A."), ann.token
+    ) == {"update": "success"}
+    assert await call(
+        client.profile.update_profile_status, ann.name, ProfileStatus(status="busy"), ann.token
+    ) == {"update": "success"}
+    profile = await call(
+        client.profile.fetch_profile, bob.name, FetchProfile(number=ann.phone), bob.token
+    )
+    assert profile["wuid"] == ann.jid and profile["numberExists"] is True
+    assert profile["status"]["status"] == "busy"
+    picture = await call(
+        client.chat.fetch_profile_picture_url, bob.name, ProfilePicture(number=ann.phone), bob.token
+    )
+    assert picture["wuid"] == ann.jid and "profilePictureUrl" in picture
+
+    wanted = {
+        "readreceipts": "none",
+        "profile": "contacts",
+        "status": "contacts",
+        "online": "match_last_seen",
+        "last": "contacts",
+        "groupadd": "contacts",
+    }
+    updated = await call(
+        client.profile.update_privacy_settings, ann.name, PrivacySettings(**wanted), ann.token
+    )
+    assert updated == {"update": "success", "data": wanted}
+    assert await call(client.profile.fetch_privacy_settings, ann.name, ann.token) == wanted
+
+    # bob has talked to ann: she is one of his contacts
+    contacts = await call(
+        client.post, f"chat/findContacts/{bob.name}", data={}, instance_token=bob.token
+    )
+    assert ann.jid in {c["remoteJid"] for c in contacts}
+
+    presence = await call(
+        client.chat.send_presence,
+        ann.name,
+        Presence(number=bob.phone, delay=200, presence="composing"),
+        ann.token,
+    )
+    assert presence == {"presence": "composing"}
+    for state in ("typing", "paused"):
+        await bob.seen(
+            "chat.presence", lambda e, s=state: e.data["state"] == s and e.data["from"] == ann.phone
+        )
+
+    ops = pair.facade.admin.instance_operations
+    assert await call(ops.connect, ann.name, ann.token) == {
+        "instance": {"instanceName": ann.name, "state": "open"}
+    }
+    away = await call(ops.set_presence, ann.name, PresenceStatus.UNAVAILABLE, ann.token)
+    assert away["status"] == 501 and "setPresence" in away["response"]["message"][0]
+    restarted = await call(ops.restart, ann.name, ann.token)
+    assert restarted["instance"]["instanceName"] == ann.name
+    assert restarted["instance"]["state"] in ("open", "connecting")
+    await wait_open(pair.facade, ann)
+
+
+async def test_a_webhook_in_create_is_stored_on_the_session(facade: Facade) -> None:
+    name = unique("hooked")
+    config = InstanceConfig(instanceName=name)
+    config.__dict__["webhook"] = {
+        "url": "http://127.0.0.1:9/evolution",
+        "byEvents": False,
+        "base64": False,
+        "events": ["MESSAGES_UPSERT", "SEND_MESSAGE", "NOT_AN_EVENT"],
+    }
+    created = await call(facade.admin.instances.create_instance, config)
+    assert created["webhook"] == {
+        "webhookUrl": "http://127.0.0.1:9/evolution",
+        "webhookByEvents": False,
+        "webhookBase64": False,
+    }
+    token = created["hash"]
+    async with httpx.AsyncClient(base_url=facade.base_url) as api:
+        settings = await api.get(f"/v1/sessions/{name}/settings", headers={"X-API-Key": token})
+        assert (settings.json()["webhook_url"], settings.json()["webhook_events"]) == (
+            "http://127.0.0.1:9/evolution",
+            ["message.received", "message.sent"],
+        )
+        # the SSRF guard holds: cloud metadata is no webhook
+        refused = await api.post(
+            "/instance/create",
+            headers={"apikey": ADMIN_KEY},
+            json={"instanceName": unique("meta"), "webhook": {"url": "http://169.254.169.254/x"}},
+        )
+        assert refused.status_code == 400
+        assert refused.json()["error"] == "Bad Request"
+        deleted = await api.delete(f"/instance/delete/{name}", headers={"apikey": token})
+        assert deleted.status_code == 200, deleted.text
+
+
+def test_the_facade_is_mounted_under_its_prefix_and_only_when_on() -> None:
+    def paths(**settings: Any) -> set[str]:
+        app = create_app(ControlPlaneSettings(admin_key="k" * 20, **settings))
+        return {r.path for r in app.routes}
+
+    assert "/message/sendText/{instance:str}" not in paths()
+    assert "/message/sendText/{instance:str}" in paths(evolution=True)
+    prefixed = paths(evolution=True, evolution_prefix="/evolution")
+    assert "/evolution/message/sendText/{instance:str}" in prefixed
+    assert "/message/sendText/{instance:str}" not in prefixed
+    assert "/v1/sessions" in prefixed
+    schema = create_app(ControlPlaneSettings(admin_key="k" * 20, evolution=True)).openapi_schema
+    assert not [p for p in (schema.paths or {}) if p.startswith(("/instance", "/message"))]
+    for bad in ("evolution", "/evolution/", "/v1"):
+        with pytest.raises(SettingsError):
+            ControlPlaneSettings(admin_key="k" * 20, evolution_prefix=bad).validate()

@@ -403,7 +403,7 @@ async def get_base64_from_media_message(
     if not media_id:
         raise bad_request(
             f"message {wanted!r} has no stored media: set the session's inbound media to "
-            "'store' (PUT /v1/sessions/{session}/media)"
+            "'store' (PUT /v1/sessions/{session}/settings/media)"
         )
     stored = await media.stored_media(services, principal, instance, str(media_id))
     return {

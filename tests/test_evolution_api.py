@@ -678,6 +678,12 @@ async def test_logout_then_delete_revokes_the_instance_token(facade: Facade, nc:
     }
     state = await call(ops.get_connection_state, instance.name, instance.token)
     assert state == {"instance": {"instanceName": instance.name, "state": "close"}}
+    # Evolution's way back: connect shows a fresh QR code, the phone scans it
+    qr = await call(ops.connect, instance.name, instance.token)
+    assert qr["base64"].startswith("data:image/png;base64,") and qr["count"] == 1
+    assert (await link(nc, qr["code"], instance.phone)).ok
+    await wait_open(facade, instance)
+    await call(ops.logout, instance.name, instance.token)
     assert await call(ops.delete, instance.name, instance.token) == {
         "status": "SUCCESS",
         "error": False,

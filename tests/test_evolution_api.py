@@ -585,6 +585,7 @@ async def test_an_instance_token_sees_only_its_instance(pair: Pair) -> None:
             json={"number": bob.phone, "text": "as ann?"},
         )
         assert sent.status_code == 404, sent.text
+        assert sent.json()["response"]["message"] == [f'The "{ann.name}" instance does not exist']
         mine = await api.get("/instance/fetchInstances", headers={"apikey": bob.token})
         assert [i["name"] for i in mine.json()] == [bob.name]
         assert mine.json()[0]["connectionStatus"] == "open"

@@ -71,6 +71,9 @@ def evolution_error_response(request: Request[Any, Any, Any], exc: Exception) ->
         status = 400 if exc.status_code in _AS_BAD_REQUEST else exc.status_code
         message = [exc.detail]
         headers = exc.headers
+        instance = request.path_params.get("instance")
+        if exc.code == "session_not_found" and instance is not None:
+            message = [f'The "{instance}" instance does not exist']
     elif isinstance(exc, ValidationException):
         extra = exc.extra if isinstance(exc.extra, list) else []
         found = [str(e.get("message", e)) for e in extra if isinstance(e, dict)]

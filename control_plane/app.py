@@ -29,6 +29,7 @@ from control_plane.api.tenants import TenantController
 from control_plane.api.webhooks import WebhookController
 from control_plane.caches import CacheInvalidator
 from control_plane.content_type import require_json_body
+from control_plane.evolution import evolution_router  # Evolution API v2 facade (issue 20)
 from control_plane.groups import GroupCacheInvalidator
 from control_plane.hooks import before_send
 from control_plane.openapi_doc import complete as complete_openapi
@@ -99,6 +100,8 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
     ]
     if settings.ui_enabled:
         handlers.extend(ui_route_handlers())
+    if settings.evolution:  # Evolution API v2 facade (issue 20, docs/evolution.md)
+        handlers.append(evolution_router(settings, max(media_body_limit, settings.max_body_bytes)))
     app = Litestar(
         route_handlers=handlers,
         middleware=[SecurityHeadersMiddleware],

@@ -66,6 +66,8 @@
 | ZAPFLEET_CACHE_HISTORY_TTL_S | 60 | message history |
 | ZAPFLEET_IDEMPOTENCY_TTL_S | 86400 | how long an Idempotency-Key is remembered |
 | ZAPFLEET_METRICS_PUBLIC | true | serve /metrics without a key (for Prometheus scrapers) |
+| ZAPFLEET_EVOLUTION | false | serve the Evolution API v2 compatibility facade (docs/evolution.md) |
+| ZAPFLEET_EVOLUTION_PREFIX | (none) | path prefix of the facade ("": Evolution's own root paths) |
 """
 
 from __future__ import annotations
@@ -160,6 +162,9 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
     cache_history_ttl_s: float = 60.0
     idempotency_ttl_s: float = 86400.0
     metrics_public: bool = True
+    # Evolution API v2 compatibility facade (control_plane/evolution/, docs/evolution.md)
+    evolution: bool = False
+    evolution_prefix: str = ""
 
     def public_base_url(self) -> str:
         """Where clients reach this API (signed media URLs): ZAPFLEET_PUBLIC_URL."""
@@ -217,6 +222,14 @@ class ControlPlaneSettings(msgspec.Struct, kw_only=True):
         ):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"invalid setting ZAPFLEET_{name.upper()}: must be > 0")
+        prefix = self.evolution_prefix
+        if prefix and (
+            not prefix.startswith("/") or prefix.endswith("/") or prefix in ("/v1", "/ui")
+        ):
+            raise SettingsError(
+                "invalid setting ZAPFLEET_EVOLUTION_PREFIX: '' or a path like '/evolution' "
+                "(no trailing '/', not /v1 or /ui)"
+            )
         for network in self.webhook_allowed_networks:
             try:
                 ipaddress.ip_network(network, strict=False)

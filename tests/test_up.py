@@ -45,6 +45,11 @@ def test_up_serves_health_and_schema_then_stops_every_child_on_sigterm(tmp_path:
         assert "nats-server" in names and "valkey-server" in names
         assert "agent" in names and "control-plane" in names
         _one_development_ssrf_policy(base, tmp_path / "home", ports["nats"])
+        # the Evolution API facade is on (docs/evolution.md): the host is its base URL
+        assert "Evolution API" in banner
+        admin_key = (tmp_path / "home" / "admin_key").read_text().strip()
+        evolution = httpx.get(f"{base}/instance/fetchInstances", headers={"apikey": admin_key})
+        assert evolution.status_code == 200 and isinstance(evolution.json(), list)
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(60)

@@ -338,6 +338,8 @@ def _stack_env(args: argparse.Namespace, home: Path, admin_key: str) -> dict[str
         # development: webhooks and media may reach this machine and private networks
         # (never link-local or unspecified addresses: zapfleet/ssrf.py)
         "ZAPFLEET_ALLOW_PRIVATE_TARGETS": os.environ.get("ZAPFLEET_ALLOW_PRIVATE_TARGETS", "true"),
+        # the Evolution API v2 facade (docs/evolution.md): this host is an Evolution base URL
+        "ZAPFLEET_EVOLUTION": os.environ.get("ZAPFLEET_EVOLUTION", "true"),
     }
 
 
@@ -416,6 +418,8 @@ def cmd_up(args: argparse.Namespace) -> None:
         f"  web UI         {shown}/ui/  (sign in with the admin key)\n"
         f"  API            {shown}/v1\n"
         f"  OpenAPI docs   {shown}/schema\n"
+        f"  Evolution API  {shown}{os.environ.get('ZAPFLEET_EVOLUTION_PREFIX', '')}/  "
+        "(apikey: the admin key; docs/evolution.md)\n"
         f"  metrics        {shown}/metrics  (agent: {agent_metrics})\n"
         f"  NATS           {env['ZAPFLEET_NATS_URL']}\n"
         f"  admin key      {key_source}\n"

@@ -29,6 +29,7 @@ from control_plane.api.tenants import TenantController
 from control_plane.api.webhooks import WebhookController
 from control_plane.caches import CacheInvalidator
 from control_plane.content_type import require_json_body
+from control_plane.evolution.webhook import ROUTES as EVOLUTION_WEBHOOK_ROUTES
 from control_plane.groups import GroupCacheInvalidator
 from control_plane.hooks import before_send
 from control_plane.openapi_doc import complete as complete_openapi
@@ -97,6 +98,7 @@ def create_app(settings: ControlPlaneSettings) -> Litestar:
         SignedMediaController,
         ContactsController,  # issue 16
     ]
+    handlers.extend(EVOLUTION_WEBHOOK_ROUTES)  # issue 20: Evolution API webhook/set, find
     if settings.ui_enabled:
         handlers.extend(ui_route_handlers())
     app = Litestar(

@@ -205,6 +205,7 @@ class WebhookReceiver:
         self.host = host
         self.events: list[dict[str, Any]] = []
         self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.paths: list[str] = []  # the path of each recorded event (same order)
         self.arrivals: list[float] = []  # time.time() of each recorded event
         self.calls = 0  # every request, failed ones included
         self.call_times: list[float] = []
@@ -245,6 +246,7 @@ class WebhookReceiver:
                         status = 503
                     if 200 <= status < 300:
                         receiver.requests.append((dict(self.headers.items()), body))
+                        receiver.paths.append(self.path)
                         receiver.events.append(json.loads(body))
                         receiver.arrivals.append(time.time())
                         receiver._cond.notify_all()

@@ -264,8 +264,8 @@ def _context_info(content: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def _media_message(kind: str, data: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
-    media: Mapping[str, Any] = data.get("media") or {}
     content: Mapping[str, Any] = data.get("content") or {}
+    media: Mapping[str, Any] = data.get("media") or content.get("media") or {}
     size = media.get("size", content.get("size"))
     part = _clean(
         {
@@ -347,11 +347,10 @@ def _push_name(data: Mapping[str, Any]) -> str | None:
     content: Mapping[str, Any] = data.get("content") or {}
     if content.get("push_name"):
         return str(content["push_name"])
-    # Evolution's fallback: the participant's number in a group, else nothing
-    if data.get("is_group"):
-        sender = _sender_jid(data)
-        return sender.split("@", 1)[0] if sender else None
-    return None
+    # as Evolution's fallback in a group (Baileys gives no push name): the sender's
+    # number, or LID; zapfleet does so in one-to-one chats too (clients expect a string)
+    sender = _sender_jid(data)
+    return sender.split("@", 1)[0] if sender else None
 
 
 def _received(data: Mapping[str, Any], ctx: Context) -> dict[str, Any] | None:

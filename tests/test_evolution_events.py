@@ -39,6 +39,7 @@ from evolutionapi.typing.message_handlers import (
 )
 from evolutionapi.typing.webhook import WebhookProcessor
 
+from contract.event_data import check
 from contract.protocol import EventType
 from control_plane.evolution.events import (
     BODY_EVENT,
@@ -481,3 +482,112 @@ def test_webhook_set_refuses_what_evolution_refuses(body: Any, why: str) -> None
         parse_webhook(body)
     assert raised.value.status == 400
     assert why in json.dumps(raised.value.message)
+
+
+# -- the neonize engine's messages ------------------------------------------------------
+
+
+def _neonize_received(
+    message: Any, *, group: bool = False, message_id: str = "3A0011223344556677AA"
+) -> dict[str, Any]:
+    """A whatsmeow message event as the neonize engine reports it (``inbound_of``), in
+    the ``message.received`` the supervisor builds of it (node_agent/supervisor.py)."""
+    from neonize.proto.Neonize_pb2 import JID, Message, MessageInfo, MessageSource
+
+    from node_agent.engines.neonize_protos import inbound_of
+
+    def jid_of(user: str, server: str) -> Any:
+        return JID(User=user, Server=server, RawAgent=0, Device=0, Integrator=0, IsEmpty=False)
+
+    sender = jid_of("15550003333", "s.whatsapp.net")
+    chat = jid_of("120363012345678901", "g.us") if group else sender
+    source = MessageSource(Chat=chat, Sender=sender, IsFromMe=False, IsGroup=group)
+    info = MessageInfo(MessageSource=source, ID=message_id, Timestamp=1718000000, Pushname="Ann")
+    inbound = inbound_of(Message(Info=info, Message=message))
+    assert inbound is not None
+    chat_id = inbound.chat or inbound.sender or ""
+    data: dict[str, Any] = {
+        "message_id": inbound.message_id,
+        "from": inbound.sender,
+        "from_lid": inbound.sender_lid,
+        "chat": chat_id,
+        "is_group": chat_id.endswith("@g.us"),
+        "type": inbound.type,
+        "text": inbound.text,
+        "content": inbound.content,
+        "timestamp": inbound.timestamp,
+    }
+    if inbound.media is not None:
+        data["media"] = {"mimetype": inbound.media.mimetype, "size": inbound.media.size}
+    assert check("message.received", data) is None
+    return {
+        "id": "e",
+        "type": "message.received",
+        "tenant": "acme",
+        "session_id": "sales-1",
+        "ts": 1718000000.5,
+        "data": data,
+    }
+
+
+def test_messages_of_the_neonize_engine_keep_the_push_name_quotes_and_kinds() -> None:
+    from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
+
+    from node_agent.engines.neonize_protos import build_poll, build_text
+
+    reply = build_text("@15550001111 yes", reply_to="3EB0QUOTED", mentions=["15550001111"])
+    body = envelope(_neonize_received(reply, group=True), CTX)
+    assert body is not None
+    data = body["data"]
+    assert data["pushName"] == "Ann"  # whatsmeow's Pushname
+    assert data["key"] == {
+        "remoteJid": "120363012345678901@g.us",
+        "fromMe": False,
+        "id": "3A0011223344556677AA",
+        "participant": "15550003333@s.whatsapp.net",
+    }
+    assert (data["messageType"], data["message"]) == (
+        "conversation",
+        {"conversation": "@15550001111 yes"},
+    )
+    assert data["contextInfo"] == {
+        "stanzaId": "3EB0QUOTED",
+        "mentionedJid": ["15550001111@s.whatsapp.net"],
+    }
+    assert (data["source"], data["messageTimestamp"]) == ("ios", 1718000000)
+    assert conforms(data, evo.MessageData) == []
+
+    image = e2e.Message(
+        imageMessage=e2e.ImageMessage(mimetype="image/jpeg", fileLength=1234, caption="pic")
+    )
+    mapped = envelope(_neonize_received(image), CTX)
+    assert mapped is not None
+    assert mapped["data"]["message"] == {
+        "imageMessage": {"mimetype": "image/jpeg", "caption": "pic", "fileLength": "1234"}
+    }
+    assert is_image_message(mapped["data"])
+
+    location = e2e.Message(
+        locationMessage=e2e.LocationMessage(degreesLatitude=-23.5, degreesLongitude=-46.6)
+    )
+    mapped = envelope(_neonize_received(location), CTX)
+    assert mapped is not None
+    assert mapped["data"]["message"] == {
+        "locationMessage": {"degreesLatitude": -23.5, "degreesLongitude": -46.6}
+    }
+
+    contact = e2e.Message(contactMessage=e2e.ContactMessage(displayName="Bea", vcard="BEGIN:VCARD"))
+    mapped = envelope(_neonize_received(contact), CTX)
+    assert mapped is not None
+    assert mapped["data"]["messageType"] == "contactMessage"
+    assert mapped["data"]["message"]["contactMessage"]["displayName"] == "Bea"
+
+    poll = build_poll("Lunch?", ["Sushi", "Pizza"], 1)
+    mapped = envelope(_neonize_received(poll), CTX)
+    assert mapped is not None
+    assert mapped["data"]["messageType"] == "pollCreationMessageV3"
+    assert mapped["data"]["message"]["pollCreationMessageV3"] == {
+        "name": "Lunch?",
+        "options": [{"optionName": "Sushi"}, {"optionName": "Pizza"}],
+        "selectableOptionsCount": 1,
+    }

@@ -402,6 +402,14 @@ async def test_a_new_instance_gets_its_qr_code_as_qrcode_updated(
             if b.get("event") == "qrcode.updated" and b["instance"] == name
         ]
         assert current in codes or await _rotated(api, name, webhook_receiver, codes)
+        # set through zapfleet's own API, the session's webhook is a zapfleet one again
+        patched = await api.patch(
+            f"/v1/sessions/{name}/settings", json={"webhook_url": webhook_receiver.url}
+        )
+        assert patched.status_code == 200, patched.text
+        async with httpx.AsyncClient(base_url=stack.base_url, headers={"apikey": key}) as evolution:
+            found = await evolution.get(f"/webhook/find/{name}")
+            assert (found.status_code, found.text) == (200, "null")
         await api.delete(f"/v1/sessions/{name}")
         assert tenant
 

@@ -475,6 +475,19 @@ def test_webhook_set_takes_both_of_evolutions_body_forms() -> None:
             "jwt_key",
         ),
         ([1, 2], "object"),
+        (
+            {"webhook": {"enabled": True, "url": "https://h", "headers": {"x": "a\r\nb: c"}}},
+            "control",
+        ),
+        (
+            {"webhook": {"enabled": True, "url": "https://h", "headers": {"Content-Length": "1"}}},
+            "zapfleet",
+        ),
+        (
+            {"webhook": {"enabled": True, "url": "https://h", "headers": {"bad name": "1"}}},
+            "header name",
+        ),
+        ({"webhook": {"enabled": True, "url": "https://h", "headers": {"x": "€"}}}, "Latin-1"),
     ],
 )
 def test_webhook_set_refuses_what_evolution_refuses(body: Any, why: str) -> None:

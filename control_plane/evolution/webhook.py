@@ -13,6 +13,7 @@ problem+json: an Evolution client must not notice the difference.
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -86,6 +87,26 @@ def _flag(body: dict[str, Any], *names: str) -> bool:
     return False
 
 
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
+_VALUE = re.compile(r"^[\x20-\x7e\x80-\xff]{0,4096}$")  # latin-1, no control characters
+# what the HTTP client or zapfleet's own headers decide
+_RESERVED = frozenset(
+    {"host", "content-length", "content-type", "transfer-encoding", "connection", "upgrade",
+     "te", "trailer", "keep-alive", "proxy-connection", "expect", "user-agent"}
+)  # fmt: skip
+
+
+def _bad_header(name: str, value: str) -> str | None:
+    if not _TOKEN.match(name):
+        return "not a header name"
+    lowered = name.lower()
+    if lowered in _RESERVED or lowered.startswith(("zapfleet-", "webhook-")):
+        return "set by zapfleet"
+    if not _VALUE.match(value):
+        return "not a header value (control characters, or beyond Latin-1)"
+    return None
+
+
 def parse_webhook(body: Any) -> EvolutionWebhook:
     """Evolution v2's body ``{"webhook": {"enabled", "url", "headers", "byEvents",
     "base64", "events"}}``, or the flat one of v2.0 and the docs (``url``, ``enabled``,
@@ -136,6 +157,9 @@ def parse_webhook(body: Any) -> EvolutionWebhook:
             raise EvolutionError(
                 400, ['"headers.jwt_key" (a JWT per request) is not supported by zapfleet']
             )
+        for name, value in headers.items():
+            if why := _bad_header(name, value):
+                raise EvolutionError(400, [f'"headers.{name}": {why}'])
     if not enabled:
         events = []
     elif not events:

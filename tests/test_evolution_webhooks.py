@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ from evolutionapi.typing.webhook import WebhookProcessor
 from evolutionapi.typing.webhook_processor import WebhookEventProcessor
 from nats.aio.client import Client as NATS
 
+from node_agent.engines.sim import link
 from tests.conftest import Stack, WebhookReceiver
 from tests.helpers import new_tenant, unique, wait_state
 from tests.test_evolution_events import conforms
@@ -402,6 +404,20 @@ async def test_a_new_instance_gets_its_qr_code_as_qrcode_updated(
             if b.get("event") == "qrcode.updated" and b["instance"] == name
         ]
         assert current in codes or await _rotated(api, name, webhook_receiver, codes)
+        # the phone scans it: connection.update open names the new account
+        number = f"1555072{secrets.randbelow(9000) + 1000}"
+        code = (await api.get(f"/v1/sessions/{name}/qr")).json()["qr"]
+        assert (await link(nc, code, number)).ok
+        await wait_state(api, name, "CONNECTED")
+        _, opened = await ahook(
+            webhook_receiver,
+            lambda p, b: (
+                b["event"] == "connection.update"
+                and b["instance"] == name
+                and b["data"]["state"] == "open"
+            ),
+        )
+        assert opened["data"]["wuid"] == opened["sender"] == f"{number}@s.whatsapp.net"
         # set through zapfleet's own API, the session's webhook is a zapfleet one again
         patched = await api.patch(
             f"/v1/sessions/{name}/settings", json={"webhook_url": webhook_receiver.url}

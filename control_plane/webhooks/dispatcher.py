@@ -66,6 +66,7 @@ from contract.protocol import (
     Event,
     EventType,
     SessionInfo,
+    SessionState,
 )
 from control_plane.evolution.events import Context, envelope, jid, media_id
 from control_plane.media_links import MediaReader, signed_url, with_media_links
@@ -676,30 +677,43 @@ class Dispatcher:
 
     async def _own_phone(self, key: str | None, event: dict[str, Any]) -> str | None:
         """The session's own number (Evolution's ``sender``): from its live state in KV
-        ``zf_session_state``, reused for PHONE_TTL_S; a ``session.paired`` names it."""
+        ``zf_session_state``, reused for PHONE_TTL_S ("none yet" for a few seconds). A
+        ``session.status`` CONNECTED reads it afresh (a new pairing may bring a new
+        number), waiting up to a second for the agent's write of that state."""
         if key is None:
             return None
         now = time.monotonic()
-        if event.get("type") == EventType.SESSION_PAIRED:
-            phone = str((event.get("data") or {}).get("phone") or "") or None
-            self._phones[key] = (phone, now)
-            return phone
+        data = event.get("data") or {}
+        connected = event.get("type") == EventType.SESSION_STATUS and data.get("state") == (
+            SessionState.CONNECTED
+        )
         known = self._phones.get(key)
-        # a number is reused for PHONE_TTL_S; "none yet" (not paired) for a few seconds
-        if known is not None and now - known[1] < (PHONE_TTL_S if known[0] else 5.0):
+        if (
+            not connected
+            and known is not None
+            and now - known[1] < (PHONE_TTL_S if known[0] else 5.0)
+        ):
             return known[0]
-        phone = None
+        phone = await self._read_phone(key)
+        for _ in range(10 if connected else 0):
+            if phone is not None:
+                break
+            await asyncio.sleep(0.1)
+            phone = await self._read_phone(key)
+        if len(self._phones) > _MEMORY:
+            self._phones.clear()
+        self._phones[key] = (phone, time.monotonic())
+        return phone
+
+    async def _read_phone(self, key: str) -> str | None:
         with contextlib.suppress(Exception):
             if self._state_kv is None:
                 self._state_kv = await self.js.key_value(SESSION_STATE_BUCKET)
             with contextlib.suppress(KeyNotFoundError):
                 entry = await self._state_kv.get(key)
                 if entry.value:
-                    phone = _info_decoder.decode(entry.value).phone
-        if len(self._phones) > _MEMORY:
-            self._phones.clear()
-        self._phones[key] = (phone, now)
-        return phone
+                    return _info_decoder.decode(entry.value).phone
+        return None
 
     async def _target(self, head: _Head) -> Target | None:
         found = self.registry.lookup(head.tenant, head.session_id, head.type)

@@ -289,6 +289,7 @@ def test_receipts_are_messages_update_and_sends_are_send_message() -> None:
         "id": "m_4f2a9c0d1e2b3a4c5d6e",
     }
     assert sent["data"]["messageType"] == "conversation"
+    assert (sent["data"]["status"], sent["data"]["pushName"]) == ("PENDING", "Você")
     assert conforms(sent["data"], evo.MessageData) == []
 
 

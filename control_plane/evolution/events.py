@@ -406,7 +406,7 @@ def _sent(data: Mapping[str, Any], event_ts: float, ctx: Context) -> dict[str, A
     return {
         "key": {"remoteJid": jid(data["to"]), "fromMe": True, "id": data["message_id"]},
         "pushName": "Você",  # Evolution's name of the account in its own messages
-        "status": "SERVER_ACK",
+        "status": "PENDING",  # Baileys: a message just sent (the acks follow)
         "message": {},  # zapfleet's message.sent does not repeat the content
         "contextInfo": None,
         "messageType": message_type,

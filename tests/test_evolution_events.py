@@ -605,3 +605,43 @@ def test_messages_of_the_neonize_engine_keep_the_push_name_quotes_and_kinds() ->
         "options": [{"optionName": "Sushi"}, {"optionName": "Pizza"}],
         "selectableOptionsCount": 1,
     }
+
+
+def test_webhook_find_answers_the_documented_fields() -> None:
+    """https://doc.evolution-api.com/v2/en/configuration/webhooks, "Locating Webhook":
+    ``{"enabled": true, "url": "[url]", "webhookByEvents": false, "events": [...]}`` —
+    and the rest of Evolution's ``Webhook`` record (prisma/postgresql-schema.prisma:
+    ``id``, ``headers``, ``webhookBase64``, ``createdAt``, ``updatedAt``, ``instanceId``)."""
+    from contract.protocol import SessionRecord, SessionSpec
+    from control_plane.evolution.webhook import webhook_view
+
+    record = SessionRecord(
+        spec=SessionSpec(session_id="sales-1", tenant="acme", uid="u0123"),
+        webhook_url="https://hooks.example/evo",
+        webhook_events=["MESSAGES_UPSERT"],
+        webhook_format="evolution",
+        created_at=1718000000.0,
+        updated_at=1718000001.5,
+    )
+    view = webhook_view(record)
+    assert view is not None
+    assert {k: view[k] for k in ("enabled", "url", "webhookByEvents", "events")} == {
+        "enabled": True,
+        "url": "https://hooks.example/evo",
+        "webhookByEvents": False,
+        "events": ["MESSAGES_UPSERT"],
+    }
+    assert view == {
+        "id": "wh_u0123",
+        "url": "https://hooks.example/evo",
+        "headers": None,
+        "enabled": True,
+        "events": ["MESSAGES_UPSERT"],
+        "webhookByEvents": False,
+        "webhookBase64": False,
+        "createdAt": "2024-06-10T06:13:20.000Z",
+        "updatedAt": "2024-06-10T06:13:21.500Z",
+        "instanceId": "u0123",
+    }
+    record.webhook_format = None  # a zapfleet-format webhook is not Evolution's
+    assert webhook_view(record) is None

@@ -927,3 +927,13 @@ class SessionRecord(msgspec.Struct, kw_only=True):
     updated_at: float = 0.0
     # why it was stopped (stop, logout): shown while it runs nowhere (desired "stopped")
     stopped_reason: str | None = None
+    # Evolution API v2 compatibility (control_plane/evolution/, docs/evolution-webhooks.md):
+    # "evolution" sends the session's webhook in Evolution's envelope, and webhook_events
+    # then holds Evolution event names (MESSAGES_UPSERT, ...); None: zapfleet's own format
+    webhook_format: Literal["zapfleet", "evolution"] | None = None
+    webhook_by_events: bool = False  # evolution: POST to <url>/<event-name> (messages-upsert)
+    webhook_base64: bool = False  # evolution: inbound media carry message.base64
+    webhook_headers: dict[str, str] | None = None  # evolution: extra request headers
+    # evolution: false keeps the config (webhook/find shows it) but the session has no
+    # webhook of its own: the tenant's or the global one applies, as Evolution's global one
+    webhook_enabled: bool = True

@@ -29,7 +29,7 @@ from control_plane.api.tenants import TenantController
 from control_plane.api.webhooks import WebhookController
 from control_plane.caches import CacheInvalidator
 from control_plane.content_type import require_json_body
-from control_plane.evolution import evolution_router  # Evolution API v2 facade (issue 20)
+from control_plane.evolution.router import evolution_router  # Evolution API v2 (issue 20)
 from control_plane.groups import GroupCacheInvalidator
 from control_plane.hooks import before_send
 from control_plane.openapi_doc import complete as complete_openapi

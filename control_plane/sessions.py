@@ -608,6 +608,13 @@ async def change_settings(
             current.webhook_secret = data.webhook_secret
         if data.webhook_scheme is not msgspec.UNSET:
             current.webhook_scheme = data.webhook_scheme
+        if data.webhook_url is not msgspec.UNSET or data.webhook_events is not msgspec.UNSET:
+            # set through zapfleet's API: a zapfleet-format webhook again, not an
+            # Evolution one (docs/evolution-webhooks.md)
+            current.webhook_format = None
+            current.webhook_by_events = current.webhook_base64 = False
+            current.webhook_headers = None
+            current.webhook_enabled = True
 
     record = await update_record(services, loaded, change)
     if data.pacing is not msgspec.UNSET:

@@ -151,6 +151,7 @@ def stack(
             "ZAPFLEET_HTTP_PORT": str(http_port),
             "ZAPFLEET_DEFAULT_ENGINE": "sim",
             "ZAPFLEET_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.1/32",
+            "ZAPFLEET_EVOLUTION": "1",  # the Evolution facade, as `zapfleet up` serves it
             # the whole suite shares this API: limits high enough never to interfere
             # (tests/test_api_limits.py runs its own control plane with tight limits)
             **{f"ZAPFLEET_RATE_{c}": "1000000/60" for c in LIMIT_CLASSES},
@@ -205,6 +206,7 @@ class WebhookReceiver:
         self.host = host
         self.events: list[dict[str, Any]] = []
         self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.paths: list[str] = []  # the path of each recorded event (same order)
         self.arrivals: list[float] = []  # time.time() of each recorded event
         self.calls = 0  # every request, failed ones included
         self.call_times: list[float] = []
@@ -245,6 +247,7 @@ class WebhookReceiver:
                         status = 503
                     if 200 <= status < 300:
                         receiver.requests.append((dict(self.headers.items()), body))
+                        receiver.paths.append(self.path)
                         receiver.events.append(json.loads(body))
                         receiver.arrivals.append(time.time())
                         receiver._cond.notify_all()

@@ -39,7 +39,9 @@ async def test_a_key_is_shown_once_and_stored_only_as_a_salted_hash(
 
     kv = await nc.jetstream().key_value(TENANTS_BUCKET)
     stored = (await kv.get(f"key.{listed[0]['key_id']}")).value or b""
-    secret = key.rsplit("_", 1)[-1]
+    parts = split_key(key)
+    assert parts is not None
+    secret = parts[1]
     assert secret.encode() not in stored and key.encode() not in stored
     assert b'"salt"' in stored and b'"hash"' in stored
 

@@ -821,7 +821,7 @@ async def test_a_webhook_in_create_is_stored_on_the_session(facade: Facade) -> N
         "url": "http://127.0.0.1:9/evolution",
         "byEvents": False,
         "base64": False,
-        "events": ["MESSAGES_UPSERT", "SEND_MESSAGE", "NOT_AN_EVENT"],
+        "events": ["MESSAGES_UPSERT", "SEND_MESSAGE"],
     }
     created = await call(facade.admin.instances.create_instance, config)
     assert created["webhook"] == {
@@ -831,11 +831,28 @@ async def test_a_webhook_in_create_is_stored_on_the_session(facade: Facade) -> N
     }
     token = created["hash"]
     async with httpx.AsyncClient(base_url=facade.base_url) as api:
-        settings = await api.get(f"/v1/sessions/{name}/settings", headers={"X-API-Key": token})
-        assert (settings.json()["webhook_url"], settings.json()["webhook_events"]) == (
+        # the same webhook as a webhook/set of the instance: in Evolution format
+        found = (await api.get(f"/webhook/find/{name}", headers={"apikey": token})).json()
+        assert (found["url"], found["events"], found["enabled"]) == (
             "http://127.0.0.1:9/evolution",
-            ["message.received", "message.sent"],
+            ["MESSAGES_UPSERT", "SEND_MESSAGE"],
+            True,
         )
+        # an event Evolution does not know is refused before anything is created
+        unknown = unique("unknown-event")
+        refused = await api.post(
+            "/instance/create",
+            headers={"apikey": ADMIN_KEY},
+            json={
+                "instanceName": unknown,
+                "webhook": {"url": "http://127.0.0.1:9/e", "events": ["NOT_AN_EVENT"]},
+            },
+        )
+        assert refused.status_code == 400, refused.text
+        missing = await api.get(
+            f"/instance/connectionState/{unknown}", headers={"apikey": ADMIN_KEY}
+        )
+        assert missing.status_code == 404
         # the SSRF guard holds: cloud metadata is no webhook
         refused = await api.post(
             "/instance/create",

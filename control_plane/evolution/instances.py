@@ -20,8 +20,9 @@ from litestar import Request, delete, get, post, put
 
 from contract.protocol import Op, SessionState
 from control_plane import contacts, sessions
-from control_plane.api.webhooks import ensure_event_patterns, ensure_safe_url
+from control_plane.api.webhooks import ensure_safe_url
 from control_plane.contacts import CallSettingsBody
+from control_plane.evolution import webhook
 from control_plane.evolution._common import (
     INSTANCE_TENANT_PREFIX,
     INTEGRATION,
@@ -38,27 +39,11 @@ from control_plane.evolution._common import (
     read_body,
 )
 from control_plane.keyring import TENANT_HEADER, Principal
-from control_plane.models import CreateSession, SessionView, SettingsPatch
+from control_plane.models import CreateSession, SessionView
 from control_plane.problems import ProblemError
 from control_plane.services import Services
 from control_plane.tenants import new_key
 
-# Evolution's webhook event names -> zapfleet event types (the plain mapping; the
-# Evolution payload format is control_plane/evolution/events.py)
-EVENT_TYPES: dict[str, tuple[str, ...]] = {
-    "QRCODE_UPDATED": ("session.qr",),
-    "CONNECTION_UPDATE": ("session.status", "session.paired", "session.logged_out"),
-    "MESSAGES_UPSERT": ("message.received",),
-    "MESSAGES_UPDATE": ("message.ack", "message.poll_vote"),
-    "MESSAGES_DELETE": ("message.revoked",),
-    "MESSAGES_EDITED": ("message.edited",),
-    "SEND_MESSAGE": ("message.sent",),
-    "GROUPS_UPSERT": ("group.joined",),
-    "GROUP_UPDATE": ("group.updated", "group.left"),
-    "GROUP_PARTICIPANTS_UPDATE": ("group.participants",),
-    "PRESENCE_UPDATE": ("chat.presence",),
-    "CALL": ("call.received", "call.rejected"),
-}
 # the instance settings zapfleet has (the rest is reported as not applied)
 APPLIED_SETTINGS = ("rejectCall", "msgCall")
 OTHER_SETTINGS = (
@@ -141,32 +126,17 @@ def state_answer(instance: str, state: str) -> dict[str, Any]:
     return {"instance": {"instanceName": instance, "state": state}}
 
 
-def evolution_events(names: list[str] | None) -> list[str] | None:
-    """zapfleet's event filter of Evolution event names (unknown names are ignored;
-    none: every event)."""
-    if not names:
+def instance_webhook(body: CreateBody) -> webhook.EvolutionWebhook | None:
+    """The webhook of an instance create, checked as ``webhook/set`` checks it (Evolution
+    format, its event names and rules) before anything is created: a refused webhook
+    leaves no instance behind."""
+    raw = body.webhook
+    if isinstance(raw, str):  # v2.0's flat form: "webhook": "<url>", "events": [...]
+        raw = WebhookBody(url=raw, events=body.events)
+    if raw is None or not raw.url:
         return None
-    types: list[str] = []
-    for name in names:
-        types.extend(EVENT_TYPES.get(name.upper().replace(".", "_"), ()))
-    return list(dict.fromkeys(types)) or None
-
-
-async def apply_instance_webhook(
-    services: Services, principal: Principal, instance: str, body_webhook: WebhookBody
-) -> None:
-    """Store the webhook of an instance create on the session record (its ``webhook_url``
-    and ``webhook_events``), through the session service: the URL passes the SSRF guard
-    and the Evolution event names become zapfleet's event types. The Evolution payload
-    format on top of this is control_plane/evolution/webhook.py's."""
-    if not body_webhook.enabled or not body_webhook.url:
-        return
-    await ensure_safe_url(services, body_webhook.url)
-    events = ensure_event_patterns(evolution_events(body_webhook.events))
-    record = await sessions.load_record(services, principal, instance)
-    await sessions.change_settings(
-        services, record, SettingsPatch(webhook_url=body_webhook.url, webhook_events=events)
-    )
+    fields = {k: v for k, v in msgspec.to_builtins(raw).items() if v is not None}
+    return webhook.parse_webhook({"webhook": fields})
 
 
 async def pairing(
@@ -245,11 +215,9 @@ async def create_instance(request: Request[Any, Any, Any], services: Services) -
         await ensure_tenant(services, principal.tenant, name)
     if services.index.find(principal.tenant, name) is not None:
         raise EvolutionError(403, [f'This name "{name}" is already in use.'])
-    webhook = body.webhook
-    if isinstance(webhook, str):
-        webhook = WebhookBody(url=webhook, events=body.events)
-    if webhook is not None and webhook.url:
-        await ensure_safe_url(services, webhook.url)
+    hook = instance_webhook(body)
+    if hook is not None:
+        await ensure_safe_url(services, hook.url)
     try:
         await sessions.create_session(
             services, principal, CreateSession(session_id=name, start=True)
@@ -258,8 +226,8 @@ async def create_instance(request: Request[Any, Any, Any], services: Services) -
         if exc.status_code == 409:
             raise EvolutionError(403, [f'This name "{name}" is already in use.']) from None
         raise
-    if webhook is not None:
-        await apply_instance_webhook(services, principal, name, webhook)
+    if hook is not None:
+        await webhook.set_webhook(services, principal, name, hook)
     settings = await apply_settings(services, principal, name, body)
     if own_tenant:
         token, key_record = new_key(principal.tenant, f"Evolution instance {name}")
@@ -278,9 +246,9 @@ async def create_instance(request: Request[Any, Any, Any], services: Services) -
         },
         "hash": token,
         "webhook": {
-            "webhookUrl": webhook.url if webhook else None,
-            "webhookByEvents": webhook.by_events if webhook else False,
-            "webhookBase64": webhook.base64 if webhook else False,
+            "webhookUrl": hook.url if hook else None,
+            "webhookByEvents": hook.by_events if hook else False,
+            "webhookBase64": hook.base64 if hook else False,
         },
         "websocket": {"enabled": False},
         "rabbitmq": {"enabled": False},

@@ -16,6 +16,12 @@ memory and follows both buckets with :class:`zapfleet._mirror.KVMirror`s, so a c
 applies to the next event without a restart (and without touching the session, so no
 re-pairing). In a control-plane worker the ``zf_sessions`` mirror is the process's one,
 shared with the session index; a standalone dispatcher has its own.
+
+A session webhook may be in **Evolution API format** (``webhook_format: "evolution"``, set
+by the Evolution facade's ``webhook/set``: docs/evolution-webhooks.md): its event filter
+then names Evolution events (:class:`control_plane.evolution.events.EvolutionFilter`), and
+its :class:`Target` carries the format, ``by_events`` (the dispatcher appends the event's
+path to the URL), ``base64`` and the extra headers; the dispatcher renders the body.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from contract.protocol import (
     name_key,
     name_target,
 )
+from control_plane.evolution.events import EVOLUTION_EVENT, EvolutionFilter, url_suffix
 from control_plane.settings import ControlPlaneSettings
 from control_plane.webhooks.signing import LEGACY
 from zapfleet._mirror import Change, KVMirror
@@ -126,6 +133,16 @@ class Target:
     level: Literal["session", "tenant", "global"]
     scheme: str = LEGACY
     previous_secret: str | None = None  # set only while it still signs
+    # Evolution API format (session level only): the body is rendered per delivery
+    format: Literal["zapfleet", "evolution"] = "zapfleet"
+    by_events: bool = False  # evolution: urls already end in the event's path
+    base64: bool = False  # evolution: inbound media carry message.base64
+    headers: tuple[tuple[str, str], ...] = ()  # evolution: extra request headers
+    destination: str = ""  # evolution: the configured URL (the body's "destination")
+
+    @property
+    def evolution(self) -> bool:
+        return self.format == "evolution"
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -139,14 +156,24 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class _Evolution:
+    """A session webhook in Evolution API format."""
+
+    by_events: bool
+    base64: bool
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class _Level:
     urls: tuple[str, ...]
     secret: str | None
-    accepts: EventFilter
+    accepts: EventFilter | EvolutionFilter
     enabled: bool = True
     scheme: str = LEGACY
     previous_secret: str | None = None
     previous_secret_until: float = 0.0
+    evolution: _Evolution | None = None
 
     @classmethod
     def of(cls, config: WebhookConfig) -> _Level:
@@ -184,7 +211,20 @@ _record_decoder = msgspec.json.Decoder(SessionRecord)
 
 def _session_hook(record: SessionRecord) -> _SessionHook:
     level = None
-    if record.webhook_url:
+    if record.webhook_format == "evolution":
+        if record.webhook_url and record.webhook_enabled:
+            level = _Level(
+                (record.webhook_url,),
+                record.webhook_secret,
+                EvolutionFilter(record.webhook_events),
+                scheme=record.webhook_scheme or LEGACY,
+                evolution=_Evolution(
+                    record.webhook_by_events,
+                    record.webhook_base64,
+                    tuple((record.webhook_headers or {}).items()),
+                ),
+            )
+    elif record.webhook_url:
         level = _Level(
             (record.webhook_url,),
             record.webhook_secret,
@@ -379,7 +419,25 @@ class WebhookRegistry:
             owner = level if level.secret or name == "global" else next(iter(fallbacks), None)
             secret = owner.secret if owner else None
             previous = owner.previous(secret) if owner else None
-            return Target(level.urls, secret, name, level.scheme, previous)
+            evolution = level.evolution
+            if evolution is None:
+                return Target(level.urls, secret, name, level.scheme, previous)
+            urls = level.urls
+            if evolution.by_events:
+                suffix = url_suffix(EVOLUTION_EVENT[EventType(event_type)])
+                urls = tuple(f"{url.rstrip('/')}/{suffix}" for url in urls)
+            return Target(
+                urls,
+                secret,
+                name,
+                level.scheme,
+                previous,
+                format="evolution",
+                by_events=evolution.by_events,
+                base64=evolution.base64,
+                headers=evolution.headers,
+                destination=level.urls[0],
+            )
 
         if hook is not None and hook.level is not None:
             if not hook.level.accepts(event_type):

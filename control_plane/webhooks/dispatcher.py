@@ -30,11 +30,18 @@ destination is slower than its traffic) — or whose destination already holds h
 buffer — is put back for 1-3 s (NAK, not counted as an attempt: deferrals are tracked
 in-process), so one slow receiver cannot hold the buffer that every other destination
 needs. A fast destination never waits that long, so its events are never put back.
+
+A session webhook in Evolution API format (:mod:`.config`, docs/evolution-webhooks.md)
+goes the same way — backlog, retries, dead letters and redrive keep zapfleet's event —
+and its body is rendered at each attempt (:func:`control_plane.evolution.events.envelope`:
+the media URL is fresh, ``message.base64`` read from ``zf_media``); an event Evolution
+has no counterpart for is acked unsent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import random
@@ -49,9 +56,20 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
-from contract.protocol import EVENTS_STREAM, REDRIVE_STREAM, Event
-from control_plane.media_links import MediaReader, with_media_links
+from contract.protocol import (
+    EVENTS_STREAM,
+    REDRIVE_STREAM,
+    SESSION_STATE_BUCKET,
+    Event,
+    EventType,
+    SessionInfo,
+    SessionState,
+)
+from control_plane.evolution.events import Context, envelope, jid, media_id
+from control_plane.media_links import MediaReader, signed_url, with_media_links
 from control_plane.settings import ControlPlaneSettings
 from control_plane.webhooks import metrics
 from control_plane.webhooks.backlog import (
@@ -131,6 +149,9 @@ _head_decoder = msgspec.json.Decoder(_Head)
 _event_decoder = msgspec.json.Decoder(Event)
 _job_decoder = msgspec.json.Decoder(RedriveJob)
 _parked_decoder = msgspec.json.Decoder(Parked)
+_dict_decoder = msgspec.json.Decoder(dict[str, Any])
+_info_decoder = msgspec.json.Decoder(SessionInfo)
+PHONE_TTL_S = 60.0  # how long a session's own number (Evolution's "sender") is reused
 
 
 def _unpack(msg: Msg, redrive: bool) -> tuple[Event | None, bytes, _Head, str | None]:
@@ -251,6 +272,8 @@ class Dispatcher:
         self._housekeeping: asyncio.Task[None] | None = None
         self._scanner: asyncio.Task[None] | None = None
         self.media = MediaReader(js)
+        self._state_kv: KeyValue | None = None
+        self._phones: dict[str, tuple[str | None, float]] = {}  # key -> (phone, monotonic)
         self._acks: list[Msg] = []
         self._ack_timer: asyncio.TimerHandle | None = None
         self._stopping = False
@@ -437,8 +460,13 @@ class Dispatcher:
             self._ack_soon(msg)
             return
         urls = (only,) if only is not None and only in target.urls else target.urls
-        if head.type == "message.received":
-            body = await self._with_media(body, head)
+        raw = body
+        rendered = await self._body(body, head, target)
+        if rendered is None:  # an Evolution webhook, and Evolution has no such event
+            metrics.SKIPPED.inc()
+            self._ack_soon(msg)
+            return
+        body = rendered
         done = self._partial.pop(key, set())
         pending = [url for url in urls if url not in done]
         attempt = max(1, delivered - self._deferrals.get(key, 0))
@@ -466,13 +494,13 @@ class Dispatcher:
             else:
                 deferred = True
         if park:
-            full = event or _event_decoder.decode(body)
+            full = event or _event_decoder.decode(raw if target.evolution else body)
             for url, failure in park:
                 if not await self._park(full, url, failure, attempt, target.level, key):
                     dead.append((url, BACKLOG_FULL))
                 done.add(url)
         if dead:
-            full = event or _event_decoder.decode(body)
+            full = event or _event_decoder.decode(raw if target.evolution else body)
             await self._bury(full, dead, attempt, target.level)
             done.update(url for url, _ in dead)
         if not deferred:
@@ -564,6 +592,13 @@ class Dispatcher:
                 return
         attempt = parked.attempts + max(1, tries_here)
         body = msgspec.json.encode(event)
+        if target.evolution:
+            rendered = await self._evolution_body(body, head, target)
+            if rendered is None:
+                metrics.SKIPPED.inc()
+                self._ack_soon(msg)
+                return
+            body = rendered
         outcome = await self._deliver(parked.url, body, head, target, attempt)
         if outcome is None:
             self._failing.discard(key)
@@ -603,6 +638,82 @@ class Dispatcher:
         except Exception as exc:
             log.warning("media link not added", extra={"event_id": head.id, "error": repr(exc)})
             return body
+
+    async def _body(self, body: bytes, head: _Head, target: Target) -> bytes | None:
+        """The body to send: the event with its media links, or in Evolution format."""
+        if target.evolution:
+            return await self._evolution_body(body, head, target)
+        if head.type == "message.received":
+            return await self._with_media(body, head)
+        return body
+
+    async def _evolution_body(self, body: bytes, head: _Head, target: Target) -> bytes | None:
+        """The event in Evolution API format (None: not sent in that format), with the
+        signed URL of stored inbound media and, when the webhook asks, its bytes."""
+        event = _dict_decoder.decode(body)
+        key = self.registry.session_key(head.tenant, head.session_id)
+        media_url = media_base64 = None
+        stored = media_id(event)
+        if stored is not None and key is not None:
+            try:
+                media_url, _ = signed_url(self.settings, key, stored)
+                if target.base64:
+                    found = await self.media.get(key, stored)
+                    if found is not None:
+                        media_base64 = base64.b64encode(found.data).decode()
+            except Exception as exc:
+                log.warning("media not added", extra={"event_id": head.id, "error": repr(exc)})
+        context = Context(
+            instance=head.session_id,
+            instance_id=key or head.session_id,
+            destination=target.destination,
+            server_url=self.settings.public_base_url(),
+            sender=jid(await self._own_phone(key, event)),
+            media_url=media_url,
+            media_base64=media_base64,
+        )
+        rendered = envelope(event, context)
+        return None if rendered is None else msgspec.json.encode(rendered)
+
+    async def _own_phone(self, key: str | None, event: dict[str, Any]) -> str | None:
+        """The session's own number (Evolution's ``sender``): from its live state in KV
+        ``zf_session_state``, reused for PHONE_TTL_S ("none yet" for a few seconds). A
+        ``session.status`` CONNECTED reads it afresh (a new pairing may bring a new
+        number), waiting up to a second for the agent's write of that state."""
+        if key is None:
+            return None
+        now = time.monotonic()
+        data = event.get("data") or {}
+        connected = event.get("type") == EventType.SESSION_STATUS and data.get("state") == (
+            SessionState.CONNECTED
+        )
+        known = self._phones.get(key)
+        if (
+            not connected
+            and known is not None
+            and now - known[1] < (PHONE_TTL_S if known[0] else 5.0)
+        ):
+            return known[0]
+        phone = await self._read_phone(key)
+        for _ in range(10 if connected else 0):
+            if phone is not None:
+                break
+            await asyncio.sleep(0.1)
+            phone = await self._read_phone(key)
+        if len(self._phones) > _MEMORY:
+            self._phones.clear()
+        self._phones[key] = (phone, time.monotonic())
+        return phone
+
+    async def _read_phone(self, key: str) -> str | None:
+        with contextlib.suppress(Exception):
+            if self._state_kv is None:
+                self._state_kv = await self.js.key_value(SESSION_STATE_BUCKET)
+            with contextlib.suppress(KeyNotFoundError):
+                entry = await self._state_kv.get(key)
+                if entry.value:
+                    return _info_decoder.decode(entry.value).phone
+        return None
 
     async def _target(self, head: _Head) -> Target | None:
         found = self.registry.lookup(head.tenant, head.session_id, head.type)
@@ -709,6 +820,8 @@ class Dispatcher:
             EVENT_TYPE_HEADER: head.type,
             ATTEMPT_HEADER: str(attempt),
         }
+        if target.headers:  # Evolution webhooks: the configured extra headers
+            headers.update(target.headers)
         headers.update(signed_headers(target.scheme, target.secrets, head.id, body))
         started = time.perf_counter()
         try:

@@ -5,7 +5,8 @@ worker and in ``zapfleet webhooks`` processes); JetStream hands each event to on
 For each event the dispatcher finds its destinations in memory (:mod:`.config`), signs
 the body (:mod:`.signing`) and POSTs it to each URL with bounded concurrency — per
 destination (``webhook_concurrency_per_destination``) and per process
-(``webhook_concurrency``, handed out round-robin across destinations: :class:`FairSlots`).
+(``webhook_concurrency``, handed out round-robin across destinations: :mod:`.fair`).
+What is sent — the event with its media links, or in Evolution format — is :mod:`.bodies`.
 
 Outcomes, and why nothing is lost:
 
@@ -41,12 +42,11 @@ has no counterpart for is acked unsent.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import random
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
@@ -56,20 +56,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
-from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
 
 from contract.protocol import (
     EVENTS_STREAM,
     REDRIVE_STREAM,
-    SESSION_STATE_BUCKET,
     Event,
-    EventType,
-    SessionInfo,
-    SessionState,
 )
-from control_plane.evolution.events import Context, envelope, jid, media_id
-from control_plane.media_links import MediaReader, signed_url, with_media_links
 from control_plane.settings import ControlPlaneSettings
 from control_plane.webhooks import metrics
 from control_plane.webhooks.backlog import (
@@ -83,9 +75,11 @@ from control_plane.webhooks.backlog import (
     ensure_backlog_stream,
     is_backlog_full,
 )
+from control_plane.webhooks.bodies import Bodies, Head
 from control_plane.webhooks.config import Target, Unknown, WebhookRegistry
 from control_plane.webhooks.consumer import PullConsumer, ensure_consumer
 from control_plane.webhooks.deadletters import DeadLetter, DeadLetterStore, RedriveJob
+from control_plane.webhooks.fair import FairSlots
 from control_plane.webhooks.http import RequestError, WebhookClient
 from control_plane.webhooks.signing import (
     ATTEMPT_HEADER,
@@ -104,16 +98,6 @@ REDRIVE_CONSUMER = "webhooks-redrive"
 USER_AGENT = f"zapfleet-webhooks/{__version__}"
 _MEMORY = 100_000  # in-process notes (partial successes, deferrals) kept at most
 ACK_BATCH_S = 0.002
-
-
-class _Head(msgspec.Struct):
-    """What routing needs of an event; the payload is not decoded."""
-
-    id: str
-    type: str
-    tenant: str
-    session_id: str
-    ts: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,16 +129,13 @@ class _Destination:
     load: int = 0
 
 
-_head_decoder = msgspec.json.Decoder(_Head)
+_head_decoder = msgspec.json.Decoder(Head)
 _event_decoder = msgspec.json.Decoder(Event)
 _job_decoder = msgspec.json.Decoder(RedriveJob)
 _parked_decoder = msgspec.json.Decoder(Parked)
-_dict_decoder = msgspec.json.Decoder(dict[str, Any])
-_info_decoder = msgspec.json.Decoder(SessionInfo)
-PHONE_TTL_S = 60.0  # how long a session's own number (Evolution's "sender") is reused
 
 
-def _unpack(msg: Msg, redrive: bool) -> tuple[Event | None, bytes, _Head, str | None]:
+def _unpack(msg: Msg, redrive: bool) -> tuple[Event | None, bytes, Head, str | None]:
     """(the event if decoded, the body to send, its head, the only URL of a redrive)."""
     if not redrive:
         return None, msg.data, _head_decoder.decode(msg.data), None
@@ -163,55 +144,8 @@ def _unpack(msg: Msg, redrive: bool) -> tuple[Event | None, bytes, _Head, str | 
     return event, msgspec.json.encode(event), _head_of(event), job.url
 
 
-def _head_of(event: Event) -> _Head:
-    return _Head(event.id, event.type, event.tenant, event.session_id, event.ts)
-
-
-class FairSlots:
-    """``limit`` slots shared by destinations, handed out round-robin: when a slot frees
-    up, the next destination in turn that waits gets it (one waiter each turn), so a
-    destination with a thousand waiting deliveries does not starve one with a single."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.free = limit
-        self._waiting: OrderedDict[str, deque[asyncio.Future[None]]] = OrderedDict()
-
-    @property
-    def in_use(self) -> int:
-        return self.limit - self.free
-
-    async def acquire(self, key: str) -> None:
-        if self.free > 0 and not self._waiting:
-            self.free -= 1
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(key, deque()).append(future)
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.release()  # granted while being cancelled: pass it on
-            else:
-                queue = self._waiting.get(key)
-                if queue is not None and future in queue:
-                    queue.remove(future)
-                    if not queue:
-                        del self._waiting[key]
-            raise
-
-    def release(self) -> None:
-        while self._waiting:
-            key, queue = next(iter(self._waiting.items()))
-            future = queue.popleft()
-            if queue:
-                self._waiting.move_to_end(key)  # its next waiter comes after the others
-            else:
-                del self._waiting[key]
-            if not future.done():
-                future.set_result(None)
-                return
-        self.free += 1
+def _head_of(event: Event) -> Head:
+    return Head(event.id, event.type, event.tenant, event.session_id, event.ts)
 
 
 def ack_position(msg: Msg) -> tuple[str, int, int]:
@@ -271,9 +205,7 @@ class Dispatcher:
         )
         self._housekeeping: asyncio.Task[None] | None = None
         self._scanner: asyncio.Task[None] | None = None
-        self.media = MediaReader(js)
-        self._state_kv: KeyValue | None = None
-        self._phones: dict[str, tuple[str | None, float]] = {}  # key -> (phone, monotonic)
+        self.bodies = Bodies(js, settings, self.registry)
         self._acks: list[Msg] = []
         self._ack_timer: asyncio.TimerHandle | None = None
         self._stopping = False
@@ -461,7 +393,7 @@ class Dispatcher:
             return
         urls = (only,) if only is not None and only in target.urls else target.urls
         raw = body
-        rendered = await self._body(body, head, target)
+        rendered = await self.bodies.render(body, head, target)
         if rendered is None:  # an Evolution webhook, and Evolution has no such event
             metrics.SKIPPED.inc()
             self._ack_soon(msg)
@@ -513,7 +445,7 @@ class Dispatcher:
         await msg.nak(delay=random.uniform(1.0, 3.0))
 
     async def _first(
-        self, url: str, body: bytes, head: _Head, target: Target, attempt: int
+        self, url: str, body: bytes, head: Head, target: Target, attempt: int
     ) -> Outcome | _Behind:
         """A delivery from the shared stream: straight into the backlog when its URL has
         one (checked again once it has a slot), else an attempt."""
@@ -593,7 +525,7 @@ class Dispatcher:
         attempt = parked.attempts + max(1, tries_here)
         body = msgspec.json.encode(event)
         if target.evolution:
-            rendered = await self._evolution_body(body, head, target)
+            rendered = await self.bodies.evolution(body, head, target)
             if rendered is None:
                 metrics.SKIPPED.inc()
                 self._ack_soon(msg)
@@ -629,93 +561,7 @@ class Dispatcher:
             self.settings.webhook_backoff_base_s, self.settings.webhook_backoff_max_s
         ).ceiling(attempts)
 
-    async def _with_media(self, body: bytes, head: _Head) -> bytes:
-        """Stored inbound media gets a signed URL (and inline bytes) at delivery time
-        (control_plane/media_links.py); a failure leaves the event as it is."""
-        try:
-            key = self.registry.session_key(head.tenant, head.session_id)
-            return await with_media_links(body, key, self.settings, self.media)
-        except Exception as exc:
-            log.warning("media link not added", extra={"event_id": head.id, "error": repr(exc)})
-            return body
-
-    async def _body(self, body: bytes, head: _Head, target: Target) -> bytes | None:
-        """The body to send: the event with its media links, or in Evolution format."""
-        if target.evolution:
-            return await self._evolution_body(body, head, target)
-        if head.type == "message.received":
-            return await self._with_media(body, head)
-        return body
-
-    async def _evolution_body(self, body: bytes, head: _Head, target: Target) -> bytes | None:
-        """The event in Evolution API format (None: not sent in that format), with the
-        signed URL of stored inbound media and, when the webhook asks, its bytes."""
-        event = _dict_decoder.decode(body)
-        key = self.registry.session_key(head.tenant, head.session_id)
-        media_url = media_base64 = None
-        stored = media_id(event)
-        if stored is not None and key is not None:
-            try:
-                media_url, _ = signed_url(self.settings, key, stored)
-                if target.base64:
-                    found = await self.media.get(key, stored)
-                    if found is not None:
-                        media_base64 = base64.b64encode(found.data).decode()
-            except Exception as exc:
-                log.warning("media not added", extra={"event_id": head.id, "error": repr(exc)})
-        context = Context(
-            instance=head.session_id,
-            instance_id=key or head.session_id,
-            destination=target.destination,
-            server_url=self.settings.public_base_url(),
-            sender=jid(await self._own_phone(key, event)),
-            media_url=media_url,
-            media_base64=media_base64,
-        )
-        rendered = envelope(event, context)
-        return None if rendered is None else msgspec.json.encode(rendered)
-
-    async def _own_phone(self, key: str | None, event: dict[str, Any]) -> str | None:
-        """The session's own number (Evolution's ``sender``): from its live state in KV
-        ``zf_session_state``, reused for PHONE_TTL_S ("none yet" for a few seconds). A
-        ``session.status`` CONNECTED reads it afresh (a new pairing may bring a new
-        number), waiting up to a second for the agent's write of that state."""
-        if key is None:
-            return None
-        now = time.monotonic()
-        data = event.get("data") or {}
-        connected = event.get("type") == EventType.SESSION_STATUS and data.get("state") == (
-            SessionState.CONNECTED
-        )
-        known = self._phones.get(key)
-        if (
-            not connected
-            and known is not None
-            and now - known[1] < (PHONE_TTL_S if known[0] else 5.0)
-        ):
-            return known[0]
-        phone = await self._read_phone(key)
-        for _ in range(10 if connected else 0):
-            if phone is not None:
-                break
-            await asyncio.sleep(0.1)
-            phone = await self._read_phone(key)
-        if len(self._phones) > _MEMORY:
-            self._phones.clear()
-        self._phones[key] = (phone, time.monotonic())
-        return phone
-
-    async def _read_phone(self, key: str) -> str | None:
-        with contextlib.suppress(Exception):
-            if self._state_kv is None:
-                self._state_kv = await self.js.key_value(SESSION_STATE_BUCKET)
-            with contextlib.suppress(KeyNotFoundError):
-                entry = await self._state_kv.get(key)
-                if entry.value:
-                    return _info_decoder.decode(entry.value).phone
-        return None
-
-    async def _target(self, head: _Head) -> Target | None:
+    async def _target(self, head: Head) -> Target | None:
         found = self.registry.lookup(head.tenant, head.session_id, head.type)
         if isinstance(found, Unknown):  # a session the KV watch has not shown yet
             return await self.registry.target(head.tenant, head.session_id, head.type)
@@ -766,7 +612,7 @@ class Dispatcher:
         self,
         url: str,
         body: bytes,
-        head: _Head,
+        head: Head,
         target: Target,
         attempt: int,
         backlog: str | None = None,
@@ -812,7 +658,7 @@ class Dispatcher:
                 self._destinations.pop(origin, None)
 
     async def _post(
-        self, url: str, body: bytes, head: _Head, target: Target, attempt: int
+        self, url: str, body: bytes, head: Head, target: Target, attempt: int
     ) -> Failure | None:
         headers = {
             "Content-Type": "application/json",

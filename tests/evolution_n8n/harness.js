@@ -11,8 +11,11 @@
 //   "contacts.contactValues" may be given flat or nested); `apikey` overrides the
 //   credential for this operation (an instance token); `continueOnFail` is n8n's node setting.
 // stdout: one JSON line per operation, in order:
-//   {"op", "ok": true, "json": <the node's returned json>, "requests": [{method, url, status}]}
+//   {"op", "ok": true, "json": <the node's output item>, "requests": [{method, url, status}]}
+//   (the output item as the node's execute() makes it: returnJsonArray of what the
+//   operation returned; most operations return {success: true, data: <answer>})
 //   {"op", "ok": false, "error": {"name", "message", "description"}, "requests": [...]}
+//   (`requests` also has the answer's `body` of a request that failed)
 // Nothing is mocked: helpers.request is request-promise's contract implemented with fetch.
 "use strict";
 
@@ -66,7 +69,8 @@ async function request(options, log) {
   const method = (options.method || "GET").toUpperCase();
   const response = await fetch(url, { method, headers, body });
   const text = await response.text();
-  log.push({ method, url: url.pathname + url.search, status: response.status });
+  const entry = { method, url: url.pathname + url.search, status: response.status };
+  log.push(entry);
   let parsed = text;
   if (options.json && text) {
     try {
@@ -76,9 +80,16 @@ async function request(options, log) {
     }
   }
   if (response.status < 200 || response.status > 299) {
+    entry.body = parsed;
     throw new StatusCodeError(response.status, parsed, options);
   }
   return parsed;
+}
+
+function returnJsonArray(data) {
+  // n8n-core's helpers.returnJsonArray: items that have `json` are kept, others wrapped
+  return (Array.isArray(data) ? data : [data]).map((item) =>
+    item && item.json ? { ...item, json: item.json } : { json: item });
 }
 
 function parameter(params, name) {
@@ -120,10 +131,10 @@ async function run(serverUrl, apikey, spec) {
     const ef = executeFunctions(
       serverUrl, spec.apikey || apikey, spec.params || {}, Boolean(spec.continueOnFail), log,
     );
-    const result = await fn(ef);
-    const item = Array.isArray(result) ? result[0] : result;
+    // EvolutionApi.node.js execute(): `[this.helpers.returnJsonArray(await fn(this))]`
+    const items = returnJsonArray(await fn(ef));
     out.ok = true;
-    out.json = item.json;
+    out.json = items[0].json;
   } catch (error) {
     out.ok = false;
     out.error = {

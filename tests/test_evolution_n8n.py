@@ -38,6 +38,7 @@ from PIL import Image
 from contract.protocol import Event
 from control_plane.evolution._common import instance_tenant
 from node_agent.engines.sim import link
+from node_agent.media_convert import ffmpeg_path
 from tests.agent_support import EventLog, phone
 from tests.conftest import ADMIN_KEY, Stack, WebhookReceiver
 from tests.helpers import unique
@@ -197,6 +198,7 @@ async def create_and_pair(node: N8nNode, nc: NATS, stack: Stack, prefix: str) ->
 
 @dataclass
 class Pair:
+    base_url: str
     node: N8nNode
     nc: NATS
     ann: Instance
@@ -208,7 +210,7 @@ async def pair(node: N8nNode, stack: Stack) -> AsyncIterator[Pair]:
     nc = await nats.connect(stack.nats_url)
     ann = await create_and_pair(node, nc, stack, "n8n-ann")
     bob = await create_and_pair(node, nc, stack, "n8n-bob")
-    yield Pair(node=node, nc=nc, ann=ann, bob=bob)
+    yield Pair(base_url=stack.base_url, node=node, nc=nc, ann=ann, bob=bob)
     for instance in (ann, bob):
         await instance.log.stop()
     await nc.close()
@@ -228,6 +230,19 @@ async def received(sender: Instance, receiver: Instance, message_id: str) -> Eve
     sent = await sender.seen("message.sent", lambda e: e.data["message_id"] == message_id)
     engine_id = sent.data["engine_message_id"]
     return await receiver.seen("message.received", lambda e: e.data["message_id"] == engine_id)
+
+
+def ffmpeg_made(source: str, container: str) -> bytes:
+    """One second of lavfi ``source`` (a tone, a test picture) as ``container``."""
+    # mp4 to a pipe: fragmented (no seeking back to write the index)
+    codec = ["-c:v", "mpeg4", "-movflags", "frag_keyframe+empty_moov"] if container == "mp4" else []
+    done = subprocess.run(
+        [ffmpeg_path(), "-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", source,
+         "-t", "1", *codec, "-f", container, "pipe:1"],
+        capture_output=True,
+        check=True,
+    )  # fmt: skip
+    return done.stdout
 
 
 def png_base64() -> str:
@@ -267,6 +282,10 @@ async def test_the_n8n_node_sends_every_kind_and_it_arrives(pair: Pair) -> None:
     assert got.data["text"] == "a reply"
     assert got.data["content"]["reply_to"] == hello.data["message_id"]
 
+    # bob keeps received media, for getMediaBase64
+    async with httpx.AsyncClient(base_url=pair.base_url, headers={"X-API-Key": bob.token}) as api:
+        stored = await api.put(f"/v1/sessions/{bob.name}/settings/media", json={"inbound": "store"})
+        assert stored.status_code == 200, stored.text
     image = await node.data(
         "messages/sendImage",
         instanceName=ann.name,
@@ -280,6 +299,38 @@ async def test_the_n8n_node_sends_every_kind_and_it_arrives(pair: Pair) -> None:
     got = await received(ann, bob, sent_key(image, bob.jid))
     assert (got.data["type"], got.data["text"]) == ("image", "a green picture")
     assert got.data["content"]["media"]["mimetype"] == "image/png"
+    media = await node.data(
+        "chat/getMediaBase64",
+        instanceName=bob.name,
+        messageId=got.data["message_id"],
+        convertToMp4=False,
+    )
+    assert (media["mediaType"], media["mimetype"]) == ("imageMessage", "image/png")
+    assert Image.open(io.BytesIO(base64.b64decode(media["base64"]))).size == (64, 48)
+
+    audio = await node.data(
+        "messages/sendAudio",
+        instanceName=ann.name,
+        remoteJid=bob.phone,
+        media=base64.b64encode(ffmpeg_made("sine=frequency=440:duration=1", "wav")).decode(),
+        mimetype="audio/wav",
+        fileName="memo.wav",
+    )
+    assert audio["message"]["audioMessage"]["ptt"] is True
+    got = await received(ann, bob, sent_key(audio, bob.jid))
+    assert got.data["type"] == "audio" and got.data["content"]["voice_note"] is True
+
+    video = await node.data(
+        "messages/sendVideo",
+        instanceName=ann.name,
+        remoteJid=bob.phone,
+        media=base64.b64encode(ffmpeg_made("testsrc=size=64x48:rate=5", "mp4")).decode(),
+        mimetype="video/mp4",
+        caption="a clip",
+        fileName="clip.mp4",
+    )
+    got = await received(ann, bob, sent_key(video, bob.jid))
+    assert (got.data["type"], got.data["text"]) == ("video", "a clip")
 
     document = await node.data(
         "messages/sendDocument",
@@ -405,6 +456,18 @@ async def test_the_n8n_node_sends_every_kind_and_it_arrives(pair: Pair) -> None:
     )
     assert typing["presence"] == "composing"
     # bob sees ann typing, then paused once the delay is over
+    contacts = await node.data(
+        "chat/findContacts", instanceName=bob.name, listAll=False, remoteJid=ann.phone
+    )
+    assert [c["remoteJid"] for c in contacts] == [ann.jid]
+    everyone = await node.data("chat/findContacts", instanceName=bob.name, listAll=True)
+    assert ann.jid in {c["remoteJid"] for c in everyone}
+
+    for status in ("block", "unblock"):
+        assert await node.data(
+            "chat/blockContact", instanceName=bob.name, remoteJid=ann.phone, status=status
+        ) == {"accepted": True}
+
     for state in ("typing", "paused"):
         await bob.seen(
             "chat.presence", lambda e, s=state: (e.data["from"], e.data["state"]) == (ann.phone, s)
@@ -477,6 +540,12 @@ async def test_the_n8n_node_runs_a_group(pair: Pair) -> None:
     assert await node.data(
         "groups/toggleEphemeral", instanceName=ann.name, groupJid=group, expiration=86400
     ) == {"success": True}
+    assert await node.data(
+        "groups/updateGroupPicture", instanceName=ann.name, groupJid=group, image=png_base64()
+    ) == {"update": "success"}
+    await bob.seen(
+        "group.updated", lambda e: e.data["group_id"] == group and "picture" in e.data["changes"]
+    )
     info = await node.data(
         "groups/fetchGroups", instanceName=ann.name, searchMethod="groupJid", groupJid=group
     )
@@ -526,6 +595,21 @@ async def test_the_n8n_node_runs_a_group(pair: Pair) -> None:
 
 # -- instance settings, profile, webhook, what is not supported --------------------------------
 
+# the trigger settings every chatbot integration of the node asks for
+BOT: dict[str, Any] = {
+    "triggerType": "keyword",
+    "triggerOperator": "equals",
+    "triggerValue": "hi",
+    "expire": 0,
+    "keywordFinish": "#exit",
+    "delayMessage": 1000,
+    "unknownMessage": "?",
+    "listeningFromMe": False,
+    "stopBotFromMe": False,
+    "keepOpen": False,
+    "debounceTime": 0,
+}
+
 
 async def test_the_n8n_node_sets_settings_profile_and_webhook(
     pair: Pair, webhook_receiver: WebhookReceiver
@@ -561,8 +645,30 @@ async def test_the_n8n_node_sets_settings_profile_and_webhook(
     )
     picture = await node.data("chat/fetchProfilePicture", instanceName=bob.name, number=ann.phone)
     assert picture["wuid"] == ann.jid
+    wanted = {
+        "readreceipts": "none",
+        "profile": "contacts",
+        "status": "contacts",
+        "online": "match_last_seen",
+        "last": "none",
+        "groupadd": "contacts",
+    }
+    updated = await node.data("profile/updatePrivacySettings", instanceName=ann.name, **wanted)
+    assert updated["update"] == "success"
     privacy = await node.data("profile/fetchPrivacySettings", instanceName=ann.name)
-    assert set(privacy) >= {"readreceipts", "profile", "status", "online", "last", "groupadd"}
+    assert {k: privacy[k] for k in wanted} == wanted
+
+    # the node's field is "URL da imagem"; zapfleet takes the picture as base64 (a data URL)
+    assert await node.data(
+        "profile/updateProfilePicture",
+        instanceName=ann.name,
+        picture=f"data:image/png;base64,{png_base64()}",
+    ) == {"update": "success"}
+    pictured = await node.data("chat/fetchProfilePicture", instanceName=bob.name, number=ann.phone)
+    assert pictured["profilePictureUrl"]
+    assert await node.data("profile/removeProfilePicture", instanceName=ann.name) == {
+        "update": "success"
+    }
 
     # the webhook the node sets (Evolution v2 body: {"webhook": {...}}) gets bob's messages
     url = webhook_receiver.url
@@ -630,6 +736,66 @@ async def test_the_n8n_node_sets_settings_profile_and_webhook(
             "rabbitMQEvents": ["MESSAGES_UPSERT"],
         },
         "instance/setProxy": {"resourceForProxy": "findProxy"},
+        "messages/sendList": {
+            "remoteJid": ann.phone,
+            "title": "t",
+            "description": "d",
+            "buttonText": "pick",
+            "sections": {
+                "sectionValues": [{"title": "s", "rows": {"rowValues": [{"title": "r"}]}}]
+            },
+        },
+        "messages/sendPix": {
+            "remoteJid": ann.phone,
+            "name": "Ann",
+            "keyType": "email",
+            "key": "a@b.c",
+        },
+        "integrations/setChatwoot": {
+            "resourceForChatwoot": "setChatwoot",
+            "chatwootAccountId": "1",
+            "chatwootToken": "t",
+            "chatwootUrl": "https://chatwoot.example",
+            "chatwootSignMsg": False,
+            "chatwootReopenConversation": False,
+            "chatwootConversationPending": False,
+            "chatwootNameInbox": "n8n",
+            "chatwootMergeBrazilContacts": False,
+            "chatwootImportContacts": False,
+            "chatwootImportMessages": False,
+            "chatwootDaysLimitImportMessages": 0,
+            "chatwootAutoCreate": False,
+            "chatwootOrganization": "",
+            "chatwootLogo": "",
+        },
+        "integrations/setTypebot": {
+            "resourceForTypebot": "createTypebot",
+            "url": "https://typebot.example",
+            "typebot": "bot",
+            **BOT,
+        },
+        "integrations/setEvolutionBot": {
+            "resourceForEvolutionBot": "createEvolutionBot",
+            "apiUrl": "https://bot.example",
+            "apiKeyBot": "k",
+            "ignoreJids": "",
+            **BOT,
+        },
+        "integrations/setDifyBot": {
+            "resourceForDifyBot": "createDify",
+            "apiUrl": "https://dify.example",
+            "apiKey": "k",
+            "botType": "chatBot",
+            "ignoreJids": "",
+            **BOT,
+        },
+        "integrations/setFlowiseBot": {
+            "resourceForFlowiseBot": "createFlowise",
+            "apiUrl": "https://flowise.example",
+            "apiKeyBot": "k",
+            "ignoreJids": "",
+            **BOT,
+        },
     }
     for op, params in unsupported.items():
         failed = await node.refused(op, instanceName=bob.name, **params)
@@ -639,3 +805,100 @@ async def test_the_n8n_node_sets_settings_profile_and_webhook(
         route = failed["url"].split("?")[0].removesuffix(f"/{bob.name}")  # e.g. /proxy/find
         assert message.startswith(f"{failed['method']} {route}"), (op, message)
         assert "is not supported by zapfleet's Evolution" in message, (op, message)
+
+
+# -- an instance's life --------------------------------------------------------------------------
+
+
+async def test_the_n8n_node_creates_restarts_logs_out_and_deletes(
+    node: N8nNode, stack: Stack, webhook_receiver: WebhookReceiver
+) -> None:
+    nc = await nats.connect(stack.nats_url)
+    name, number = unique("n8n-carl"), phone()
+    log = EventLog()
+    await log.start(nc, instance_tenant(name))
+    # the node's create options: instance settings and a webhook, in Evolution v2's body
+    created = await node.data(
+        "instance/createInstanceBasic",
+        instanceName=name,
+        token="",
+        number="",
+        options_Create_instance={
+            "instanceSettings": {"settings": {"rejectCall": True, "msgCall": "no calls"}},
+            "webhook": {
+                "webhookSettings": {
+                    "webhookUrl": webhook_receiver.url,
+                    "webhookByEvents": False,
+                    "webhookBase64": False,
+                    "webhookEvents": ["CONNECTION_UPDATE"],
+                }
+            },
+        },
+    )
+    assert (created["settings"]["rejectCall"], created["settings"]["msgCall"]) == (
+        True,
+        "no calls",
+    )
+    token = created["hash"]
+    hook = await node.data(
+        "events/setWebhook", token, instanceName=name, resourceForWebhook="findWebhook"
+    )
+    assert (hook["url"], hook["events"]) == (webhook_receiver.url, ["CONNECTION_UPDATE"])
+
+    qr = await node.data("instance/instanceConnect", token, instanceName=name)
+    assert (await link(nc, qr["code"], number)).ok
+    opened = await wait_open(node, name)
+    assert opened["Setting"]["rejectCall"] is True
+    _, body = await ahook(
+        webhook_receiver,
+        lambda _, b: (
+            b.get("instance") == name
+            and b.get("event") == "connection.update"
+            and b["data"]["state"] == "open"
+        ),
+    )
+    assert body["data"]["wuid"] == f"{number}@s.whatsapp.net"
+
+    # the instance token sees its instance only
+    listed = await node.data("instance/fetchInstances", token, instanceName="")
+    assert [i["name"] for i in listed] == [name]
+
+    restarted = await node.data("instance/restartInstance", token, instanceName=name)
+    assert restarted["instance"]["instanceName"] == name
+    await log.wait_for(
+        lambda e: (
+            e.session_id == name and e.type == "session.status" and e.data["state"] == "STARTING"
+        )
+    )
+    await wait_open(node, name)
+
+    # an open instance is not deleted (Evolution: log out first)
+    refused = await node.refused("instance/deleteInstance", token, instanceName=name)
+    assert refused["status"] == 400
+    assert refused["body"]["response"]["message"] == [
+        f'The "{name}" instance needs to be disconnected'
+    ]
+    out = await node.data("instance/logoutInstance", token, instanceName=name)
+    assert out == {
+        "status": "SUCCESS",
+        "error": False,
+        "response": {"message": "Instance logged out"},
+    }
+    closed = await node.data("instance/fetchInstances", instanceName=name)
+    assert closed[0]["connectionStatus"] == "close"
+    deleted = await node.data("instance/deleteInstance", instanceName=name)
+    assert deleted == {
+        "status": "SUCCESS",
+        "error": False,
+        "response": {"message": "Instance deleted"},
+    }
+    gone = await node.refused("instance/fetchInstances", instanceName=name)
+    assert (gone["status"], gone["body"]["response"]["message"]) == (
+        404,
+        [f'The "{name}" instance does not exist'],
+    )
+    # its token went with its tenant: Evolution's 401
+    revoked = await node.refused("instance/fetchInstances", token, instanceName="")
+    assert (revoked["status"], revoked["body"]["error"]) == (401, "Unauthorized")
+    await log.stop()
+    await nc.close()

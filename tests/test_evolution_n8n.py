@@ -705,7 +705,67 @@ async def test_the_n8n_node_sets_settings_profile_and_webhook(
     assert (body["instance"], body["data"]["message"]["conversation"]) == (bob.name, "hooked?")
     assert body["data"]["key"]["fromMe"] is False
 
-    # what zapfleet does not offer: the node reports Evolution's 501 naming the route
+    # turning it off with the URL field empty: the node sends its placeholder "vazio",
+    # which Evolution stores (webhook.controller.ts set: isURL with require_tld false
+    # takes a bare host name; disabled: no events)
+    off = await node.data(
+        "events/setWebhook",
+        instanceName=bob.name,
+        resourceForWebhook="setWebhook",
+        enabled=False,
+        webhookUrl="",
+        webhookByEvents=False,
+        webhookBase64=False,
+        webhookEvents=["MESSAGES_UPSERT"],
+    )
+    assert (off["url"], off["enabled"], off["events"]) == ("vazio", False, [])
+    # switched on again, the URL must be one zapfleet delivers to
+    refused = await node.refused(
+        "events/setWebhook",
+        instanceName=bob.name,
+        resourceForWebhook="setWebhook",
+        enabled=True,
+        webhookUrl="",
+        webhookByEvents=False,
+        webhookBase64=False,
+        webhookEvents=["MESSAGES_UPSERT"],
+    )
+    assert (refused["status"], refused["body"]["error"]) == (400, "Bad Request")
+    quiet = await node.data(
+        "messages/sendText", instanceName=ann.name, remoteJid=bob.phone, messageText="unheard"
+    )
+    unheard = await received(ann, bob, sent_key(quiet, bob.jid))
+    # a later event that would be delivered (one bob sends) proves the quiet one was not
+    loud = await node.data(
+        "events/setWebhook",
+        instanceName=bob.name,
+        resourceForWebhook="setWebhook",
+        enabled=True,
+        webhookUrl=url,
+        webhookByEvents=False,
+        webhookBase64=False,
+        webhookEvents=["MESSAGES_UPSERT"],
+    )
+    assert loud["enabled"] is True
+    again = await node.data(
+        "messages/sendText", instanceName=ann.name, remoteJid=bob.phone, messageText="heard"
+    )
+    heard = await received(ann, bob, sent_key(again, bob.jid))
+    await ahook(
+        webhook_receiver,
+        lambda _, b: (
+            b.get("event") == "messages.upsert"
+            and b["data"]["key"]["id"] == heard.data["message_id"]
+        ),
+    )
+    assert not [
+        b for b in webhook_receiver.events if b["data"]["key"]["id"] == unheard.data["message_id"]
+    ]
+
+
+async def test_the_routes_zapfleet_lacks_answer_the_node_501(pair: Pair) -> None:
+    """What zapfleet does not offer: the node reports Evolution's 501 naming the route."""
+    node, ann, bob = pair.node, pair.ann, pair.bob
     unsupported: dict[str, dict[str, Any]] = {
         "instance/setPresence": {"presence": "available"},
         "chat/manageArchive": {"chat": ann.jid, "archive": True, "fromMe": False, "messageId": "x"},

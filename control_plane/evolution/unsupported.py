@@ -36,17 +36,33 @@ UNSUPPORTED: tuple[tuple[str, str], ...] = (
     ("GET", "/sqs/find/{instance:str}"),
     ("POST", "/chatwoot/set/{instance:str}"),
     ("GET", "/chatwoot/find/{instance:str}"),
-    ("POST", "/typebot/create/{instance:str}"),
-    ("POST", "/openai/create/{instance:str}"),
-    ("POST", "/dify/create/{instance:str}"),
-    ("POST", "/flowise/create/{instance:str}"),
-    ("POST", "/n8n/create/{instance:str}"),
-    ("POST", "/evolutionBot/create/{instance:str}"),
+    ("POST", "/typebot/start/{instance:str}"),
+)
+
+# Evolution's chatbot integrations: every one has the same routes
+# (src/api/integrations/chatbot/typebot/routes/typebot.router.ts and its siblings), the
+# n8n node calls most of them (create, find, fetch, update, delete, fetchSessions,
+# changeStatus)
+CHATBOTS = ("typebot", "openai", "dify", "flowise", "n8n", "evolutionBot", "evoai")
+CHATBOT_ROUTES: tuple[tuple[str, str], ...] = (
+    ("POST", "create/{instance:str}"),
+    ("GET", "find/{instance:str}"),
+    ("GET", "fetch/{bot_id:str}/{instance:str}"),
+    ("PUT", "update/{bot_id:str}/{instance:str}"),
+    ("DELETE", "delete/{bot_id:str}/{instance:str}"),
+    ("POST", "settings/{instance:str}"),
+    ("GET", "fetchSettings/{instance:str}"),
+    ("POST", "changeStatus/{instance:str}"),
+    ("GET", "fetchSessions/{bot_id:str}/{instance:str}"),
+    ("POST", "ignoreJid/{instance:str}"),
+)
+UNSUPPORTED += tuple(
+    (method, f"/{bot}/{path}") for bot in CHATBOTS for method, path in CHATBOT_ROUTES
 )
 
 
 def shown(path: str) -> str:
-    return path.replace("{instance:str}", "{instance}")
+    return path.replace("{instance:str}", "{instance}").replace("{bot_id:str}", "{botId}")
 
 
 def unsupported_route(method: str, path: str) -> HTTPRouteHandler:

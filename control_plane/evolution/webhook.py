@@ -167,13 +167,22 @@ def webhook_view(record: SessionRecord) -> dict[str, Any] | None:
 # -- the service ---------------------------------------------------------------------------
 
 
+async def ensure_deliverable(services: Services, config: EvolutionWebhook) -> None:
+    """An enabled webhook's URL must pass the SSRF guard. A disabled one sends nothing, so
+    its URL is only stored: Evolution's ``isURL(url, {require_tld: false})`` takes any
+    host name, and the n8n node turns a webhook off with its placeholder URL ``vazio``
+    (webhook.controller.ts ``set``; docs/evolution.md)."""
+    if config.enabled:
+        await ensure_safe_url(services, config.url)
+
+
 async def set_webhook(
     services: Services, principal: Principal, instance: str, config: EvolutionWebhook
 ) -> dict[str, Any]:
     """Make ``config`` the webhook of the caller's session ``instance``, in Evolution
     format; it applies to the next event (the dispatcher follows the record)."""
     loaded = await sessions.load_record(services, principal, instance)
-    await ensure_safe_url(services, config.url)
+    await ensure_deliverable(services, config)
 
     def change(current: SessionRecord) -> None:
         current.webhook_url = config.url

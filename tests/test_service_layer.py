@@ -14,6 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = (
     "control_plane/sessions.py",
+    "control_plane/session_listing.py",
     "control_plane/messages.py",
     "control_plane/media.py",
     "control_plane/numbers.py",

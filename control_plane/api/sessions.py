@@ -18,6 +18,7 @@ from litestar.di import Provide
 from litestar.params import Parameter
 
 from contract.protocol import Op, SessionState
+from control_plane import session_listing
 from control_plane import sessions as session_service
 from control_plane.api.webhooks import ensure_event_patterns, ensure_safe_url, ensure_secret_fits
 from control_plane.auth import Principal, authenticate
@@ -108,7 +109,7 @@ class SessionController(Controller):
             str | None, Parameter(query="node", description="only sessions placed on this node")
         ] = None,
     ) -> SessionList:
-        return await session_service.list_sessions(
+        return await session_listing.list_sessions(
             services, principal, limit, offset, only_state, cursor, node
         )
 

@@ -19,7 +19,7 @@ import segno
 from litestar import Request, delete, get, post, put
 
 from contract.protocol import Op, SessionState
-from control_plane import contacts, sessions
+from control_plane import contacts, session_listing, sessions
 from control_plane.contacts import CallSettingsBody
 from control_plane.evolution import webhook
 from control_plane.evolution._common import (
@@ -393,7 +393,7 @@ async def fetch_instances(
     found: list[dict[str, Any]] = []
     for tenant in tenants:
         acting = Principal(tenant=tenant, is_admin=principal.is_admin, key_id=principal.key_id)
-        listed = await sessions.list_sessions(services, acting, 1000, 0, None)
+        listed = await session_listing.list_sessions(services, acting, 1000, 0, None)
         for view in listed.sessions:
             if wanted is not None and view.session_id != wanted:
                 continue

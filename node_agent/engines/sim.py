@@ -70,7 +70,7 @@ from node_agent.engines.sim_groups import (
     _group_key,
 )
 from node_agent.engines.sim_messages import SimMessagesMixin
-from node_agent.engines.sim_offline import OfflineQueue, wake_subject
+from node_agent.engines.sim_offline import OfflineQueue, ensure_held_stream, wake_subject
 from node_agent.engines.sim_pairing import SimPairingMixin
 from node_agent.engines.sim_presence import Presence
 from node_agent.engines.sim_wire import QR_PREFIX, Account, LinkReply, LinkRequest, Wire, _encode
@@ -302,7 +302,7 @@ class SimEngine:
     @property
     def offline(self) -> OfflineQueue:
         if self._offline is None:
-            self._offline = OfflineQueue(self.nc, self.kv)
+            self._offline = OfflineQueue(self.nc)
         return self._offline
 
     @property
@@ -320,6 +320,7 @@ class SimEngine:
         self._kv = await key_value(
             js, KeyValueConfig(bucket=SIM_BUCKET, history=1), self.config.replicas
         )
+        await ensure_held_stream(self.nc, self.config.replicas)
         self._media = await object_store(
             js,
             SIM_MEDIA_BUCKET,

@@ -80,7 +80,7 @@ from node_agent.engines.sim_groups import (
     _decode_group,
     _group_key,
 )
-from node_agent.engines.sim_presence import Presence
+from node_agent.engines.sim_presence import Keepalive, Presence
 from node_agent.media import MediaPayload
 from zapfleet._mirror import Change, KVMirror
 
@@ -342,10 +342,13 @@ class SimEngine:
         self._registered: set[str] = set()
         self._directory: KVMirror | None = None
         self.metadata_queries = 0  # group metadata reads (issue 16): sends must not cost one
+        # one keepalive loop for all online sockets of this engine (sim_presence.py)
+        self.keepalive = Keepalive(nc, self.config.keepalive_s, self.may_act)
 
     def set_lease_guard(self, may_act: Callable[[], bool]) -> None:
         """The agent's lease check: a socket does nothing on the network without it."""
         self.may_act = may_act
+        self.keepalive.may_act = may_act
 
     @property
     def media(self) -> ObjectStore:
@@ -509,7 +512,7 @@ class SimSession(SimContactsMixin, SimGroupsMixin):
             spec.key,
             may_act=engine.may_act,
             on_kicked=self._kicked,
-            keepalive_s=engine.config.keepalive_s,
+            keepalive=engine.keepalive,
             probe_timeout_s=engine.config.probe_timeout_s,
         )
 

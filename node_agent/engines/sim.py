@@ -395,6 +395,7 @@ class SimEngine:
         return SimSession(self, spec, emit)
 
     async def close(self) -> None:
+        await self.keepalive.close()
         if self._directory is not None:
             await self._directory.stop()
 

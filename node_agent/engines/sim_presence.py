@@ -214,7 +214,6 @@ class Keepalive:
         self.nc = nc
         self.period_s = period_s
         self.may_act = may_act
-        self.rounds = 0  # keepalive rounds sent (tests)
         self._sockets: dict[str, Presence] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -226,6 +225,14 @@ class Keepalive:
     def remove(self, presence: Presence) -> None:
         if self._sockets.get(presence.socket_id) is presence:
             del self._sockets[presence.socket_id]
+
+    async def close(self) -> None:
+        """Stop the loop now (the engine closes; its sockets are gone or going)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     async def _run(self) -> None:
         inbox = self.nc.new_inbox()
@@ -248,7 +255,6 @@ class Keepalive:
                             await self.nc.publish(
                                 presence_subject(phone), presence.probe_body(), reply=reply
                             )
-                    self.rounds += 1
         finally:
             if self._task is asyncio.current_task():
                 self._task = None

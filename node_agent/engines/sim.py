@@ -72,7 +72,7 @@ from node_agent.engines.sim_groups import (
 from node_agent.engines.sim_messages import SimMessagesMixin
 from node_agent.engines.sim_offline import OfflineQueue, ensure_held_stream, wake_subject
 from node_agent.engines.sim_pairing import SimPairingMixin
-from node_agent.engines.sim_presence import Presence
+from node_agent.engines.sim_presence import Keepalive, Presence
 from node_agent.engines.sim_wire import QR_PREFIX, Account, LinkReply, LinkRequest, Wire, _encode
 from zapfleet._mirror import Change, KVMirror
 
@@ -288,10 +288,13 @@ class SimEngine:
         self._registered: set[str] = set()
         self._directory: KVMirror | None = None
         self.metadata_queries = 0  # group metadata reads (issue 16): sends must not cost one
+        # one keepalive loop for all online sockets of this engine (sim_presence.py)
+        self.keepalive = Keepalive(nc, self.config.keepalive_s, self.may_act)
 
     def set_lease_guard(self, may_act: Callable[[], bool]) -> None:
         """The agent's lease check: a socket does nothing on the network without it."""
         self.may_act = may_act
+        self.keepalive.may_act = may_act
 
     @property
     def media(self) -> ObjectStore:
@@ -345,6 +348,7 @@ class SimEngine:
         return SimSession(self, spec, emit)
 
     async def close(self) -> None:
+        await self.keepalive.close()
         if self._directory is not None:
             await self._directory.stop()
 
@@ -463,7 +467,7 @@ class SimSession(SimMessagesMixin, SimPairingMixin, SimContactsMixin, SimGroupsM
             spec.key,
             may_act=engine.may_act,
             on_kicked=self._kicked,
-            keepalive_s=engine.config.keepalive_s,
+            keepalive=engine.keepalive,
             probe_timeout_s=engine.config.probe_timeout_s,
         )
 

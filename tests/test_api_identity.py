@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js.errors import NoKeysError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from contract.protocol import (
     SESSION_NAMES_BUCKET,
@@ -33,6 +33,7 @@ from node_agent.engines.sim import SIM_BUCKET, seed_account
 from node_agent.outbox import OUTBOX_BUCKET
 from tests.conftest import Stack
 from tests.helpers import assert_problem, new_tenant, pair_session, unique, wait_state
+from zapfleet._kv import scan
 from zapfleet.cli import session_key
 
 PHONE = "15550007777"
@@ -58,10 +59,7 @@ async def keys(nc: NATS, bucket: str) -> set[str]:
         kv = await nc.jetstream().key_value(bucket)
     except NotFoundError:
         return set()
-    try:
-        return set(await kv.keys())
-    except NoKeysError:
-        return set()
+    return {entry.key for entry in await scan(kv)}  # kv.keys() may end early under load
 
 
 async def assert_nothing_left(nc: NATS, tenant: str, name: str, key: str, phone: str) -> None:

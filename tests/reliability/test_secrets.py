@@ -16,12 +16,12 @@ from pathlib import Path
 
 import httpx
 import msgspec
-from nats.js.errors import NoKeysError
 
 from contract.protocol import TENANTS_BUCKET
 from control_plane.tenants import split_key
 from tests.conftest import ADMIN_KEY
 from tests.reliability.conftest import Catalog
+from zapfleet._kv import scan
 from zapfleet._logging import JsonFormatter, register_secret
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,11 +133,9 @@ async def test_keys_are_stored_only_as_salted_hmacs(catalog: Catalog) -> None:
     nc = await catalog.fleet.nats_client()
     try:
         kv = await nc.jetstream().key_value(TENANTS_BUCKET)
-        try:
-            names = await kv.keys()
-        except NoKeysError:
-            names = []
-        stored = [(await kv.get(name)).value or b"" for name in names]
+        entries = await scan(kv)  # kv.keys() may end early under load
+        names = [entry.key for entry in entries]
+        stored = [entry.value or b"" for entry in entries]
     finally:
         await nc.close()
     blob = b"\n".join(stored)

@@ -8,9 +8,9 @@ between two agents (a failover, a restart) was dropped, so an accepted send coul
 
 The queue is the JetStream stream ``ZF_SIM_HELD``, one subject per phone
 (``zf.sim.offline.<phone>``), at most :data:`HELD_MAX` messages per phone (the oldest
-dropped first). Holding a message is one publish, whatever is already held: bulk sends
-to numbers that are never online (``bench api`` sends to a stopped session) cost the
-same per message. Connecting costs one direct read when nothing waits; handing over
+dropped first). Holding a message is one publish (not acknowledged), whatever is
+already held: bulk sends to numbers that are never online (``bench api`` sends to a
+stopped session) cost the same per message. Connecting costs one direct read when nothing waits; handing over
 walks the phone's messages by subject (no consumer) and purges up to the last one
 taken, so a message held meanwhile stays for the next hand-over.
 """
@@ -60,7 +60,9 @@ class OfflineQueue:
 
     async def hold(self, phone: str, wire: bytes) -> None:
         """Keep ``wire`` for ``phone``, then wake any socket of it that connected meanwhile."""
-        await self._js.publish(_subject(phone), wire, stream=HELD_STREAM)
+        # a plain publish: the stream stores it; no ack to wait for (the simulated server's
+        # own bookkeeping should not weigh on the sender's agent: bench api holds every send)
+        await self._nc.publish(_subject(phone), wire)
         await self._nc.publish(wake_subject(phone))
 
     async def take(self, phone: str) -> list[bytes]:

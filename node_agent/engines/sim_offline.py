@@ -10,9 +10,10 @@ The queue is the JetStream stream ``ZF_SIM_HELD``, one subject per phone
 (``zf.sim.offline.<phone>``), at most :data:`HELD_MAX` messages per phone (the oldest
 dropped first). Holding a message is one publish (not acknowledged), whatever is
 already held: bulk sends to numbers that are never online (``bench api`` sends to a
-stopped session) cost the same per message. Connecting costs one direct read when nothing waits; handing over
-walks the phone's messages by subject (no consumer) and purges up to the last one
-taken, so a message held meanwhile stays for the next hand-over.
+stopped session) cost the same per message. Connecting costs one direct read when
+nothing waits; handing over walks the phone's messages by subject (no consumer) and
+purges up to the last one taken, so a message held meanwhile stays for the next
+hand-over.
 """
 
 from __future__ import annotations

@@ -98,6 +98,7 @@ REDRIVE_CONSUMER = "webhooks-redrive"
 USER_AGENT = f"zapfleet-webhooks/{__version__}"
 _MEMORY = 100_000  # in-process notes (partial successes, deferrals) kept at most
 ACK_BATCH_S = 0.002
+HOG_WAIT_S = 1.0  # a destination holding half the buffer: its longest wait for a slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -630,13 +631,18 @@ class Dispatcher:
                 asyncio.Semaphore(self.settings.webhook_concurrency_per_destination)
             )
             self._destinations[origin] = destination
-        if backlog is not None and destination.load >= self.settings.webhook_max_buffered // 2:
-            return DEFERRED  # no destination holds more than half of the buffer
+        # past half of the buffer, a first attempt waits at most HOG_WAIT_S for a slot: a
+        # fast destination frees one sooner, so its events are never put back (putting
+        # them back at once made every event of a busy destination go round twice: half
+        # the throughput, twice the CPU); a slow one gives its part of the buffer back
+        # within a second, for the other destinations' events
+        hog = backlog is not None and destination.load >= self.settings.webhook_max_buffered // 2
         destination.load += 1
         try:
             if destination.slots.locked():  # no timer on the fast path
+                wait = self.settings.webhook_destination_wait_s
                 try:
-                    async with asyncio.timeout(self.settings.webhook_destination_wait_s):
+                    async with asyncio.timeout(min(wait, HOG_WAIT_S) if hog else wait):
                         await destination.slots.acquire()
                 except TimeoutError:
                     return DEFERRED

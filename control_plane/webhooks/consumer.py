@@ -19,6 +19,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -56,6 +57,22 @@ async def ensure_consumer(js: JetStreamContext, stream: str, config: ConsumerCon
     await js.add_consumer(stream, existing)
 
 
+STOP_WAIT_S = 5.0  # how long a stop waits for a cancelled task before it goes on
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], what: str) -> None:
+    """Cancel ``task`` and wait for it, at most STOP_WAIT_S: a stop never hangs on a task
+    that does not end (a CI run once waited 300 s in a dispatcher's stop); such a task is
+    logged and left behind."""
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=STOP_WAIT_S)
+    if not done:
+        log.warning("a task did not end when cancelled", extra={"task": what})
+        return
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
+
+
 class PullConsumer:
     def __init__(
         self,
@@ -91,9 +108,7 @@ class PullConsumer:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task, f"pull:{self.durable}")
             self._task = None
         if self._sub is not None:
             with contextlib.suppress(Exception):

@@ -77,7 +77,7 @@ from control_plane.webhooks.backlog import (
 )
 from control_plane.webhooks.bodies import Bodies, Head
 from control_plane.webhooks.config import Target, Unknown, WebhookRegistry
-from control_plane.webhooks.consumer import PullConsumer, ensure_consumer
+from control_plane.webhooks.consumer import PullConsumer, cancel_and_wait, ensure_consumer
 from control_plane.webhooks.deadletters import DeadLetter, DeadLetterStore, RedriveJob
 from control_plane.webhooks.fair import FairSlots
 from control_plane.webhooks.http import RequestError, WebhookClient
@@ -274,9 +274,7 @@ class Dispatcher:
         self._stopping = True
         for task in (self._scanner, *self._starting.values()):
             if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                await cancel_and_wait(task, task.get_name())
         for consumer in [*self._consumers, *self._drains.values()]:
             await consumer.stop()
         if self._tasks:
@@ -293,9 +291,7 @@ class Dispatcher:
         self._held.clear()
         self._drains.clear()
         if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
+            await cancel_and_wait(self._housekeeping, "webhook-housekeeping")
         await self._http.close()
         if self._owns_registry:
             await self.registry.stop()

@@ -454,6 +454,8 @@ class SimSession(SimMessagesMixin, SimPairingMixin, SimContactsMixin, SimGroupsM
         self._current_codes: set[str] = set()
         self._pair_phone: str | None = None
         self._online = False
+        self._online_lock = asyncio.Lock()  # going online and disconnecting take turns
+        self._generation = 0  # connects and disconnects so far: a stale online step stops
         self._tasks: set[asyncio.Task[None]] = set()
         self._polls: dict[str, tuple[str, list[str]]] = {}  # polls we sent: id -> options
         self._received: OrderedDict[str, str] = OrderedDict()  # received id -> sender phone
@@ -483,18 +485,25 @@ class SimSession(SimMessagesMixin, SimPairingMixin, SimContactsMixin, SimGroupsM
             self.faults.fail_connects -= 1
             self._spawn(self._refuse_connect())
             return
+        self._generation += 1
+        generation = self._generation
         account = await self.engine.account(self.spec.key)
         if account is None:
             await self._start_pairing()
             return
-        self._spawn(self._go_online(account.phone))
+        self._spawn(self._go_online(account.phone, generation))
 
     async def _refuse_connect(self) -> None:
         await asyncio.sleep(self.engine.config.connect_latency_s)
         self.emit(Disconnected(reason="connection refused (injected)"))
 
     async def disconnect(self) -> None:
-        await self._go_offline()
+        # an online step under way for an earlier connect must not bring this socket back
+        # (a zombie: a second live socket once the session runs again, seen in the NATS
+        # cluster drill after a fence): it is waited for, then taken offline
+        self._generation += 1
+        async with self._online_lock:
+            await self._go_offline()
         if self._fault_sub is not None:
             await self._fault_sub.unsubscribe()
             self._fault_sub = None
@@ -516,11 +525,19 @@ class SimSession(SimMessagesMixin, SimPairingMixin, SimContactsMixin, SimGroupsM
 
     # -- online ------------------------------------------------------------------------
 
-    async def _go_online(self, phone: str) -> None:
+    async def _go_online(self, phone: str, generation: int) -> None:
         await asyncio.sleep(self.engine.config.connect_latency_s + self.faults.latency_ms / 1000)
+        async with self._online_lock:
+            if generation != self._generation:
+                return  # disconnected (or connecting again) meanwhile
+            if not await self._online_as(phone):
+                return
+        await self._take_held()
+
+    async def _online_as(self, phone: str) -> bool:
         if not self.nc.is_connected or not self.engine.may_act():
             self.emit(Disconnected(reason="network unreachable"))
-            return
+            return False
         await self._presence.claim(phone)
         await self.engine.kv.put(f"lid.{lid_of(phone).partition('@')[0]}", phone.encode())
         self.phone = phone
@@ -534,7 +551,7 @@ class SimSession(SimMessagesMixin, SimPairingMixin, SimContactsMixin, SimGroupsM
         self._subs.append(await self.nc.subscribe(wake_subject(phone), cb=self._on_wake))
         self._online = True
         self.emit(Connected(phone=phone))
-        await self._take_held()
+        return True
 
     async def _go_offline(self) -> None:
         self._online = False

@@ -48,7 +48,9 @@ class SimPairingMixin:
         @property
         def nc(self) -> NATS: ...
         def _spawn(self, coro: Any) -> None: ...
-        async def _go_online(self, phone: str) -> None: ...
+        async def _go_online(self, phone: str, generation: int) -> None: ...
+
+        _generation: int
 
     async def _start_pairing(self) -> None:
         self._link_sub = await self.nc.subscribe(f"zf.sim.link.{self.spec.key}", cb=self._on_link)
@@ -114,7 +116,7 @@ class SimPairingMixin:
 
     async def _finish_link(self, phone: str) -> None:
         await self._stop_pairing()
-        await self._go_online(phone)
+        await self._go_online(phone, self._generation)
 
     async def _stop_pairing(self) -> None:
         task, self._qr_task = self._qr_task, None
